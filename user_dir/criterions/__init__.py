@@ -1,0 +1,1 @@
+from . import masked_ce  # noqa: F401

@@ -1,0 +1,1 @@
+from . import rnn_seq2seq  # noqa: F401

@@ -1,0 +1,268 @@
+"""RNN encoder-decoder of Cho et al. (2014), as taught in Dive into Deep Learning ch. 10.7.
+
+Encoder: embedding + multi-layer RNN. Decoder: embedding + multi-layer RNN whose input at
+every step is ``[target embedding ; context]``, where the context ``c`` is the encoder's final
+top-layer hidden state, and whose initial state is the encoder's final state (every layer, and
+for an LSTM the cell state too); then a linear projection to the vocabulary, optionally after
+Cho et al.'s "deep output" ``tanh(W [s_t ; e(y_{t-1}) ; c])``.
+
+Recurrent state travels as one tensor ``K x L x B x H`` (K = 2 for LSTM ``(h, c)``, 1 for GRU),
+so one code path serves both cells, beam reordering and the bridge.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from omegaconf import II
+from torch import Tensor
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+EncoderOut = Dict[str, Tensor]
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+@dataclass
+class RNNSeq2SeqConfig(FairseqDataclass):
+    cell: ChoiceEnum(list(CELLS)) = field(  # type: ignore[valid-type]
+        default="lstm", metadata={"help": "recurrent cell of both encoder and decoder"}
+    )
+    encoder_embed_dim: int = field(default=256, metadata={"help": "encoder embedding dimension"})
+    encoder_hidden_size: int = field(default=512, metadata={"help": "encoder hidden size (per direction)"})
+    encoder_layers: int = field(default=1, metadata={"help": "number of encoder layers"})
+    encoder_bidirectional: bool = field(
+        default=False, metadata={"help": "bidirectional encoder; a learned linear bridge maps its states to the decoder's size"}
+    )
+    decoder_embed_dim: int = field(default=256, metadata={"help": "decoder embedding dimension"})
+    decoder_hidden_size: int = field(default=512, metadata={"help": "decoder hidden size"})
+    decoder_layers: int = field(default=1, metadata={"help": "number of decoder layers (must equal encoder layers: the encoder state initialises every decoder layer)"})
+    decoder_deep_output: bool = field(
+        default=False, metadata={"help": "Cho et al. (2014) output layer: tanh(W [state; target embedding; context]) before the vocabulary projection"}
+    )
+    decoder_out_embed_dim: int = field(
+        default=256, metadata={"help": "size of the deep output layer (must equal decoder-embed-dim when embeddings are shared)"}
+    )
+    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings, between RNN layers and on RNN outputs"})
+    share_decoder_input_output_embed: bool = field(
+        default=False, metadata={"help": "tie the decoder's input embedding and output projection"}
+    )
+    share_all_embeddings: bool = field(
+        default=False, metadata={"help": "share encoder and decoder embeddings (needs --joined-dictionary data)"}
+    )
+    max_source_positions: int = II("task.max_source_positions")
+    max_target_positions: int = II("task.max_target_positions")
+
+
+def check_config(cfg: RNNSeq2SeqConfig) -> None:
+    """Reject option combinations that cannot build a model, naming the option."""
+    if cfg.encoder_layers != cfg.decoder_layers:
+        raise ValueError(
+            f"--encoder-layers ({cfg.encoder_layers}) must equal --decoder-layers ({cfg.decoder_layers}): "
+            "the encoder's final state initialises every decoder layer"
+        )
+    for name in ("encoder_embed_dim", "encoder_hidden_size", "encoder_layers", "decoder_embed_dim",
+                 "decoder_hidden_size", "decoder_out_embed_dim"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    out_dim = cfg.decoder_out_embed_dim if cfg.decoder_deep_output else cfg.decoder_hidden_size
+    if cfg.share_decoder_input_output_embed and out_dim != cfg.decoder_embed_dim:
+        which = "--decoder-out-embed-dim" if cfg.decoder_deep_output else "--decoder-hidden-size (or use --decoder-deep-output)"
+        raise ValueError(
+            f"--share-decoder-input-output-embed needs {which} ({out_dim}) == --decoder-embed-dim ({cfg.decoder_embed_dim})"
+        )
+    if cfg.share_all_embeddings and cfg.encoder_embed_dim != cfg.decoder_embed_dim:
+        raise ValueError("--share-all-embeddings needs --encoder-embed-dim == --decoder-embed-dim")
+
+
+def embedding(num: int, dim: int, padding_idx: int) -> nn.Embedding:
+    m = nn.Embedding(num, dim, padding_idx=padding_idx)
+    nn.init.uniform_(m.weight, -0.1, 0.1)
+    nn.init.constant_(m.weight[padding_idx], 0)
+    return m
+
+
+class RNN(nn.Module):
+    """``nn.LSTM``/``nn.GRU`` whose state is one ``K x L x B x H`` tensor (K = 2 for LSTM)."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, layers: int, dropout: float,
+                 bidirectional: bool = False):
+        super().__init__()
+        self.is_lstm = cell == "lstm"
+        self.rnn = CELLS[cell](input_size, hidden_size, layers, dropout=dropout if layers > 1 else 0.0,
+                               bidirectional=bidirectional)
+        for name, p in self.rnn.named_parameters():  # fairseq's LSTM init
+            nn.init.uniform_(p, -0.1, 0.1) if "weight" in name else nn.init.zeros_(p)
+
+    def forward(self, x, state: Optional[Tensor] = None):
+        if state is not None:
+            state = (state[0].contiguous(), state[1].contiguous()) if self.is_lstm else state[0].contiguous()
+        out, new = self.rnn(x, state)
+        return out, torch.stack(new) if self.is_lstm else new.unsqueeze(0)
+
+
+class RNNEncoder(FairseqEncoder):
+    def __init__(self, cfg: RNNSeq2SeqConfig, dictionary, embed_tokens: nn.Embedding):
+        super().__init__(dictionary)
+        self.max_positions_ = cfg.max_source_positions
+        self.padding_idx = dictionary.pad()
+        self.embed_tokens = embed_tokens
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rnn = RNN(cfg.cell, cfg.encoder_embed_dim, cfg.encoder_hidden_size, cfg.encoder_layers,
+                       cfg.dropout, cfg.encoder_bidirectional)
+        self.num_directions = 2 if cfg.encoder_bidirectional else 1
+        self.output_dim = self.num_directions * cfg.encoder_hidden_size
+        # one linear map per state component (h, and c for LSTM) when sizes differ
+        self.bridge = (
+            nn.ModuleList(nn.Linear(self.output_dim, cfg.decoder_hidden_size) for _ in range(1 + self.rnn.is_lstm))
+            if self.output_dim != cfg.decoder_hidden_size else None
+        )
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor) -> EncoderOut:
+        """
+        Args:
+            src_tokens: B x S source tokens, left- or right-padded.
+            src_lengths: B true lengths.
+        Returns:
+            dict with ``state``: K x L x B x H initial decoder state, and ``context``: B x C
+            final top-layer hidden state (C = encoder directions x hidden size).
+        """
+        # packing needs right padding; fairseq left-pads sources by default (no-op if right-padded)
+        src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
+        x = self.dropout(self.embed_tokens(src_tokens)).transpose(0, 1)  # B x S x E -> S x B x E
+        packed = nn.utils.rnn.pack_padded_sequence(x, src_lengths.cpu(), enforce_sorted=False)
+        _, state = self.rnn(packed)  # K x (L * D) x B x H, each sentence's true last step
+        k, _, bsz, h = state.shape
+        if self.num_directions == 2:  # K x L x 2 x B x H -> K x L x B x 2H
+            state = state.view(k, -1, 2, bsz, h).permute(0, 1, 3, 2, 4).reshape(k, -1, bsz, 2 * h)
+        context = state[0, -1]
+        if self.bridge is not None:
+            state = torch.stack([proj(s) for proj, s in zip(self.bridge, state)])
+        return {"state": state, "context": context}
+
+    def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
+        return {"state": encoder_out["state"].index_select(2, new_order),
+                "context": encoder_out["context"].index_select(0, new_order)}
+
+    def max_positions(self) -> int:
+        return self.max_positions_
+
+
+class RNNDecoder(FairseqIncrementalDecoder):
+    def __init__(self, cfg: RNNSeq2SeqConfig, dictionary, embed_tokens: nn.Embedding, context_dim: int):
+        super().__init__(dictionary)
+        self.max_positions_ = cfg.max_target_positions
+        self.embed_tokens = embed_tokens
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rnn = RNN(cfg.cell, cfg.decoder_embed_dim + context_dim, cfg.decoder_hidden_size,
+                       cfg.decoder_layers, cfg.dropout)
+        out_dim = cfg.decoder_hidden_size
+        self.deep_output = None
+        if cfg.decoder_deep_output:
+            self.deep_output = nn.Linear(cfg.decoder_hidden_size + cfg.decoder_embed_dim + context_dim,
+                                         cfg.decoder_out_embed_dim)
+            out_dim = cfg.decoder_out_embed_dim
+        self.fc_out = None if cfg.share_decoder_input_output_embed else nn.Linear(out_dim, len(dictionary))
+
+    def forward(self, prev_output_tokens: Tensor, encoder_out: EncoderOut,
+                incremental_state: Optional[IncrementalState] = None, features_only: bool = False, **kwargs):
+        """
+        Args:
+            prev_output_tokens: B x T previous target tokens (teacher forcing), or the prefix so
+                far when ``incremental_state`` is given (only its last column is read).
+            encoder_out: output of :class:`RNNEncoder`.
+        Returns:
+            (B x T x V logits, or B x T x C features if ``features_only``; ``{"attn": [None]}``)
+        """
+        x = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        return (x if features_only else self.output_layer(x)), {"attn": [None]}
+
+    def extract_features(self, prev_output_tokens: Tensor, encoder_out: EncoderOut,
+                         incremental_state: Optional[IncrementalState] = None) -> Tensor:
+        state = encoder_out["state"]
+        if incremental_state is not None:
+            prev_output_tokens = prev_output_tokens[:, -1:]
+            cached = self.get_incremental_state(incremental_state, "rnn")
+            if cached is not None:
+                state = cached["state"]
+        emb = self.dropout(self.embed_tokens(prev_output_tokens)).transpose(0, 1)  # T x B x E
+        ctx = encoder_out["context"].unsqueeze(0).expand(emb.size(0), -1, -1)      # T x B x C
+        x, state = self.rnn(torch.cat([emb, ctx], dim=-1), state)                 # T x B x H
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "rnn", {"state": state})
+        x = self.dropout(x)
+        if self.deep_output is not None:
+            x = self.dropout(torch.tanh(self.deep_output(torch.cat([x, emb, ctx], dim=-1))))
+        return x.transpose(0, 1)  # T x B x C -> B x T x C
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        if self.fc_out is None:
+            return F.linear(features, self.embed_tokens.weight)
+        return self.fc_out(features)
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        cached = self.get_incremental_state(incremental_state, "rnn")
+        if cached is not None:
+            self.set_incremental_state(incremental_state, "rnn", {"state": cached["state"].index_select(2, new_order)})
+
+    def max_positions(self) -> int:
+        return self.max_positions_
+
+
+@register_model("rnn_seq2seq", dataclass=RNNSeq2SeqConfig)
+class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
+    """Context-concat RNN encoder-decoder; the dataclass defaults are the ``rnn_seq2seq`` arch."""
+
+    @classmethod
+    def build_model(cls, cfg: RNNSeq2SeqConfig, task):
+        check_config(cfg)
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        encoder_embed = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad())
+        if cfg.share_all_embeddings:
+            if src_dict != tgt_dict:
+                raise ValueError("--share-all-embeddings requires a joined dictionary (fairseq-preprocess --joined-dictionary)")
+            decoder_embed = encoder_embed
+        else:
+            decoder_embed = embedding(len(tgt_dict), cfg.decoder_embed_dim, tgt_dict.pad())
+        encoder = RNNEncoder(cfg, src_dict, encoder_embed)
+        decoder = RNNDecoder(cfg, tgt_dict, decoder_embed, encoder.output_dim)
+        return cls(encoder, decoder)
+
+
+@register_model_architecture("rnn_seq2seq", "rnn_seq2seq_d2l")
+def rnn_seq2seq_d2l(args):
+    """The textbook size (D2L 10.7): GRU, embedding 32, hidden 32, 2 layers, dropout 0.1."""
+    args.cell = getattr(args, "cell", "gru")
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 32)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 32)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 32)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 32)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.dropout = getattr(args, "dropout", 0.1)
+
+
+@register_model_architecture("rnn_seq2seq", "rnn_seq2seq_multi30k")
+def rnn_seq2seq_multi30k(args):
+    """Multi30k-scale: bidirectional LSTM encoder, deep output, tied decoder embeddings."""
+    args.cell = getattr(args, "cell", "lstm")
+    args.encoder_bidirectional = getattr(args, "encoder_bidirectional", True)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 512)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 256)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 512)
+    args.decoder_deep_output = getattr(args, "decoder_deep_output", True)
+    args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 256)
+    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", True)
+    args.dropout = getattr(args, "dropout", 0.3)
