@@ -112,6 +112,67 @@ class RNN(nn.Module):
         return out, torch.stack(new) if self.is_lstm else new.unsqueeze(0)
 
 
+def linear_with_context(steps: Tensor, context: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``weight @ [steps_t ; context] + bias`` for every step, the context term once per sentence.
+
+    steps: T x B x D, context: B x C, weight: N x (D + C) -> T x B x N.
+    """
+    d = steps.size(-1)
+    return F.linear(steps, weight[:, :d]) + F.linear(context, weight[:, d:], bias)
+
+
+def lstm_steps(gates_x: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor):
+    """LSTM recurrence over precomputed input gates T x B x 4H; state 2 x B x H (h, c)."""
+    h, c = state
+    outs = []
+    for gx in gates_x:
+        i, f, g, o = (gx + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)  # torch's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs), torch.stack([h, c])
+
+
+def gru_steps(gates_x: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor):
+    """GRU recurrence over precomputed input gates T x B x 3H; state 1 x B x H."""
+    h = state[0]
+    outs = []
+    for gx in gates_x:
+        xr, xz, xn = gx.chunk(3, dim=1)
+        hr, hz, hn = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        outs.append(h)
+    return torch.stack(outs), h.unsqueeze(0)
+
+
+class ContextRNN(nn.Module):
+    """Multi-layer RNN whose first layer reads ``[x_t ; c]`` with ``c`` fixed per sentence.
+
+    Equal to an ``nn.LSTM``/``nn.GRU`` over the concatenation, but ``W_c c`` is computed once
+    per sentence instead of at every step, and ``W_x x_t`` for all steps in one matmul; layers
+    above the first run as one fused RNN call.
+    """
+
+    def __init__(self, cell: str, input_size: int, context_size: int, hidden_size: int, layers: int,
+                 dropout: float):
+        super().__init__()
+        self.first = RNN(cell, input_size + context_size, hidden_size, 1, 0.0)  # holds the weights
+        self.steps = lstm_steps if cell == "lstm" else gru_steps
+        self.dropout = nn.Dropout(dropout)
+        self.rest = RNN(cell, hidden_size, hidden_size, layers - 1, dropout) if layers > 1 else None
+
+    def forward(self, x: Tensor, context: Tensor, state: Tensor):
+        """x: T x B x E, context: B x C, state: K x L x B x H -> (T x B x H, new state)."""
+        w_ih, w_hh, b_ih, b_hh = self.first.rnn.all_weights[0]
+        gates_x = linear_with_context(x, context, w_ih, b_ih)  # T x B x (K' H), one matmul for all steps
+        out, first_state = self.steps(gates_x, state[:, 0], w_hh, b_hh)
+        if self.rest is None:
+            return out, first_state.unsqueeze(1)
+        out, rest_state = self.rest(self.dropout(out), state[:, 1:])
+        return out, torch.cat([first_state.unsqueeze(1), rest_state], dim=1)
+
+
 class RNNEncoder(FairseqEncoder):
     def __init__(self, cfg: RNNSeq2SeqConfig, dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
@@ -165,8 +226,8 @@ class RNNDecoder(FairseqIncrementalDecoder):
         self.max_positions_ = cfg.max_target_positions
         self.embed_tokens = embed_tokens
         self.dropout = nn.Dropout(cfg.dropout)
-        self.rnn = RNN(cfg.cell, cfg.decoder_embed_dim + context_dim, cfg.decoder_hidden_size,
-                       cfg.decoder_layers, cfg.dropout)
+        self.rnn = ContextRNN(cfg.cell, cfg.decoder_embed_dim, context_dim, cfg.decoder_hidden_size,
+                              cfg.decoder_layers, cfg.dropout)
         out_dim = cfg.decoder_hidden_size
         self.deep_output = None
         if cfg.decoder_deep_output:
@@ -197,13 +258,13 @@ class RNNDecoder(FairseqIncrementalDecoder):
             if cached is not None:
                 state = cached["state"]
         emb = self.dropout(self.embed_tokens(prev_output_tokens)).transpose(0, 1)  # T x B x E
-        ctx = encoder_out["context"].unsqueeze(0).expand(emb.size(0), -1, -1)      # T x B x C
-        x, state = self.rnn(torch.cat([emb, ctx], dim=-1), state)                 # T x B x H
+        x, state = self.rnn(emb, encoder_out["context"], state)                   # T x B x H
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "rnn", {"state": state})
         x = self.dropout(x)
         if self.deep_output is not None:
-            x = self.dropout(torch.tanh(self.deep_output(torch.cat([x, emb, ctx], dim=-1))))
+            w, b = self.deep_output.weight, self.deep_output.bias
+            x = self.dropout(torch.tanh(linear_with_context(torch.cat([x, emb], -1), encoder_out["context"], w, b)))
         return x.transpose(0, 1)  # T x B x C -> B x T x C
 
     def output_layer(self, features: Tensor) -> Tensor:

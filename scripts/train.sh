@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Train on data made by scripts/prepare.py, selecting the checkpoint by validation BLEU.
+#
+# Usage: bash scripts/train.sh DATA_BIN SAVE_DIR [EXTRA fairseq-train ARGS...]
+#   bash scripts/train.sh runs/multi30k/de-en/bin runs/multi30k/de-en/ckpt
+#   BUDGET_HOURS=0.25 bash scripts/train.sh runs/multi30k/de-en/bin runs/x --arch rnn_seq2seq_d2l
+#   bash scripts/train.sh runs/multi30k/de-en/bin runs/lstm --arch lstm --criterion label_smoothed_cross_entropy
+# Env: BUDGET_HOURS wall-clock budget (default 0.5), PATIENCE early stop after this many
+# validations without a better BLEU (default 5). Later EXTRA args override the defaults below.
+# Resumes from SAVE_DIR/checkpoint_last.pt when it exists. Uses the GPU (fp16) when one is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n '2,11p' "$0"; exit 2; }
+source scripts/env.sh
+data="$1" save="$2"; shift 2
+mkdir -p "$save"
+fp16=$(python -c 'import torch; print("--fp16" if torch.cuda.is_available() else "--cpu")')
+fairseq-train "$data" --user-dir user_dir $fp16 \
+    --arch rnn_seq2seq_multi30k \
+    --criterion masked_ce --label-smoothing 0.1 \
+    --optimizer adam --adam-betas '(0.9, 0.98)' --lr 2e-3 --lr-scheduler fixed --warmup-updates 100 \
+    --clip-norm 1.0 --max-tokens 4096 --required-batch-size-multiple 1 \
+    --eval-bleu --eval-bleu-args '{"beam": 1}' --eval-bleu-remove-bpe sentencepiece \
+    --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
+    --patience "${PATIENCE:-5}" --stop-time-hours "${BUDGET_HOURS:-0.5}" \
+    --save-dir "$save" --no-epoch-checkpoints --seed 1 \
+    --num-workers 0 --log-format simple --log-interval 50 \
+    "$@" 2>&1 | tee -a "$save/train.log"
