@@ -300,6 +300,18 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         decoder = RNNDecoder(cfg, tgt_dict, decoder_embed, encoder.output_dim)
         return cls(encoder, decoder)
 
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """Name the dictionary mismatch instead of torch's "size mismatch" for every tensor."""
+        for side, name in (("source", "encoder"), ("target", "decoder")):
+            saved, expected = state_dict.get(f"{name}.embed_tokens.weight"), len(getattr(self, name).dictionary)
+            if saved is not None and saved.size(0) != expected:
+                raise ValueError(
+                    f"the checkpoint was trained with a {side} dictionary of {saved.size(0)} entries, "
+                    f"but the data's dictionary has {expected}: use the data folder "
+                    "(dict.*.txt) the model was trained with"
+                )
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
 
 @register_model_architecture("rnn_seq2seq", "rnn_seq2seq_d2l")
 def rnn_seq2seq_d2l(args):

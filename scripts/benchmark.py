@@ -1,0 +1,246 @@
+"""Benchmark rnn_seq2seq against fairseq's built-in `lstm` (attention) at matched sizes.
+
+Usage:
+    python scripts/benchmark.py                                   # Multi30k bin if prepared, else a generated corpus
+    python scripts/benchmark.py --data runs/multi30k/de-en/bin --repeats 3 --out runs/bench
+    python scripts/benchmark.py --emb 32 --hidden 64 --train-batches 3 --decode-sentences 20   # smoke
+
+Both models see the same binarized data, the same batches (same --max-tokens and seed), the
+same threads and device (GPU when present, else CPU). Each measurement runs in its own process,
+alternating ours / lstm per repeat, and the median is reported:
+  * training target tokens/s (forward + backward + Adam step) after warm-up batches,
+  * beam-5 and greedy decoding sentences/s on the test split, every hypothesis forced to
+    --decode-len tokens (the models are untrained: equal work, not equal luck with EOS),
+  * peak resident memory (CPU) or peak allocated GPU memory,
+  * achieved training FLOP/s as a share of a matrix-multiply peak measured here.
+Prints a table with ratios ours/lstm, writes OUT/benchmark.json and OUT/benchmark.png.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+USER_DIR = str(ROOT / "user_dir")
+MODELS = {"rnn_seq2seq": "rnn_seq2seq", "fairseq lstm": "lstm"}  # name -> --arch (attention is lstm's default)
+
+
+def matmul_peak_gflops(device: str, n: int = 2048, reps: int = 10) -> float:
+    """Measured float32 matrix-multiply throughput on this device."""
+    import torch
+
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_flops(model, criterion, sample) -> float:
+    """FLOPs of one forward + backward on ``sample``; fused RNN layers are counted analytically
+    (torch's flop counter does not see inside them): 2 x rows x gates x H x (in + H), x3 with backward."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rnn_flops = []
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        rows = x.data.size(0) if isinstance(x, torch.nn.utils.rnn.PackedSequence) else x.size(0) * x.size(1)
+        gates = 4 if isinstance(module, torch.nn.LSTM) else 3
+        dirs = 2 if module.bidirectional else 1
+        h, total = module.hidden_size, 0
+        for layer in range(module.num_layers):
+            inp = module.input_size if layer == 0 else h * dirs
+            total += 2 * rows * gates * h * (inp + h) * dirs
+        rnn_flops.append(3 * total)
+
+    rnns = [m for m in model.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.GRU))]
+    handles = [m.register_forward_hook(hook) for m in rnns]
+    with FlopCounterMode(display=False) as counter:
+        loss, _, _ = criterion(model, sample)
+        loss.backward()
+    for h in handles:
+        h.remove()
+    model.zero_grad()
+    return counter.get_total_flops() + sum(rnn_flops)
+
+
+def worker(args) -> dict:
+    """One model, one process: train-step timing, decoding timing, peak memory."""
+    import torch
+    from fairseq import options, optim, tasks, utils
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    arch = MODELS[args.worker]
+    sizes = [f"--{side}-{what}" for side in ("encoder", "decoder") for what in ("embed-dim", "hidden-size", "layers")]
+    values = [args.emb, args.hidden, args.layers] * 2
+    cli = [args.data, "--user-dir", USER_DIR, "--arch", arch,
+           *[str(x) for pair in zip(sizes, values) for x in pair],
+           "--dropout", "0.1", "--criterion", "cross_entropy", "--optimizer", "adam", "--lr", "1e-3",
+           "--max-tokens", str(args.max_tokens), "--required-batch-size-multiple", "1", "--seed", "1",
+           "--num-workers", "0", *(["--decoder-out-embed-dim", str(args.hidden)] if arch == "lstm" else []),
+           *(["--cpu"] if device == "cpu" else [])]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), cli))
+    utils.import_user_module(cfg.common)
+    torch.manual_seed(1)
+    task = tasks.setup_task(cfg.task)
+    for split in ("train", "test"):
+        task.load_dataset(split)
+    model = task.build_model(cfg.model).to(device)
+    criterion = task.build_criterion(cfg.criterion).to(device)
+    optimizer = optim.build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
+
+    batches = task.get_batch_iterator(task.dataset("train"), max_tokens=args.max_tokens, seed=1,
+                                      required_batch_size_multiple=1).next_epoch_itr(shuffle=True)
+    n = args.warmup_batches + args.train_batches
+    samples = [utils.move_to_cuda(s) if device == "cuda" else s for _, s in zip(range(n), batches)]
+    model.train()
+    flops = train_flops(model, criterion, samples[-1]) / samples[-1]["ntokens"]
+    tokens, seconds = 0, 0.0
+    for i, sample in enumerate(samples):
+        sync(device)
+        start = time.perf_counter()
+        task.train_step(sample, model, criterion, optimizer, update_num=i)
+        optimizer.step()
+        optimizer.zero_grad()
+        sync(device)
+        if i >= args.warmup_batches:
+            tokens, seconds = tokens + sample["ntokens"], seconds + time.perf_counter() - start
+
+    result = {"train_tokens_per_s": tokens / seconds, "train_flops_per_token": flops}
+    model.eval()
+    for beam, key in ((5, "beam5_sentences_per_s"), (1, "greedy_sentences_per_s")):
+        # every hypothesis gets exactly --decode-len tokens, so untrained models do equal work
+        gen = task.build_generator([model], argparse.Namespace(
+            beam=beam, max_len_a=0, max_len_b=args.decode_len, min_len=args.decode_len))
+        itr = task.get_batch_iterator(task.dataset("test"), max_sentences=args.decode_batch, seed=1,
+                                      required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
+        done, seconds = 0, 0.0
+        for sample in itr:
+            if done >= args.decode_sentences:
+                break
+            sample = utils.move_to_cuda(sample) if device == "cuda" else sample
+            sync(device)
+            start = time.perf_counter()
+            with torch.no_grad():
+                task.inference_step(gen, [model], sample)
+            sync(device)
+            done, seconds = done + sample["nsentences"], seconds + time.perf_counter() - start
+        result[key] = done / seconds
+    result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["device"] = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    return result
+
+
+def default_data(out: Path) -> str:
+    """The prepared Multi30k data when present, else a generated toy corpus (binarized once)."""
+    m30k = ROOT / "runs" / "multi30k" / "de-en" / "bin"
+    if m30k.exists():
+        return str(m30k)
+    gen = out / "generated"
+    if not (gen / "bin").exists():
+        subprocess.run([sys.executable, ROOT / "scripts" / "make_toy_data.py", gen, "--train", "20000",
+                        "--test", "500", "--vocab", "500", "--min-len", "5", "--max-len", "25"], check=True)
+        subprocess.run(["fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
+                        "--trainpref", gen / "train", "--validpref", gen / "valid", "--testpref", gen / "test",
+                        "--destdir", gen / "bin", "--workers", "2"], check=True, capture_output=True)
+    return str(gen / "bin")
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["train_tokens_per_s", "beam5_sentences_per_s", "greedy_sentences_per_s", "peak_memory_mb"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
+    for ax, key in zip(axes, keys):
+        vals = [summary["models"][m][key] for m in MODELS]
+        ax.bar(list(MODELS), vals, color=["tab:blue", "tab:gray"])
+        ax.set_title(key.replace("_", " "), fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"{summary['device']}: ours / lstm = " +
+                 ", ".join(f"{summary['ratios'][k]:.2f}" for k in keys), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="binarized data (default: Multi30k de-en if prepared, else generated)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    p.add_argument("--emb", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--warmup-batches", type=int, default=3)
+    p.add_argument("--train-batches", type=int, default=20)
+    p.add_argument("--decode-sentences", type=int, default=500, help="test sentences decoded per measurement")
+    p.add_argument("--decode-batch", type=int, default=64)
+    p.add_argument("--decode-len", type=int, default=20, help="tokens generated per sentence")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.data = args.data or default_data(args.out)
+    passthrough = [a for a in sys.argv[1:] if a not in ("--data", args.data)] + ["--data", args.data]
+    runs = {m: [] for m in MODELS}
+    for r in range(args.repeats):
+        for m in MODELS:  # alternate, so drift in machine load hits both
+            proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", m],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{m} worker failed:\n{proc.stderr[-4000:]}")
+            runs[m].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"repeat {r + 1}/{args.repeats} {m}: {runs[m][-1]}", file=sys.stderr)
+    import torch
+
+    device = runs["rnn_seq2seq"][0]["device"]
+    peak = matmul_peak_gflops("cuda" if torch.cuda.is_available() else "cpu")
+    models = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "device"} for m, rs in runs.items()}
+    for m in models.values():
+        m["train_gflops_per_s"] = m["train_tokens_per_s"] * m["train_flops_per_token"] / 1e9
+        m["share_of_matmul_peak"] = m["train_gflops_per_s"] / peak
+    ours, ref = models["rnn_seq2seq"], models["fairseq lstm"]
+    summary = {
+        "device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "torch": torch.__version__, "matmul_peak_gflops": peak, "data": args.data,
+        "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens},
+        "repeats": args.repeats, "models": models, "ratios": {k: ours[k] / ref[k] for k in ours},
+        "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
+    }
+    (args.out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, args.out / "benchmark.png")
+    print(f"device: {device}, threads {summary['threads']}, matmul peak {peak:.0f} GFLOP/s, data {args.data}")
+    print(f"{'metric':28s} {'rnn_seq2seq':>12s} {'fairseq lstm':>12s} {'ours/lstm':>10s}")
+    for k in ours:
+        print(f"{k:28s} {ours[k]:12.4g} {ref[k]:12.4g} {summary['ratios'][k]:10.2f}")
+    print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
+
+
+if __name__ == "__main__":
+    main()
