@@ -160,7 +160,7 @@ def default_data(out: Path) -> str:
     gen = out / "generated"
     if not (gen / "bin").exists():
         subprocess.run([sys.executable, ROOT / "scripts" / "make_toy_data.py", gen, "--train", "20000",
-                        "--test", "500", "--vocab", "500", "--min-len", "5", "--max-len", "25"], check=True)
+                        "--test", "500", "--min-len", "5", "--max-len", "25"], check=True)
         subprocess.run(["fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
                         "--trainpref", gen / "train", "--validpref", gen / "valid", "--testpref", gen / "test",
                         "--destdir", gen / "bin", "--workers", "2"], check=True, capture_output=True)

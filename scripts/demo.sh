@@ -3,7 +3,7 @@
 # fairseq-preprocess -> fairseq-train -> fairseq-generate (beam 5) -> sacrebleu.
 #
 # Usage: bash scripts/demo.sh [OUT_DIR]        (default: runs/toy)
-# The toy task: target = source reversed, each word "translated" (a3 -> b3).
+# The toy task: target = source reversed, each word translated (eins zwei -> two one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -2,9 +2,12 @@
 
 Usage:
     python scripts/evaluate.py DATA_BIN CHECKPOINT --ref data/toy/test.tgt
-    python scripts/evaluate.py runs/m30k/bin runs/m30k/ckpt/checkpoint_best.pt \\
+    python scripts/evaluate.py runs/multi30k/de-en/bin runs/multi30k/de-en/ckpt/checkpoint_best.pt \\
         --ref ../shared/data/multi30k/test_2016_flickr.en.gz --post-process sentencepiece \\
-        --subset test --beam 5 --json runs/m30k/test.json
+        --subset test --beam 5 --json runs/multi30k/de-en/test.json
+    # any raw file pair: encoded with the sentencepiece model, binarized with DATA_BIN's dictionaries
+    python scripts/evaluate.py runs/multi30k/de-en/bin runs/multi30k/de-en/ckpt/checkpoint_best.pt \\
+        --src-raw my.de --ref my.en --spm runs/multi30k/de-en/spm.model --post-process sentencepiece
 
 Hypotheses are put back in corpus order (fairseq-generate prints them by length) and scored
 against the raw reference text, never against references rebuilt from the binarized data
@@ -17,9 +20,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import sacrebleu
+import sentencepiece as spm
 
 USER_DIR = Path(__file__).resolve().parent.parent / "user_dir"
 
@@ -40,13 +45,39 @@ def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_proces
         "--required-batch-size-multiple", "1", "--num-workers", "0", "--no-progress-bar",
         *(["--post-process", post_process] if post_process else []), *extra,
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: fairseq-generate failed:\n{proc.stderr[-3000:]}")
     hyps: dict[int, str] = {}
-    for line in out.splitlines():
+    for line in proc.stdout.splitlines():
         if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>
             sid, _, text = line.split("\t", 2)
             hyps[int(sid[2:])] = text
     return [hyps[i] for i in sorted(hyps)] if hyps else []
+
+
+def language_pair(data_bin: Path) -> tuple[str, str]:
+    """(src, tgt) from fairseq-preprocess file names such as test.de-en.de.idx."""
+    for idx in sorted(data_bin.glob("*.*-*.*.idx")):
+        return tuple(idx.name.split(".")[1].split("-"))
+    raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output")
+
+
+def binarize_raw(data_bin: Path, src_raw: Path, ref: Path, spm_model: Path | None, work: Path) -> str:
+    """Encode a raw file pair (sentencepiece when given) and binarize it as split 'test'
+    with DATA_BIN's dictionaries, so the model sees exactly its training vocabulary."""
+    src, tgt = language_pair(data_bin)
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model)) if spm_model else None
+    for lang, path in ((src, src_raw), (tgt, ref)):
+        lines = read_lines(path)
+        if sp is not None:
+            lines = [" ".join(p) for p in sp.encode(lines, out_type=str)]
+        (work / f"test.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    subprocess.run(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
+                    "--srcdict", str(data_bin / f"dict.{src}.txt"), "--tgtdict", str(data_bin / f"dict.{tgt}.txt"),
+                    "--testpref", str(work / "test"), "--destdir", str(work / "bin"), "--workers", "1"],
+                   check=True, capture_output=True)
+    return str(work / "bin")
 
 
 def score(hyps: list[str], refs: list[str]) -> dict:
@@ -65,6 +96,8 @@ def main() -> None:
     p.add_argument("checkpoint")
     p.add_argument("--ref", type=Path, required=True, help="raw reference text (.gz ok), one line per sentence")
     p.add_argument("--subset", default="test")
+    p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
+    p.add_argument("--spm", type=Path, help="sentencepiece model to encode --src-raw with")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--post-process", default="", help="e.g. sentencepiece; empty for pre-tokenized data")
@@ -72,13 +105,17 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the scores as JSON here")
     args, extra = p.parse_known_args()
     extra = [a for a in extra if a != "--"]
-    for path in (Path(args.data_bin), Path(args.checkpoint), args.ref):
-        if not path.exists():
+    for path in (Path(args.data_bin), Path(args.checkpoint), args.ref, args.src_raw, args.spm):
+        if path is not None and not path.exists():
             raise SystemExit(f"error: {path} does not exist")
-    hyps = generate(args.data_bin, args.checkpoint, args.subset, args.beam, args.post_process,
-                    args.batch_size, extra)
+    with tempfile.TemporaryDirectory() as work:
+        data_bin, subset = args.data_bin, args.subset
+        if args.src_raw:
+            data_bin, subset = binarize_raw(Path(args.data_bin), args.src_raw, args.ref, args.spm, Path(work)), "test"
+        hyps = generate(data_bin, args.checkpoint, subset, args.beam, args.post_process, args.batch_size, extra)
     result = score(hyps, read_lines(args.ref))
-    result.update(checkpoint=os.path.abspath(args.checkpoint), subset=args.subset, beam=args.beam)
+    result.update(checkpoint=os.path.abspath(args.checkpoint), beam=args.beam,
+                  source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}")
     if args.hyp_out:
         args.hyp_out.write_text("\n".join(hyps) + "\n", encoding="utf-8")
     if args.json:

@@ -72,7 +72,7 @@ def train_spm(out: Path, train_text: list[str], vocab_size: int) -> Path:
     prefix = out / "spm.tmp"
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size,
                                    model_type="unigram", character_coverage=1.0, num_threads=2,
-                                   minloglevel=2)
+                                   hard_vocab_limit=False, minloglevel=2)  # tiny corpora: at most vocab_size
     (out / "spm.tmp.vocab").replace(out / "spm.vocab")
     (out / "spm.tmp.model").replace(model)  # last: its presence marks the step done
     corpus.unlink()

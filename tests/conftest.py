@@ -23,9 +23,9 @@ TRAIN_ARGS = ["--criterion", "masked_ce", "--optimizer", "adam", "--lr", "5e-3",
               "--num-workers", "0", "--no-progress-bar", "--log-interval", "50"]
 
 
-def run(*cmd, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+def run(*cmd, check: bool = True, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run a CLI (fairseq-* or a script), capturing text output; show it when it fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {"OMP_NUM_THREADS": "2", **os.environ, **(env or {})}
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

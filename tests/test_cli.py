@@ -38,9 +38,9 @@ def test_greedy_generate_with_fairseq_scorer(toy_bin, trained):
 def test_interactive_translates_a_line(trained, toy_bin):
     out = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained,
               "--source-lang", "src", "--target-lang", "tgt", "--beam", "5",
-              input="a1 a2 a3 a4\n").stdout
+              input="eins zwei drei vier\n").stdout
     hyp = next(line for line in out.splitlines() if line.startswith("H-")).split("\t")[2]
-    assert hyp == "b4 b3 b2 b1"
+    assert hyp == "four three two one"
 
 
 def test_hydra_train_with_yaml_config(toy_bin, tmp_path):

@@ -9,6 +9,7 @@ Cho et al.'s "deep output" ``tanh(W [s_t ; e(y_{t-1}) ; c])``.
 Recurrent state travels as one tensor ``K x L x B x H`` (K = 2 for LSTM ``(h, c)``, 1 for GRU),
 so one code path serves both cells, beam reordering and the bridge.
 """
+import os
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -299,6 +300,21 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         encoder = RNNEncoder(cfg, src_dict, encoder_embed)
         decoder = RNNDecoder(cfg, tgt_dict, decoder_embed, encoder.output_dim)
         return cls(encoder, decoder)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str, checkpoint_file: str = "ckpt/checkpoint_best.pt",
+                        data_name_or_path: str = "./bin", **kwargs):
+        """A fairseq hub interface over a model directory laid out by scripts/prepare.py and
+        scripts/train.sh (``spm.model``, ``bin/``, ``ckpt/``)::
+
+            model = RNNSeq2SeqModel.from_pretrained("runs/multi30k/de-en")
+            model.translate(["Ein Hund läuft."], beam=5)
+        """
+        spm_model = os.path.join(model_dir, "spm.model")
+        if os.path.exists(spm_model):
+            kwargs.setdefault("bpe", "sentencepiece")
+            kwargs.setdefault("sentencepiece_model", spm_model)
+        return super().from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Name the dictionary mismatch instead of torch's "size mismatch" for every tensor."""

@@ -1,0 +1,108 @@
+"""The Multi30k scripts end to end on a tiny generated slice: prepare -> train.sh -> evaluate ->
+plot, the hub-style Python API, and the Multi30k Hydra config."""
+import json
+
+import pytest
+import torch
+
+from conftest import ROOT, USER_DIR, run
+
+pytestmark = pytest.mark.slow
+SCRIPTS = ROOT / "scripts"
+TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+        "--encoder-hidden-size", "128", "--decoder-hidden-size", "128", "--encoder-bidirectional",
+        "--dropout", "0.1", "--label-smoothing", "0", "--lr", "5e-3", "--max-tokens", "400"]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    """A few hundred raw sentence pairs written by the test (reverse + translate words)."""
+    folder = tmp_path_factory.mktemp("raw")
+    run("python", SCRIPTS / "make_toy_data.py", folder, "--train", "2000", "--valid", "60", "--test", "77", "--seed", "5")
+    return folder
+
+
+def prepare(raw, out):
+    return run("python", SCRIPTS / "prepare.py", "--raw-dir", raw, "--src", "src", "--tgt", "tgt",
+               "--vocab-size", "60", "--splits", "train=train", "valid=valid", "test=test", "--out", out).stdout
+
+
+@pytest.fixture(scope="module")
+def prepared(raw, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(raw, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_dir(prepared):
+    """scripts/train.sh with tiny sizes; the model directory then holds spm.model, bin/, ckpt/."""
+    run("bash", SCRIPTS / "train.sh", prepared / "bin", prepared / "ckpt", *TINY, "--max-update", "400",
+        env={"BUDGET_HOURS": "0.1"})
+    return prepared
+
+
+def test_prepare_is_idempotent_and_redoes_half_finished_steps(raw, tmp_path):
+    out = tmp_path / "p"
+    prepare(raw, out)
+    stamp = (out / "bin" / "train.src-tgt.src.bin").stat().st_mtime_ns
+    again = prepare(raw, out)
+    assert "skip: " in again and (out / "bin" / "train.src-tgt.src.bin").stat().st_mtime_ns == stamp
+    # a binarization killed half-way leaves bin.tmp, never bin: the next run redoes it
+    (out / "bin").rename(out / "bin.tmp")
+    (out / "bin.tmp" / "train.src-tgt.src.bin").write_bytes(b"half")
+    prepare(raw, out)
+    assert not (out / "bin.tmp").exists()
+    assert (out / "bin" / "train.src-tgt.src.bin").stat().st_size > 4
+    # a new sentencepiece model invalidates the encoded text and binarized data made with the old one
+    (out / "spm.model").unlink()
+    (out / "spm" / "train.src").write_text("stale\n")
+    prepare(raw, out)
+    assert (out / "spm" / "train.src").read_text() != "stale\n"
+
+
+def test_evaluate_restores_order_and_decodes_sentencepiece(trained_dir, raw, tmp_path):
+    summary, hyp = tmp_path / "test.json", tmp_path / "test.hyp"
+    out = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", trained_dir / "ckpt" / "checkpoint_best.pt",
+              "--ref", raw / "test.tgt", "--post-process", "sentencepiece", "--json", summary, "--hyp-out", hyp).stdout
+    assert "nrefs:1|case:mixed" in out and "chrF2" in out
+    result = json.loads(summary.read_text())
+    hyps, refs = hyp.read_text().splitlines(), (raw / "test.tgt").read_text().splitlines()
+    assert result["sentences"] == len(hyps) == 77
+    assert not any("\u2581" in h for h in hyps)  # sentencepiece pieces were joined back into words
+    assert sum(h == r for h, r in zip(hyps, refs)) > 0.5 * len(refs)  # hypothesis i translates source i
+    assert result["bleu"] > 50
+
+
+def test_evaluate_raw_file_pair_given_by_path(trained_dir, raw, tmp_path):
+    pair = tmp_path / "mine"
+    pair.mkdir()
+    (pair / "a.src").write_text("eins zwei drei\nvier fünf\n")
+    (pair / "a.tgt").write_text("three two one\nfive four\n")
+    out = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", trained_dir / "ckpt" / "checkpoint_best.pt",
+              "--src-raw", pair / "a.src", "--ref", pair / "a.tgt", "--spm", trained_dir / "spm.model",
+              "--post-process", "sentencepiece", "--hyp-out", pair / "a.hyp").stdout
+    assert "sentences = 2" in out
+    assert (pair / "a.hyp").read_text().splitlines() == ["three two one", "five four"]
+
+
+def test_hub_translate_api(trained_dir):
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+
+    model = RNNSeq2SeqModel.from_pretrained(str(trained_dir))
+    assert model.translate(["eins zwei drei", "sieben acht"], beam=5) == ["three two one", "eight seven"]
+
+
+def test_plot_training_curve(trained_dir, tmp_path):
+    out = run("python", SCRIPTS / "plot_training.py", trained_dir / "ckpt" / "train.log", "--out", tmp_path / "c.png").stdout
+    assert "epochs)" in out
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_multi30k_hydra_config(prepared, tmp_path):
+    save = tmp_path / "ckpt"
+    run("fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", "multi30k",
+        f"task.data={prepared / 'bin'}", f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={save}",
+        "model.encoder_hidden_size=32", "model.decoder_hidden_size=32", "optimization.max_update=3", cwd=tmp_path)
+    model = torch.load(save / "checkpoint_last.pt", weights_only=True)["cfg"]["model"]
+    assert model["encoder_bidirectional"] and model["decoder_deep_output"] and model["share_decoder_input_output_embed"]
