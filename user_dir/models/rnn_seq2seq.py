@@ -113,34 +113,45 @@ class RNN(nn.Module):
         return out, torch.stack(new) if self.is_lstm else new.unsqueeze(0)
 
 
-def linear_with_context(steps: Tensor, context: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``weight @ [steps_t ; context] + bias`` for every step, the context term once per sentence.
+class ContextLinear(nn.Linear):
+    """``W [x_t ; c] + b`` where ``c`` (B x C) is fixed per sentence.
 
-    steps: T x B x D, context: B x C, weight: N x (D + C) -> T x B x N.
+    Split as ``W_x x_t`` (all steps in one matmul) plus ``context_term(c) = W_c c + b``, which is
+    computed once per sentence and, while decoding, cached across steps.
     """
-    d = steps.size(-1)
-    return F.linear(steps, weight[:, :d]) + F.linear(context, weight[:, d:], bias)
+
+    def __init__(self, step_dim: int, context_dim: int, out_dim: int):
+        super().__init__(step_dim + context_dim, out_dim)
+        self.step_dim = step_dim
+
+    def context_term(self, context: Tensor) -> Tensor:
+        """B x C -> B x N"""
+        return F.linear(context, self.weight[:, self.step_dim :], self.bias)
+
+    def forward(self, x: Tensor, context_term: Tensor) -> Tensor:
+        """T x B x D, B x N -> T x B x N"""
+        return F.linear(x, self.weight[:, : self.step_dim]) + context_term
 
 
-def lstm_steps(gates_x: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor):
+def lstm_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear):
     """LSTM recurrence over precomputed input gates T x B x 4H; state 2 x B x H (h, c)."""
     h, c = state
     outs = []
     for gx in gates_x:
-        i, f, g, o = (gx + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)  # torch's gate order
+        i, f, g, o = (gx + hidden_proj(h)).chunk(4, dim=1)  # torch's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         outs.append(h)
     return torch.stack(outs), torch.stack([h, c])
 
 
-def gru_steps(gates_x: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor):
+def gru_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear):
     """GRU recurrence over precomputed input gates T x B x 3H; state 1 x B x H."""
     h = state[0]
     outs = []
     for gx in gates_x:
-        xr, xz, xn = gx.chunk(3, dim=1)
-        hr, hz, hn = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+        xr, xz, xn = gx.chunk(3, dim=1)  # torch's gate order
+        hr, hz, hn = hidden_proj(h).chunk(3, dim=1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         h = (1 - z) * torch.tanh(xn + r * hn) + z * h
         outs.append(h)
@@ -150,24 +161,30 @@ def gru_steps(gates_x: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor):
 class ContextRNN(nn.Module):
     """Multi-layer RNN whose first layer reads ``[x_t ; c]`` with ``c`` fixed per sentence.
 
-    Equal to an ``nn.LSTM``/``nn.GRU`` over the concatenation, but ``W_c c`` is computed once
-    per sentence instead of at every step, and ``W_x x_t`` for all steps in one matmul; layers
-    above the first run as one fused RNN call.
+    Equal to ``nn.LSTM``/``nn.GRU`` over the concatenation, but the context's share of the
+    first layer's gates is computed once per sentence (:meth:`context_term`); layers above the
+    first run as one fused RNN call.
     """
 
     def __init__(self, cell: str, input_size: int, context_size: int, hidden_size: int, layers: int,
                  dropout: float):
         super().__init__()
-        self.first = RNN(cell, input_size + context_size, hidden_size, 1, 0.0)  # holds the weights
+        gates = 4 if cell == "lstm" else 3
+        self.input_proj = ContextLinear(input_size, context_size, gates * hidden_size)  # W_ih, b_ih
+        self.hidden_proj = nn.Linear(hidden_size, gates * hidden_size)                  # W_hh, b_hh
+        for proj in (self.input_proj, self.hidden_proj):  # fairseq's LSTM init
+            nn.init.uniform_(proj.weight, -0.1, 0.1)
+            nn.init.zeros_(proj.bias)
         self.steps = lstm_steps if cell == "lstm" else gru_steps
         self.dropout = nn.Dropout(dropout)
         self.rest = RNN(cell, hidden_size, hidden_size, layers - 1, dropout) if layers > 1 else None
 
-    def forward(self, x: Tensor, context: Tensor, state: Tensor):
-        """x: T x B x E, context: B x C, state: K x L x B x H -> (T x B x H, new state)."""
-        w_ih, w_hh, b_ih, b_hh = self.first.rnn.all_weights[0]
-        gates_x = linear_with_context(x, context, w_ih, b_ih)  # T x B x (K' H), one matmul for all steps
-        out, first_state = self.steps(gates_x, state[:, 0], w_hh, b_hh)
+    def context_term(self, context: Tensor) -> Tensor:
+        return self.input_proj.context_term(context)
+
+    def forward(self, x: Tensor, context_term: Tensor, state: Tensor):
+        """x: T x B x E, context_term: B x (gates H), state: K x L x B x H -> (T x B x H, new state)."""
+        out, first_state = self.steps(self.input_proj(x, context_term), state[:, 0], self.hidden_proj)
         if self.rest is None:
             return out, first_state.unsqueeze(1)
         out, rest_state = self.rest(self.dropout(out), state[:, 1:])
@@ -232,8 +249,8 @@ class RNNDecoder(FairseqIncrementalDecoder):
         out_dim = cfg.decoder_hidden_size
         self.deep_output = None
         if cfg.decoder_deep_output:
-            self.deep_output = nn.Linear(cfg.decoder_hidden_size + cfg.decoder_embed_dim + context_dim,
-                                         cfg.decoder_out_embed_dim)
+            self.deep_output = ContextLinear(cfg.decoder_hidden_size + cfg.decoder_embed_dim, context_dim,
+                                             cfg.decoder_out_embed_dim)
             out_dim = cfg.decoder_out_embed_dim
         self.fc_out = None if cfg.share_decoder_input_output_embed else nn.Linear(out_dim, len(dictionary))
 
@@ -252,21 +269,29 @@ class RNNDecoder(FairseqIncrementalDecoder):
 
     def extract_features(self, prev_output_tokens: Tensor, encoder_out: EncoderOut,
                          incremental_state: Optional[IncrementalState] = None) -> Tensor:
-        state = encoder_out["state"]
+        cache = None
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]
-            cached = self.get_incremental_state(incremental_state, "rnn")
-            if cached is not None:
-                state = cached["state"]
+            cache = self.get_incremental_state(incremental_state, "rnn")
+        if cache is None:
+            cache = self.start(encoder_out)
         emb = self.dropout(self.embed_tokens(prev_output_tokens)).transpose(0, 1)  # T x B x E
-        x, state = self.rnn(emb, encoder_out["context"], state)                   # T x B x H
+        x, state = self.rnn(emb, cache["rnn_context"], cache["state"])            # T x B x H
         if incremental_state is not None:
-            self.set_incremental_state(incremental_state, "rnn", {"state": state})
+            self.set_incremental_state(incremental_state, "rnn", {**cache, "state": state})
         x = self.dropout(x)
         if self.deep_output is not None:
-            w, b = self.deep_output.weight, self.deep_output.bias
-            x = self.dropout(torch.tanh(linear_with_context(torch.cat([x, emb], -1), encoder_out["context"], w, b)))
+            x = self.dropout(torch.tanh(self.deep_output(torch.cat([x, emb], dim=-1), cache["output_context"])))
         return x.transpose(0, 1)  # T x B x C -> B x T x C
+
+    def start(self, encoder_out: EncoderOut) -> Dict[str, Optional[Tensor]]:
+        """Decoder state before the first step, and the context's terms, computed once per sentence."""
+        context = encoder_out["context"]
+        return {
+            "state": encoder_out["state"],  # K x L x B x H
+            "rnn_context": self.rnn.context_term(context),  # B x (gates H)
+            "output_context": None if self.deep_output is None else self.deep_output.context_term(context),
+        }
 
     def output_layer(self, features: Tensor) -> Tensor:
         if self.fc_out is None:
@@ -274,9 +299,11 @@ class RNNDecoder(FairseqIncrementalDecoder):
         return self.fc_out(features)
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
-        cached = self.get_incremental_state(incremental_state, "rnn")
-        if cached is not None:
-            self.set_incremental_state(incremental_state, "rnn", {"state": cached["state"].index_select(2, new_order)})
+        cache = self.get_incremental_state(incremental_state, "rnn")
+        if cache is not None:  # batch is dim 2 of the state, dim 0 of the context terms
+            self.set_incremental_state(incremental_state, "rnn", {
+                k: None if v is None else v.index_select(2 if k == "state" else 0, new_order) for k, v in cache.items()
+            })
 
     def max_positions(self) -> int:
         return self.max_positions_
