@@ -94,6 +94,15 @@ def embedding(num: int, dim: int, padding_idx: int) -> nn.Embedding:
     return m
 
 
+def init_rnn_(module: nn.Module) -> None:
+    """fairseq's LSTM init: weights U(-0.1, 0.1), biases 0."""
+    for name, p in module.named_parameters():
+        if "weight" in name:
+            nn.init.uniform_(p, -0.1, 0.1)
+        else:
+            nn.init.zeros_(p)
+
+
 class RNN(nn.Module):
     """``nn.LSTM``/``nn.GRU`` whose state is one ``K x L x B x H`` tensor (K = 2 for LSTM)."""
 
@@ -103,8 +112,7 @@ class RNN(nn.Module):
         self.is_lstm = cell == "lstm"
         self.rnn = CELLS[cell](input_size, hidden_size, layers, dropout=dropout if layers > 1 else 0.0,
                                bidirectional=bidirectional)
-        for name, p in self.rnn.named_parameters():  # fairseq's LSTM init
-            nn.init.uniform_(p, -0.1, 0.1) if "weight" in name else nn.init.zeros_(p)
+        init_rnn_(self)
 
     def forward(self, x, state: Optional[Tensor] = None):
         if state is not None:
@@ -172,12 +180,10 @@ class ContextRNN(nn.Module):
         gates = 4 if cell == "lstm" else 3
         self.input_proj = ContextLinear(input_size, context_size, gates * hidden_size)  # W_ih, b_ih
         self.hidden_proj = nn.Linear(hidden_size, gates * hidden_size)                  # W_hh, b_hh
-        for proj in (self.input_proj, self.hidden_proj):  # fairseq's LSTM init
-            nn.init.uniform_(proj.weight, -0.1, 0.1)
-            nn.init.zeros_(proj.bias)
         self.steps = lstm_steps if cell == "lstm" else gru_steps
         self.dropout = nn.Dropout(dropout)
         self.rest = RNN(cell, hidden_size, hidden_size, layers - 1, dropout) if layers > 1 else None
+        init_rnn_(self)
 
     def context_term(self, context: Tensor) -> Tensor:
         return self.input_proj.context_term(context)
