@@ -15,7 +15,6 @@ against the raw reference text, never against references rebuilt from the binari
 silently smaller test set. Extra arguments after ``--`` go to fairseq-generate.
 """
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -25,14 +24,9 @@ from pathlib import Path
 
 import sacrebleu
 import sentencepiece as spm
+from prepare import encode_pieces, read_lines  # scripts/ is on sys.path when run as a script
 
 USER_DIR = Path(__file__).resolve().parent.parent / "user_dir"
-
-
-def read_lines(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
 
 
 def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_process: str,
@@ -71,7 +65,7 @@ def binarize_raw(data_bin: Path, src_raw: Path, ref: Path, spm_model: Path | Non
     for lang, path in ((src, src_raw), (tgt, ref)):
         lines = read_lines(path)
         if sp is not None:
-            lines = [" ".join(p) for p in sp.encode(lines, out_type=str)]
+            lines = encode_pieces(sp, lines)
         (work / f"test.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     subprocess.run(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
                     "--srcdict", str(data_bin / f"dict.{src}.txt"), "--tgtdict", str(data_bin / f"dict.{tgt}.txt"),

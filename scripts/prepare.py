@@ -54,6 +54,11 @@ def read_pair(raw_dir: Path, prefix: str, src: str, tgt: str) -> tuple[list[str]
     return sides[0], sides[1]
 
 
+def encode_pieces(sp: spm.SentencePieceProcessor, lines: list[str]) -> list[str]:
+    """Raw lines -> space-separated sentencepiece pieces, the text fairseq-preprocess reads."""
+    return [" ".join(pieces) for pieces in sp.encode(lines, out_type=str)]
+
+
 def write_atomic(path: Path, lines: list[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -87,7 +92,7 @@ def encode_splits(out: Path, model: Path, data: dict, src: str, tgt: str) -> Non
             if path.exists():
                 continue
             path.parent.mkdir(exist_ok=True)
-            write_atomic(path, [" ".join(p) for p in sp.encode(lines, out_type=str)])
+            write_atomic(path, encode_pieces(sp, lines))
 
 
 def binarize(out: Path, src: str, tgt: str, splits: list[str]) -> None:
