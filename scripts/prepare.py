@@ -4,6 +4,7 @@ Usage:
     python scripts/prepare.py                                 # de->en from ../shared/data/multi30k
     python scripts/prepare.py --src en --tgt de --vocab-size 8000 --out runs/m30k-en-de
     python scripts/prepare.py --raw-dir /data/my_corpus --splits train=train valid=dev test=test
+    python scripts/prepare.py --download                      # no shared folder: fetch Multi30k first
 
 Steps, each skipped when its output exists and redone when it was left half-finished (outputs
 are written under a temporary name and renamed only when complete):
@@ -18,12 +19,16 @@ import gzip
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import sentencepiece as spm
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RAW = ROOT.parent / "shared" / "data" / "multi30k"
+SHARED_RAW = ROOT.parent / "shared" / "data" / "multi30k"
+DEFAULT_RAW = SHARED_RAW if SHARED_RAW.is_dir() else ROOT / "runs" / "multi30k" / "raw"
+MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 
 
@@ -32,6 +37,24 @@ def raw_path(raw_dir: Path, prefix: str, lang: str) -> Path:
         if path.exists():
             return path
     raise SystemExit(f"error: no {prefix}.{lang}[.gz] in {raw_dir}")
+
+
+def download(base_url: str, raw_dir: Path, prefixes: list[str], langs: tuple[str, str]) -> None:
+    """Fetch the missing BASE_URL/{prefix}.{lang}.gz files into raw_dir, each renamed only when complete."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for name in (f"{prefix}.{lang}.gz" for prefix in prefixes for lang in langs):
+        dest = raw_dir / name
+        if dest.exists() or dest.with_suffix("").exists():
+            continue
+        url, tmp = f"{base_url.rstrip('/')}/{name}", dest.with_name(name + ".tmp")
+        print(f"download: {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except (urllib.error.URLError, OSError) as e:
+            tmp.unlink(missing_ok=True)
+            raise SystemExit(f"error: could not download {url}: {e}")
+        tmp.replace(dest)
 
 
 def read_lines(path: Path) -> list[str]:
@@ -121,12 +144,16 @@ def main() -> None:
                    default=[f"{k}={v}" for k, v in MULTI30K_SPLITS.items()],
                    help="raw file prefix of train, valid and test (default: Multi30k's names)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/multi30k/SRC-TGT)")
+    p.add_argument("--download", nargs="?", const=MULTI30K_URL, metavar="URL",
+                   help=f"first fetch missing raw files into --raw-dir from URL (default {MULTI30K_URL})")
     args = p.parse_args()
+    splits = dict(s.split("=", 1) for s in args.splits)
+    if args.download:
+        download(args.download, args.raw_dir, list(splits.values()), (args.src, args.tgt))
     if not args.raw_dir.is_dir():
-        raise SystemExit(f"error: raw data folder {args.raw_dir} does not exist")
+        raise SystemExit(f"error: raw data folder {args.raw_dir} does not exist (--download fetches Multi30k)")
     out = args.out or ROOT / "runs" / "multi30k" / f"{args.src}-{args.tgt}"
     out.mkdir(parents=True, exist_ok=True)
-    splits = dict(s.split("=", 1) for s in args.splits)
     data = {split: read_pair(args.raw_dir, prefix, args.src, args.tgt) for split, prefix in splits.items()}
     for split, (src_lines, _) in data.items():
         print(f"{split}: {len(src_lines)} sentence pairs")

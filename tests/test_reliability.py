@@ -46,6 +46,13 @@ def test_prepare_names_a_missing_folder(tmp_path):
     fails_with(run("python", PREPARE, "--raw-dir", tmp_path / "nope", check=False), r"nope does not exist")
 
 
+def test_prepare_names_a_failed_download(tmp_path):
+    proc = run("python", PREPARE, "--download", (tmp_path / "no-server").as_uri(), "--raw-dir", tmp_path / "raw",
+               check=False)
+    fails_with(proc, r"could not download .*no-server/train\.de\.gz")
+    assert not any((tmp_path / "raw").iterdir())  # no half-written file left behind
+
+
 def test_missing_data_folder(tmp_path):
     fails_with(train(tmp_path / "no-such-bin", tmp_path / "ckpt", check=False), r"no-such-bin")
 

@@ -1,5 +1,6 @@
 """The Multi30k scripts end to end on a tiny generated slice: prepare -> train.sh -> evaluate ->
 plot, the hub-style Python API, and the Multi30k Hydra config."""
+import gzip
 import json
 
 import pytest
@@ -22,9 +23,10 @@ def raw(tmp_path_factory):
     return folder
 
 
-def prepare(raw, out):
+def prepare(raw, out, *extra):
     return run("python", SCRIPTS / "prepare.py", "--raw-dir", raw, "--src", "src", "--tgt", "tgt",
-               "--vocab-size", "60", "--splits", "train=train", "valid=valid", "test=test", "--out", out).stdout
+               "--vocab-size", "60", "--splits", "train=train", "valid=valid", "test=test", "--out", out,
+               *extra).stdout
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,19 @@ def test_prepare_is_idempotent_and_redoes_half_finished_steps(raw, tmp_path):
     (out / "spm" / "train.src").write_text("stale\n")
     prepare(raw, out)
     assert (out / "spm" / "train.src").read_text() != "stale\n"
+
+
+def test_prepare_downloads_missing_raw_files(raw, tmp_path):
+    """--download URL fetches {prefix}.{lang}.gz (here from a file:// "server") into --raw-dir."""
+    server, fetched = tmp_path / "server", tmp_path / "fetched"
+    server.mkdir()
+    for path in raw.iterdir():
+        (server / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    download = ("--download", server.as_uri(), "--raw-dir", fetched)
+    out = prepare(raw, tmp_path / "out", *download)
+    assert out.count("download: ") == 6 and (tmp_path / "out" / "bin" / "dict.src.txt").exists()
+    assert sorted(p.name for p in fetched.iterdir()) == sorted(p.name for p in server.iterdir())
+    assert "download: " not in prepare(raw, tmp_path / "out", *download)  # files there: nothing fetched
 
 
 def test_evaluate_restores_order_and_decodes_sentencepiece(trained_dir, raw, tmp_path):
