@@ -377,8 +377,9 @@ def rnn_seq2seq_d2l(args):
 
 @register_model_architecture("rnn_seq2seq", "rnn_seq2seq_multi30k")
 def rnn_seq2seq_multi30k(args):
-    """Multi30k-scale: bidirectional LSTM encoder, deep output, tied decoder embeddings."""
-    args.cell = getattr(args, "cell", "lstm")
+    """Multi30k-scale: bidirectional GRU encoder, deep output, tied decoder embeddings (GRU beat
+    LSTM by 4 valid BLEU at 16 CPU-minutes on Multi30k de-en; README "Results")."""
+    args.cell = getattr(args, "cell", "gru")
     args.encoder_bidirectional = getattr(args, "encoder_bidirectional", True)
     args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
     args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 512)
