@@ -16,6 +16,7 @@ lines, none of them empty.
 """
 import argparse
 import gzip
+import itertools
 import shutil
 import subprocess
 import sys
@@ -32,20 +33,25 @@ MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 
 
+def find_raw(raw_dir: Path, prefix: str, lang: str) -> Path | None:
+    return next((p for p in (raw_dir / f"{prefix}.{lang}.gz", raw_dir / f"{prefix}.{lang}") if p.exists()), None)
+
+
 def raw_path(raw_dir: Path, prefix: str, lang: str) -> Path:
-    for path in (raw_dir / f"{prefix}.{lang}.gz", raw_dir / f"{prefix}.{lang}"):
-        if path.exists():
-            return path
-    raise SystemExit(f"error: no {prefix}.{lang}[.gz] in {raw_dir}")
+    path = find_raw(raw_dir, prefix, lang)
+    if path is None:
+        raise SystemExit(f"error: no {prefix}.{lang}[.gz] in {raw_dir}")
+    return path
 
 
 def download(base_url: str, raw_dir: Path, prefixes: list[str], langs: tuple[str, str]) -> None:
     """Fetch the missing BASE_URL/{prefix}.{lang}.gz files into raw_dir, each renamed only when complete."""
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for name in (f"{prefix}.{lang}.gz" for prefix in prefixes for lang in langs):
-        dest = raw_dir / name
-        if dest.exists() or dest.with_suffix("").exists():
+    for prefix, lang in itertools.product(prefixes, langs):
+        if find_raw(raw_dir, prefix, lang):
             continue
+        name = f"{prefix}.{lang}.gz"
+        dest = raw_dir / name
         url, tmp = f"{base_url.rstrip('/')}/{name}", dest.with_name(name + ".tmp")
         print(f"download: {url}")
         try:
