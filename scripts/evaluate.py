@@ -12,7 +12,12 @@ Usage:
 Hypotheses are put back in corpus order (fairseq-generate prints them by length) and scored
 against the raw reference text, never against references rebuilt from the binarized data
 (those contain <unk>). Every sentence must come back: a missing one is an error, not a
-silently smaller test set. Extra arguments after ``--`` go to fairseq-generate.
+silently smaller test set. Extra arguments after ``--`` go to fairseq-generate; whatever they
+are, exactly one hypothesis per sentence is scored, the best.
+
+Everything is checked before decoding starts: the paths (relative ones against the current
+folder), the reference text (read by user_dir/text.py), its line count against the split, the
+output folders, and the sentencepiece options against the model's dictionary.
 """
 import argparse
 import json
@@ -24,9 +29,17 @@ from pathlib import Path
 
 import sacrebleu
 import sentencepiece as spm
-from prepare import encode_pieces, read_lines  # scripts/ is on sys.path when run as a script
+from fairseq.data import Dictionary, data_utils
+from prepare import ROOT, encode_pieces  # scripts/ is on sys.path when run as a script; prepare puts ROOT there
 
-USER_DIR = Path(__file__).resolve().parent.parent / "user_dir"
+from user_dir.dictionaries import uses_sentencepiece
+from user_dir.files import atomic_write
+from user_dir.patches.checkpoints import CheckpointError, check_file
+from user_dir.text import TextError, read_lines
+
+USER_DIR = ROOT / "user_dir"
+# options that would take fairseq-generate's hypotheses away from its standard output
+UNREADABLE = ("--quiet", "--results-path")
 
 
 def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_process: str,
@@ -35,19 +48,60 @@ def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_proces
     cmd = [
         "fairseq-generate", data_bin, "--user-dir", str(USER_DIR), "--path", checkpoint,
         "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch_size),
-        # fairseq's batch_by_size drops a short last batch otherwise (fairseq #5036, #5351)
-        "--required-batch-size-multiple", "1", "--num-workers", "0", "--no-progress-bar",
+        "--num-workers", "0", "--no-progress-bar",
         *(["--post-process", post_process] if post_process else []), *extra,
+        "--nbest", "1",  # last, so it wins over any --nbest in extra
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: fairseq-generate failed:\n{proc.stderr[-3000:]}")
     hyps: dict[int, str] = {}
     for line in proc.stdout.splitlines():
-        if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>
+        if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>, best first
             sid, _, text = line.split("\t", 2)
-            hyps[int(sid[2:])] = text
+            hyps.setdefault(int(sid[2:]), text)
     return [hyps[i] for i in sorted(hyps)] if hyps else []
+
+
+def split_size(data_bin: Path, subset: str) -> int:
+    """Number of sentences of a binarized split, read from its index."""
+    src, tgt = language_pair(data_bin)
+    prefix = data_bin / f"{subset}.{src}-{tgt}.{src}"
+    dataset = data_utils.load_indexed_dataset(str(prefix), None)
+    if dataset is None:
+        raise SystemExit(f"error: {data_bin} holds no split '{subset}' ({prefix}.idx)")
+    return len(dataset)
+
+
+def check_output(path: Path | None) -> None:
+    if path is not None and (path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK)):
+        raise SystemExit(f"error: cannot write {path}: " + ("it is a folder" if path.is_dir() else
+                                                              f"folder {path.parent} does not exist or is not writable"))
+
+
+def check_inputs(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Everything that can be wrong before decoding, each named; returns the reference lines."""
+    for path in (Path(args.data_bin), args.ref, args.src_raw, args.spm):
+        if path is not None and not path.exists():
+            raise SystemExit(f"error: {path} does not exist")
+    check_file(args.checkpoint)
+    for option in UNREADABLE:
+        if any(a == option or a.startswith(option + "=") for a in extra):
+            raise SystemExit(f"error: {option} hides fairseq-generate's hypotheses from evaluate.py; leave it out")
+    check_output(args.hyp_out)
+    check_output(args.json)
+    refs = read_lines(args.ref)
+    sentences = len(read_lines(args.src_raw)) if args.src_raw else split_size(Path(args.data_bin), args.subset)
+    if sentences != len(refs):
+        raise SystemExit(f"error: {args.ref} has {len(refs)} lines but the source has {sentences} sentences")
+    src, tgt = language_pair(Path(args.data_bin))
+    if uses_sentencepiece(Dictionary.load(str(Path(args.data_bin) / f"dict.{tgt}.txt"))) and args.post_process != "sentencepiece":
+        raise SystemExit("error: the model writes sentencepiece pieces (its dictionary's entries start with \u2581): "
+                         "pass --post-process sentencepiece, or the score is computed on pieces")
+    if args.src_raw and not args.spm and uses_sentencepiece(Dictionary.load(str(Path(args.data_bin) / f"dict.{src}.txt"))):
+        raise SystemExit("error: the model reads sentencepiece pieces: pass --spm with the sentencepiece model "
+                         "the data was prepared with (prepare.py's OUT/spm.model)")
+    return refs
 
 
 def language_pair(data_bin: Path) -> tuple[str, str]:
@@ -99,21 +153,24 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the scores as JSON here")
     args, extra = p.parse_known_args()
     extra = [a for a in extra if a != "--"]
-    for path in (Path(args.data_bin), Path(args.checkpoint), args.ref, args.src_raw, args.spm):
-        if path is not None and not path.exists():
-            raise SystemExit(f"error: {path} does not exist")
+    try:
+        refs = check_inputs(args, extra)
+    except (TextError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}")
     with tempfile.TemporaryDirectory() as work:
         data_bin, subset = args.data_bin, args.subset
         if args.src_raw:
             data_bin, subset = binarize_raw(Path(args.data_bin), args.src_raw, args.ref, args.spm, Path(work)), "test"
         hyps = generate(data_bin, args.checkpoint, subset, args.beam, args.post_process, args.batch_size, extra)
-    result = score(hyps, read_lines(args.ref))
+    result = score(hyps, refs)
     result.update(checkpoint=os.path.abspath(args.checkpoint), beam=args.beam,
                   source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}")
     if args.hyp_out:
-        args.hyp_out.write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        with atomic_write(args.hyp_out, "w", encoding="utf-8") as f:
+            f.write("".join(h + "\n" for h in hyps))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        with atomic_write(args.json, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
     print(f"{result['bleu_detail']}\n{result['bleu_signature']}\n"
           f"chrF2 = {result['chrf']}\n{result['chrf_signature']}\nsentences = {result['sentences']}")
 

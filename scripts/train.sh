@@ -8,14 +8,17 @@
 # Env: BUDGET_HOURS wall-clock budget (default 0.5), PATIENCE early stop after this many
 # validations without a better BLEU (default 5). Later EXTRA args override the defaults below.
 # Resumes from SAVE_DIR/checkpoint_last.pt when it exists. Uses the GPU (fp16) when one is there.
+# Paths are relative to the folder it is run from; a second run on one SAVE_DIR is refused.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,11p' "$0"; exit 2; }
-source scripts/env.sh
+root="$(cd "$(dirname "$0")/.." && pwd)"
+[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
+source "$root/scripts/env.sh"
 data="$1" save="$2"; shift 2
+compgen -G "$data/dict.*.txt" > /dev/null ||
+    { echo "error: $data holds no fairseq-preprocess output (dict.*.txt); scripts/prepare.py makes it" >&2; exit 2; }
 mkdir -p "$save"
 fp16=$(python -c 'import torch; print("--fp16" if torch.cuda.is_available() else "--cpu")')
-fairseq-train "$data" --user-dir user_dir $fp16 \
+fairseq-train "$data" --user-dir "$root/user_dir" $fp16 \
     --arch rnn_seq2seq_multi30k \
     --criterion masked_ce --label-smoothing 0.1 \
     --optimizer adam --adam-betas '(0.9, 0.98)' --lr 2e-3 --lr-scheduler fixed --warmup-updates 100 \

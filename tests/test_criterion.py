@@ -97,3 +97,67 @@ def test_logs_base_2_like_fairseq(task, sentence_avg):
     assert values["nll_loss"] == pytest.approx(round(loss.item() / 8 / math.log(2), 3))
     assert values["ppl"] == pytest.approx(2 ** values["nll_loss"], rel=1e-2)
     assert crit.logging_outputs_can_be_summed()
+
+
+def random_sample(task, bsz: int, steps: int, gen: torch.Generator, all_pad_row: bool):
+    """Right-padded targets of random valid lengths in [1, steps] (0 for one row if ``all_pad_row``)."""
+    lengths = torch.randint(1, steps + 1, (bsz,), generator=gen)
+    lengths[0] = steps  # fairseq's batches are as long as their longest target
+    if all_pad_row and bsz > 1:
+        lengths[-1] = 0
+    d = task.target_dictionary
+    target = torch.randint(d.nspecial, len(d), (bsz, steps), generator=gen)
+    target[torch.arange(steps) >= lengths.unsqueeze(1)] = d.pad()
+    return {"net_input": {}, "target": target, "ntokens": int(lengths.sum())}
+
+
+def per_sentence(loss: torch.Tensor, bsz: int) -> torch.Tensor:
+    """fairseq's reduce=False losses (per token, flattened) -> one sum per sentence."""
+    return loss.reshape(bsz, -1).sum(dim=1)
+
+
+def smoothed_logs(crit, log) -> dict:
+    with metrics.aggregate() as agg:
+        crit.reduce_metrics([log])
+        return agg.get_smoothed_values()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("bsz, steps", [(1, 1), (1, 5), (4, 1), (3, 2), (5, 7), (8, 3)])
+@pytest.mark.parametrize("all_pad_row", [False, True])
+def test_equals_fairseq_criterions_on_every_batch_shape(task, eps, bsz, steps, all_pad_row):
+    """Loss, per-sentence loss, gradient and logged values equal fairseq's own criterion's,
+    including B = 1, T = 1 (one-token targets: only EOS) and a row that is all padding."""
+    gen = torch.Generator().manual_seed(1000 * bsz + 10 * steps + all_pad_row)
+    sample = random_sample(task, bsz, steps, gen, all_pad_row)
+    logits = torch.randn(bsz, steps, len(task.target_dictionary), generator=gen)
+    ref_crit = (LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=eps) if eps
+                else CrossEntropyCriterion(task, sentence_avg=False))
+    crit = MaskedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=eps)
+    (ours, ref) = models = FixedLogits(logits), FixedLogits(logits.clone())
+    (loss, size, log), (ref_loss, ref_size, ref_log) = crit(ours, sample), ref_crit(ref, sample)
+    assert_close(loss, ref_loss)
+    assert size == ref_size == sample["ntokens"]
+    for model, value in zip(models, (loss, ref_loss)):
+        value.backward()
+    assert_close(ours.logits.grad, ref.logits.grad)
+    assert_close(log["loss"], ref_log["loss"])
+    if eps:
+        assert_close(log["nll_loss"], ref_log["nll_loss"])
+    ours_logged, ref_logged = smoothed_logs(crit, log), smoothed_logs(ref_crit, ref_log)
+    assert ours_logged["loss"] == pytest.approx(ref_logged["loss"], abs=1e-3)
+    assert ours_logged["ppl"] == pytest.approx(ref_logged["ppl"], rel=1e-2)
+    # reduce=False: one value per sentence, equal to fairseq's per-token values summed per sentence
+    ours_each = crit(FixedLogits(logits), sample, reduce=False)[0]
+    ref_each = per_sentence(ref_crit(FixedLogits(logits), sample, reduce=False)[0], bsz)
+    assert ours_each.shape == (bsz,)
+    assert_close(ours_each, ref_each)
+
+
+def test_one_token_targets_each_get_their_own_loss(task):
+    """The batch shape that once broadcast B x 1 to B x B: uniform logits, three EOS-only targets."""
+    d = task.target_dictionary
+    sample = {"net_input": {}, "target": torch.full((3, 1), d.eos()), "ntokens": 3}
+    loss, _, _ = MaskedCrossEntropyCriterion(task, sentence_avg=False)(
+        FixedLogits(torch.zeros(3, 1, len(d))), sample, reduce=False)
+    assert_close(loss, torch.full((3,), math.log(len(d))))

@@ -1,9 +1,13 @@
 """Unit tests of rnn_seq2seq: exact equalities on tiny hand-built batches."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch.testing import assert_close
 
-from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, RNNSeq2SeqModel
+from torch import nn
+
+from user_dir.models.rnn_seq2seq import ContextRNN, RNNSeq2SeqConfig, RNNSeq2SeqModel
 
 VARIANTS = {  # name -> config overrides
     "lstm": {},
@@ -11,7 +15,8 @@ VARIANTS = {  # name -> config overrides
     "lstm-bidir-deep-tied": {"encoder_bidirectional": True, "decoder_deep_output": True,
                              "decoder_out_embed_dim": 8, "share_decoder_input_output_embed": True},
     "gru-bidir-2layer-shared": {"cell": "gru", "encoder_bidirectional": True, "encoder_layers": 2,
-                                "decoder_layers": 2, "share_all_embeddings": True, "encoder_embed_dim": 8},
+                                "decoder_layers": 2, "share_all_embeddings": True, "encoder_embed_dim": 8,
+                                "decoder_deep_output": True, "decoder_out_embed_dim": 8},
 }
 
 
@@ -113,9 +118,89 @@ def test_decoder_output_depends_on_source(task):
     ({"share_decoder_input_output_embed": True, "decoder_deep_output": True, "decoder_out_embed_dim": 5},
      "--decoder-out-embed-dim"),
     ({"share_all_embeddings": True}, "--encoder-embed-dim"),
+    ({"share_all_embeddings": True, "encoder_embed_dim": 8}, "--share-all-embeddings ties the output projection"),
     ({"dropout": 1.5}, "--dropout"),
+    ({"dropout_in": -0.1}, "--dropout-in"),
     ({"decoder_hidden_size": 0}, "--decoder-hidden-size"),
 ])
 def test_inconsistent_options_rejected_with_option_named(task, overrides, option):
     with pytest.raises(ValueError, match=option):
         build(task, **overrides)
+
+
+def test_share_all_embeddings_ties_encoder_decoder_and_output_like_fairseq(task):
+    model = build(task, share_all_embeddings=True, encoder_embed_dim=8, decoder_embed_dim=8,
+                  decoder_deep_output=True, decoder_out_embed_dim=8)
+    assert model.encoder.embed_tokens.weight is model.decoder.embed_tokens.weight
+    assert model.decoder.fc_out is None
+    features = torch.randn(2, 3, 8)
+    assert_close(model.decoder.output_layer(features), features @ model.encoder.embed_tokens.weight.T)
+
+
+def fused_copy(rnn: ContextRNN, cell: str, input_size: int, context_size: int, hidden: int, layers: int) -> nn.RNNBase:
+    """The textbook's decoder RNN (one fused nn.LSTM/nn.GRU over [x ; c]) holding ``rnn``'s weights."""
+    fused = (nn.LSTM if cell == "lstm" else nn.GRU)(input_size + context_size, hidden, layers)
+    with torch.no_grad():
+        fused.weight_ih_l0.copy_(rnn.input_proj.weight)  # columns: x first, then c
+        fused.bias_ih_l0.copy_(rnn.input_proj.bias)
+        fused.weight_hh_l0.copy_(rnn.hidden_proj.weight)
+        fused.bias_hh_l0.copy_(rnn.hidden_proj.bias)
+        for layer in range(1, layers):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(fused, f"{name}_l{layer}").copy_(getattr(rnn.rest.rnn, f"{name}_l{layer - 1}"))
+    return fused
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_context_rnn_equals_fused_rnn_over_input_and_context(cell, layers):
+    """ContextRNN splits the first layer's input gates into a per-step and a per-sentence term;
+    with the same weights it computes what nn.LSTM/nn.GRU over [x_t ; c] computes."""
+    steps, bsz, emb, ctx, hidden = 5, 3, 6, 7, 8
+    rnn = ContextRNN(cell, emb, ctx, hidden, layers, dropout=0.0)
+    fused = fused_copy(rnn, cell, emb, ctx, hidden, layers)
+    x, c = torch.randn(steps, bsz, emb), torch.randn(bsz, ctx)         # T x B x E, B x C
+    state = torch.randn(2 if cell == "lstm" else 1, layers, bsz, hidden)  # K x L x B x H
+    out, new_state = rnn(x, rnn.context_term(c), state)
+    fused_in = torch.cat([x, c.expand(steps, -1, -1)], dim=-1)            # T x B x (E + C)
+    fused_out, fused_state = fused(fused_in, (state[0], state[1]) if cell == "lstm" else state[0])
+    assert_close(out, fused_out)
+    assert_close(new_state, torch.stack(fused_state) if cell == "lstm" else fused_state.unsqueeze(0))
+
+
+def test_torch_init_embeddings_have_unit_scale_and_tied_ones_unit_logits(task):
+    """--init torch: N(0, 1) input embeddings (the textbook's); a table that is also the output
+    projection N(0, 1/dim), so the first logits have unit scale (README, "Initialisation")."""
+    dim = 64
+    untied = build(task, init="torch", encoder_embed_dim=dim, decoder_embed_dim=dim)
+    tied = build(task, init="torch", encoder_embed_dim=dim, decoder_embed_dim=dim, decoder_deep_output=True,
+                 decoder_out_embed_dim=dim, share_decoder_input_output_embed=True)
+    pad = task.source_dictionary.pad()
+    for embed, std in ((untied.encoder.embed_tokens, 1.0), (untied.decoder.embed_tokens, 1.0),
+                       (tied.encoder.embed_tokens, 1.0), (tied.decoder.embed_tokens, dim ** -0.5)):
+        rows = torch.cat([embed.weight[:pad], embed.weight[pad + 1 :]])
+        assert rows.std().item() == pytest.approx(std, rel=0.15)
+        assert (embed.weight[pad] == 0).all()
+
+
+def test_d2l_preset_drops_out_between_layers_only(task):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "data", "--arch", "rnn_seq2seq_d2l", "--task", "translation", "--source-lang", "src", "--target-lang", "tgt",
+        "--user-dir", str(Path(__file__).resolve().parent.parent / "user_dir")])
+    cfg = convert_namespace_to_omegaconf(args).model
+    model = RNNSeq2SeqModel.build_model(cfg, task)
+    assert (cfg.init, cfg.dropout, cfg.dropout_in, cfg.dropout_out) == ("torch", 0.1, 0.0, 0.0)
+    assert model.encoder.rnn.rnn.dropout == 0.1 and model.decoder.rnn.dropout.p == 0.1
+    assert model.encoder.dropout_in.p == model.decoder.dropout_in.p == model.decoder.dropout_out.p == 0.0
+
+
+@pytest.mark.parametrize("init, bound, zero_bias", [("uniform", 0.1, True), ("torch", 12 ** -0.5, False)])
+def test_rnn_parameters_are_drawn_within_the_init_bound(task, init, bound, zero_bias):
+    model = build(task, init=init, decoder_layers=2, encoder_layers=2)  # decoder hidden size 12
+    params = dict(model.decoder.rnn.named_parameters())
+    assert all(p.abs().max() <= bound for p in params.values())
+    assert all(p.abs().max() > 0.8 * bound for name, p in params.items() if "weight" in name)
+    assert all((p == 0).all() == zero_bias for name, p in params.items() if "bias" in name)

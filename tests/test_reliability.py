@@ -31,7 +31,7 @@ def write_corpus(folder, src_lines, tgt_lines, prefix="train"):
 
 @pytest.mark.parametrize("problem, src, tgt, message", [
     ("line counts differ", ["ein hund", "eine katze"], ["a dog"], r"has 2 lines but .* has 1"),
-    ("empty line", ["ein hund", " "], ["a dog", "a cat"], r"train\.de has 1 empty line\(s\), first at line 2"),
+    ("empty line", ["ein hund", " "], ["a dog", "a cat"], r"train\.de line 2: empty line"),
     ("empty file", [], [], r"train\.de is empty"),
 ])
 def test_prepare_rejects_bad_corpora(tmp_path, problem, src, tgt, message):
@@ -71,7 +71,7 @@ def test_checkpoint_with_other_dictionary_is_named(trained, tmp_path):
             (other / f"{split}.{side}").write_text("x y z\n" * 3)
     fails_with(run("fairseq-generate", preprocess(other, tmp_path / "bin"), "--user-dir", USER_DIR,
                    "--path", trained, "--batch-size", "8", check=False),
-               r"trained with a source dictionary of \d+ entries, but the data's dictionary has \d+")
+               r"trained with a source dictionary of \d+ entries \(fingerprint \w+\), but the data's dictionary has \d+")
 
 
 def test_truncated_checkpoint_is_named(toy_bin, trained, tmp_path):

@@ -2,6 +2,8 @@
 plot, the hub-style Python API, and the Multi30k Hydra config."""
 import gzip
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -50,11 +52,13 @@ def test_prepare_is_idempotent_and_redoes_half_finished_steps(raw, tmp_path):
     stamp = (out / "bin" / "train.src-tgt.src.bin").stat().st_mtime_ns
     again = prepare(raw, out)
     assert "skip: " in again and (out / "bin" / "train.src-tgt.src.bin").stat().st_mtime_ns == stamp
-    # a binarization killed half-way leaves bin.tmp, never bin: the next run redoes it
-    (out / "bin").rename(out / "bin.tmp")
-    (out / "bin.tmp" / "train.src-tgt.src.bin").write_bytes(b"half")
+    # a binarization killed half-way leaves a hidden temporary folder, never bin: the next run
+    # removes it and redoes bin
+    killed = out / ".bin.k1ll3d.tmp"
+    (out / "bin").rename(killed)
+    (killed / "train.src-tgt.src.bin").write_bytes(b"half")
     prepare(raw, out)
-    assert not (out / "bin.tmp").exists()
+    assert not killed.exists()
     assert (out / "bin" / "train.src-tgt.src.bin").stat().st_size > 4
     # a new sentencepiece model invalidates the encoded text and binarized data made with the old one
     (out / "spm.model").unlink()
@@ -121,3 +125,24 @@ def test_multi30k_hydra_config(prepared, tmp_path):
         "model.encoder_hidden_size=32", "model.decoder_hidden_size=32", "optimization.max_update=3", cwd=tmp_path)
     model = torch.load(save / "checkpoint_last.pt", weights_only=True)["cfg"]["model"]
     assert model["encoder_bidirectional"] and model["decoder_deep_output"] and model["share_decoder_input_output_embed"]
+
+
+def test_hub_refuses_a_pieces_model_without_its_sentencepiece_model(trained_dir, tmp_path):
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+
+    bare = tmp_path / "model"
+    for folder in ("bin", "ckpt"):
+        shutil.copytree(trained_dir / folder, bare / folder)
+    with pytest.raises(FileNotFoundError, match=rf"{bare} holds a model trained on sentencepiece pieces but no spm.model"):
+        RNNSeq2SeqModel.from_pretrained(str(bare))
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], r"the model writes sentencepiece pieces .*: pass --post-process sentencepiece"),
+    (["--post-process", "sentencepiece", "--src-raw", "SRC"], r"the model reads sentencepiece pieces: pass --spm"),
+])
+def test_evaluate_refuses_pieces_without_sentencepiece_options(trained_dir, raw, args, message):
+    args = [str(raw / "test.src") if a == "SRC" else a for a in args]
+    proc = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", trained_dir / "ckpt" / "checkpoint_best.pt",
+               "--ref", raw / "test.tgt", *args, check=False)
+    assert proc.returncode != 0 and re.search(message, proc.stderr), proc.stderr[-2000:]

@@ -1,8 +1,9 @@
 """fairseq user directory: ``--user-dir user_dir`` registers ``rnn_seq2seq`` and ``masked_ce``.
 
 fairseq auto-imports only ``models/`` and ``tasks/`` of a user dir, so the criterion is
-imported here. ``checkpoints`` and ``distributed`` fix fairseq 0.12 behaviour on current
-torch (safe checkpoint loading, atomic checkpoint copies, torchrun on CPU).
+imported here. ``patches`` repairs fairseq 0.12 where it breaks on current torch or loses data
+(checkpoint loading and copies, the last batch of a split, torchrun on CPU); it comes first, so
+the repairs are in place before any checkpoint is loaded or batch is made.
 """
-from . import checkpoints, distributed  # noqa: F401  (before any checkpoint is loaded)
+from . import patches  # noqa: F401
 from . import criterions, models  # noqa: F401

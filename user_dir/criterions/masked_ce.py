@@ -56,8 +56,10 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
         lprobs = model.get_normalized_probs(net_output, log_probs=True)  # B x T x V
         target = model.get_targets(sample, net_output)                     # B x T
         mask = target.ne(self.padding_idx)                                 # B x T, the sequence mask
-        loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, reduce=False)  # B x T x 1
-        return masked_sum(loss.squeeze(-1), mask), masked_sum(nll_loss.squeeze(-1), mask)
+        # without ignore_index fairseq already squeezes to B x T; squeezing again would turn
+        # a B x 1 batch (one-token targets) into (B,) and broadcast the sum to B x B
+        loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, reduce=False)  # B x T
+        return masked_sum(loss, mask), masked_sum(nll_loss, mask)
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
@@ -80,4 +82,6 @@ def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
 
     ``where`` (not multiplication) so a NaN/inf at a padding position cannot leak in.
     """
+    if values.shape != mask.shape:
+        raise ValueError(f"masked_sum: values {tuple(values.shape)} and mask {tuple(mask.shape)} differ")
     return torch.where(mask, values, values.new_zeros(())).sum(dim=1)

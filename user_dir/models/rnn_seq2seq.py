@@ -28,7 +28,10 @@ from fairseq.models import (
 from omegaconf import II
 from torch import Tensor
 
+from ..dictionaries import as_hex, fingerprint, uses_sentencepiece
+
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+INITS = ("uniform", "torch")
 EncoderOut = Dict[str, Tensor]
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -37,6 +40,12 @@ IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 class RNNSeq2SeqConfig(FairseqDataclass):
     cell: ChoiceEnum(list(CELLS)) = field(  # type: ignore[valid-type]
         default="lstm", metadata={"help": "recurrent cell of both encoder and decoder"}
+    )
+    init: ChoiceEnum(INITS) = field(  # type: ignore[valid-type]
+        default="uniform", metadata={"help": "uniform: every embedding and weight U(-0.1, 0.1), biases 0 (fairseq's lstm "
+                                             "draws its biases from U(-0.1, 0.1) too); torch: the textbook's, torch's "
+                                             "defaults (embeddings N(0, 1), N(0, 1/dim) when also the output projection; "
+                                             "RNN parameters U(-1/sqrt(H), 1/sqrt(H))). README, \"Initialisation\""}
     )
     encoder_embed_dim: int = field(default=256, metadata={"help": "encoder embedding dimension"})
     encoder_hidden_size: int = field(default=512, metadata={"help": "encoder hidden size (per direction)"})
@@ -53,12 +62,21 @@ class RNNSeq2SeqConfig(FairseqDataclass):
     decoder_out_embed_dim: int = field(
         default=256, metadata={"help": "size of the deep output layer (must equal decoder-embed-dim when embeddings are shared)"}
     )
-    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings, between RNN layers and on RNN outputs"})
+    dropout: float = field(
+        default=0.1, metadata={"help": "dropout between stacked RNN layers, and the default of --dropout-in and --dropout-out"}
+    )
+    dropout_in: Optional[float] = field(
+        default=None, metadata={"help": "dropout on the encoder's and decoder's embeddings (default: --dropout)"}
+    )
+    dropout_out: Optional[float] = field(
+        default=None, metadata={"help": "dropout on the decoder's RNN output and deep output (default: --dropout)"}
+    )
     share_decoder_input_output_embed: bool = field(
         default=False, metadata={"help": "tie the decoder's input embedding and output projection"}
     )
     share_all_embeddings: bool = field(
-        default=False, metadata={"help": "share encoder and decoder embeddings (needs --joined-dictionary data)"}
+        default=False, metadata={"help": "share encoder and decoder embeddings and the output projection, as fairseq's "
+                                 "lstm and transformer do (needs --joined-dictionary data)"}
     )
     max_source_positions: int = II("task.max_source_positions")
     max_target_positions: int = II("task.max_target_positions")
@@ -75,44 +93,66 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
                  "decoder_hidden_size", "decoder_out_embed_dim"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
-    out_dim = cfg.decoder_out_embed_dim if cfg.decoder_deep_output else cfg.decoder_hidden_size
-    if cfg.share_decoder_input_output_embed and out_dim != cfg.decoder_embed_dim:
-        which = "--decoder-out-embed-dim" if cfg.decoder_deep_output else "--decoder-hidden-size (or use --decoder-deep-output)"
-        raise ValueError(
-            f"--share-decoder-input-output-embed needs {which} ({out_dim}) == --decoder-embed-dim ({cfg.decoder_embed_dim})"
-        )
+    for name in ("dropout", "dropout_in", "dropout_out"):
+        value = getattr(cfg, name)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
     if cfg.share_all_embeddings and cfg.encoder_embed_dim != cfg.decoder_embed_dim:
         raise ValueError("--share-all-embeddings needs --encoder-embed-dim == --decoder-embed-dim")
+    out_dim = cfg.decoder_out_embed_dim if cfg.decoder_deep_output else cfg.decoder_hidden_size
+    if ties_output(cfg) and out_dim != cfg.decoder_embed_dim:
+        flag = "--share-all-embeddings" if cfg.share_all_embeddings else "--share-decoder-input-output-embed"
+        which = "--decoder-out-embed-dim" if cfg.decoder_deep_output else "--decoder-hidden-size (or use --decoder-deep-output)"
+        raise ValueError(f"{flag} ties the output projection to the decoder embedding: it needs {which} ({out_dim}) "
+                         f"== --decoder-embed-dim ({cfg.decoder_embed_dim})")
 
 
-def embedding(num: int, dim: int, padding_idx: int) -> nn.Embedding:
+def dropout_layer(cfg: RNNSeq2SeqConfig, where: str) -> nn.Dropout:
+    """``--dropout-in`` or ``--dropout-out`` (``where``), which default to ``--dropout``."""
+    p = getattr(cfg, f"dropout_{where}", None)
+    return nn.Dropout(cfg.dropout if p is None else p)
+
+
+def ties_output(cfg: RNNSeq2SeqConfig) -> bool:
+    """fairseq's meaning (``lstm``, ``transformer``): sharing all embeddings ties the output projection too."""
+    return cfg.share_decoder_input_output_embed or cfg.share_all_embeddings
+
+
+def embedding(num: int, dim: int, padding_idx: int, init: str, output: bool = False) -> nn.Embedding:
+    """Token embeddings, the padding row zero. ``init`` "uniform": U(-0.1, 0.1); "torch": N(0, 1),
+    or N(0, 1/dim) when the table is also the output projection (``output``), so that the first
+    logits have unit scale, as in fairseq's transformer."""
     m = nn.Embedding(num, dim, padding_idx=padding_idx)
-    nn.init.uniform_(m.weight, -0.1, 0.1)
-    nn.init.constant_(m.weight[padding_idx], 0)
+    if init == "uniform":
+        nn.init.uniform_(m.weight, -0.1, 0.1)
+    elif output:
+        nn.init.normal_(m.weight, mean=0.0, std=dim ** -0.5)
+    nn.init.zeros_(m.weight[padding_idx])
     return m
 
 
-def init_rnn_(module: nn.Module) -> None:
-    """fairseq's LSTM init: weights U(-0.1, 0.1), biases 0."""
+def init_rnn_(module: nn.Module, hidden_size: int, init: str) -> None:
+    """Every parameter of ``module``: "uniform": weights U(-0.1, 0.1), biases 0; "torch": weights and
+    biases U(-1/sqrt(H), 1/sqrt(H)), torch's own initialisation of ``nn.LSTM``/``nn.GRU``, applied to
+    :class:`ContextRNN` too, which then starts as the fused RNN it equals."""
+    bound = 0.1 if init == "uniform" else hidden_size ** -0.5
     for name, p in module.named_parameters():
-        if "weight" in name:
-            nn.init.uniform_(p, -0.1, 0.1)
-        else:
+        if init == "uniform" and "bias" in name:
             nn.init.zeros_(p)
+        else:
+            nn.init.uniform_(p, -bound, bound)
 
 
 class RNN(nn.Module):
     """``nn.LSTM``/``nn.GRU`` whose state is one ``K x L x B x H`` tensor (K = 2 for LSTM)."""
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, layers: int, dropout: float,
-                 bidirectional: bool = False):
+                 init: str, bidirectional: bool = False):
         super().__init__()
         self.is_lstm = cell == "lstm"
         self.rnn = CELLS[cell](input_size, hidden_size, layers, dropout=dropout if layers > 1 else 0.0,
                                bidirectional=bidirectional)
-        init_rnn_(self)
+        init_rnn_(self, hidden_size, init)
 
     def forward(self, x, state: Optional[Tensor] = None):
         if state is not None:
@@ -175,15 +215,15 @@ class ContextRNN(nn.Module):
     """
 
     def __init__(self, cell: str, input_size: int, context_size: int, hidden_size: int, layers: int,
-                 dropout: float):
+                 dropout: float, init: str = "uniform"):
         super().__init__()
         gates = 4 if cell == "lstm" else 3
         self.input_proj = ContextLinear(input_size, context_size, gates * hidden_size)  # W_ih, b_ih
         self.hidden_proj = nn.Linear(hidden_size, gates * hidden_size)                  # W_hh, b_hh
         self.steps = lstm_steps if cell == "lstm" else gru_steps
         self.dropout = nn.Dropout(dropout)
-        self.rest = RNN(cell, hidden_size, hidden_size, layers - 1, dropout) if layers > 1 else None
-        init_rnn_(self)
+        self.rest = RNN(cell, hidden_size, hidden_size, layers - 1, dropout, init) if layers > 1 else None
+        init_rnn_(self, hidden_size, init)
 
     def context_term(self, context: Tensor) -> Tensor:
         return self.input_proj.context_term(context)
@@ -203,9 +243,9 @@ class RNNEncoder(FairseqEncoder):
         self.max_positions_ = cfg.max_source_positions
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout_in = dropout_layer(cfg, "in")
         self.rnn = RNN(cfg.cell, cfg.encoder_embed_dim, cfg.encoder_hidden_size, cfg.encoder_layers,
-                       cfg.dropout, cfg.encoder_bidirectional)
+                       cfg.dropout, cfg.init, cfg.encoder_bidirectional)
         self.num_directions = 2 if cfg.encoder_bidirectional else 1
         self.output_dim = self.num_directions * cfg.encoder_hidden_size
         # one linear map per state component (h, and c for LSTM) when sizes differ
@@ -225,7 +265,7 @@ class RNNEncoder(FairseqEncoder):
         """
         # packing needs right padding; fairseq left-pads sources by default (no-op if right-padded)
         src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
-        x = self.dropout(self.embed_tokens(src_tokens)).transpose(0, 1)  # B x S x E -> S x B x E
+        x = self.dropout_in(self.embed_tokens(src_tokens)).transpose(0, 1)  # B x S x E -> S x B x E
         packed = nn.utils.rnn.pack_padded_sequence(x, src_lengths.cpu(), enforce_sorted=False)
         _, state = self.rnn(packed)  # K x (L * D) x B x H, each sentence's true last step
         k, _, bsz, h = state.shape
@@ -249,16 +289,16 @@ class RNNDecoder(FairseqIncrementalDecoder):
         super().__init__(dictionary)
         self.max_positions_ = cfg.max_target_positions
         self.embed_tokens = embed_tokens
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout_in, self.dropout_out = dropout_layer(cfg, "in"), dropout_layer(cfg, "out")
         self.rnn = ContextRNN(cfg.cell, cfg.decoder_embed_dim, context_dim, cfg.decoder_hidden_size,
-                              cfg.decoder_layers, cfg.dropout)
+                              cfg.decoder_layers, cfg.dropout, cfg.init)
         out_dim = cfg.decoder_hidden_size
         self.deep_output = None
         if cfg.decoder_deep_output:
             self.deep_output = ContextLinear(cfg.decoder_hidden_size + cfg.decoder_embed_dim, context_dim,
                                              cfg.decoder_out_embed_dim)
             out_dim = cfg.decoder_out_embed_dim
-        self.fc_out = None if cfg.share_decoder_input_output_embed else nn.Linear(out_dim, len(dictionary))
+        self.fc_out = None if ties_output(cfg) else nn.Linear(out_dim, len(dictionary))
 
     def forward(self, prev_output_tokens: Tensor, encoder_out: EncoderOut,
                 incremental_state: Optional[IncrementalState] = None, features_only: bool = False, **kwargs):
@@ -281,13 +321,13 @@ class RNNDecoder(FairseqIncrementalDecoder):
             cache = self.get_incremental_state(incremental_state, "rnn")
         if cache is None:
             cache = self.start(encoder_out)
-        emb = self.dropout(self.embed_tokens(prev_output_tokens)).transpose(0, 1)  # T x B x E
+        emb = self.dropout_in(self.embed_tokens(prev_output_tokens)).transpose(0, 1)  # T x B x E
         x, state = self.rnn(emb, cache["rnn_context"], cache["state"])            # T x B x H
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "rnn", {**cache, "state": state})
-        x = self.dropout(x)
+        x = self.dropout_out(x)
         if self.deep_output is not None:
-            x = self.dropout(torch.tanh(self.deep_output(torch.cat([x, emb], dim=-1), cache["output_context"])))
+            x = self.dropout_out(torch.tanh(self.deep_output(torch.cat([x, emb], dim=-1), cache["output_context"])))
         return x.transpose(0, 1)  # T x B x C -> B x T x C
 
     def start(self, encoder_out: EncoderOut) -> Dict[str, Optional[Tensor]]:
@@ -317,19 +357,28 @@ class RNNDecoder(FairseqIncrementalDecoder):
 
 @register_model("rnn_seq2seq", dataclass=RNNSeq2SeqConfig)
 class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
-    """Context-concat RNN encoder-decoder; the dataclass defaults are the ``rnn_seq2seq`` arch."""
+    """Context-concat RNN encoder-decoder; the dataclass defaults are the ``rnn_seq2seq`` arch.
+
+    The model keeps a fingerprint of each dictionary it was built with (buffers saved in every
+    checkpoint), so a checkpoint loaded over data with other dictionaries is refused by name.
+    """
+
+    def __init__(self, encoder: "RNNEncoder", decoder: "RNNDecoder"):
+        super().__init__(encoder, decoder)
+        for side, dictionary in (("source", encoder.dictionary), ("target", decoder.dictionary)):
+            self.register_buffer(f"{side}_dictionary_fingerprint", fingerprint(dictionary))
 
     @classmethod
     def build_model(cls, cfg: RNNSeq2SeqConfig, task):
         check_config(cfg)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
-        encoder_embed = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad())
+        encoder_embed = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad(), cfg.init, output=cfg.share_all_embeddings)
         if cfg.share_all_embeddings:
             if src_dict != tgt_dict:
                 raise ValueError("--share-all-embeddings requires a joined dictionary (fairseq-preprocess --joined-dictionary)")
             decoder_embed = encoder_embed
         else:
-            decoder_embed = embedding(len(tgt_dict), cfg.decoder_embed_dim, tgt_dict.pad())
+            decoder_embed = embedding(len(tgt_dict), cfg.decoder_embed_dim, tgt_dict.pad(), cfg.init, output=ties_output(cfg))
         encoder = RNNEncoder(cfg, src_dict, encoder_embed)
         decoder = RNNDecoder(cfg, tgt_dict, decoder_embed, encoder.output_dim)
         return cls(encoder, decoder)
@@ -347,25 +396,38 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         if os.path.exists(spm_model):
             kwargs.setdefault("bpe", "sentencepiece")
             kwargs.setdefault("sentencepiece_model", spm_model)
-        return super().from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)
+        hub = super().from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)
+        if hub.bpe is None and uses_sentencepiece(hub.task.target_dictionary):
+            raise FileNotFoundError(
+                f"{model_dir} holds a model trained on sentencepiece pieces but no spm.model: copy the "
+                "sentencepiece model there (or pass sentencepiece_model=PATH), else text goes in and out as pieces"
+            )
+        return hub
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Name the dictionary mismatch instead of torch's "size mismatch" for every tensor."""
+        """Name a dictionary mismatch (size or entries) instead of loading weights over it."""
+        state_dict = dict(state_dict)
         for side, name in (("source", "encoder"), ("target", "decoder")):
-            saved, expected = state_dict.get(f"{name}.embed_tokens.weight"), len(getattr(self, name).dictionary)
-            if saved is not None and saved.size(0) != expected:
+            key, ours = f"{side}_dictionary_fingerprint", getattr(self, f"{side}_dictionary_fingerprint")
+            saved_size = state_dict[f"{name}.embed_tokens.weight"].size(0)
+            saved = state_dict.setdefault(key, ours)  # checkpoints before fingerprints: size check only
+            if saved_size != len(getattr(self, name).dictionary) or as_hex(saved) != as_hex(ours):
                 raise ValueError(
-                    f"the checkpoint was trained with a {side} dictionary of {saved.size(0)} entries, "
-                    f"but the data's dictionary has {expected}: use the data folder "
-                    "(dict.*.txt) the model was trained with"
+                    f"the checkpoint was trained with a {side} dictionary of {saved_size} entries (fingerprint "
+                    f"{as_hex(saved)}), but the data's dictionary has {len(getattr(self, name).dictionary)} "
+                    f"(fingerprint {as_hex(ours)}): use the data folder (dict.*.txt) the model was trained with"
                 )
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 
 @register_model_architecture("rnn_seq2seq", "rnn_seq2seq_d2l")
 def rnn_seq2seq_d2l(args):
-    """The textbook size (D2L 10.7): GRU, embedding 32, hidden 32, 2 layers, dropout 0.1."""
+    """The sizes of Dive into Deep Learning 0.17, section 9.7 "Sequence to Sequence Learning":
+    GRU, embedding 32, hidden 32, 2 layers, dropout 0.1 between the layers only, initialised as
+    torch does, as in the textbook (the 1.0 edition's section 10.7 trains 256/256, 2 layers,
+    dropout 0.2)."""
     args.cell = getattr(args, "cell", "gru")
+    args.init = getattr(args, "init", "torch")
     args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 32)
     args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 32)
     args.encoder_layers = getattr(args, "encoder_layers", 2)
@@ -373,6 +435,8 @@ def rnn_seq2seq_d2l(args):
     args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 32)
     args.decoder_layers = getattr(args, "decoder_layers", 2)
     args.dropout = getattr(args, "dropout", 0.1)
+    args.dropout_in = getattr(args, "dropout_in", 0.0)
+    args.dropout_out = getattr(args, "dropout_out", 0.0)
 
 
 @register_model_architecture("rnn_seq2seq", "rnn_seq2seq_multi30k")

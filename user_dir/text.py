@@ -1,0 +1,70 @@
+"""One reader for every text file the scripts take (corpora, references, sources to translate).
+
+Each problem is named with its file, line and column, and text that only looks fine is treated
+the same way everywhere, so a pair can never be shifted or emptied on its way to fairseq:
+
+* lines end at ``\\n`` (a ``\\r\\n`` ending counts as one); any other character that some tool
+  takes as a line break (a lone ``\\r``, U+0085, U+2028, U+2029, vertical tab, form feed,
+  U+001C-U+001E) is refused, as is every other control character but the tab;
+* bytes that are not UTF-8 are refused (UTF-16 is named as such);
+* invisible format characters (byte order marks, zero-width spaces, direction marks and
+  embeddings, soft hyphens, word joiners) are removed; zero-width (non-)joiners, which change
+  how some scripts are written, are kept;
+* every line is normalised to Unicode NFC;
+* a line with nothing visible left (empty, spaces of any kind, only invisible characters) is
+  refused.
+"""
+import gzip
+import unicodedata
+from pathlib import Path
+
+LINE_BREAKS = set("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+INVISIBLE = set("\ufeff\u200b\u2060\u00ad\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+BLANK = {"Zs", "Zl", "Zp", "Cc", "Cf"}  # categories with nothing to see
+
+
+class TextError(ValueError):
+    pass
+
+
+def clean_line(line: str, where: str) -> str:
+    """``line`` normalised (see the module's docstring), or TextError naming ``where``."""
+    for column, ch in enumerate(line, start=1):
+        if ch in LINE_BREAKS:
+            raise TextError(f"{where}, column {column}: line break character U+{ord(ch):04X} inside a line "
+                            "(other tools would split the line there and shift the pairs)")
+        if ch != "\t" and unicodedata.category(ch) == "Cc":
+            raise TextError(f"{where}, column {column}: control character U+{ord(ch):04X}")
+    text = unicodedata.normalize("NFC", "".join(ch for ch in line if ch not in INVISIBLE))
+    if all(unicodedata.category(ch) in BLANK for ch in text):
+        raise TextError(f"{where}: empty line" + (" (only invisible or space characters)" if line else ""))
+    return text
+
+
+def decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TextError(f"{where}, column {e.start + 1}: not UTF-8 (byte 0x{raw[e.start]:02X}); "
+                        "convert the file, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """Every line of a UTF-8 text file (gzip if it ends in .gz), cleaned by :func:`clean_line`."""
+    path = Path(path)
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise TextError(f"{path}: cannot be read ({e})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TextError(f"{path} is UTF-16 (it starts with a UTF-16 byte order mark): convert it to UTF-8")
+    if not raw:
+        raise TextError(f"{path} is empty")
+    rows = raw.split(b"\n")
+    if rows[-1] == b"":  # the newline that ends the last line
+        rows.pop()
+    lines = []
+    for number, row in enumerate(rows, start=1):
+        where = f"{path} line {number}"
+        lines.append(clean_line(decode(row.removesuffix(b"\r"), where), where))
+    return lines
