@@ -86,7 +86,7 @@ def test_truncated_checkpoint_is_named(toy_bin, trained, tmp_path):
     (["--arch", "rnn_seq2seq_huge"], r"argument --arch.*invalid choice: 'rnn_seq2seq_huge'"),
     (["--label-smothing", "0.1"], r"unrecognized arguments: --label-smothing"),
     (["--encoder-layers", "2"], r"--encoder-layers \(2\) must equal --decoder-layers \(1\)"),
-    (["--share-decoder-input-output-embed"], r"--share-decoder-input-output-embed needs --decoder-hidden-size"),
+    (["--share-decoder-input-output-embed"], r"--share-decoder-input-output-embed ties the output projection .* needs --decoder-hidden-size"),
 ])
 def test_bad_options_are_named(toy_bin, tmp_path, args, message):
     fails_with(train(toy_bin, tmp_path, "--max-update", "1", *args, check=False), message)
@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_the_same_result(toy_bin, tmp_path):
 def test_two_process_cpu_training_matches_one_process_with_update_freq(toy_bin, tmp_path):
     """torchrun + gloo over 2 ranks == 1 process accumulating 2 batches (--update-freq 2)."""
     common = [*TINY_MODEL, *TRAIN_ARGS, "--dropout", "0", "--max-update", "20", "--log-interval", "5",
-              "--no-save", "--cpu", "--ddp-backend", "legacy_ddp"]
+              "--no-save", "--save-dir", tmp_path / "ckpt", "--cpu", "--ddp-backend", "legacy_ddp"]
     single = run("fairseq-train", toy_bin, "--user-dir", USER_DIR, *common, "--update-freq", "2").stdout
     torchrun = shutil.which("torchrun")
     double = run(torchrun, "--nproc_per_node", "2", "--master_port", "29611", shutil.which("fairseq-train"),
