@@ -42,6 +42,15 @@ USER_DIR = ROOT / "user_dir"
 UNREADABLE = ("--quiet", "--results-path")
 
 
+def run_fairseq(cmd: list[str]) -> str:
+    """Run a fairseq CLI; its stdout, or one line: the exception it ended with."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()] or [f"exit status {proc.returncode}"]
+        raise SystemExit(f"error: {cmd[0]} failed: {lines[-1]}")
+    return proc.stdout
+
+
 def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_process: str,
              batch_size: int, extra: list[str]) -> list[str]:
     """Run fairseq-generate; return detokenized hypotheses in corpus order."""
@@ -52,11 +61,8 @@ def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_proces
         *(["--post-process", post_process] if post_process else []), *extra,
         "--nbest", "1",  # last, so it wins over any --nbest in extra
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: fairseq-generate failed:\n{proc.stderr[-3000:]}")
     hyps: dict[int, str] = {}
-    for line in proc.stdout.splitlines():
+    for line in run_fairseq(cmd).splitlines():
         if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>, best first
             sid, _, text = line.split("\t", 2)
             hyps.setdefault(int(sid[2:]), text)
@@ -121,10 +127,9 @@ def binarize_raw(data_bin: Path, src_raw: Path, ref: Path, spm_model: Path | Non
         if sp is not None:
             lines = encode_pieces(sp, lines)
         (work / f"test.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    subprocess.run(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
-                    "--srcdict", str(data_bin / f"dict.{src}.txt"), "--tgtdict", str(data_bin / f"dict.{tgt}.txt"),
-                    "--testpref", str(work / "test"), "--destdir", str(work / "bin"), "--workers", "1"],
-                   check=True, capture_output=True)
+    run_fairseq(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
+                 "--srcdict", str(data_bin / f"dict.{src}.txt"), "--tgtdict", str(data_bin / f"dict.{tgt}.txt"),
+                 "--testpref", str(work / "test"), "--destdir", str(work / "bin"), "--workers", "1"])
     return str(work / "bin")
 
 

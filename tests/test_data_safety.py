@@ -131,8 +131,11 @@ def test_checkpoint_refuses_a_same_size_dictionary_with_other_entries(toy_bin, t
         "--testpref", TOY / "test", "--destdir", tmp_path / "bin", "--workers", "1")
     proc = run("fairseq-generate", tmp_path / "bin", "--user-dir", USER_DIR, "--path", trained, check=False)
     size = len(lines) + 4
-    fails_with(proc, rf"trained with a source dictionary of {size} entries \(fingerprint [0-9a-f]{{16}}\), "
-                     rf"but the data's dictionary has {size} \(fingerprint [0-9a-f]{{16}}\)")
+    message = (rf"trained with a source dictionary of {size} entries \(fingerprint [0-9a-f]{{16}}\), "
+               rf"but the data's dictionary has {size} \(fingerprint [0-9a-f]{{16}}\)")
+    fails_with(proc, message)
+    scored = run("python", SCRIPTS / "evaluate.py", tmp_path / "bin", trained, "--ref", TOY / "test.tgt", check=False)
+    fails_with(scored, rf"(^|\n)error: fairseq-generate failed: ValueError: the checkpoint was {message}[^\n]*\n$")
 
 
 # 4. scripts: paths from the caller's folder, checked first; one hypothesis per sentence
