@@ -1,19 +1,23 @@
-"""Benchmark rnn_seq2seq against fairseq's built-in `lstm` (attention) at matched sizes.
+"""Benchmark rnn_seq2seq (fixed context, and additive attention) against fairseq's built-in
+`lstm` (with and without attention) at matched sizes.
 
 Usage:
     python scripts/benchmark.py                                   # Multi30k bin if prepared, else a generated corpus
     python scripts/benchmark.py --data runs/multi30k/de-en/bin --repeats 3 --out runs/bench
     python scripts/benchmark.py --emb 32 --hidden 64 --train-batches 3 --decode-sentences 20   # smoke
 
-Both models see the same binarized data, the same batches (same --max-tokens and seed), the
+Every model sees the same binarized data, the same batches (same --max-tokens and seed), the
 same threads and device (GPU when present, else CPU). Each measurement runs in its own process,
-alternating ours / lstm per repeat, and the median is reported:
-  * training target tokens/s (forward + backward + Adam step) after warm-up batches,
+the models alternating within each repeat, and the median is reported:
+  * training target tokens/s (forward + backward + Adam step) after warm-up batches; the
+    plugin's models with masked_ce (no output layer on padding), fairseq's with cross_entropy,
   * beam-5 and greedy decoding sentences/s on the test split, every hypothesis forced to
     --decode-len tokens (the models are untrained: equal work, not equal luck with EOS),
   * peak resident memory (CPU) or peak allocated GPU memory,
-  * achieved training FLOP/s as a share of a matrix-multiply peak measured here.
-Prints a table with ratios ours/lstm, writes OUT/benchmark.json and OUT/benchmark.png.
+  * training FLOPs per target token, and the achieved FLOP/s as a share of a float32
+    matrix-multiply peak measured here.
+--bf16 runs training and decoding under bfloat16 autocast on CPU (what --amp does there).
+Prints a table with ratios to fairseq lstm (attention), writes OUT/benchmark.json and OUT/benchmark.png.
 """
 import argparse
 import json
@@ -28,7 +32,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_DIR = str(ROOT / "user_dir")
-MODELS = {"rnn_seq2seq": "rnn_seq2seq", "fairseq lstm": "lstm"}  # name -> --arch (attention is lstm's default)
+OURS, THEIRS = ["--criterion", "masked_ce"], ["--criterion", "cross_entropy"]  # each model with its own loss
+MODELS = {  # name -> fairseq-train args (attention is lstm's default)
+    "rnn_seq2seq": ["--arch", "rnn_seq2seq", *OURS],
+    "rnn_seq2seq attention": ["--arch", "rnn_seq2seq", "--decoder-attention", "additive", *OURS],
+    "fairseq lstm": ["--arch", "lstm", *THEIRS],
+    "fairseq lstm no attention": ["--arch", "lstm", "--decoder-attention", "0", *THEIRS],
+}
+REFERENCE = "fairseq lstm"
 
 
 def matmul_peak_gflops(device: str, n: int = 2048, reps: int = 10) -> float:
@@ -90,17 +101,20 @@ def worker(args) -> dict:
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    arch = MODELS[args.worker]
+    model_args = MODELS[args.worker]
     sizes = [f"--{side}-{what}" for side in ("encoder", "decoder") for what in ("embed-dim", "hidden-size", "layers")]
     values = [args.emb, args.hidden, args.layers] * 2
-    cli = [args.data, "--user-dir", USER_DIR, "--arch", arch,
+    cli = [args.data, "--user-dir", USER_DIR, *model_args,
            *[str(x) for pair in zip(sizes, values) for x in pair],
-           "--dropout", "0.1", "--criterion", "cross_entropy", "--optimizer", "adam", "--lr", "1e-3",
+           "--dropout", "0.1", "--optimizer", "adam", "--lr", "1e-3",
            "--max-tokens", str(args.max_tokens), "--required-batch-size-multiple", "1", "--seed", "1",
-           "--num-workers", "0", *(["--decoder-out-embed-dim", str(args.hidden)] if arch == "lstm" else []),
+           "--num-workers", "0", *(["--decoder-out-embed-dim", str(args.hidden)] if "lstm" in model_args else []),
            *(["--cpu"] if device == "cpu" else [])]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), cli))
     utils.import_user_module(cfg.common)
+    from user_dir.patches.amp import cpu_autocast
+
+    autocast = lambda: cpu_autocast(args.bf16)  # noqa: E731
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
     for split in ("train", "test"):
@@ -114,12 +128,14 @@ def worker(args) -> dict:
     n = args.warmup_batches + args.train_batches
     samples = [utils.move_to_cuda(s) if device == "cuda" else s for _, s in zip(range(n), batches)]
     model.train()
-    flops = train_flops(model, criterion, samples[-1]) / samples[-1]["ntokens"]
+    flops = train_flops(model, criterion, samples[-1]) / samples[-1]["ntokens"]  # the work done, per real token
     tokens, seconds = 0, 0.0
     for i, sample in enumerate(samples):
         sync(device)
         start = time.perf_counter()
-        task.train_step(sample, model, criterion, optimizer, update_num=i)
+        with autocast():
+            loss, _, _ = criterion(model, sample)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         sync(device)
@@ -141,7 +157,7 @@ def worker(args) -> dict:
             sample = utils.move_to_cuda(sample) if device == "cuda" else sample
             sync(device)
             start = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 task.inference_step(gen, [model], sample)
             sync(device)
             done, seconds = done + sample["nsentences"], seconds + time.perf_counter() - start
@@ -177,11 +193,12 @@ def plot(summary: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
     for ax, key in zip(axes, keys):
         vals = [summary["models"][m][key] for m in MODELS]
-        ax.bar(list(MODELS), vals, color=["tab:blue", "tab:gray"])
+        ax.bar(range(len(MODELS)), vals, color=["tab:blue", "tab:cyan", "tab:gray", "silver"])
+        ax.set_xticks(range(len(MODELS)), [m.replace(" ", "\n", 1) for m in MODELS], fontsize=6)
         ax.set_title(key.replace("_", " "), fontsize=9)
-        ax.tick_params(labelsize=8)
-    fig.suptitle(f"{summary['device']}: ours / lstm = " +
-                 ", ".join(f"{summary['ratios'][k]:.2f}" for k in keys), fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{summary['device']}, {summary['precision']}: rnn_seq2seq / fairseq lstm = " +
+                 ", ".join(f"{summary['ratios']['rnn_seq2seq'][k]:.2f}" for k in keys), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -200,6 +217,7 @@ def main() -> None:
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--decode-len", type=int, default=20, help="tokens generated per sentence")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (float32 weights), as --amp trains")
     p.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -219,26 +237,29 @@ def main() -> None:
             print(f"repeat {r + 1}/{args.repeats} {m}: {runs[m][-1]}", file=sys.stderr)
     import torch
 
-    device = runs["rnn_seq2seq"][0]["device"]
+    device = runs[REFERENCE][0]["device"]
     peak = matmul_peak_gflops("cuda" if torch.cuda.is_available() else "cpu")
     models = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "device"} for m, rs in runs.items()}
     for m in models.values():
         m["train_gflops_per_s"] = m["train_tokens_per_s"] * m["train_flops_per_token"] / 1e9
         m["share_of_matmul_peak"] = m["train_gflops_per_s"] / peak
-    ours, ref = models["rnn_seq2seq"], models["fairseq lstm"]
+    ref = models[REFERENCE]
     summary = {
         "device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "matmul_peak_gflops": peak, "data": args.data,
+        "torch": torch.__version__, "precision": "bfloat16 autocast" if args.bf16 else "float32",
+        "matmul_peak_gflops": peak, "data": args.data,
         "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens},
-        "repeats": args.repeats, "models": models, "ratios": {k: ours[k] / ref[k] for k in ours},
+        "repeats": args.repeats, "models": models,
+        "ratios": {m: {k: v / ref[k] for k, v in r.items()} for m, r in models.items() if m != REFERENCE},
         "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
     }
     (args.out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, args.out / "benchmark.png")
     print(f"device: {device}, threads {summary['threads']}, matmul peak {peak:.0f} GFLOP/s, data {args.data}")
-    print(f"{'metric':28s} {'rnn_seq2seq':>12s} {'fairseq lstm':>12s} {'ours/lstm':>10s}")
-    for k in ours:
-        print(f"{k:28s} {ours[k]:12.4g} {ref[k]:12.4g} {summary['ratios'][k]:10.2f}")
+    print(f"{'metric':26s}" + "".join(f"{m:>27s}" for m in MODELS) + "   (x fairseq lstm)")
+    for k in ref:
+        print(f"{k:26s}" + "".join(f"{models[m][k]:17.4g}" + (f" ({summary['ratios'][m][k]:5.2f}x)" if m != REFERENCE else " " * 10)
+                                   for m in MODELS))
     print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
 
 

@@ -85,19 +85,22 @@ def check_output(path: Path | None) -> None:
                                                               f"folder {path.parent} does not exist or is not writable"))
 
 
-def check_inputs(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    """Everything that can be wrong before decoding, each named; returns the reference lines."""
+def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], list[str] | None]:
+    """Everything that can be wrong before decoding, each named; returns the reference lines
+    and the --src-raw lines (None without it)."""
     for path in (Path(args.data_bin), args.ref, args.src_raw, args.spm):
         if path is not None and not path.exists():
             raise SystemExit(f"error: {path} does not exist")
-    check_file(args.checkpoint)
+    for checkpoint in args.checkpoint.split(":"):  # a.pt:b.pt is an ensemble
+        check_file(checkpoint)
     for option in UNREADABLE:
         if any(a == option or a.startswith(option + "=") for a in extra):
             raise SystemExit(f"error: {option} hides fairseq-generate's hypotheses from evaluate.py; leave it out")
     check_output(args.hyp_out)
     check_output(args.json)
     refs = read_lines(args.ref)
-    sentences = len(read_lines(args.src_raw)) if args.src_raw else split_size(Path(args.data_bin), args.subset)
+    sources = read_lines(args.src_raw) if args.src_raw else None
+    sentences = len(sources) if sources is not None else split_size(Path(args.data_bin), args.subset)
     if sentences != len(refs):
         raise SystemExit(f"error: {args.ref} has {len(refs)} lines but the source has {sentences} sentences")
     src, tgt = language_pair(Path(args.data_bin))
@@ -107,7 +110,7 @@ def check_inputs(args: argparse.Namespace, extra: list[str]) -> list[str]:
     if args.src_raw and not args.spm and uses_sentencepiece(Dictionary.load(str(Path(args.data_bin) / f"dict.{src}.txt"))):
         raise SystemExit("error: the model reads sentencepiece pieces: pass --spm with the sentencepiece model "
                          "the data was prepared with (prepare.py's OUT/spm.model)")
-    return refs
+    return refs, sources
 
 
 def language_pair(data_bin: Path) -> tuple[str, str]:
@@ -117,13 +120,12 @@ def language_pair(data_bin: Path) -> tuple[str, str]:
     raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output")
 
 
-def binarize_raw(data_bin: Path, src_raw: Path, ref: Path, spm_model: Path | None, work: Path) -> str:
-    """Encode a raw file pair (sentencepiece when given) and binarize it as split 'test'
+def binarize_raw(data_bin: Path, sources: list[str], refs: list[str], spm_model: Path | None, work: Path) -> str:
+    """Encode raw sentence pairs (sentencepiece when given) and binarize them as split 'test'
     with DATA_BIN's dictionaries, so the model sees exactly its training vocabulary."""
     src, tgt = language_pair(data_bin)
     sp = spm.SentencePieceProcessor(model_file=str(spm_model)) if spm_model else None
-    for lang, path in ((src, src_raw), (tgt, ref)):
-        lines = read_lines(path)
+    for lang, lines in ((src, sources), (tgt, refs)):
         if sp is not None:
             lines = encode_pieces(sp, lines)
         (work / f"test.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -146,7 +148,7 @@ def score(hyps: list[str], refs: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_bin", help="fairseq-preprocess output folder")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint, or several joined by ':' to decode with their ensemble")
     p.add_argument("--ref", type=Path, required=True, help="raw reference text (.gz ok), one line per sentence")
     p.add_argument("--subset", default="test")
     p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
@@ -159,13 +161,13 @@ def main() -> None:
     args, extra = p.parse_known_args()
     extra = [a for a in extra if a != "--"]
     try:
-        refs = check_inputs(args, extra)
+        refs, sources = check_inputs(args, extra)
     except (TextError, CheckpointError) as e:
         raise SystemExit(f"error: {e}")
     with tempfile.TemporaryDirectory() as work:
         data_bin, subset = args.data_bin, args.subset
-        if args.src_raw:
-            data_bin, subset = binarize_raw(Path(args.data_bin), args.src_raw, args.ref, args.spm, Path(work)), "test"
+        if sources is not None:
+            data_bin, subset = binarize_raw(Path(args.data_bin), sources, refs, args.spm, Path(work)), "test"
         hyps = generate(data_bin, args.checkpoint, subset, args.beam, args.post_process, args.batch_size, extra)
     result = score(hyps, refs)
     result.update(checkpoint=os.path.abspath(args.checkpoint), beam=args.beam,

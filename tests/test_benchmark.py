@@ -8,15 +8,19 @@ from conftest import ROOT, run
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_runs_both_models_and_writes_record(toy_bin, tmp_path):
+@pytest.mark.parametrize("precision", [[], ["--bf16"]])
+def test_benchmark_runs_every_model_and_writes_record(toy_bin, tmp_path, precision):
     out = run("python", ROOT / "scripts" / "benchmark.py", "--data", toy_bin, "--out", tmp_path,
               "--emb", "16", "--hidden", "32", "--max-tokens", "300", "--warmup-batches", "1",
-              "--train-batches", "2", "--decode-sentences", "10", "--decode-len", "5", "--repeats", "1").stdout
-    assert "ours/lstm" in out and "matmul peak" in out
+              "--train-batches", "2", "--decode-sentences", "10", "--decode-len", "5", "--repeats", "1",
+              *precision).stdout
+    assert "(x fairseq lstm)" in out and "matmul peak" in out
     record = json.loads((tmp_path / "benchmark.json").read_text())
-    assert set(record["models"]) == {"rnn_seq2seq", "fairseq lstm"}
+    assert set(record["models"]) == {"rnn_seq2seq", "rnn_seq2seq attention", "fairseq lstm", "fairseq lstm no attention"}
+    assert record["precision"] == ("bfloat16 autocast" if precision else "float32")
     for model in record["models"].values():
         assert model["train_tokens_per_s"] > 0 and model["beam5_sentences_per_s"] > 0
         assert 0 < model["share_of_matmul_peak"] < 2
-    assert record["ratios"]["train_tokens_per_s"] > 0
+        assert model["train_flops_per_token"] > 0
+    assert record["ratios"]["rnn_seq2seq"]["train_tokens_per_s"] > 0
     assert (tmp_path / "benchmark.png").read_bytes()[:4] == b"\x89PNG"

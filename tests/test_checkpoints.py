@@ -95,15 +95,21 @@ from fairseq import checkpoint_utils
 from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.file_io import PathManager
-for module in (patches.batching, patches.checkpoints, patches.distributed, patches, user_dir):
+from fairseq.models import BaseFairseqModel
+from fairseq.optim.amp_optimizer import AMPOptimizer
+from fairseq.tasks import FairseqTask
+from fairseq.trainer import Trainer
+for module in (patches.amp, patches.batching, patches.checkpoints, patches.distributed, patches, user_dir):
     importlib.reload(module)
     importlib.reload(module)
 load = checkpoint_utils.load_checkpoint_to_cpu
 assert load.__wrapped__ is patches.original(load)
 assert load.__wrapped__.__module__ == "fairseq.checkpoint_utils" and not hasattr(load.__wrapped__, "__wrapped__")
 assert checkpoint_utils.PathManager.__mro__[1] is PathManager
-for owner, name in ((data_utils, "batch_by_size"), (distributed_utils, "_infer_torch_distributed_launch_init")):
-    assert patches.original(getattr(owner, name)).__module__ == owner.__name__
+for owner, name in ((data_utils, "batch_by_size"), (distributed_utils, "_infer_torch_distributed_launch_init"),
+                    (AMPOptimizer, "__init__"), (FairseqTask, "train_step"), (FairseqTask, "inference_step"),
+                    (Trainer, "valid_step"), (BaseFairseqModel, "prepare_for_inference_")):
+    assert patches.original(getattr(owner, name)).__module__ == (owner.__module__ if isinstance(owner, type) else owner.__name__)
 try:  # one layer still does its work: a missing file is named once, not wrapped in itself
     load(sys.argv[2])
 except patches.checkpoints.CheckpointError as e:

@@ -111,3 +111,89 @@ def test_d2l_preset_learns_a_generated_reversal_task(tmp_path):
     refs = (raw / "test.tgt").read_text().splitlines()
     exact = sum(hyps.get(i) == ref for i, ref in enumerate(refs)) / len(refs)
     assert exact >= 0.75, exact
+
+
+def generate_lines(toy_bin, checkpoint, *extra, prefixes=("H-", "P-")) -> list[str]:
+    out = run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", checkpoint, *extra).stdout
+    return sorted((line for line in out.splitlines() if line.startswith(prefixes)),
+                  key=lambda line: (line.split("\t")[0][:2], int(line.split("\t")[0][2:])))
+
+
+def test_checkpoint_of_the_code_before_attention_decodes_bit_for_bit(toy_bin):
+    """--decoder-attention none is the model as it was: a checkpoint written by commit 94176b2
+    loads and gives exactly that code's hypotheses and per-token scores (tests/data/README.md)."""
+    data = ROOT / "tests" / "data"
+    got = generate_lines(toy_bin, data / "gru_94176b2.pt", "--beam", "3", "--batch-size", "64", "--gen-subset", "valid")
+    assert got == (data / "gru_94176b2.valid.txt").read_text().splitlines()
+
+
+def test_attention_model_learns_and_prints_alignments(toy_bin, tmp_path):
+    """The additive-attention variant trains through fairseq-train and returns its weights, so
+    fairseq-generate --print-alignment prints one source position per target word."""
+    run("fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--decoder-attention", "additive",
+        "--decoder-attention-dim", "32", "--max-update", "400", "--save-dir", tmp_path, "--no-epoch-checkpoints")
+    lines = generate_lines(toy_bin, tmp_path / "checkpoint_best.pt", "--beam", "5", "--batch-size", "64",
+                           "--print-alignment", prefixes=("S-", "H-", "A-"))
+    by_id = {}
+    for line in lines:
+        kind, fields = line.split("\t")[0], line.split("\t")
+        by_id.setdefault(int(kind[2:]), {})[kind[0]] = fields[-1]
+    assert len(by_id) == 203 and all(set(v) == {"S", "H", "A"} for v in by_id.values())
+    for v in by_id.values():
+        pairs = [tuple(map(int, p.split("-"))) for p in v["A"].split()]
+        assert len(pairs) == len(v["H"].split())
+        assert all(0 <= s < len(v["S"].split()) for s, _ in pairs)
+    exact = sum(v["H"] == r for v, r in zip((by_id[i] for i in sorted(by_id)),
+                                               (TOY / "test.tgt").read_text().splitlines()))
+    assert exact > 0.6 * 203, exact
+
+
+def test_attention_preset_builds(toy_bin, tmp_path):
+    run("fairseq-train", toy_bin, "--user-dir", USER_DIR, "--arch", "rnn_seq2seq_attention_multi30k", *TRAIN_ARGS,
+        "--encoder-hidden-size", "16", "--decoder-hidden-size", "16", "--max-update", "2", "--save-dir", tmp_path,
+        "--no-epoch-checkpoints", "--disable-validation")
+    model = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["cfg"]["model"]
+    assert model["decoder_attention"] == "additive" and model["encoder_bidirectional"] and model["decoder_deep_output"]
+
+
+def test_average_checkpoints_means_the_last_epochs_and_decodes(toy_bin, tmp_path):
+    run("fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--max-epoch", "3",
+        "--save-dir", tmp_path, "--keep-last-epochs", "3", "--disable-validation")
+    script = ROOT / "scripts" / "average_checkpoints.py"
+    out = run("python", script, tmp_path, "--last", "2").stdout
+    assert "checkpoint2.pt, checkpoint3.pt" in out
+    states = [torch.load(tmp_path / f"checkpoint{e}.pt", weights_only=True)["model"] for e in (2, 3)]
+    averaged = torch.load(tmp_path / "checkpoint_avg2.pt", weights_only=True)
+    assert averaged["last_optimizer_state"] is None
+    for key, value in averaged["model"].items():
+        torch.testing.assert_close(value, (states[0][key] + states[1][key]) / 2)
+    assert len(generate_lines(toy_bin, tmp_path / "checkpoint_avg2.pt", "--beam", "2", prefixes=("H-",))) == 203
+    too_many = run("python", script, tmp_path, "--last", "4", check=False)
+    assert too_many.returncode != 0 and too_many.stderr.strip().splitlines() == [
+        f"error: {tmp_path} holds 3 epoch checkpoints (checkpointN.pt), fewer than --last 4"]
+    other = tmp_path / "other"
+    run("fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, "--encoder-hidden-size", "64", *TRAIN_ARGS,
+        "--max-update", "1", "--save-dir", other, "--no-epoch-checkpoints", "--disable-validation")
+    mixed = run("python", script, "--inputs", tmp_path / "checkpoint3.pt", other / "checkpoint_last.pt",
+                "--out", tmp_path / "mixed.pt", check=False)
+    assert mixed.returncode != 0 and "holds other parameters" in mixed.stderr and not (tmp_path / "mixed.pt").exists()
+
+
+def test_distill_replaces_training_targets_with_the_teachers_translations(toy_bin, trained, tmp_path):
+    from fairseq.data import Dictionary, data_utils
+
+    out = tmp_path / "kd"
+    run("python", ROOT / "scripts" / "distill.py", toy_bin, trained, out, "--beam", "2")
+    kd, orig = out / "bin", toy_bin
+    assert json.loads((out / "distill.json").read_text())["sentences"] == 3000
+    d = Dictionary.load(str(orig / "dict.tgt.txt"))
+    for lang, same in (("src", True), ("tgt", False)):
+        a = data_utils.load_indexed_dataset(str(kd / f"train.src-tgt.{lang}"), d)
+        b = data_utils.load_indexed_dataset(str(orig / f"train.src-tgt.{lang}"), d)
+        assert len(a) == len(b) == 3000
+        equal = sum(torch.equal(a[i], b[i]) for i in range(len(a)))
+        # sources unchanged; targets are the (good, imperfect) teacher's
+        assert equal == 3000 if same else 0.5 * 3000 < equal < 3000, (lang, equal)
+    assert (kd / "valid.src-tgt.tgt.bin").read_bytes() == (orig / "valid.src-tgt.tgt.bin").read_bytes()
+    again = run("python", ROOT / "scripts" / "distill.py", toy_bin, trained, out, check=False)
+    assert again.returncode != 0 and "exists" in again.stderr

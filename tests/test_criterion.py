@@ -161,3 +161,40 @@ def test_one_token_targets_each_get_their_own_loss(task):
     loss, _, _ = MaskedCrossEntropyCriterion(task, sentence_avg=False)(
         FixedLogits(torch.zeros(3, 1, len(d))), sample, reduce=False)
     assert_close(loss, torch.full((3,), math.log(len(d))))
+
+
+@pytest.mark.parametrize("arch", ["rnn_seq2seq", "rnn_seq2seq attention", "lstm"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_real_models_skip_padding_with_the_same_loss_and_gradients(task, arch, eps):
+    """For encoder-decoder models the output layer runs on real target tokens only; the loss
+    per sentence and every gradient equal the full B x T x V computation's."""
+    from fairseq.models.lstm import LSTMModel, base_architecture
+
+    from test_model import batch, build, prev_tokens
+
+    if arch == "lstm":
+        import argparse
+        args = argparse.Namespace(encoder_embed_dim=6, decoder_embed_dim=8, encoder_hidden_size=10,
+                                  decoder_hidden_size=12, decoder_out_embed_dim=8, dropout=0.0,
+                                  criterion="masked_ce")
+        base_architecture(args)
+        model = LSTMModel.build_model(args, task)
+    else:
+        model = build(task, **({"decoder_attention": "additive"} if "attention" in arch else {}))
+    src, src_lengths = batch(task, [5, 4, 3, 2])  # sorted: fairseq lstm packs with enforce_sorted
+    sample = sample_with_lengths(task, [4, 2, 0, 1], steps=4)
+    sample["net_input"] = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev_tokens(task, 4, 4)}
+    crit = MaskedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=eps)
+    results = []
+    for skip in (True, False):
+        model.zero_grad()
+        loss, nll = (crit.compute_loss_on_tokens(model, sample) if skip else
+                     crit.compute_loss(model, model(**sample["net_input"]), sample))
+        loss.sum().backward()
+        results.append((loss.detach(), nll.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss, nll, grads), (ref_loss, ref_nll, ref_grads) = results
+    assert_close(loss, ref_loss)
+    assert_close(nll, ref_nll)
+    assert loss[2] == 0 and (loss[[0, 1, 3]] > 0).all()
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r)

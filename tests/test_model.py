@@ -17,6 +17,9 @@ VARIANTS = {  # name -> config overrides
     "gru-bidir-2layer-shared": {"cell": "gru", "encoder_bidirectional": True, "encoder_layers": 2,
                                 "decoder_layers": 2, "share_all_embeddings": True, "encoder_embed_dim": 8,
                                 "decoder_deep_output": True, "decoder_out_embed_dim": 8},
+    "gru-bidir-attention-deep": {"cell": "gru", "encoder_bidirectional": True, "decoder_attention": "additive",
+                                 "decoder_attention_dim": 7, "decoder_deep_output": True, "decoder_out_embed_dim": 8},
+    "lstm-2layer-attention": {"encoder_layers": 2, "decoder_layers": 2, "decoder_attention": "additive"},
 }
 
 
@@ -55,9 +58,10 @@ def test_incremental_decoding_equals_full_forward(task, variant):
     assert_close(torch.cat(steps, dim=1), full)
 
 
-def test_reorder_mid_decoding_matches_reordered_batch(task):
+@pytest.mark.parametrize("variant", ["lstm-bidir-deep-tied", "gru-bidir-attention-deep"])
+def test_reorder_mid_decoding_matches_reordered_batch(task, variant):
     """Beam search reorders state; continuing must equal decoding the reordered batch."""
-    model = build(task, encoder_bidirectional=True)
+    model = build(task, **VARIANTS[variant])
     src, lengths = batch(task, [4, 2, 3])
     prev = prev_tokens(task, 3, 5)
     order = torch.tensor([2, 2, 0])
@@ -84,6 +88,28 @@ def test_encoder_ignores_padding(task, variant):
         for i in range(3):
             assert_close(enc["state"][:, :, i], alone[i]["state"][:, :, 0])
             assert_close(enc["context"][i], alone[i]["context"][0])
+            if "outputs" in enc:  # attention reads the outputs at the source's own positions
+                assert_close(enc["outputs"][i][~enc["padding_mask"][i]], alone[i]["outputs"][0])
+                assert_close(enc["padding_mask"][i], padded[i].eq(task.source_dictionary.pad()))
+
+
+@pytest.mark.parametrize("variant", ["gru-bidir-attention-deep", "lstm-2layer-attention"])
+def test_attention_weights_cover_the_source_only_and_padding_changes_nothing(task, variant):
+    """B x T x S weights in the source's own positions: they sum to 1 and are 0 on padding, and
+    each sentence decodes in a left-padded batch exactly as alone."""
+    model = build(task, **VARIANTS[variant])
+    lengths = [6, 2, 4]
+    src, lens = batch(task, lengths)
+    prev = prev_tokens(task, 3, 5)
+    out, extra = model(src, lens, prev)
+    attn = extra["attn"][0]
+    assert attn.shape == (3, 5, 6)
+    assert_close(attn.sum(dim=2), torch.ones(3, 5))
+    assert (attn[src.eq(task.source_dictionary.pad()).unsqueeze(1).expand_as(attn)] == 0).all()
+    for i, n in enumerate(lengths):
+        alone, alone_extra = model(src[i : i + 1, 6 - n :], lens[i : i + 1], prev[i : i + 1])
+        assert_close(out[i : i + 1], alone)
+        assert_close(attn[i : i + 1, :, 6 - n :], alone_extra["attn"][0])
 
 
 def test_state_shapes_carry_lstm_cell_and_all_layers(task):
@@ -161,11 +187,14 @@ def test_context_rnn_equals_fused_rnn_over_input_and_context(cell, layers):
     fused = fused_copy(rnn, cell, emb, ctx, hidden, layers)
     x, c = torch.randn(steps, bsz, emb), torch.randn(bsz, ctx)         # T x B x E, B x C
     state = torch.randn(2 if cell == "lstm" else 1, layers, bsz, hidden)  # K x L x B x H
-    out, new_state = rnn(x, rnn.context_term(c), state)
     fused_in = torch.cat([x, c.expand(steps, -1, -1)], dim=-1)            # T x B x (E + C)
     fused_out, fused_state = fused(fused_in, (state[0], state[1]) if cell == "lstm" else state[0])
-    assert_close(out, fused_out)
-    assert_close(new_state, torch.stack(fused_state) if cell == "lstm" else fused_state.unsqueeze(0))
+    # the fixed context's term once per sentence, or the same term from attend at every step
+    for out, new_state in (rnn(x, state, context_term=rnn.context_term(c)),
+                           rnn(x, state, attend=lambda h: rnn.context_term(c)),
+                           rnn.fused(x, state, c)):
+        assert_close(out, fused_out)
+        assert_close(new_state, torch.stack(fused_state) if cell == "lstm" else fused_state.unsqueeze(0))
 
 
 def test_torch_init_embeddings_have_unit_scale_and_tied_ones_unit_logits(task):
@@ -204,3 +233,40 @@ def test_rnn_parameters_are_drawn_within_the_init_bound(task, init, bound, zero_
     assert all(p.abs().max() <= bound for p in params.values())
     assert all(p.abs().max() > 0.8 * bound for name, p in params.items() if "weight" in name)
     assert all((p == 0).all() == zero_bias for name, p in params.items() if "bias" in name)
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru-2layer", "gru-bidir-2layer-shared"])
+def test_fused_decoder_path_equals_the_loop_in_outputs_and_gradients(task, variant):
+    """--decoder-rnn fused (the GPU path: one RNN call over [e; c]) and loop (the CPU path)
+    compute the same function; both run here on CPU."""
+    results = []
+    for path in ("loop", "fused"):
+        torch.manual_seed(0)
+        model = build(task, decoder_rnn=path, **VARIANTS[variant])
+        src, lengths = batch(task, [5, 3, 1])
+        out, _ = model(src, lengths, prev_tokens(task, 3, 6))
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (loop_out, loop_grads), (fused_out, fused_grads) = results
+    assert_close(fused_out, loop_out)
+    assert loop_grads.keys() == fused_grads.keys()
+    for name in loop_grads:
+        assert_close(fused_grads[name], loop_grads[name], msg=name)
+
+
+@pytest.mark.parametrize("overrides", [{"decoder_rnn": "loop"}, {"decoder_rnn": "fused"},
+                                       VARIANTS["gru-bidir-attention-deep"]])
+def test_a_half_precision_model_trains_in_its_own_dtype(task, overrides):
+    """What --fp16 does on a GPU (the whole model in 16 bits), in bfloat16 on CPU: nothing in
+    the model forces float32 (or a device), the loss is finite, every gradient has the model's dtype."""
+    from user_dir.criterions.masked_ce import MaskedCrossEntropyCriterion
+
+    model = build(task, **overrides).to(torch.bfloat16).train()
+    src, lengths = batch(task, [5, 3, 2])
+    target = prev_tokens(task, 3, 4)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev_tokens(task, 3, 4)},
+              "target": target, "ntokens": target.numel()}
+    loss, _, _ = MaskedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)(model, sample)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert {p.grad.dtype for p in model.parameters() if p.grad is not None} == {torch.bfloat16}

@@ -118,13 +118,15 @@ def test_plot_training_curve(trained_dir, tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_multi30k_hydra_config(prepared, tmp_path):
+@pytest.mark.parametrize("config", ["multi30k", "multi30k_attention"])
+def test_multi30k_hydra_config(prepared, tmp_path, config):
     save = tmp_path / "ckpt"
-    run("fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", "multi30k",
+    run("fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", config,
         f"task.data={prepared / 'bin'}", f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={save}",
         "model.encoder_hidden_size=32", "model.decoder_hidden_size=32", "optimization.max_update=3", cwd=tmp_path)
     model = torch.load(save / "checkpoint_last.pt", weights_only=True)["cfg"]["model"]
     assert model["encoder_bidirectional"] and model["decoder_deep_output"] and model["share_decoder_input_output_embed"]
+    assert model["decoder_attention"] == ("additive" if "attention" in config else "none")
 
 
 def test_hub_refuses_a_pieces_model_without_its_sentencepiece_model(trained_dir, tmp_path):
@@ -146,3 +148,45 @@ def test_evaluate_refuses_pieces_without_sentencepiece_options(trained_dir, raw,
     proc = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", trained_dir / "ckpt" / "checkpoint_best.pt",
                "--ref", raw / "test.tgt", *args, check=False)
     assert proc.returncode != 0 and re.search(message, proc.stderr), proc.stderr[-2000:]
+
+
+def test_bleu_by_length_scores_each_bucket_on_its_own_sentences(tmp_path):
+    """Two systems: one perfect on short sources only, one perfect on long sources only."""
+    src = ["a b", "a b c", "a " * 11 + "b", "a " * 20 + "c"]
+    ref = ["the cat sat on the mat", "a dog runs in the snow", "two men play a game of chess",
+           "a woman rides a red bike down the hill"]
+    wrong = "zebra quantum lamp"
+    files = {"src": src, "ref": ref, "short": ref[:2] + [wrong] * 2, "long": [wrong] * 2 + ref[2:]}
+    for name, lines in files.items():
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    out = run("python", SCRIPTS / "bleu_by_length.py", tmp_path / "src", tmp_path / "ref", f"short={tmp_path / 'short'}",
+              f"long={tmp_path / 'long'}", "--edges", "10", "--json", tmp_path / "by_length.json").stdout
+    rows = json.loads((tmp_path / "by_length.json").read_text())["buckets"]
+    assert [(r["source_words"], r["sentences"]) for r in rows] == [("1-10", 2), ("11+", 2)], out
+    assert rows[0]["short"]["bleu"] == 100 and rows[0]["long"]["bleu"] == 0
+    assert rows[1]["short"]["bleu"] == 0 and rows[1]["long"]["bleu"] == 100
+
+
+@pytest.mark.parametrize("drop, message", [("ref", r"error: REF has 3 lines but SRC_RAW has 4"),
+                                           ("hyp", r"error: sys has 3 lines but SRC_RAW has 4")])
+def test_bleu_by_length_refuses_files_of_other_lengths(tmp_path, drop, message):
+    for name in ("src", "ref", "hyp"):
+        (tmp_path / name).write_text("a b c\n" * (3 if name == drop else 4))
+    proc = run("python", SCRIPTS / "bleu_by_length.py", tmp_path / "src", tmp_path / "ref", f"sys={tmp_path / 'hyp'}",
+               check=False)
+    assert proc.returncode != 0 and re.search(message, proc.stderr), proc.stderr[-2000:]
+
+
+def test_plot_attention_draws_the_weights_of_an_attention_model(prepared, trained_dir, tmp_path):
+    """An attention model's heat map is written as a PNG; a model without attention is refused."""
+    save = tmp_path / "attn"
+    run("bash", SCRIPTS / "train.sh", prepared / "bin", save, *TINY, "--decoder-attention", "additive",
+        "--max-update", "30", "--disable-validation", env={"BUDGET_HOURS": "0.1"})
+    script, sentence = SCRIPTS / "plot_attention.py", "drei sieben zwei"
+    out = run("python", script, prepared, save / "checkpoint_last.pt", sentence, "--out", tmp_path / "a.png").stdout
+    assert f"wrote {tmp_path / 'a.png'}" in out
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    proc = run("python", script, trained_dir, trained_dir / "ckpt" / "checkpoint_best.pt", sentence,
+               "--out", tmp_path / "b.png", check=False)
+    assert proc.returncode != 0 and "has no attention (--decoder-attention none)" in proc.stderr
+    assert not (tmp_path / "b.png").exists()

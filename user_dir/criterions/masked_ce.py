@@ -4,6 +4,10 @@ D2L's ``sequence_mask`` idea in fairseq's criterion contract. The mask is ``targ
 (fairseq right-pads targets, so it equals ``sequence_mask(valid_lengths)``). Each sentence's
 loss is the sum over its valid tokens, so identical logits with valid lengths 4, 2, 0 give
 per-sentence losses 2 : 1 : 0. Logged per token in base 2, like fairseq's ``cross_entropy``.
+
+Padding is not only masked but skipped: for encoder-decoder models (``extract_features`` and
+``output_layer``, as ``rnn_seq2seq`` and fairseq's ``lstm`` have) the vocabulary projection and
+softmax run on the real target positions only, the largest share of the work at these sizes.
 """
 import math
 from dataclasses import dataclass, field
@@ -15,6 +19,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
+from fairseq.models import FairseqEncoderDecoderModel
 from omegaconf import II
 from torch import Tensor
 
@@ -39,8 +44,10 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce: bool = True):
         """Returns ``(loss, sample_size, logging_output)``; with ``reduce=False`` the loss is
         one summed value per sentence (B,)."""
-        net_output = model(**sample["net_input"])
-        loss, nll_loss = self.compute_loss(model, net_output, sample)
+        if isinstance(model, FairseqEncoderDecoderModel) and getattr(model.decoder, "adaptive_softmax", None) is None:
+            loss, nll_loss = self.compute_loss_on_tokens(model, sample)
+        else:
+            loss, nll_loss = self.compute_loss(model, model(**sample["net_input"]), sample)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": loss.sum().data,
@@ -60,6 +67,18 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
         # a B x 1 batch (one-token targets) into (B,) and broadcast the sum to B x B
         loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, reduce=False)  # B x T
         return masked_sum(loss, mask), masked_sum(nll_loss, mask)
+
+    def compute_loss_on_tokens(self, model, sample) -> Tuple[Tensor, Tensor]:
+        """:meth:`compute_loss` with the output layer applied to non-padding positions only."""
+        target = sample["target"]                                          # B x T
+        mask = target.ne(self.padding_idx)
+        features, extra = model.extract_features(**sample["net_input"])   # B x T x C
+        logits = model.output_layer(features[mask])                        # N x V, N = real tokens
+        lprobs = model.get_normalized_probs((logits, extra), log_probs=True)
+        loss, nll_loss = label_smoothed_nll_loss(lprobs, target[mask], self.eps, reduce=False)  # N
+        sentence = torch.arange(target.size(0), device=target.device).unsqueeze(1).expand_as(target)[mask]
+        return (loss.new_zeros(target.size(0)).index_add(0, sentence, loss),
+                nll_loss.new_zeros(target.size(0)).index_add(0, sentence, nll_loss))
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:

@@ -1,17 +1,20 @@
-"""RNN encoder-decoder of Cho et al. (2014), as taught in Dive into Deep Learning ch. 10.7.
+"""RNN encoder-decoder of Cho et al. (2014), as taught in Dive into Deep Learning ch. 10.7,
+with Bahdanau et al.'s (2015) additive attention as an option (D2L ch. 11.4).
 
 Encoder: embedding + multi-layer RNN. Decoder: embedding + multi-layer RNN whose input at
-every step is ``[target embedding ; context]``, where the context ``c`` is the encoder's final
-top-layer hidden state, and whose initial state is the encoder's final state (every layer, and
-for an LSTM the cell state too); then a linear projection to the vocabulary, optionally after
-Cho et al.'s "deep output" ``tanh(W [s_t ; e(y_{t-1}) ; c])``.
+every step is ``[target embedding ; context]``, and whose initial state is the encoder's final
+state (every layer, and for an LSTM the cell state too); then a linear projection to the
+vocabulary, optionally after Cho et al.'s "deep output" ``tanh(W [s_t ; e(y_{t-1}) ; c])``.
+The context ``c`` is the encoder's final top-layer hidden state (``--decoder-attention none``),
+or at step t the attention over the encoder's outputs with the first decoder layer's previous
+state as query (``additive``); it enters the same two places either way.
 
 Recurrent state travels as one tensor ``K x L x B x H`` (K = 2 for LSTM ``(h, c)``, 1 for GRU),
 so one code path serves both cells, beam reordering and the bridge.
 """
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -32,6 +35,8 @@ from ..dictionaries import as_hex, fingerprint, uses_sentencepiece
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 INITS = ("uniform", "torch")
+ATTENTION = ("none", "additive")
+DECODER_RNN = ("auto", "loop", "fused")
 EncoderOut = Dict[str, Tensor]
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -62,6 +67,16 @@ class RNNSeq2SeqConfig(FairseqDataclass):
     decoder_out_embed_dim: int = field(
         default=256, metadata={"help": "size of the deep output layer (must equal decoder-embed-dim when embeddings are shared)"}
     )
+    decoder_attention: ChoiceEnum(ATTENTION) = field(  # type: ignore[valid-type]
+        default="none", metadata={"help": "none: the context is the encoder's final state; additive: Bahdanau "
+                                          "attention over the encoder's outputs at every step"}
+    )
+    decoder_attention_dim: int = field(default=256, metadata={"help": "size of the additive attention's hidden layer"})
+    decoder_rnn: ChoiceEnum(DECODER_RNN) = field(  # type: ignore[valid-type]
+        default="auto", metadata={"help": "teacher-forced decoder without attention: loop (the context's term cached, "
+                                          "a Python loop over steps; fastest on CPU), fused (one cuDNN/oneDNN RNN call "
+                                          "over [e; c]; fastest on GPU), auto: fused on a GPU, else loop. Equal results"}
+    )
     dropout: float = field(
         default=0.1, metadata={"help": "dropout between stacked RNN layers, and the default of --dropout-in and --dropout-out"}
     )
@@ -90,7 +105,7 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
             "the encoder's final state initialises every decoder layer"
         )
     for name in ("encoder_embed_dim", "encoder_hidden_size", "encoder_layers", "decoder_embed_dim",
-                 "decoder_hidden_size", "decoder_out_embed_dim"):
+                 "decoder_hidden_size", "decoder_out_embed_dim", "decoder_attention_dim"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     for name in ("dropout", "dropout_in", "dropout_out"):
@@ -176,16 +191,23 @@ class ContextLinear(nn.Linear):
         """B x C -> B x N"""
         return F.linear(context, self.weight[:, self.step_dim :], self.bias)
 
-    def forward(self, x: Tensor, context_term: Tensor) -> Tensor:
-        """T x B x D, B x N -> T x B x N"""
-        return F.linear(x, self.weight[:, : self.step_dim]) + context_term
+    def forward(self, x: Tensor, context_term: Optional[Tensor]) -> Tensor:
+        """T x B x D, B x N or T x B x N (or None: the step term alone) -> T x B x N"""
+        out = F.linear(x, self.weight[:, : self.step_dim])
+        return out if context_term is None else out + context_term
 
 
-def lstm_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear):
-    """LSTM recurrence over precomputed input gates T x B x 4H; state 2 x B x H (h, c)."""
+Attend = Callable[[Tensor], Tensor]  # previous hidden state B x H -> context's share of the gates
+
+
+def lstm_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear, attend: Optional[Attend] = None):
+    """LSTM recurrence over precomputed input gates T x B x 4H; state 2 x B x H (h, c).
+    ``attend(h)``, if given, adds a per-step term to the input gates."""
     h, c = state
     outs = []
     for gx in gates_x:
+        if attend is not None:
+            gx = gx + attend(h)
         i, f, g, o = (gx + hidden_proj(h)).chunk(4, dim=1)  # torch's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
@@ -193,11 +215,14 @@ def lstm_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear):
     return torch.stack(outs), torch.stack([h, c])
 
 
-def gru_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear):
-    """GRU recurrence over precomputed input gates T x B x 3H; state 1 x B x H."""
+def gru_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear, attend: Optional[Attend] = None):
+    """GRU recurrence over precomputed input gates T x B x 3H; state 1 x B x H.
+    ``attend(h)``, if given, adds a per-step term to the input gates."""
     h = state[0]
     outs = []
     for gx in gates_x:
+        if attend is not None:
+            gx = gx + attend(h)
         xr, xz, xn = gx.chunk(3, dim=1)  # torch's gate order
         hr, hz, hn = hidden_proj(h).chunk(3, dim=1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
@@ -207,11 +232,12 @@ def gru_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear):
 
 
 class ContextRNN(nn.Module):
-    """Multi-layer RNN whose first layer reads ``[x_t ; c]`` with ``c`` fixed per sentence.
+    """Multi-layer RNN whose first layer reads ``[x_t ; c_t]``.
 
-    Equal to ``nn.LSTM``/``nn.GRU`` over the concatenation, but the context's share of the
-    first layer's gates is computed once per sentence (:meth:`context_term`); layers above the
-    first run as one fused RNN call.
+    Equal to ``nn.LSTM``/``nn.GRU`` over the concatenation. The context's share of the first
+    layer's gates (:meth:`context_term`) is computed once per sentence when ``c`` is fixed, or
+    at each step by ``attend`` from the first layer's previous state; layers above the first
+    run as one fused RNN call.
     """
 
     def __init__(self, cell: str, input_size: int, context_size: int, hidden_size: int, layers: int,
@@ -228,13 +254,75 @@ class ContextRNN(nn.Module):
     def context_term(self, context: Tensor) -> Tensor:
         return self.input_proj.context_term(context)
 
-    def forward(self, x: Tensor, context_term: Tensor, state: Tensor):
-        """x: T x B x E, context_term: B x (gates H), state: K x L x B x H -> (T x B x H, new state)."""
-        out, first_state = self.steps(self.input_proj(x, context_term), state[:, 0], self.hidden_proj)
+    def fused(self, x: Tensor, state: Tensor, context: Tensor):
+        """:meth:`forward` with a fixed context as one fused RNN call over ``[x_t ; c]`` (cuDNN on
+        a GPU): x T x B x E, context B x C. More arithmetic than the cached context term, far
+        fewer kernel launches."""
+        inp = torch.cat([x, context.unsqueeze(0).expand(x.size(0), -1, -1)], dim=2)
+        weights = [self.input_proj.weight, self.hidden_proj.weight, self.input_proj.bias, self.hidden_proj.bias]
+        first = state[:, 0].contiguous()  # K x B x H: LSTM (h, c), GRU h, each 1 x B x H below
+        if self.steps is lstm_steps:
+            out, h, c = torch.lstm(inp, (first[:1], first[1:]), weights, True, 1, 0.0, self.training, False, False)
+            first_state = torch.cat([h, c])
+        else:
+            out, first_state = torch.gru(inp, first, weights, True, 1, 0.0, self.training, False, False)
+        return self.upper_layers(out, first_state, state)
+
+    def forward(self, x: Tensor, state: Tensor, context_term: Optional[Tensor] = None,
+                attend: Optional[Attend] = None):
+        """x: T x B x E, state: K x L x B x H, and either context_term: B x (gates H) or
+        attend -> (T x B x H, new state)."""
+        out, first_state = self.steps(self.input_proj(x, context_term), state[:, 0], self.hidden_proj, attend)
+        return self.upper_layers(out, first_state, state)
+
+    def upper_layers(self, out: Tensor, first_state: Tensor, state: Tensor):
+        """Layers 2..L over the first layer's output ``out``: (T x B x H, K x L x B x H state)."""
         if self.rest is None:
             return out, first_state.unsqueeze(1)
         out, rest_state = self.rest(self.dropout(out), state[:, 1:])
         return out, torch.cat([first_state.unsqueeze(1), rest_state], dim=1)
+
+
+class AdditiveAttention(nn.Module):
+    """Weights ``softmax(v^T tanh(W_q s + W_k h))`` over the source's non-padding positions.
+
+    ``W_k h`` depends on the source only: :meth:`keys` computes it once per sentence.
+    """
+
+    def __init__(self, query_dim: int, value_dim: int, attention_dim: int, init: str):
+        super().__init__()
+        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)
+        self.key_proj = nn.Linear(value_dim, attention_dim, bias=False)
+        self.score = nn.Linear(attention_dim, 1, bias=False)
+        if init == "uniform":  # else torch's nn.Linear initialisation
+            for p in self.parameters():
+                nn.init.uniform_(p, -0.1, 0.1)
+
+    def keys(self, values: Tensor) -> Tensor:
+        """B x S x C -> B x S x A"""
+        return self.key_proj(values)
+
+    def forward(self, query: Tensor, keys: Tensor, padding_mask: Tensor) -> Tensor:
+        """query B x H, keys B x S x A, padding_mask B x S (True at padding) -> weights B x S"""
+        scores = self.score(torch.tanh(keys + self.query_proj(query).unsqueeze(1))).squeeze(2)
+        scores = scores.float().masked_fill(padding_mask, float("-inf"))
+        return torch.softmax(scores, dim=1).type_as(keys)
+
+
+def reorder(tensors: Dict[str, Optional[Tensor]], new_order: Tensor) -> Dict[str, Optional[Tensor]]:
+    """Select batch entries: dim 2 of the recurrent ``state`` (K x L x B x H), dim 0 of the rest."""
+    return {k: None if v is None else v.index_select(2 if k == "state" else 0, new_order) for k, v in tensors.items()}
+
+
+def unpad_like(right_padded: Tensor, padding_mask: Tensor) -> Tensor:
+    """Move each row of B x S x C right-padded outputs to the positions of a source whose
+    padding is ``padding_mask`` (B x S): left-padded sources get left-padded outputs."""
+    num_pads = padding_mask.sum(dim=1, keepdim=True)
+    if not padding_mask[:, 0].any():  # already right-padded (or no padding)
+        return right_padded
+    positions = torch.arange(padding_mask.size(1), device=padding_mask.device).unsqueeze(0)
+    index = torch.remainder(positions - num_pads, padding_mask.size(1))  # B x S
+    return right_padded.gather(1, index.unsqueeze(2).expand_as(right_padded))
 
 
 class RNNEncoder(FairseqEncoder):
@@ -243,9 +331,10 @@ class RNNEncoder(FairseqEncoder):
         self.max_positions_ = cfg.max_source_positions
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
-        self.dropout_in = dropout_layer(cfg, "in")
+        self.dropout_in, self.dropout_out = dropout_layer(cfg, "in"), dropout_layer(cfg, "out")
         self.rnn = RNN(cfg.cell, cfg.encoder_embed_dim, cfg.encoder_hidden_size, cfg.encoder_layers,
                        cfg.dropout, cfg.init, cfg.encoder_bidirectional)
+        self.return_outputs = cfg.decoder_attention != "none"
         self.num_directions = 2 if cfg.encoder_bidirectional else 1
         self.output_dim = self.num_directions * cfg.encoder_hidden_size
         # one linear map per state component (h, and c for LSTM) when sizes differ
@@ -261,24 +350,30 @@ class RNNEncoder(FairseqEncoder):
             src_lengths: B true lengths.
         Returns:
             dict with ``state``: K x L x B x H initial decoder state, and ``context``: B x C
-            final top-layer hidden state (C = encoder directions x hidden size).
+            final top-layer hidden state (C = encoder directions x hidden size); with attention
+            also ``outputs``: B x S x C top-layer outputs and ``padding_mask``: B x S, both in
+            ``src_tokens``' positions.
         """
+        padding_mask = src_tokens.eq(self.padding_idx)
         # packing needs right padding; fairseq left-pads sources by default (no-op if right-padded)
-        src_tokens = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
-        x = self.dropout_in(self.embed_tokens(src_tokens)).transpose(0, 1)  # B x S x E -> S x B x E
+        right_padded = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
+        x = self.dropout_in(self.embed_tokens(right_padded)).transpose(0, 1)  # B x S x E -> S x B x E
         packed = nn.utils.rnn.pack_padded_sequence(x, src_lengths.cpu(), enforce_sorted=False)
-        _, state = self.rnn(packed)  # K x (L * D) x B x H, each sentence's true last step
+        packed_out, state = self.rnn(packed)  # K x (L * D) x B x H, each sentence's true last step
         k, _, bsz, h = state.shape
         if self.num_directions == 2:  # K x L x 2 x B x H -> K x L x B x 2H
             state = state.view(k, -1, 2, bsz, h).permute(0, 1, 3, 2, 4).reshape(k, -1, bsz, 2 * h)
         context = state[0, -1]
         if self.bridge is not None:
             state = torch.stack([proj(s) for proj, s in zip(self.bridge, state)])
-        return {"state": state, "context": context}
+        if not self.return_outputs:
+            return {"state": state, "context": context}
+        outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=src_tokens.size(1))
+        return {"state": state, "context": context, "padding_mask": padding_mask,
+                "outputs": self.dropout_out(unpad_like(outputs, padding_mask))}
 
     def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
-        return {"state": encoder_out["state"].index_select(2, new_order),
-                "context": encoder_out["context"].index_select(0, new_order)}
+        return reorder(encoder_out, new_order)
 
     def max_positions(self) -> int:
         return self.max_positions_
@@ -292,6 +387,10 @@ class RNNDecoder(FairseqIncrementalDecoder):
         self.dropout_in, self.dropout_out = dropout_layer(cfg, "in"), dropout_layer(cfg, "out")
         self.rnn = ContextRNN(cfg.cell, cfg.decoder_embed_dim, context_dim, cfg.decoder_hidden_size,
                               cfg.decoder_layers, cfg.dropout, cfg.init)
+        self.rnn_path = cfg.decoder_rnn
+        self.attention = None
+        if cfg.decoder_attention == "additive":
+            self.attention = AdditiveAttention(cfg.decoder_hidden_size, context_dim, cfg.decoder_attention_dim, cfg.init)
         out_dim = cfg.decoder_hidden_size
         self.deep_output = None
         if cfg.decoder_deep_output:
@@ -308,13 +407,14 @@ class RNNDecoder(FairseqIncrementalDecoder):
                 far when ``incremental_state`` is given (only its last column is read).
             encoder_out: output of :class:`RNNEncoder`.
         Returns:
-            (B x T x V logits, or B x T x C features if ``features_only``; ``{"attn": [None]}``)
+            (B x T x V logits, or B x T x C features if ``features_only``; ``{"attn": [weights]}``:
+            B x T x S attention weights, None without attention)
         """
-        x = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
-        return (x if features_only else self.output_layer(x)), {"attn": [None]}
+        x, attn = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        return (x if features_only else self.output_layer(x)), {"attn": [attn]}
 
     def extract_features(self, prev_output_tokens: Tensor, encoder_out: EncoderOut,
-                         incremental_state: Optional[IncrementalState] = None) -> Tensor:
+                         incremental_state: Optional[IncrementalState] = None):
         cache = None
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]
@@ -322,16 +422,48 @@ class RNNDecoder(FairseqIncrementalDecoder):
         if cache is None:
             cache = self.start(encoder_out)
         emb = self.dropout_in(self.embed_tokens(prev_output_tokens)).transpose(0, 1)  # T x B x E
-        x, state = self.rnn(emb, cache["rnn_context"], cache["state"])            # T x B x H
+        if self.attention is None:
+            if self.use_fused(emb, incremental_state):
+                x, state = self.rnn.fused(emb, cache["state"], encoder_out["context"])
+            else:
+                x, state = self.rnn(emb, cache["state"], context_term=cache["rnn_context"])  # T x B x H
+            output_context, attn = cache["output_context"], None
+        else:
+            weights = []
+
+            def attend(query: Tensor) -> Tensor:
+                # the context's gate term W_c (sum_s a_s h_s) + b = sum_s a_s (W_c h_s + b): a weighted
+                # sum of per-sentence terms, S wide per step instead of a C x gates matmul
+                w = self.attention(query, cache["keys"], cache["padding_mask"])
+                weights.append(w)
+                return torch.bmm(w.unsqueeze(1), cache["rnn_context"]).squeeze(1)
+
+            x, state = self.rnn(emb, cache["state"], attend=attend)
+            attn = torch.stack(weights, dim=1)  # B x T x S
+            output_context = None
+            if self.deep_output is not None:  # T x B x C contexts, all steps in one batched matmul
+                output_context = self.deep_output.context_term(torch.bmm(attn, cache["outputs"]).transpose(0, 1))
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "rnn", {**cache, "state": state})
         x = self.dropout_out(x)
         if self.deep_output is not None:
-            x = self.dropout_out(torch.tanh(self.deep_output(torch.cat([x, emb], dim=-1), cache["output_context"])))
-        return x.transpose(0, 1)  # T x B x C -> B x T x C
+            x = self.dropout_out(torch.tanh(self.deep_output(torch.cat([x, emb], dim=-1), output_context)))
+        return x.transpose(0, 1), attn  # T x B x C -> B x T x C
+
+    def use_fused(self, x: Tensor, incremental_state: Optional[IncrementalState]) -> bool:
+        """``--decoder-rnn``: the fused call for teacher forcing (one step at a time gains nothing)."""
+        if incremental_state is not None or self.rnn_path == "loop":
+            return False
+        return self.rnn_path == "fused" or x.is_cuda
 
     def start(self, encoder_out: EncoderOut) -> Dict[str, Optional[Tensor]]:
-        """Decoder state before the first step, and the context's terms, computed once per sentence."""
+        """Decoder state before the first step, and what of the context is computed once per
+        sentence: its terms (fixed context), or with attention the keys ``W_k h`` and each
+        source position's gate term ``W_c h + b``."""
+        if self.attention is not None:
+            outputs = encoder_out["outputs"]  # B x S x C
+            return {"state": encoder_out["state"], "keys": self.attention.keys(outputs), "outputs": outputs,
+                    "rnn_context": self.rnn.context_term(outputs), "padding_mask": encoder_out["padding_mask"]}
         context = encoder_out["context"]
         return {
             "state": encoder_out["state"],  # K x L x B x H
@@ -346,10 +478,8 @@ class RNNDecoder(FairseqIncrementalDecoder):
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         cache = self.get_incremental_state(incremental_state, "rnn")
-        if cache is not None:  # batch is dim 2 of the state, dim 0 of the context terms
-            self.set_incremental_state(incremental_state, "rnn", {
-                k: None if v is None else v.index_select(2 if k == "state" else 0, new_order) for k, v in cache.items()
-            })
+        if cache is not None:
+            self.set_incremental_state(incremental_state, "rnn", reorder(cache, new_order))
 
     def max_positions(self) -> int:
         return self.max_positions_
@@ -409,7 +539,10 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         state_dict = dict(state_dict)
         for side, name in (("source", "encoder"), ("target", "decoder")):
             key, ours = f"{side}_dictionary_fingerprint", getattr(self, f"{side}_dictionary_fingerprint")
-            saved_size = state_dict[f"{name}.embed_tokens.weight"].size(0)
+            weight = state_dict.get(f"{name}.embed_tokens.weight")
+            if weight is None:  # torch's load_state_dict below names the missing key
+                continue
+            saved_size = weight.size(0)
             saved = state_dict.setdefault(key, ours)  # checkpoints before fingerprints: size check only
             if saved_size != len(getattr(self, name).dictionary) or as_hex(saved) != as_hex(ours):
                 raise ValueError(
@@ -453,3 +586,10 @@ def rnn_seq2seq_multi30k(args):
     args.decoder_out_embed_dim = getattr(args, "decoder_out_embed_dim", 256)
     args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", True)
     args.dropout = getattr(args, "dropout", 0.3)
+
+
+@register_model_architecture("rnn_seq2seq", "rnn_seq2seq_attention_multi30k")
+def rnn_seq2seq_attention_multi30k(args):
+    """``rnn_seq2seq_multi30k`` with additive attention (attention layer 256 wide)."""
+    args.decoder_attention = getattr(args, "decoder_attention", "additive")
+    rnn_seq2seq_multi30k(args)

@@ -6,6 +6,8 @@
 * ``batching``: no sentence is dropped when a split's size is not a multiple of
   ``--required-batch-size-multiple`` (fairseq issues #5036, #5351).
 * ``distributed``: ``torchrun`` on CPU (fairseq divides the rank by the GPU count).
+* ``amp``: ``--amp`` on CPU trains, validates and decodes under bfloat16 autocast (fairseq's
+  ``--amp`` knows only CUDA's float16).
 
 Each patch goes through :func:`replace`, so importing or reloading a module twice never wraps
 a function twice.
@@ -30,4 +32,4 @@ def original(obj: Any) -> Any:
     return getattr(obj, _ORIGINAL, obj)
 
 
-from . import batching, checkpoints, distributed  # noqa: E402,F401  (they use replace)
+from . import amp, batching, checkpoints, distributed  # noqa: E402,F401  (they use replace)

@@ -50,10 +50,12 @@ def check_archive(path: str, z: zipfile.ZipFile) -> None:
     """Refuse a torch zip whose members could not have been written by ``torch.save``."""
     size = os.path.getsize(path)
     infos = z.infolist()
-    tops = {info.filename.split("/", 1)[0] for info in infos}
+    tops = sorted({info.filename.split("/", 1)[0] for info in infos})
+    if len(tops) > 1:  # torch.save writes every member under one folder
+        raise CheckpointError(f"checkpoint {path} has an unexpected member name {tops[1]!r} beside {tops[0]!r}")
     for info in infos:
         name = info.filename
-        if name.startswith(("/", "\\")) or "\\" in name or ".." in name.split("/") or len(tops) != 1:
+        if name.startswith(("/", "\\")) or "\\" in name or ".." in name.split("/"):
             raise CheckpointError(f"checkpoint {path} has an unexpected member name {name!r}")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise CheckpointError(f"checkpoint {path} has a link member {name!r}")

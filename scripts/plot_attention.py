@@ -1,0 +1,60 @@
+"""Translate one sentence with an attention model and draw its attention weights as a heat map.
+
+Usage:
+    python scripts/plot_attention.py MODEL_DIR CHECKPOINT "Ein Hund läuft durch den Schnee." --out attention.png
+    python scripts/plot_attention.py runs/multi30k/de-en-v4k runs/attn/checkpoint_best.pt "Zwei Männer ..." \\
+        --out docs/attention_de-en.png
+
+MODEL_DIR is laid out by scripts/prepare.py (``spm.model``, ``bin/``). The beam-5 translation's
+weights (fairseq's per-hypothesis ``attention``: rows are target pieces, columns source pieces
+and the end-of-sentence token) are drawn as they are; each row sums to 1.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from prepare import ROOT  # noqa: F401  (scripts/ is on sys.path when run as a script; prepare puts ROOT there)
+
+from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+
+
+def attention(model_dir: Path, checkpoint: Path, sentence: str, beam: int):
+    """(source pieces, target pieces, T x S weights) of the best hypothesis."""
+    hub = RNNSeq2SeqModel.from_pretrained(str(model_dir), checkpoint_file=str(checkpoint.resolve()))
+    if hub.models[0].decoder.attention is None:
+        raise SystemExit(f"error: {checkpoint} has no attention (--decoder-attention none): nothing to draw")
+    tokens = hub.encode(sentence)
+    best = hub.generate([tokens], beam=beam)[0][0]
+    src = [hub.src_dict[t] for t in tokens]
+    tgt = [hub.tgt_dict[t] for t in best["tokens"]]
+    return src, tgt, best["attention"].float().t().numpy()  # S x T -> T x S
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("sentence")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--out", type=Path, default=Path("attention.png"))
+    args = p.parse_args()
+    src, tgt, weights = attention(args.model_dir, args.checkpoint, args.sentence, args.beam)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(0.45 * len(src) + 2, 0.4 * len(tgt) + 1.5))
+    ax.imshow(weights, cmap="Greys", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(src)), src, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(tgt)), tgt, fontsize=8)
+    ax.set_xlabel("source pieces")
+    ax.set_ylabel("translation pieces")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"{' '.join(tgt)}\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
