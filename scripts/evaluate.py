@@ -85,13 +85,18 @@ def check_output(path: Path | None) -> None:
                                                               f"folder {path.parent} does not exist or is not writable"))
 
 
+def ensemble(checkpoint: str) -> list[str]:
+    """The checkpoints of ``a.pt:b.pt`` (fairseq-generate's --path ensemble syntax)."""
+    return checkpoint.split(":")
+
+
 def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], list[str] | None]:
     """Everything that can be wrong before decoding, each named; returns the reference lines
     and the --src-raw lines (None without it)."""
     for path in (Path(args.data_bin), args.ref, args.src_raw, args.spm):
         if path is not None and not path.exists():
             raise SystemExit(f"error: {path} does not exist")
-    for checkpoint in args.checkpoint.split(":"):  # a.pt:b.pt is an ensemble
+    for checkpoint in ensemble(args.checkpoint):
         check_file(checkpoint)
     for option in UNREADABLE:
         if any(a == option or a.startswith(option + "=") for a in extra):
@@ -170,7 +175,7 @@ def main() -> None:
             data_bin, subset = binarize_raw(Path(args.data_bin), sources, refs, args.spm, Path(work)), "test"
         hyps = generate(data_bin, args.checkpoint, subset, args.beam, args.post_process, args.batch_size, extra)
     result = score(hyps, refs)
-    result.update(checkpoint=os.path.abspath(args.checkpoint), beam=args.beam,
+    result.update(checkpoint=":".join(os.path.abspath(c) for c in ensemble(args.checkpoint)), beam=args.beam,
                   source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}")
     if args.hyp_out:
         with atomic_write(args.hyp_out, "w", encoding="utf-8") as f:

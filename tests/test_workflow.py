@@ -93,6 +93,22 @@ def test_evaluate_restores_order_and_decodes_sentencepiece(trained_dir, raw, tmp
     assert result["bleu"] > 50
 
 
+def test_evaluate_decodes_an_ensemble_and_records_every_member(trained_dir, raw, tmp_path):
+    """``a.pt:b.pt`` given relative to the working folder: both members are checked, decoded
+    together, and recorded with absolute paths."""
+    ckpt = trained_dir / "ckpt"
+    shutil.copy(ckpt / "checkpoint_best.pt", tmp_path / "copy.pt")
+    summary = tmp_path / "ens.json"
+    run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", f"{ckpt / 'checkpoint_best.pt'}:copy.pt",
+        "--ref", raw / "test.tgt", "--post-process", "sentencepiece", "--json", summary, cwd=tmp_path)
+    result = json.loads(summary.read_text())
+    assert result["checkpoint"] == f"{ckpt / 'checkpoint_best.pt'}:{tmp_path / 'copy.pt'}"
+    assert result["sentences"] == 77
+    proc = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", f"{ckpt / 'checkpoint_best.pt'}:missing.pt",
+               "--ref", raw / "test.tgt", "--post-process", "sentencepiece", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "missing.pt does not exist" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_evaluate_raw_file_pair_given_by_path(trained_dir, raw, tmp_path):
     pair = tmp_path / "mine"
     pair.mkdir()

@@ -317,9 +317,9 @@ def reorder(tensors: Dict[str, Optional[Tensor]], new_order: Tensor) -> Dict[str
 def unpad_like(right_padded: Tensor, padding_mask: Tensor) -> Tensor:
     """Move each row of B x S x C right-padded outputs to the positions of a source whose
     padding is ``padding_mask`` (B x S): left-padded sources get left-padded outputs."""
-    num_pads = padding_mask.sum(dim=1, keepdim=True)
     if not padding_mask[:, 0].any():  # already right-padded (or no padding)
         return right_padded
+    num_pads = padding_mask.sum(dim=1, keepdim=True)
     positions = torch.arange(padding_mask.size(1), device=padding_mask.device).unsqueeze(0)
     index = torch.remainder(positions - num_pads, padding_mask.size(1))  # B x S
     return right_padded.gather(1, index.unsqueeze(2).expand_as(right_padded))
