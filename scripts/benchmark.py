@@ -5,6 +5,7 @@ Usage:
     python scripts/benchmark.py                                   # Multi30k bin if prepared, else a generated corpus
     python scripts/benchmark.py --data runs/multi30k/de-en/bin --repeats 3 --out runs/bench
     python scripts/benchmark.py --emb 32 --hidden 64 --train-batches 3 --decode-sentences 20   # smoke
+    python scripts/benchmark.py --data D --worker rnn_seq2seq --profile 15   # one model: where beam search spends time
 
 Every model sees the same binarized data, the same batches (same --max-tokens and seed), the
 same threads and device (GPU when present, else CPU). Each measurement runs in its own process,
@@ -12,14 +13,18 @@ the models alternating within each repeat, and the median is reported:
   * training target tokens/s (forward + backward + Adam step) after warm-up batches; the
     plugin's models with masked_ce (no output layer on padding), fairseq's with cross_entropy,
   * beam-5 and greedy decoding sentences/s on the test split, every hypothesis forced to
-    --decode-len tokens (the models are untrained: equal work, not equal luck with EOS),
+    --decode-len tokens (the models are untrained: equal work, not equal luck with EOS), and on
+    CPU the share of that time spent in the model (encoder, decoder steps with the output layer
+    and log-softmax, state reordering) rather than in fairseq's search,
   * peak resident memory (CPU) or peak allocated GPU memory,
   * training FLOPs per target token, and the achieved FLOP/s as a share of a float32
     matrix-multiply peak measured here.
---bf16 runs training and decoding under bfloat16 autocast on CPU (what --amp does there).
+--bf16 runs training and decoding under bfloat16 autocast (what --amp does on CPU), --fp16 under
+float16 autocast (what --amp does on CUDA); float32 weights either way.
 Prints a table with ratios to fairseq lstm (attention), writes OUT/benchmark.json and OUT/benchmark.png.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -112,9 +117,8 @@ def worker(args) -> dict:
            *(["--cpu"] if device == "cpu" else [])]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), cli))
     utils.import_user_module(cfg.common)
-    from user_dir.patches.amp import cpu_autocast
-
-    autocast = lambda: cpu_autocast(args.bf16)  # noqa: E731
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    autocast = lambda: torch.autocast(device, dtype=dtype, enabled=dtype is not None)  # noqa: E731
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
     for split in ("train", "test"):
@@ -144,28 +148,54 @@ def worker(args) -> dict:
 
     result = {"train_tokens_per_s": tokens / seconds, "train_flops_per_token": flops}
     model.eval()
-    for beam, key in ((5, "beam5_sentences_per_s"), (1, "greedy_sentences_per_s")):
+    for beam, key in ((5, "beam5"), (1, "greedy")):
         # every hypothesis gets exactly --decode-len tokens, so untrained models do equal work
         gen = task.build_generator([model], argparse.Namespace(
             beam=beam, max_len_a=0, max_len_b=args.decode_len, min_len=args.decode_len))
+        in_model = time_model_calls(gen.model) if device == "cpu" else None
         itr = task.get_batch_iterator(task.dataset("test"), max_sentences=args.decode_batch, seed=1,
                                       required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
         done, seconds = 0, 0.0
-        for sample in itr:
-            if done >= args.decode_sentences:
-                break
-            sample = utils.move_to_cuda(sample) if device == "cuda" else sample
-            sync(device)
-            start = time.perf_counter()
-            with torch.no_grad(), autocast():
-                task.inference_step(gen, [model], sample)
-            sync(device)
-            done, seconds = done + sample["nsentences"], seconds + time.perf_counter() - start
-        result[key] = done / seconds
+        profiling = args.profile and beam == 5
+        with torch.profiler.profile() if profiling else contextlib.nullcontext() as profile:
+            for sample in itr:
+                if done >= args.decode_sentences:
+                    break
+                sample = utils.move_to_cuda(sample) if device == "cuda" else sample
+                sync(device)
+                start = time.perf_counter()
+                with torch.no_grad(), autocast():
+                    task.inference_step(gen, [model], sample)
+                sync(device)
+                done, seconds = done + sample["nsentences"], seconds + time.perf_counter() - start
+        if profiling:
+            print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), file=sys.stderr)
+        result[f"{key}_sentences_per_s"] = done / seconds
+        if in_model is not None:
+            result[f"{key}_model_share"] = in_model["seconds"] / seconds
     result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["device"] = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     return result
+
+
+MODEL_CALLS = ("forward_encoder", "reorder_encoder_out", "reorder_incremental_state", "forward_decoder")
+
+
+def time_model_calls(ensemble) -> dict:
+    """Add up the time fairseq's SequenceGenerator spends in the model: the encoder, every decoder
+    step (output layer and log-softmax included) and the reordering of states. The rest of a
+    decoding step is the search. Wraps this generator's methods only (CPU: no synchronisation)."""
+    spent = {"seconds": 0.0}
+    for name in MODEL_CALLS:
+        def timed(*args, _call=getattr(ensemble, name), **kwargs):
+            start = time.perf_counter()
+            try:
+                return _call(*args, **kwargs)
+            finally:
+                spent["seconds"] += time.perf_counter() - start
+        setattr(ensemble, name, timed)
+    return spent
 
 
 def default_data(out: Path) -> str:
@@ -217,9 +247,15 @@ def main() -> None:
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--decode-len", type=int, default=20, help="tokens generated per sentence")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (float32 weights), as --amp trains")
-    p.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (float32 weights), as --amp on CPU")
+    precision.add_argument("--fp16", action="store_true", help="float16 autocast (float32 weights), as --amp on CUDA")
+    p.add_argument("--worker", choices=list(MODELS), help="measure this model only, in this process; prints its JSON")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="with --worker: print the N operators of beam-5 decoding with the most CPU time (torch.profiler)")
     args = p.parse_args()
+    if args.profile and not args.worker:
+        p.error("--profile needs --worker MODEL")
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -246,7 +282,7 @@ def main() -> None:
     ref = models[REFERENCE]
     summary = {
         "device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "precision": "bfloat16 autocast" if args.bf16 else "float32",
+        "torch": torch.__version__, "precision": "bfloat16 autocast" if args.bf16 else "float16 autocast" if args.fp16 else "float32",
         "matmul_peak_gflops": peak, "data": args.data,
         "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens},
         "repeats": args.repeats, "models": models,

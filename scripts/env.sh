@@ -1,17 +1,22 @@
 # Source me: creates .venv on first use (pinned versions from setup.cfg), then activates it.
 #   source scripts/env.sh
 # Re-installs when setup.cfg changes. PYTHON picks the interpreter (default python3, >= 3.10).
+# VENV=0 uses the Python environment already on PATH instead (one that has fairseq: a cluster's).
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="$_root/.venv"
 _stamp="$_venv/.installed-$(sha1sum "$_root/setup.cfg" | cut -c1-12)"
-if [ ! -f "$_stamp" ]; then
-    echo "setting up $_venv (first run: about a minute)" >&2
-    "${PYTHON:-python3}" -m venv "$_venv" || return 1
-    "$_venv/bin/python" -m pip install -q --upgrade pip || return 1
-    "$_venv/bin/python" -m pip install -q -e "$_root[test,plot]" || return 1
-    rm -f "$_venv"/.installed-* && touch "$_stamp"
+if [ "${VENV:-1}" = 0 ]; then
+    python3 -c "import fairseq" || { echo "error: VENV=0 but python3 cannot import fairseq" >&2; return 1; }
+else
+    if [ ! -f "$_stamp" ]; then
+        echo "setting up $_venv (first run: about a minute)" >&2
+        "${PYTHON:-python3}" -m venv "$_venv" || return 1
+        "$_venv/bin/python" -m pip install -q --upgrade pip || return 1
+        "$_venv/bin/python" -m pip install -q -e "$_root[test,plot]" || return 1
+        rm -f "$_venv"/.installed-* && touch "$_stamp"
+    fi
+    source "$_venv/bin/activate"
 fi
-source "$_venv/bin/activate"
 # torch on few cores is ~50x slower with its default threading; use every core, no more
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 unset _root _venv _stamp

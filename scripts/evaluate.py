@@ -8,6 +8,9 @@ Usage:
     # any raw file pair: encoded with the sentencepiece model, binarized with DATA_BIN's dictionaries
     python scripts/evaluate.py runs/multi30k/de-en/bin runs/multi30k/de-en/ckpt/checkpoint_best.pt \\
         --src-raw my.de --ref my.en --spm runs/multi30k/de-en/spm.model --post-process sentencepiece
+    # a fairseq-generate output made elsewhere (e.g. on a GPU machine without the raw references)
+    python scripts/evaluate.py runs/multi30k/de-en/bin --generate-log gpu/generate.log \\
+        --ref ../shared/data/multi30k/test_2016_flickr.en.gz
 
 Hypotheses are put back in corpus order (fairseq-generate prints them by length) and scored
 against the raw reference text, never against references rebuilt from the binarized data
@@ -61,12 +64,17 @@ def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_proces
         *(["--post-process", post_process] if post_process else []), *extra,
         "--nbest", "1",  # last, so it wins over any --nbest in extra
     ]
+    return hypotheses(run_fairseq(cmd))
+
+
+def hypotheses(generate_output: str) -> list[str]:
+    """The best detokenized hypothesis of each sentence of fairseq-generate's output, in corpus order."""
     hyps: dict[int, str] = {}
-    for line in run_fairseq(cmd).splitlines():
+    for line in generate_output.splitlines():
         if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>, best first
             sid, _, text = line.split("\t", 2)
             hyps.setdefault(int(sid[2:]), text)
-    return [hyps[i] for i in sorted(hyps)] if hyps else []
+    return [hyps[i] for i in sorted(hyps)]
 
 
 def split_size(data_bin: Path, subset: str) -> int:
@@ -93,10 +101,14 @@ def ensemble(checkpoint: str) -> list[str]:
 def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], list[str] | None]:
     """Everything that can be wrong before decoding, each named; returns the reference lines
     and the --src-raw lines (None without it)."""
-    for path in (Path(args.data_bin), args.ref, args.src_raw, args.spm):
+    if (args.checkpoint is None) == (args.generate_log is None):
+        raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score, not both")
+    if args.generate_log and (args.src_raw or extra):
+        raise SystemExit("error: --generate-log scores a finished decoding: --src-raw and fairseq-generate options do not apply")
+    for path in (Path(args.data_bin), args.ref, args.src_raw, args.spm, args.generate_log):
         if path is not None and not path.exists():
             raise SystemExit(f"error: {path} does not exist")
-    for checkpoint in ensemble(args.checkpoint):
+    for checkpoint in ensemble(args.checkpoint) if args.checkpoint else []:
         check_file(checkpoint)
     for option in UNREADABLE:
         if any(a == option or a.startswith(option + "=") for a in extra):
@@ -109,7 +121,8 @@ def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     if sentences != len(refs):
         raise SystemExit(f"error: {args.ref} has {len(refs)} lines but the source has {sentences} sentences")
     src, tgt = language_pair(Path(args.data_bin))
-    if uses_sentencepiece(Dictionary.load(str(Path(args.data_bin) / f"dict.{tgt}.txt"))) and args.post_process != "sentencepiece":
+    if (uses_sentencepiece(Dictionary.load(str(Path(args.data_bin) / f"dict.{tgt}.txt")))
+            and args.post_process != "sentencepiece" and not args.generate_log):
         raise SystemExit("error: the model writes sentencepiece pieces (its dictionary's entries start with \u2581): "
                          "pass --post-process sentencepiece, or the score is computed on pieces")
     if args.src_raw and not args.spm and uses_sentencepiece(Dictionary.load(str(Path(args.data_bin) / f"dict.{src}.txt"))):
@@ -153,7 +166,9 @@ def score(hyps: list[str], refs: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_bin", help="fairseq-preprocess output folder")
-    p.add_argument("checkpoint", help="a checkpoint, or several joined by ':' to decode with their ensemble")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint, or several joined by ':' to decode with their ensemble")
+    p.add_argument("--generate-log", type=Path, help="score this fairseq-generate output (its D- lines) instead "
+                                                     "of decoding; it must cover the whole --subset")
     p.add_argument("--ref", type=Path, required=True, help="raw reference text (.gz ok), one line per sentence")
     p.add_argument("--subset", default="test")
     p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
@@ -167,16 +182,22 @@ def main() -> None:
     extra = [a for a in extra if a != "--"]
     try:
         refs, sources = check_inputs(args, extra)
+        hyps = hypotheses("\n".join(read_lines(args.generate_log))) if args.generate_log else None
     except (TextError, CheckpointError) as e:
         raise SystemExit(f"error: {e}")
-    with tempfile.TemporaryDirectory() as work:
-        data_bin, subset = args.data_bin, args.subset
-        if sources is not None:
-            data_bin, subset = binarize_raw(Path(args.data_bin), sources, refs, args.spm, Path(work)), "test"
-        hyps = generate(data_bin, args.checkpoint, subset, args.beam, args.post_process, args.batch_size, extra)
+    if hyps is None:
+        with tempfile.TemporaryDirectory() as work:
+            data_bin, subset = args.data_bin, args.subset
+            if sources is not None:
+                data_bin, subset = binarize_raw(Path(args.data_bin), sources, refs, args.spm, Path(work)), "test"
+            hyps = generate(data_bin, args.checkpoint, subset, args.beam, args.post_process, args.batch_size, extra)
+    elif any("\u2581" in h for h in hyps):
+        raise SystemExit(f"error: {args.generate_log} holds sentencepiece pieces: decode with --post-process "
+                         "sentencepiece, or the score is computed on pieces")
     result = score(hyps, refs)
-    result.update(checkpoint=":".join(os.path.abspath(c) for c in ensemble(args.checkpoint)), beam=args.beam,
-                  source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}")
+    made_by = ({"generate_log": os.path.abspath(args.generate_log)} if args.generate_log else
+               {"checkpoint": ":".join(os.path.abspath(c) for c in ensemble(args.checkpoint)), "beam": args.beam})
+    result.update(**made_by, source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}")
     if args.hyp_out:
         with atomic_write(args.hyp_out, "w", encoding="utf-8") as f:
             f.write("".join(h + "\n" for h in hyps))

@@ -1,8 +1,13 @@
-"""Plot train/valid loss and valid BLEU per epoch from a fairseq-train log.
+"""Plot train/valid loss and valid BLEU per epoch from a fairseq-train log, or compare several
+runs' validation BLEU against training minutes (learning curves).
 
 Usage:
     python scripts/plot_training.py runs/multi30k/de-en/ckpt/train.log            # -> train.png beside it
     python scripts/plot_training.py LOG --out curve.png --title "rnn_seq2seq de-en"
+    python scripts/plot_training.py A/train.log B/train.log --labels ours lstm --out curves.png
+
+With several logs, x is the run's wall-clock time at the end of each epoch (fairseq's ``wall``,
+validation included; CPU-minutes for a one-thread run) and y its validation BLEU.
 
 Reads fairseq's end-of-epoch lines (``| train | epoch 003 | loss 5.1 | ...`` and
 ``| valid | epoch 003 | valid on 'valid' subset | loss ... | bleu 21.3 | ...``), in simple or
@@ -51,20 +56,52 @@ def plot(curves: dict, out: Path, title: str) -> None:
     fig.savefig(out, dpi=100)
 
 
+def plot_bleu_vs_minutes(runs: dict[str, dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, curves in runs.items():
+        epochs = sorted(e for e, v in curves["valid"].items() if "bleu" in v and "wall" in curves["train"].get(e, {}))
+        ax.plot([curves["train"][e]["wall"] / 60 for e in epochs], [curves["valid"][e]["bleu"] for e in epochs],
+                "-o", markersize=3, label=label)
+    ax.set_xlabel("training minutes (validation included)")
+    ax.set_ylabel("valid BLEU")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def read_curves(log: Path) -> dict:
+    if not log.is_file():
+        raise SystemExit(f"error: {log} does not exist")
+    curves = parse(log.read_text(encoding="utf-8", errors="replace"))
+    if not curves["train"] or not curves["valid"]:
+        raise SystemExit(f"error: no end-of-epoch train/valid lines in {log}")
+    return curves
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("log", type=Path)
-    p.add_argument("--out", type=Path, help="PNG path (default: the log's name with .png)")
+    p.add_argument("log", type=Path, nargs="+")
+    p.add_argument("--labels", nargs="+", help="one per log (default: each log's folder name)")
+    p.add_argument("--out", type=Path, help="PNG path (default: the first log's name with .png)")
     p.add_argument("--title", default="")
     args = p.parse_args()
-    if not args.log.is_file():
-        raise SystemExit(f"error: {args.log} does not exist")
-    curves = parse(args.log.read_text(encoding="utf-8", errors="replace"))
-    if not curves["train"] or not curves["valid"]:
-        raise SystemExit(f"error: no end-of-epoch train/valid lines in {args.log}")
-    out = args.out or args.log.with_suffix(".png")
-    plot(curves, out, args.title or args.log.parent.name)
-    print(f"wrote {out} ({len(curves['train'])} epochs)")
+    labels = args.labels or [log.parent.name for log in args.log]
+    if len(labels) != len(args.log):
+        raise SystemExit(f"error: {len(labels)} --labels for {len(args.log)} logs")
+    runs = {label: read_curves(log) for label, log in zip(labels, args.log)}
+    out = args.out or args.log[0].with_suffix(".png")
+    if len(runs) == 1:
+        plot(runs[labels[0]], out, args.title or labels[0])
+    else:
+        plot_bleu_vs_minutes(runs, out, args.title)
+    print(f"wrote {out} (" + ", ".join(f"{label}: {len(c['train'])} epochs" for label, c in runs.items()) + ")")
 
 
 if __name__ == "__main__":

@@ -22,5 +22,6 @@ def test_benchmark_runs_every_model_and_writes_record(toy_bin, tmp_path, precisi
         assert model["train_tokens_per_s"] > 0 and model["beam5_sentences_per_s"] > 0
         assert 0 < model["share_of_matmul_peak"] < 2
         assert model["train_flops_per_token"] > 0
+        assert 0 < model["beam5_model_share"] < 1 and 0 < model["greedy_model_share"] < 1  # the rest is the search
     assert record["ratios"]["rnn_seq2seq"]["train_tokens_per_s"] > 0
     assert (tmp_path / "benchmark.png").read_bytes()[:4] == b"\x89PNG"

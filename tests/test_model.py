@@ -270,3 +270,35 @@ def test_a_half_precision_model_trains_in_its_own_dtype(task, overrides):
     loss.backward()
     assert torch.isfinite(loss)
     assert {p.grad.dtype for p in model.parameters() if p.grad is not None} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16-autocast"])
+def test_step_sums_equal_a_bmm_per_step_in_values_and_gradients(autocast):
+    """StepSums forms the terms' gradient once after the loop: same values and gradients as
+    bmm(w_t, G) at every step of a recurrence whose weights depend on the previous step."""
+    from user_dir.models.rnn_seq2seq import StepSums
+
+    bsz, src_len, width, steps = 3, 5, 8, 4
+    terms = torch.randn(bsz, src_len, width, requires_grad=True)
+    scorer = torch.randn(width, src_len, requires_grad=True)
+
+    def run(step_sum):
+        h, outs = torch.zeros(bsz, width), []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            g = terms * 1.0  # a non-leaf, as the model's terms are
+            step_sum = step_sum(g)
+            for _ in range(steps):
+                w = torch.softmax((h @ scorer).float(), dim=1)
+                h = torch.tanh(step_sum(w).float() + h)
+                outs.append(h)
+        torch.stack(outs).square().sum().backward()
+        grads = terms.grad.clone(), scorer.grad.clone()
+        terms.grad = scorer.grad = None
+        return torch.stack(outs).detach(), grads
+
+    plain = run(lambda g: lambda w: torch.bmm(w.to(g.dtype).unsqueeze(1), g).squeeze(1))
+    deferred = run(StepSums)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if autocast else {}
+    assert_close(deferred[0], plain[0], **tol)
+    for got, want in zip(deferred[1], plain[1]):
+        assert_close(got, want, **tol)

@@ -109,6 +109,29 @@ def test_evaluate_decodes_an_ensemble_and_records_every_member(trained_dir, raw,
     assert proc.returncode != 0 and "missing.pt does not exist" in proc.stderr, proc.stderr[-2000:]
 
 
+def test_evaluate_scores_a_generate_log_as_it_scores_its_own_decoding(trained_dir, raw, tmp_path):
+    """--generate-log (a decoding made elsewhere, e.g. on a GPU machine): the same hypotheses and
+    score as evaluate.py's own decoding; a log that lost sentences, or holds pieces, is refused."""
+    ckpt, ref = trained_dir / "ckpt" / "checkpoint_best.pt", raw / "test.tgt"
+    own = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", ckpt, "--ref", ref, "--post-process",
+              "sentencepiece", "--hyp-out", tmp_path / "own.hyp").stdout
+    for post_process, log in (("sentencepiece", "gen.log"), ("none", "pieces.log")):
+        out = run("fairseq-generate", trained_dir / "bin", "--user-dir", USER_DIR, "--path", ckpt, "--gen-subset", "test",
+                  "--beam", "5", "--batch-size", "128", "--post-process", post_process).stdout
+        (tmp_path / log).write_text(out)
+    lines = (tmp_path / "gen.log").read_text().splitlines()
+    (tmp_path / "short.log").write_text("\n".join(x for x in lines if not x.startswith("D-3\t")) + "\n")
+    logged = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", "--generate-log", tmp_path / "gen.log",
+                 "--ref", ref, "--hyp-out", tmp_path / "log.hyp").stdout
+    assert logged.splitlines()[0] == own.splitlines()[0]  # the BLEU line
+    assert (tmp_path / "log.hyp").read_text() == (tmp_path / "own.hyp").read_text()
+    for args, message in (((ckpt, "--generate-log", tmp_path / "gen.log"), "not both"),
+                          (("--generate-log", tmp_path / "short.log"), "76 hypotheses for 77 references"),
+                          (("--generate-log", tmp_path / "pieces.log"), "holds sentencepiece pieces")):
+        proc = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", *args, "--ref", ref, check=False)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+
+
 def test_evaluate_raw_file_pair_given_by_path(trained_dir, raw, tmp_path):
     pair = tmp_path / "mine"
     pair.mkdir()
@@ -132,6 +155,12 @@ def test_plot_training_curve(trained_dir, tmp_path):
     out = run("python", SCRIPTS / "plot_training.py", trained_dir / "ckpt" / "train.log", "--out", tmp_path / "c.png").stdout
     assert "epochs)" in out
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = trained_dir / "ckpt" / "train.log"
+    out = run("python", SCRIPTS / "plot_training.py", log, log, "--labels", "a", "b", "--out", tmp_path / "lc.png").stdout
+    assert re.search(r"a: \d+ epochs, b: \d+ epochs", out)
+    assert (tmp_path / "lc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    proc = run("python", SCRIPTS / "plot_training.py", log, log, "--labels", "a", check=False)
+    assert proc.returncode != 0 and "1 --labels for 2 logs" in proc.stderr
 
 
 @pytest.mark.parametrize("config", ["multi30k", "multi30k_attention"])

@@ -309,6 +309,66 @@ class AdditiveAttention(nn.Module):
         return torch.softmax(scores, dim=1).type_as(keys)
 
 
+class _StepSum(torch.autograd.Function):
+    """``sum_s w_s G_s`` for one step (B x S, B x S x N -> B x N). Backward returns the weights'
+    gradient and records ``(w, grad)`` for :class:`_StepSumTerms`, which forms G's gradient."""
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, terms: Tensor, steps: list) -> Tensor:
+        weights = weights.to(terms.dtype)
+        ctx.save_for_backward(weights, terms)
+        ctx.steps = steps
+        return torch.bmm(weights.unsqueeze(1), terms).squeeze(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        weights, terms = ctx.saved_tensors
+        grad = grad.to(terms.dtype)
+        ctx.steps.append((weights, grad))
+        return torch.bmm(terms, grad.unsqueeze(2)).squeeze(2), None, None
+
+
+class _StepSumTerms(torch.autograd.Function):
+    """Identity on G (B x S x N) whose backward, after every step's, forms G's gradient in one
+    batched matmul: ``sum_t w_t^T g_t`` over all steps (B x S x T times B x T x N)."""
+
+    @staticmethod
+    def forward(ctx, terms: Tensor, steps: list) -> Tensor:
+        ctx.steps = steps
+        ctx.set_materialize_grads(False)
+        return terms.view_as(terms)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Optional[Tensor]):  # None unless G is also used outside the steps
+        if ctx.steps:
+            weights, grads = (torch.stack(x, dim=1) for x in zip(*ctx.steps))  # B x T x S, B x T x N
+            ctx.steps.clear()
+            from_steps = torch.bmm(weights.transpose(1, 2), grads)
+            grad = from_steps if grad is None else grad + from_steps
+        return grad, None
+
+
+class StepSums:
+    """Weighted sums of per-position terms G (B x S x N), one per decoder step: ``sum_s w_s G_s``.
+
+    Same values and gradients as ``bmm(w, G)`` at every step, but the backward of a step returns
+    no B x S x N gradient for G (an outer product, added into G's gradient T times); G's
+    gradient is formed once after the loop from all steps' weights and output gradients.
+    """
+
+    def __init__(self, terms: Tensor):
+        self.steps: list = []
+        self.defer = torch.is_grad_enabled() and terms.requires_grad
+        self.terms = _StepSumTerms.apply(terms, self.steps) if self.defer else terms
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        if self.defer:
+            return _StepSum.apply(weights, self.terms, self.steps)
+        return torch.bmm(weights.unsqueeze(1), self.terms).squeeze(1)
+
+
 def reorder(tensors: Dict[str, Optional[Tensor]], new_order: Tensor) -> Dict[str, Optional[Tensor]]:
     """Select batch entries: dim 2 of the recurrent ``state`` (K x L x B x H), dim 0 of the rest."""
     return {k: None if v is None else v.index_select(2 if k == "state" else 0, new_order) for k, v in tensors.items()}
@@ -430,13 +490,14 @@ class RNNDecoder(FairseqIncrementalDecoder):
             output_context, attn = cache["output_context"], None
         else:
             weights = []
+            # the context's gate term W_c (sum_s a_s h_s) + b = sum_s a_s (W_c h_s + b): a weighted
+            # sum of per-sentence terms, S wide per step instead of a C x gates matmul
+            gate_terms = StepSums(cache["rnn_context"])
 
             def attend(query: Tensor) -> Tensor:
-                # the context's gate term W_c (sum_s a_s h_s) + b = sum_s a_s (W_c h_s + b): a weighted
-                # sum of per-sentence terms, S wide per step instead of a C x gates matmul
                 w = self.attention(query, cache["keys"], cache["padding_mask"])
                 weights.append(w)
-                return torch.bmm(w.unsqueeze(1), cache["rnn_context"]).squeeze(1)
+                return gate_terms(w)
 
             x, state = self.rnn(emb, cache["state"], attend=attend)
             attn = torch.stack(weights, dim=1)  # B x T x S
