@@ -64,13 +64,13 @@ def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_proces
         *(["--post-process", post_process] if post_process else []), *extra,
         "--nbest", "1",  # last, so it wins over any --nbest in extra
     ]
-    return hypotheses(run_fairseq(cmd))
+    return hypotheses(run_fairseq(cmd).splitlines())
 
 
-def hypotheses(generate_output: str) -> list[str]:
-    """The best detokenized hypothesis of each sentence of fairseq-generate's output, in corpus order."""
+def hypotheses(generate_output: list[str]) -> list[str]:
+    """The best detokenized hypothesis of each sentence of fairseq-generate's output lines, in corpus order."""
     hyps: dict[int, str] = {}
-    for line in generate_output.splitlines():
+    for line in generate_output:
         if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>, best first
             sid, _, text = line.split("\t", 2)
             hyps.setdefault(int(sid[2:]), text)
@@ -182,7 +182,7 @@ def main() -> None:
     extra = [a for a in extra if a != "--"]
     try:
         refs, sources = check_inputs(args, extra)
-        hyps = hypotheses("\n".join(read_lines(args.generate_log))) if args.generate_log else None
+        hyps = hypotheses(read_lines(args.generate_log)) if args.generate_log else None
     except (TextError, CheckpointError) as e:
         raise SystemExit(f"error: {e}")
     if hyps is None:
