@@ -1,15 +1,18 @@
-"""Average the parameters of several checkpoints of one run into one checkpoint for decoding.
+"""Average the parameters of several checkpoints of one run into one checkpoint for decoding,
+or take the exponential moving average that fairseq-train --store-ema keeps in a checkpoint.
 
 Usage:
     python scripts/average_checkpoints.py SAVE_DIR --last 5            # -> SAVE_DIR/checkpoint_avg5.pt
     python scripts/average_checkpoints.py --inputs a.pt b.pt c.pt --out avg.pt
+    python scripts/average_checkpoints.py --ema SAVE_DIR/checkpoint_last.pt --out ema.pt
 
 ``--last N`` takes the N epoch checkpoints ``checkpointEPOCH.pt`` of SAVE_DIR with the highest
 epoch numbers (scripts/train.sh keeps the last 5). Checkpoints are read through fairseq's
 ``checkpoint_utils.load_checkpoint_to_cpu`` with the plugin's safe loading; they must hold the
 same parameters (names, shapes, dictionaries). Floating-point parameters are averaged in
 float64; buffers that are equal in every input (such as the dictionary fingerprints) are copied.
-The output keeps the newest input's configuration and drops the optimizer state: it is for
+``--ema`` writes the EMA weights of one checkpoint (refused, by name, when it holds none). The
+output keeps the newest input's configuration and drops the optimizer state: it is for
 fairseq-generate/interactive, not for resuming. It is written atomically.
 """
 import argparse
@@ -53,11 +56,27 @@ def average(paths: list[Path]) -> dict:
             averaged[key] = (sum(m[key].double() for m in models) / len(models)).to(first.dtype)
         else:
             raise SystemExit(f"error: {key} is a non-floating-point tensor that differs between the checkpoints")
-    state = states[-1]
+    return for_decoding(states[-1], averaged, averaged=[str(p) for p in paths])
+
+
+def ema(path: Path) -> dict:
+    """``path``'s state with its parameters replaced by the EMA that fairseq-train --store-ema saved."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    weights = (state.get("extra_state") or {}).pop("ema", None)
+    if not weights:
+        raise SystemExit(f"error: {path} holds no EMA weights: train with fairseq-train --store-ema")
+    if weights.keys() != state["model"].keys():
+        raise SystemExit(f"error: the EMA weights of {path} hold other parameters than its model")
+    state["extra_state"].pop("ema_fp32_params", None)
+    return for_decoding(state, {k: v.to(state["model"][k].dtype) for k, v in weights.items()}, ema=str(path))
+
+
+def for_decoding(state: dict, model: dict, **note) -> dict:
+    """``state`` with ``model`` as its parameters, no optimizer state, and ``note`` in its extra state."""
     state["cfg"] = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)  # as fairseq saves it
-    state["model"] = averaged
+    state["model"] = model
     state["last_optimizer_state"] = None
-    state.setdefault("extra_state", {})["averaged"] = [str(p) for p in paths]
+    state.setdefault("extra_state", {}).update(note)
     return state
 
 
@@ -66,11 +85,16 @@ def main() -> None:
     p.add_argument("save_dir", nargs="?", type=Path, help="a fairseq-train --save-dir (with --last)")
     p.add_argument("--last", type=int, help="average the last N epoch checkpoints of SAVE_DIR")
     p.add_argument("--inputs", nargs="+", type=Path, help="average these checkpoints")
+    p.add_argument("--ema", type=Path, metavar="CHECKPOINT", help="write the EMA weights of this checkpoint")
     p.add_argument("--out", type=Path, help="output (default SAVE_DIR/checkpoint_avgN.pt)")
     args = p.parse_args()
-    if (args.inputs is None) == (args.last is None):
-        p.error("give SAVE_DIR with --last N, or --inputs")
-    if args.last is not None:
+    if sum(x is not None for x in (args.inputs, args.last, args.ema)) != 1:
+        p.error("give SAVE_DIR with --last N, --inputs, or --ema")
+    if args.ema is not None:
+        paths, out = [args.ema], args.out
+        if out is None:
+            p.error("--ema needs --out")
+    elif args.last is not None:
         if args.save_dir is None or not args.save_dir.is_dir():
             p.error("--last needs SAVE_DIR, an existing folder")
         if args.last < 1:
@@ -84,11 +108,12 @@ def main() -> None:
     if out.resolve() in {q.resolve() for q in paths}:
         p.error(f"--out {out} is one of the inputs")
     try:
-        state = average(paths)
+        state = ema(args.ema) if args.ema is not None else average(paths)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     checkpoint_utils.torch_persistent_save(state, str(out))
-    print(f"averaged {len(paths)} checkpoints ({', '.join(q.name for q in paths)}) -> {out}")
+    what = "the EMA weights of" if args.ema is not None else f"averaged {len(paths)} checkpoints"
+    print(f"{what} {', '.join(q.name for q in paths)} -> {out}")
 
 
 if __name__ == "__main__":

@@ -46,11 +46,12 @@ UNREADABLE = ("--quiet", "--results-path")
 
 
 def run_fairseq(cmd: list[str]) -> str:
-    """Run a fairseq CLI; its stdout, or one line: the exception it ended with."""
+    """Run a fairseq CLI; its stdout, or one line: the exception it ended with (the last
+    unindented line of stderr: a traceback's details, such as omegaconf's, are indented)."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()] or [f"exit status {proc.returncode}"]
-        raise SystemExit(f"error: {cmd[0]} failed: {lines[-1]}")
+        raise SystemExit(f"error: {cmd[0]} failed: {([x for x in lines if not x[0].isspace()] or lines)[-1]}")
     return proc.stdout
 
 

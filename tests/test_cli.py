@@ -127,6 +127,28 @@ def test_checkpoint_of_the_code_before_attention_decodes_bit_for_bit(toy_bin):
     assert got == (data / "gru_94176b2.valid.txt").read_text().splitlines()
 
 
+@pytest.mark.parametrize("arch", ["rnn_seq2seq_d2l", "rnn_seq2seq_multi30k", "rnn_seq2seq_attention_multi30k"])
+def test_a_preset_checkpoint_without_the_newer_options_loads_and_decodes_the_same(toy_bin, tmp_path, arch):
+    """fairseq fills a preset's config from its arch function only (the dataclass defaults only
+    for --arch rnn_seq2seq): a checkpoint written before an option existed lacks it. Every option
+    at its default is removed from a preset's checkpoint; it must decode exactly as before."""
+    from dataclasses import fields
+
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
+
+    run("fairseq-train", toy_bin, "--user-dir", USER_DIR, "--arch", arch, *TRAIN_ARGS, "--max-update", "5",
+        "--save-dir", tmp_path, "--no-epoch-checkpoints", "--disable-validation")
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    model_cfg = state["cfg"]["model"]
+    removed = [f.name for f in fields(RNNSeq2SeqConfig) if model_cfg.get(f.name, f.default) == f.default]
+    assert "word_dropout" in removed and "decoder_rnn" in removed
+    for name in removed:
+        model_cfg.pop(name, None)
+    torch.save(state, tmp_path / "old.pt")
+    args = ("--beam", "3", "--batch-size", "64", "--gen-subset", "valid")
+    assert generate_lines(toy_bin, tmp_path / "old.pt", *args) == generate_lines(toy_bin, tmp_path / "checkpoint_last.pt", *args)
+
+
 def test_attention_model_learns_and_prints_alignments(toy_bin, tmp_path):
     """The additive-attention variant trains through fairseq-train and returns its weights, so
     fairseq-generate --print-alignment prints one source position per target word."""
@@ -177,6 +199,26 @@ def test_average_checkpoints_means_the_last_epochs_and_decodes(toy_bin, tmp_path
     mixed = run("python", script, "--inputs", tmp_path / "checkpoint3.pt", other / "checkpoint_last.pt",
                 "--out", tmp_path / "mixed.pt", check=False)
     assert mixed.returncode != 0 and "holds other parameters" in mixed.stderr and not (tmp_path / "mixed.pt").exists()
+
+
+def test_average_checkpoints_writes_the_ema_of_a_store_ema_run_and_refuses_a_run_without(toy_bin, trained, tmp_path):
+    """fairseq-train --store-ema keeps an EMA of the weights in each checkpoint's extra state;
+    --ema writes it as the model (it decodes), and names a checkpoint that holds none."""
+    run("fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--max-update", "5",
+        "--store-ema", "--ema-decay", "0.5", "--save-dir", tmp_path, "--no-epoch-checkpoints", "--disable-validation")
+    script = ROOT / "scripts" / "average_checkpoints.py"
+    run("python", script, "--ema", tmp_path / "checkpoint_last.pt", "--out", tmp_path / "ema.pt")
+    saved = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    written = torch.load(tmp_path / "ema.pt", weights_only=True)
+    assert written["model"].keys() == saved["model"].keys() and written["last_optimizer_state"] is None
+    assert any(not torch.equal(written["model"][k], saved["model"][k]) for k in saved["model"])
+    for key, value in written["model"].items():
+        torch.testing.assert_close(value, saved["extra_state"]["ema"][key])
+    assert len(generate_lines(toy_bin, tmp_path / "ema.pt", "--beam", "2", prefixes=("H-",))) == 203
+    refused = run("python", script, "--ema", trained, "--out", tmp_path / "none.pt", check=False)
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines() == [
+        f"error: {trained} holds no EMA weights: train with fairseq-train --store-ema"]
+    assert not (tmp_path / "none.pt").exists()
 
 
 def test_distill_replaces_training_targets_with_the_teachers_translations(toy_bin, trained, tmp_path):

@@ -120,6 +120,18 @@ def test_second_training_run_on_one_save_dir_is_refused(toy_bin, tmp_path):
     assert "Saved checkpoint" not in second.stdout + second.stderr  # the refused run wrote nothing
 
 
+def test_evaluate_names_the_exception_not_the_details_indented_under_it(toy_bin, trained, tmp_path):
+    """A checkpoint whose config omegaconf rejects: fairseq-generate ends with the exception line,
+    then indented details (full_key, object_type); evaluate.py reports the exception line."""
+    import torch
+
+    state = torch.load(trained, weights_only=True)
+    state["cfg"]["model"]["cell"] = "rnn"
+    torch.save(state, tmp_path / "bad.pt")
+    proc = run("python", SCRIPTS / "evaluate.py", toy_bin, tmp_path / "bad.pt", "--ref", TOY / "test.tgt", check=False)
+    fails_with(proc, r"(^|\n)error: fairseq-generate failed: omegaconf\.errors\.\w+: [^\n]*'rnn'[^\n]*\n$")
+
+
 # 3. checkpoints know their dictionaries and their pieces
 
 def test_checkpoint_refuses_a_same_size_dictionary_with_other_entries(toy_bin, trained, tmp_path):

@@ -147,6 +147,7 @@ def test_decoder_output_depends_on_source(task):
     ({"share_all_embeddings": True, "encoder_embed_dim": 8}, "--share-all-embeddings ties the output projection"),
     ({"dropout": 1.5}, "--dropout"),
     ({"dropout_in": -0.1}, "--dropout-in"),
+    ({"word_dropout": 1.0}, "--word-dropout"),
     ({"decoder_hidden_size": 0}, "--decoder-hidden-size"),
 ])
 def test_inconsistent_options_rejected_with_option_named(task, overrides, option):
@@ -224,6 +225,35 @@ def test_d2l_preset_drops_out_between_layers_only(task):
     assert (cfg.init, cfg.dropout, cfg.dropout_in, cfg.dropout_out) == ("torch", 0.1, 0.0, 0.0)
     assert model.encoder.rnn.rnn.dropout == 0.1 and model.decoder.rnn.dropout.p == 0.1
     assert model.encoder.dropout_in.p == model.decoder.dropout_in.p == model.decoder.dropout_out.p == 0.0
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru-bidir-attention-deep"])
+def test_word_dropout_drops_whole_token_embeddings_in_training_only(task, variant):
+    """--word-dropout p: in training each source and target token's embedding is either zero or
+    scaled by 1/(1-p), about p of them zero; in evaluation the model is the one without it."""
+    from user_dir.models.rnn_seq2seq import embed_words
+
+    torch.manual_seed(0)
+    model = build(task, word_dropout=0.25, **VARIANTS[variant])
+    plain = build(task, **VARIANTS[variant])
+    plain.load_state_dict(model.state_dict())
+    src, lengths = batch(task, [5, 3, 1])
+    prev = prev_tokens(task, 3, 6)
+    assert_close(model(src, lengths, prev)[0], plain(src, lengths, prev)[0])
+
+    for embed, tokens in ((model.encoder.embed_tokens, src), (model.decoder.embed_tokens, prev)):
+        tokens = tokens.repeat(400, 1)  # 1200 rows of the same tokens
+        dropout = nn.Dropout(0.0).train()
+        x, full = embed_words(tokens, embed, 0.25, dropout), embed(tokens)
+        dropped = (x == 0).all(dim=2) & (full != 0).any(dim=2)
+        kept = ~dropped & (full != 0).any(dim=2)
+        assert_close(x[kept], full[kept] / 0.75)
+        assert dropped.sum() / (dropped.sum() + kept.sum()) == pytest.approx(0.25, abs=0.02)
+        assert_close(embed_words(tokens, embed, 0.25, dropout.eval()), full)
+
+    model.train()
+    first, second = model(src, lengths, prev)[0], model(src, lengths, prev)[0]
+    assert not torch.equal(first, second)  # dropout is on (the model's other dropouts are 0)
 
 
 @pytest.mark.parametrize("init, bound, zero_bias", [("uniform", 0.1, True), ("torch", 12 ** -0.5, False)])

@@ -12,8 +12,9 @@ state as query (``additive``); it enters the same two places either way.
 Recurrent state travels as one tensor ``K x L x B x H`` (K = 2 for LSTM ``(h, c)``, 1 for GRU),
 so one code path serves both cells, beam reordering and the bridge.
 """
+import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Optional
 
 import torch
@@ -28,7 +29,7 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from omegaconf import II
+from omegaconf import II, OmegaConf, open_dict
 from torch import Tensor
 
 from ..dictionaries import as_hex, fingerprint, uses_sentencepiece
@@ -86,6 +87,10 @@ class RNNSeq2SeqConfig(FairseqDataclass):
     dropout_out: Optional[float] = field(
         default=None, metadata={"help": "dropout on the decoder's RNN output and deep output (default: --dropout)"}
     )
+    word_dropout: float = field(
+        default=0.0, metadata={"help": "in training, drop each source and target token's whole embedding with this "
+                                       "probability (the others scaled by 1/(1-p)), before --dropout-in"}
+    )
     share_decoder_input_output_embed: bool = field(
         default=False, metadata={"help": "tie the decoder's input embedding and output projection"}
     )
@@ -95,6 +100,16 @@ class RNNSeq2SeqConfig(FairseqDataclass):
     )
     max_source_positions: int = II("task.max_source_positions")
     max_target_positions: int = II("task.max_target_positions")
+
+
+def fill_defaults(cfg) -> None:
+    """Give ``cfg`` the default of every option it lacks. fairseq merges the dataclass defaults
+    into the config of ``--arch rnn_seq2seq`` only; without this, a checkpoint of a preset
+    (``rnn_seq2seq_multi30k``, ...) written before an option existed would not load."""
+    missing = [f for f in fields(RNNSeq2SeqConfig) if not hasattr(cfg, f.name)]
+    with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
+        for f in missing:
+            setattr(cfg, f.name, f.default)
 
 
 def check_config(cfg: RNNSeq2SeqConfig) -> None:
@@ -108,7 +123,7 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
                  "decoder_hidden_size", "decoder_out_embed_dim", "decoder_attention_dim"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    for name in ("dropout", "dropout_in", "dropout_out"):
+    for name in ("dropout", "dropout_in", "dropout_out", "word_dropout"):
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value < 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
@@ -126,6 +141,15 @@ def dropout_layer(cfg: RNNSeq2SeqConfig, where: str) -> nn.Dropout:
     """``--dropout-in`` or ``--dropout-out`` (``where``), which default to ``--dropout``."""
     p = getattr(cfg, f"dropout_{where}", None)
     return nn.Dropout(cfg.dropout if p is None else p)
+
+
+def embed_words(tokens: Tensor, embed: nn.Embedding, word_dropout: float, dropout: nn.Dropout) -> Tensor:
+    """B x T tokens -> B x T x E embeddings; in training (``dropout.training``) each token's whole
+    embedding is zeroed with probability ``word_dropout`` (one mask entry per token), then ``dropout``."""
+    x = embed(tokens)
+    if word_dropout > 0 and dropout.training:
+        x = x * F.dropout(x.new_ones(*tokens.shape, 1), word_dropout)
+    return dropout(x)
 
 
 def ties_output(cfg: RNNSeq2SeqConfig) -> bool:
@@ -392,6 +416,7 @@ class RNNEncoder(FairseqEncoder):
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
         self.dropout_in, self.dropout_out = dropout_layer(cfg, "in"), dropout_layer(cfg, "out")
+        self.word_dropout = cfg.word_dropout
         self.rnn = RNN(cfg.cell, cfg.encoder_embed_dim, cfg.encoder_hidden_size, cfg.encoder_layers,
                        cfg.dropout, cfg.init, cfg.encoder_bidirectional)
         self.return_outputs = cfg.decoder_attention != "none"
@@ -417,7 +442,7 @@ class RNNEncoder(FairseqEncoder):
         padding_mask = src_tokens.eq(self.padding_idx)
         # packing needs right padding; fairseq left-pads sources by default (no-op if right-padded)
         right_padded = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
-        x = self.dropout_in(self.embed_tokens(right_padded)).transpose(0, 1)  # B x S x E -> S x B x E
+        x = embed_words(right_padded, self.embed_tokens, self.word_dropout, self.dropout_in).transpose(0, 1)  # S x B x E
         packed = nn.utils.rnn.pack_padded_sequence(x, src_lengths.cpu(), enforce_sorted=False)
         packed_out, state = self.rnn(packed)  # K x (L * D) x B x H, each sentence's true last step
         k, _, bsz, h = state.shape
@@ -445,6 +470,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
         self.max_positions_ = cfg.max_target_positions
         self.embed_tokens = embed_tokens
         self.dropout_in, self.dropout_out = dropout_layer(cfg, "in"), dropout_layer(cfg, "out")
+        self.word_dropout = cfg.word_dropout
         self.rnn = ContextRNN(cfg.cell, cfg.decoder_embed_dim, context_dim, cfg.decoder_hidden_size,
                               cfg.decoder_layers, cfg.dropout, cfg.init)
         self.rnn_path = cfg.decoder_rnn
@@ -481,7 +507,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
             cache = self.get_incremental_state(incremental_state, "rnn")
         if cache is None:
             cache = self.start(encoder_out)
-        emb = self.dropout_in(self.embed_tokens(prev_output_tokens)).transpose(0, 1)  # T x B x E
+        emb = embed_words(prev_output_tokens, self.embed_tokens, self.word_dropout, self.dropout_in).transpose(0, 1)  # T x B x E
         if self.attention is None:
             if self.use_fused(emb, incremental_state):
                 x, state = self.rnn.fused(emb, cache["state"], encoder_out["context"])
@@ -495,7 +521,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
             gate_terms = StepSums(cache["rnn_context"])
 
             def attend(query: Tensor) -> Tensor:
-                w = self.attention(query, cache["keys"], cache["padding_mask"])
+                w = self.attention(query, cache["keys"], encoder_out["padding_mask"])
                 weights.append(w)
                 return gate_terms(w)
 
@@ -503,7 +529,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
             attn = torch.stack(weights, dim=1)  # B x T x S
             output_context = None
             if self.deep_output is not None:  # T x B x C contexts, all steps in one batched matmul
-                output_context = self.deep_output.context_term(torch.bmm(attn, cache["outputs"]).transpose(0, 1))
+                output_context = self.deep_output.context_term(torch.bmm(attn, encoder_out["outputs"]).transpose(0, 1))
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "rnn", {**cache, "state": state})
         x = self.dropout_out(x)
@@ -520,11 +546,12 @@ class RNNDecoder(FairseqIncrementalDecoder):
     def start(self, encoder_out: EncoderOut) -> Dict[str, Optional[Tensor]]:
         """Decoder state before the first step, and what of the context is computed once per
         sentence: its terms (fixed context), or with attention the keys ``W_k h`` and each
-        source position's gate term ``W_c h + b``."""
+        source position's gate term ``W_c h + b`` (the encoder's outputs and padding mask are
+        read from ``encoder_out``, which beam search reorders too: not copied twice a step)."""
         if self.attention is not None:
             outputs = encoder_out["outputs"]  # B x S x C
-            return {"state": encoder_out["state"], "keys": self.attention.keys(outputs), "outputs": outputs,
-                    "rnn_context": self.rnn.context_term(outputs), "padding_mask": encoder_out["padding_mask"]}
+            return {"state": encoder_out["state"], "keys": self.attention.keys(outputs),
+                    "rnn_context": self.rnn.context_term(outputs)}
         context = encoder_out["context"]
         return {
             "state": encoder_out["state"],  # K x L x B x H
@@ -561,6 +588,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg: RNNSeq2SeqConfig, task):
+        fill_defaults(cfg)
         check_config(cfg)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         encoder_embed = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad(), cfg.init, output=cfg.share_all_embeddings)
