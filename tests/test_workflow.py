@@ -163,15 +163,23 @@ def test_plot_training_curve(trained_dir, tmp_path):
     assert proc.returncode != 0 and "1 --labels for 2 logs" in proc.stderr
 
 
-@pytest.mark.parametrize("config", ["multi30k", "multi30k_attention"])
-def test_multi30k_hydra_config(prepared, tmp_path, config):
+@pytest.mark.parametrize("config, arch", [("multi30k", "rnn_seq2seq_multi30k"),
+                                          ("multi30k_attention", "rnn_seq2seq_attention_multi30k")])
+def test_multi30k_hydra_config_trains_the_preset_it_spells_out(prepared, tmp_path, config, arch):
+    """Hydra applies no --arch preset, so each YAML spells its preset out: every option the arch
+    function sets must come out of fairseq-hydra-train with the arch function's value."""
+    from argparse import Namespace
+
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
     save = tmp_path / "ckpt"
     run("fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", config,
         f"task.data={prepared / 'bin'}", f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={save}",
         "model.encoder_hidden_size=32", "model.decoder_hidden_size=32", "optimization.max_update=3", cwd=tmp_path)
     model = torch.load(save / "checkpoint_last.pt", weights_only=True)["cfg"]["model"]
-    assert model["encoder_bidirectional"] and model["decoder_deep_output"] and model["share_decoder_input_output_embed"]
-    assert model["decoder_attention"] == ("additive" if "attention" in config else "none")
+    preset = Namespace(encoder_hidden_size=32, decoder_hidden_size=32)
+    ARCH_CONFIG_REGISTRY[arch](preset)
+    assert {k: model[k] for k in vars(preset)} == vars(preset)
 
 
 def test_hub_refuses_a_pieces_model_without_its_sentencepiece_model(trained_dir, tmp_path):
