@@ -4,6 +4,7 @@ import gzip
 import json
 import re
 import shutil
+from argparse import Namespace
 
 import pytest
 import torch
@@ -168,8 +169,6 @@ def test_plot_training_curve(trained_dir, tmp_path):
 def test_multi30k_hydra_config_trains_the_preset_it_spells_out(prepared, tmp_path, config, arch):
     """Hydra applies no --arch preset, so each YAML spells its preset out: every option the arch
     function sets must come out of fairseq-hydra-train with the arch function's value."""
-    from argparse import Namespace
-
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
     save = tmp_path / "ckpt"
@@ -243,3 +242,25 @@ def test_plot_attention_draws_the_weights_of_an_attention_model(prepared, traine
                "--out", tmp_path / "b.png", check=False)
     assert proc.returncode != 0 and "has no attention (--decoder-attention none)" in proc.stderr
     assert not (tmp_path / "b.png").exists()
+
+
+@pytest.mark.parametrize("extra, expect", [
+    (["--lr-scheduler", "inverse_sqrt"], {"lr_scheduler": ("inverse_sqrt", {"warmup_updates": 100})}),
+    (["--optimizer=sgd", "--momentum", "0.9"], {"optimizer": ("sgd", {"momentum": 0.9})}),
+    (["--criterion", "cross_entropy"], {"criterion": ("cross_entropy", {})}),
+    (["--criterion", "label_smoothed_cross_entropy", "--lr-scheduler", "cosine"],
+     {"criterion": ("label_smoothed_cross_entropy", {"label_smoothing": 0.1}),
+      "lr_scheduler": ("cosine", {"warmup_updates": 100, "lr_shrink": 0.5})}),
+])
+def test_train_sh_takes_another_criterion_optimizer_or_scheduler(prepared, tmp_path, extra, expect):
+    """train.sh sets options of its criterion, optimizer and scheduler; choosing another one keeps
+    the options that one defines and drops the rest (fairseq-train refuses unknown options)."""
+    sizes = TINY[:TINY.index("--label-smoothing")]  # train.sh's own label smoothing, not the tests' 0
+    run("bash", SCRIPTS / "train.sh", prepared / "bin", tmp_path, *sizes, *extra, "--max-update", "2",
+        "--disable-validation", "--no-epoch-checkpoints", env={"BUDGET_HOURS": "0.1"})
+    cfg = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["cfg"]
+    for section, (name, values) in expect.items():
+        # a component without a dataclass (sgd) keeps its options in an argparse Namespace
+        got = vars(cfg[section]) if isinstance(cfg[section], Namespace) else cfg[section]
+        assert got.get("_name", got.get(section)) == name
+        assert {k: got[k] for k in values} == values
