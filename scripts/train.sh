@@ -50,7 +50,7 @@ for kind, (ours, options) in OURS.items():
     elif (component := REGISTRIES[kind.replace("-", "_")]["registry"].get(chosen[-1])) is not None:
         parser = argparse.ArgumentParser()
         component.add_args(parser)  # fairseq's own way to list a component's options
-        defined = {flag for action in parser._actions for flag in action.option_strings}
+        defined = {option for action in parser._actions for option in action.option_strings}
         options = {k: v for k, v in options.items() if k in defined}
     for key, value in options.items():
         print(key, value, sep="\n")
