@@ -58,22 +58,42 @@ def test_incremental_decoding_equals_full_forward(task, variant):
     assert_close(torch.cat(steps, dim=1), full)
 
 
-@pytest.mark.parametrize("variant", ["lstm-bidir-deep-tied", "gru-bidir-attention-deep"])
-def test_reorder_mid_decoding_matches_reordered_batch(task, variant):
-    """Beam search reorders state; continuing must equal decoding the reordered batch."""
+REORDERS = {  # name -> (orders applied one after another to 3 sentences, sentences kept after each)
+    "arbitrary": ([[2, 2, 0]], [3]),
+    "beam: expand, then within each sentence's rows": ([[0, 0, 1, 1, 2, 2], [1, 0, 2, 2, 5, 4]], [3, 3]),
+    "beam: drop a finished sentence": ([[0, 0, 1, 1, 2, 2], [0, 1, 5, 4]], [3, 2]),
+    "beam: one row left per sentence, reordered": ([[0, 0, 1, 1, 2, 2], [3, 0, 5]], [3, 3]),
+    "beam: one sentence's rows only": ([[0, 0, 1, 1, 2, 2], [2, 3, 2, 3]], [3, 1]),
+    "uneven rows per sentence": ([[0, 0, 1, 1, 2, 2], [0, 1, 2, 4, 5]], [3, 5]),
+    "rows of a sentence apart": ([[0, 0, 1, 1, 2, 2], [0, 2, 0, 2]], [3, 4]),
+}
+
+
+@pytest.mark.parametrize("reorders", REORDERS)
+@pytest.mark.parametrize("variant", ["lstm-bidir-deep-tied", "gru-bidir-attention-deep", "lstm-2layer-attention"])
+def test_reorder_mid_decoding_matches_reordered_batch(task, variant, reorders):
+    """Beam search reorders state; continuing must equal decoding the reordered batch. The
+    source's per-position tensors stay one per sentence where the rows of each sentence stay
+    together in equal numbers (beam search's orders), else one per row."""
     model = build(task, **VARIANTS[variant])
     src, lengths = batch(task, [4, 2, 3])
-    prev = prev_tokens(task, 3, 5)
-    order = torch.tensor([2, 2, 0])
-    enc, state = model.encoder(src, lengths), {}
-    for t in range(2):
-        model.decoder(prev[:, : t + 1], enc, incremental_state=state)
-    model.decoder.reorder_incremental_state_scripting(state, order)
-    enc = model.encoder.reorder_encoder_out(enc, order)
-    prev = prev[order]
-    steps = [model.decoder(prev[:, : t + 1], enc, incremental_state=state)[0] for t in range(2, 5)]
-    full, _ = model.decoder(prev, enc)
-    assert_close(torch.cat(steps, dim=1), full[:, 2:])
+    prev = prev_tokens(task, 3, 6)
+    rows = torch.arange(3)  # each row's sentence in the original batch
+    enc, state, t = model.encoder(src, lengths), {}, 0
+    for order, kept in zip(*REORDERS[reorders]):
+        for _ in range(2 if t else 1):
+            model.decoder(prev[rows, : t + 1], enc, incremental_state=state)
+            t += 1
+        order = torch.tensor(order)
+        model.decoder.reorder_incremental_state_scripting(state, order)
+        enc = model.encoder.reorder_encoder_out(enc, order)
+        rows = rows[order]
+        cache = model.decoder.get_incremental_state(state, "rnn")
+        for source in (enc.get("outputs"), enc.get("padding_mask"), cache.get("keys"), cache.get("gate_terms")):
+            assert source is None or source.size(0) == kept
+    steps = [model.decoder(prev[rows, : u + 1], enc, incremental_state=state)[0] for u in range(t, 6)]
+    full, _ = model.decoder(prev[rows], model.encoder(src[rows], lengths[rows]))
+    assert_close(torch.cat(steps, dim=1), full[:, t:])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
