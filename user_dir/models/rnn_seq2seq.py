@@ -337,11 +337,16 @@ class AdditiveAttention(nn.Module):
         return torch.softmax(scores, dim=2).type_as(keys).view(-1, src_len)
 
 
+def by_sentence(weights: Tensor, terms: Tensor) -> Tensor:
+    """Weights (N k) x S, row i reading sentence i // k of terms N x S x D -> N x k x S, in the
+    terms' dtype."""
+    return weights.to(terms.dtype).view(terms.size(0), -1, terms.size(1))
+
+
 def step_sum(weights: Tensor, terms: Tensor) -> Tensor:
     """``sum_s w_s G_s`` per row: weights (N k) x S, terms N x S x D, row i reading sentence
     i // k -> (N k) x D (one N x k x S by N x S x D batched matmul)."""
-    grouped = weights.to(terms.dtype).view(terms.size(0), -1, terms.size(1))
-    return torch.bmm(grouped, terms).view(weights.size(0), -1)
+    return torch.bmm(by_sentence(weights, terms), terms).view(weights.size(0), -1)
 
 
 class _StepSum(torch.autograd.Function):
@@ -350,7 +355,7 @@ class _StepSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weights: Tensor, terms: Tensor, steps: list) -> Tensor:
-        weights = weights.to(terms.dtype).view(terms.size(0), -1, terms.size(1))  # N x k x S
+        weights = by_sentence(weights, terms)
         ctx.save_for_backward(weights, terms)
         ctx.steps = steps
         return torch.bmm(weights, terms).view(-1, terms.size(2))
