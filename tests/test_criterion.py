@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
-from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion, label_smoothed_nll_loss
 from fairseq.logging import metrics
 from torch import nn
 from torch.testing import assert_close
 
-from user_dir.criterions.masked_ce import MaskedCrossEntropyCriterion
+from user_dir.criterions.masked_ce import MaskedCrossEntropyCriterion, TokenNLL, normalises_by_log_softmax
 
 
 class FixedLogits(nn.Module):
@@ -185,6 +185,7 @@ def test_real_models_skip_padding_with_the_same_loss_and_gradients(task, arch, e
     sample = sample_with_lengths(task, [4, 2, 0, 1], steps=4)
     sample["net_input"] = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev_tokens(task, 4, 4)}
     crit = MaskedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=eps)
+    assert normalises_by_log_softmax(model)  # the criterion takes the logits-only path for these
     results = []
     for skip in (True, False):
         model.zero_grad()
@@ -198,3 +199,64 @@ def test_real_models_skip_padding_with_the_same_loss_and_gradients(task, arch, e
     assert loss[2] == 0 and (loss[[0, 1, 3]] > 0).all()
     for g, r in zip(grads, ref_grads):
         assert_close(g, r)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("grads", ["loss", "nll", "both"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_nll_equals_log_softmax_and_fairseq_loss(eps, grads, dtype):
+    """TokenNLL's values and gradient (computed in place of its saved log-probs) equal
+    log_softmax + fairseq's label_smoothed_nll_loss, for any per-token weights on either output."""
+    gen = torch.Generator().manual_seed(7)
+    logits = (3 * torch.randn(6, 11, generator=gen)).to(dtype).requires_grad_()
+    target = torch.randint(0, 11, (6,), generator=gen)
+    weights = {k: torch.randn(6, generator=gen) for k in ("loss", "nll")}
+    results = []
+    for fused in (True, False):
+        logits.grad = None
+        if fused:
+            loss, nll = TokenNLL.apply(logits.float(), target, eps)
+        else:
+            loss, nll = label_smoothed_nll_loss(torch.log_softmax(logits.float(), -1), target, eps, reduce=False)
+        outputs = {"loss": loss, "nll": nll}
+        sum((outputs[k] * weights[k]).sum() for k in outputs if grads in (k, "both")).backward()
+        results.append((loss.detach(), nll.detach(), logits.grad))
+    (loss, nll, grad), (ref_loss, ref_nll, ref_grad) = results
+    assert_close(loss, ref_loss)
+    assert_close(nll, ref_nll)
+    assert grad.dtype == dtype and grad.abs().sum() > 0
+    assert_close(grad, ref_grad)
+
+
+def test_token_nll_refuses_a_second_backward():
+    """Backward overwrites the saved log-probs; a retained graph must not give a wrong gradient."""
+    logits = torch.randn(3, 5, requires_grad=True)
+    loss, _ = TokenNLL.apply(logits, torch.tensor([0, 1, 2]), 0.1)
+    loss.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.sum().backward()
+
+
+@pytest.mark.parametrize("override", ["none", "decoder", "model"])
+def test_a_models_own_normalisation_is_respected(task, override):
+    """Only fairseq's default log-softmax takes the logits-only path; a model or decoder that
+    overrides get_normalized_probs (here: logits / 2) gets its own probabilities."""
+    from test_model import batch, build, prev_tokens
+
+    def halved(self, net_output, log_probs, sample=None):
+        return torch.log_softmax(net_output[0].float() / 2, dim=-1)
+
+    model = build(task)
+    if override != "none":
+        owner = model.decoder if override == "decoder" else model
+        owner.__class__ = type("Halved", (type(owner),), {"get_normalized_probs": halved})
+    src, src_lengths = batch(task, [5, 4, 3])
+    sample = sample_with_lengths(task, [4, 2, 3], steps=4)
+    sample["net_input"] = {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev_tokens(task, 3, 4)}
+    crit = MaskedCrossEntropyCriterion(task, sentence_avg=False)
+    loss = crit(model, sample, reduce=False)[0]
+    assert normalises_by_log_softmax(model) == (override == "none")
+    full = crit.compute_loss(model, model(**sample["net_input"]), sample)[0]
+    assert_close(loss, full)
+    default = crit.compute_loss_on_tokens(model, sample)[0]
+    assert (override == "none") == torch.allclose(loss, default)
