@@ -11,7 +11,8 @@ Every model sees the same binarized data, the same batches (same --max-tokens an
 same threads and device (GPU when present, else CPU). Each measurement runs in its own process,
 the models alternating within each repeat, and the median is reported:
   * training target tokens/s (forward + backward + Adam step) after warm-up batches; the
-    plugin's models with masked_ce (no output layer on padding), fairseq's with cross_entropy,
+    plugin's models with masked_ce (no output layer on padding), fairseq's with cross_entropy
+    (--criterion C: every model with C),
   * beam-5 and greedy decoding sentences/s on the test split, every hypothesis forced to
     --decode-len tokens (the models are untrained: equal work, not equal luck with EOS), and on
     CPU the share of that time spent in the model (encoder, decoder steps with the output layer
@@ -106,7 +107,7 @@ def worker(args) -> dict:
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_args = MODELS[args.worker]
+    model_args = MODELS[args.worker] + (["--criterion", args.criterion] if args.criterion else [])
     sizes = [f"--{side}-{what}" for side in ("encoder", "decoder") for what in ("embed-dim", "hidden-size", "layers")]
     values = [args.emb, args.hidden, args.layers] * 2
     cli = [args.data, "--user-dir", USER_DIR, *model_args,
@@ -175,6 +176,7 @@ def worker(args) -> dict:
             result[f"{key}_model_share"] = in_model["seconds"] / seconds
     result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["criterion"] = cfg.criterion._name
     result["device"] = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     return result
 
@@ -247,6 +249,9 @@ def main() -> None:
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--decode-len", type=int, default=20, help="tokens generated per sentence")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--criterion", choices=["masked_ce", "cross_entropy"],
+                   help="train every model with this loss (default: each its own, masked_ce for the plugin's models, "
+                        "cross_entropy for fairseq's): separates what the loss gains from what the model gains")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (float32 weights), as --amp on CPU")
     precision.add_argument("--fp16", action="store_true", help="float16 autocast (float32 weights), as --amp on CUDA")
@@ -275,7 +280,8 @@ def main() -> None:
 
     device = runs[REFERENCE][0]["device"]
     peak = matmul_peak_gflops("cuda" if torch.cuda.is_available() else "cpu")
-    models = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "device"} for m, rs in runs.items()}
+    models = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("device", "criterion")}
+              for m, rs in runs.items()}
     for m in models.values():
         m["train_gflops_per_s"] = m["train_tokens_per_s"] * m["train_flops_per_token"] / 1e9
         m["share_of_matmul_peak"] = m["train_gflops_per_s"] / peak
@@ -285,7 +291,7 @@ def main() -> None:
         "torch": torch.__version__, "precision": "bfloat16 autocast" if args.bf16 else "float16 autocast" if args.fp16 else "float32",
         "matmul_peak_gflops": peak, "data": args.data,
         "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens},
-        "repeats": args.repeats, "models": models,
+        "repeats": args.repeats, "criteria": {m: rs[0]["criterion"] for m, rs in runs.items()}, "models": models,
         "ratios": {m: {k: v / ref[k] for k, v in r.items()} for m, r in models.items() if m != REFERENCE},
         "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
     }

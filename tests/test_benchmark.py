@@ -13,11 +13,15 @@ def test_benchmark_runs_every_model_and_writes_record(toy_bin, tmp_path, precisi
     out = run("python", ROOT / "scripts" / "benchmark.py", "--data", toy_bin, "--out", tmp_path,
               "--emb", "16", "--hidden", "32", "--max-tokens", "300", "--warmup-batches", "1",
               "--train-batches", "2", "--decode-sentences", "10", "--decode-len", "5", "--repeats", "1",
-              *precision).stdout
+              *precision, *(["--criterion", "masked_ce"] if precision else [])).stdout
     assert "(x fairseq lstm)" in out and "matmul peak" in out
     record = json.loads((tmp_path / "benchmark.json").read_text())
     assert set(record["models"]) == {"rnn_seq2seq", "rnn_seq2seq attention", "fairseq lstm", "fairseq lstm no attention"}
     assert record["precision"] == ("bfloat16 autocast" if precision else "float32")
+    # each model with its own loss, or every model with --criterion's
+    assert record["criteria"] == {"rnn_seq2seq": "masked_ce", "rnn_seq2seq attention": "masked_ce",
+                                  "fairseq lstm": "masked_ce" if precision else "cross_entropy",
+                                  "fairseq lstm no attention": "masked_ce" if precision else "cross_entropy"}
     for model in record["models"].values():
         assert model["train_tokens_per_s"] > 0 and model["beam5_sentences_per_s"] > 0
         assert 0 < model["share_of_matmul_peak"] < 2
