@@ -101,8 +101,8 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
 
 def normalises_by_log_softmax(model) -> bool:
     """Whether ``model`` is an encoder-decoder whose probabilities are fairseq's default
-    log-softmax of its output layer's logits (``rnn_seq2seq``, fairseq's ``lstm`` and
-    ``transformer``), so that the loss can be taken from the logits of real tokens alone.
+    log-softmax of its output layer's logits (``rnn_seq2seq``, fairseq's ``lstm``), so that
+    the loss can be taken from the logits of real tokens alone.
     Any other normalisation (adaptive softmax, an overridden ``get_normalized_probs``) is
     respected through the full B x T x V path."""
     if not isinstance(model, FairseqEncoderDecoderModel) or getattr(model.decoder, "adaptive_softmax", None) is not None:
