@@ -76,7 +76,7 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
         models that :func:`normalises_by_log_softmax`."""
         target = sample["target"]                                          # B x T
         mask = target.ne(self.padding_idx)
-        features, extra = model.extract_features(**sample["net_input"])   # B x T x C
+        features, _ = model.extract_features(**sample["net_input"])       # B x T x C
         logits = model.output_layer(features[mask])                        # N x V, N = real tokens
         loss, nll_loss = TokenNLL.apply(logits.float(), target[mask], self.eps)  # N each
         sentence = torch.arange(target.size(0), device=target.device).unsqueeze(1).expand_as(target)[mask]
