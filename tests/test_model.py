@@ -58,6 +58,68 @@ def test_incremental_decoding_equals_full_forward(task, variant):
     assert_close(torch.cat(steps, dim=1), full)
 
 
+def right_padded(task, lengths):
+    """B x max(lengths) previous target tokens, each row ``[eos, words]`` then padding."""
+    prev = prev_tokens(task, len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        prev[i, n:] = task.target_dictionary.pad()
+    return prev
+
+
+TARGET_LENGTHS = {"unsorted": [2, 6, 4, 6], "longest first, one token": [6, 4, 2, 1], "no padding": [5, 5, 5, 5]}
+
+
+@pytest.mark.parametrize("lengths", TARGET_LENGTHS)
+@pytest.mark.parametrize("variant", [*VARIANTS, "fused"])
+def test_padded_targets_give_each_sentence_what_it_gets_alone(task, variant, lengths):
+    """Teacher forcing over right-padded targets of different lengths: at each sentence's real
+    positions, the outputs and the parameters' gradients are those of the sentence decoded
+    alone (the loop skips the sentences that have ended; the fused path runs over padding)."""
+    from user_dir.models.rnn_seq2seq import by_length
+
+    overrides = {"decoder_rnn": "fused"} if variant == "fused" else VARIANTS[variant]
+    model = build(task, **overrides)
+    target_lengths = TARGET_LENGTHS[lengths]
+    src, src_lengths = batch(task, [5, 3, 1, 4])
+    prev = right_padded(task, target_lengths)
+    if len(set(target_lengths)) > 1:  # the loop's skipping is engaged
+        assert by_length(prev, task.target_dictionary.pad())[1] is not None
+    probe = torch.randn(1, max(target_lengths), len(task.target_dictionary))
+
+    def loss_and_grads(src, src_lengths, prev):
+        model.zero_grad()
+        out, _ = model(src, src_lengths, prev)
+        real = prev.ne(task.target_dictionary.pad()).unsqueeze(2)
+        (out * probe[:, : out.size(1)] * real).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    out, grads = loss_and_grads(src, src_lengths, prev)
+    with torch.no_grad():  # the path of validation and scoring
+        assert_close(model(src, src_lengths, prev)[0], out)
+    alone = [loss_and_grads(src[i : i + 1, src.size(1) - s :], src_lengths[i : i + 1], prev[i : i + 1, :t])
+             for i, (s, t) in enumerate(zip(src_lengths.tolist(), target_lengths))]
+    for i, (t, (out_i, _)) in enumerate(zip(target_lengths, alone)):
+        assert_close(out[i, :t], out_i[0])
+    for name, grad in grads.items():
+        assert_close(grad, sum(g[name] for _, g in alone), msg=name)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrence_keeps_each_ended_rows_last_state_and_outputs_zeros(cell):
+    from user_dir.models.rnn_seq2seq import gru_cell, lstm_cell, recur
+
+    step, gates, k = (lstm_cell, 4, 2) if cell == "lstm" else (gru_cell, 3, 1)
+    hidden_proj, lengths = nn.Linear(5, gates * 5), [4, 3, 3, 1]
+    gates_x, state = torch.randn(4, 4, gates * 5), torch.randn(k, 4, 5)
+    active = [sum(n > t for n in lengths) for t in range(4)]
+    out, final = recur(step, gates_x, state, hidden_proj, active=active)
+    for i, n in enumerate(lengths):
+        out_i, final_i = recur(step, gates_x[:n, i : i + 1], state[:, i : i + 1], hidden_proj)
+        assert_close(out[:n, i], out_i[:, 0])
+        assert (out[n:, i] == 0).all()
+        assert_close(final[:, i], final_i[:, 0])
+
+
 REORDERS = {  # name -> (orders applied one after another to 3 sentences, sentences kept after each)
     "arbitrary": ([[2, 2, 0]], [3]),
     "beam: expand, then within each sentence's rows": ([[0, 0, 1, 1, 2, 2], [1, 0, 2, 2, 5, 4]], [3, 3]),

@@ -15,7 +15,7 @@ so one code path serves both cells, beam reordering and the bridge.
 import contextlib
 import os
 from dataclasses import dataclass, field, fields
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -222,37 +222,49 @@ class ContextLinear(nn.Linear):
 
 
 Attend = Callable[[Tensor], Tensor]  # previous hidden state B x H -> context's share of the gates
+State = Tuple[Tensor, ...]  # LSTM (h, c), GRU (h,): each B x H
 
 
-def lstm_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear, attend: Optional[Attend] = None):
-    """LSTM recurrence over precomputed input gates T x B x 4H; state 2 x B x H (h, c).
-    ``attend(h)``, if given, adds a per-step term to the input gates."""
+def lstm_cell(gx: Tensor, state: State, hidden_proj: nn.Linear) -> State:
     h, c = state
-    outs = []
-    for gx in gates_x:
-        if attend is not None:
-            gx = gx + attend(h)
-        i, f, g, o = (gx + hidden_proj(h)).chunk(4, dim=1)  # torch's gate order
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        outs.append(h)
-    return torch.stack(outs), torch.stack([h, c])
+    i, f, g, o = (gx + hidden_proj(h)).chunk(4, dim=1)  # torch's gate order
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def gru_steps(gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear, attend: Optional[Attend] = None):
-    """GRU recurrence over precomputed input gates T x B x 3H; state 1 x B x H.
-    ``attend(h)``, if given, adds a per-step term to the input gates."""
-    h = state[0]
-    outs = []
-    for gx in gates_x:
+def gru_cell(gx: Tensor, state: State, hidden_proj: nn.Linear) -> State:
+    (h,) = state
+    xr, xz, xn = gx.chunk(3, dim=1)  # torch's gate order
+    hr, hz, hn = hidden_proj(h).chunk(3, dim=1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    return ((1 - z) * torch.tanh(xn + r * hn) + z * h,)
+
+
+def pad_rows(x: Tensor, rows: int) -> Tensor:
+    """x with zero rows appended along dim 0 up to ``rows``."""
+    return x if x.size(0) == rows else torch.cat([x, x.new_zeros(rows - x.size(0), *x.shape[1:])])
+
+
+def recur(cell: Callable, gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear,
+          attend: Optional[Attend] = None, active: Optional[List[int]] = None) -> Tuple[Tensor, Tensor]:
+    """Runs ``cell`` over precomputed input gates T x B x G from state K x B x H -> (T x B x H
+    outputs, K x B x H final state). ``attend(h)``, if given, adds a per-step term to the input
+    gates. ``active[t]``, if given, is the number of leading rows still inside their sentence
+    at step t (rows longest first): nothing is computed for the others, which output zeros and
+    keep the state of their last step."""
+    rows, state, outs, ended = gates_x.size(1), tuple(state), [], []
+    for t, gx in enumerate(gates_x):
+        n = rows if active is None else active[t]
+        if n < state[0].size(0):
+            ended.append(tuple(s[n:] for s in state))
+            state = tuple(s[:n] for s in state)
+        gx = gx[:n]
         if attend is not None:
-            gx = gx + attend(h)
-        xr, xz, xn = gx.chunk(3, dim=1)  # torch's gate order
-        hr, hz, hn = hidden_proj(h).chunk(3, dim=1)
-        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-        h = (1 - z) * torch.tanh(xn + r * hn) + z * h
-        outs.append(h)
-    return torch.stack(outs), h.unsqueeze(0)
+            gx = gx + attend(state[0])
+        state = cell(gx, state, hidden_proj)
+        outs.append(pad_rows(state[0], rows))
+    final = torch.stack([torch.cat(parts) for parts in zip(state, *reversed(ended))])
+    return torch.stack(outs), final
 
 
 class ContextRNN(nn.Module):
@@ -270,7 +282,7 @@ class ContextRNN(nn.Module):
         gates = 4 if cell == "lstm" else 3
         self.input_proj = ContextLinear(input_size, context_size, gates * hidden_size)  # W_ih, b_ih
         self.hidden_proj = nn.Linear(hidden_size, gates * hidden_size)                  # W_hh, b_hh
-        self.steps = lstm_steps if cell == "lstm" else gru_steps
+        self.cell = lstm_cell if cell == "lstm" else gru_cell
         self.dropout = nn.Dropout(dropout)
         self.rest = RNN(cell, hidden_size, hidden_size, layers - 1, dropout, init) if layers > 1 else None
         init_rnn_(self, hidden_size, init)
@@ -285,7 +297,7 @@ class ContextRNN(nn.Module):
         inp = torch.cat([x, context.unsqueeze(0).expand(x.size(0), -1, -1)], dim=2)
         weights = [self.input_proj.weight, self.hidden_proj.weight, self.input_proj.bias, self.hidden_proj.bias]
         first = state[:, 0].contiguous()  # K x B x H: LSTM (h, c), GRU h, each 1 x B x H below
-        if self.steps is lstm_steps:
+        if self.cell is lstm_cell:
             out, h, c = torch.lstm(inp, (first[:1], first[1:]), weights, True, 1, 0.0, self.training, False, False)
             first_state = torch.cat([h, c])
         else:
@@ -293,10 +305,11 @@ class ContextRNN(nn.Module):
         return self.upper_layers(out, first_state, state)
 
     def forward(self, x: Tensor, state: Tensor, context_term: Optional[Tensor] = None,
-                attend: Optional[Attend] = None):
+                attend: Optional[Attend] = None, active: Optional[List[int]] = None):
         """x: T x B x E, state: K x L x B x H, and either context_term: B x (gates H) or
-        attend -> (T x B x H, new state)."""
-        out, first_state = self.steps(self.input_proj(x, context_term), state[:, 0], self.hidden_proj, attend)
+        attend; ``active``: see :func:`recur` -> (T x B x H, new state)."""
+        gates_x = self.input_proj(x, context_term)
+        out, first_state = recur(self.cell, gates_x, state[:, 0], self.hidden_proj, attend, active)
         return self.upper_layers(out, first_state, state)
 
     def upper_layers(self, out: Tensor, first_state: Tensor, state: Tensor):
@@ -337,6 +350,11 @@ class AdditiveAttention(nn.Module):
         return torch.softmax(scores, dim=2).type_as(keys).view(-1, src_len)
 
 
+def first_sentences(per_sentence: Tensor, rows: Tensor) -> Tensor:
+    """The first n sentences of N x ... when ``rows`` has n < N rows, else all of them."""
+    return per_sentence[: rows.size(0)] if rows.size(0) < per_sentence.size(0) else per_sentence
+
+
 def by_sentence(weights: Tensor, terms: Tensor) -> Tensor:
     """Weights (N k) x S, row i reading sentence i // k of terms N x S x D -> N x k x S, in the
     terms' dtype."""
@@ -345,7 +363,9 @@ def by_sentence(weights: Tensor, terms: Tensor) -> Tensor:
 
 def step_sum(weights: Tensor, terms: Tensor) -> Tensor:
     """``sum_s w_s G_s`` per row: weights (N k) x S, terms N x S x D, row i reading sentence
-    i // k -> (N k) x D (one N x k x S by N x S x D batched matmul)."""
+    i // k -> (N k) x D (one N x k x S by N x S x D batched matmul); n < N rows: the first n
+    sentences."""
+    terms = first_sentences(terms, weights)
     return torch.bmm(by_sentence(weights, terms), terms).view(weights.size(0), -1)
 
 
@@ -355,6 +375,7 @@ class _StepSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weights: Tensor, terms: Tensor, steps: list) -> Tensor:
+        terms = first_sentences(terms, weights)
         weights = by_sentence(weights, terms)
         ctx.save_for_backward(weights, terms)
         ctx.steps = steps
@@ -377,7 +398,7 @@ class _StepSumTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, terms: Tensor, steps: list) -> Tensor:
-        ctx.steps = steps
+        ctx.steps, ctx.num_sentences = steps, terms.size(0)
         ctx.set_materialize_grads(False)
         return terms.view_as(terms)
 
@@ -385,7 +406,8 @@ class _StepSumTerms(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Optional[Tensor]):  # None unless G is also used outside the steps
         if ctx.steps:
-            weights, grads = (torch.cat(x, dim=1) for x in zip(*ctx.steps))  # N x Tk x S, N x Tk x D
+            # N x Tk x S, N x Tk x D; a step that read the first n sentences adds zero rows
+            weights, grads = (torch.cat([pad_rows(x, ctx.num_sentences) for x in xs], dim=1) for xs in zip(*ctx.steps))
             ctx.steps.clear()
             from_steps = torch.bmm(weights.transpose(1, 2), grads)
             grad = from_steps if grad is None else grad + from_steps
@@ -433,6 +455,25 @@ def reorder(tensors: Dict[str, Optional[Tensor]], new_order: Tensor) -> Dict[str
         unchanged = kept.numel() == num_sentences and bool((kept == torch.arange(num_sentences, device=kept.device)).all())
         out.update(source if unchanged else {k: v.index_select(0, kept) for k, v in source.items()})
     return out
+
+
+def by_length(tokens: Tensor, pad: int) -> Tuple[Optional[Tensor], Optional[List[int]]]:
+    """For teacher forcing over B x T right-padded targets: an order of the rows, longest first
+    (None if they are so already), and for each step the number of rows still inside their
+    sentence (:func:`recur`'s ``active``). (None, None) where no sentence ends early, where the
+    padding is not trailing, and off the CPU (reading the lengths would wait for the device)."""
+    if tokens.device.type != "cpu":
+        return None, None
+    real = tokens.ne(pad)
+    lengths = real.sum(dim=1)
+    positions = torch.arange(tokens.size(1))
+    if bool(lengths.min() == tokens.size(1)) or not torch.equal(real, positions < lengths.unsqueeze(1)):
+        return None, None
+    order = None
+    if bool((lengths[1:] > lengths[:-1]).any()):
+        order = torch.sort(lengths, descending=True, stable=True).indices
+        lengths = lengths[order]
+    return order, (lengths.unsqueeze(1) > positions).sum(dim=0).tolist()
 
 
 def unpad_like(right_padded: Tensor, padding_mask: Tensor) -> Tensor:
@@ -505,6 +546,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
     def __init__(self, cfg: RNNSeq2SeqConfig, dictionary, embed_tokens: nn.Embedding, context_dim: int):
         super().__init__(dictionary)
         self.max_positions_ = cfg.max_target_positions
+        self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
         self.dropout_in, self.dropout_out = dropout_layer(cfg, "in"), dropout_layer(cfg, "out")
         self.word_dropout = cfg.word_dropout
@@ -538,10 +580,14 @@ class RNNDecoder(FairseqIncrementalDecoder):
 
     def extract_features(self, prev_output_tokens: Tensor, encoder_out: EncoderOut,
                          incremental_state: Optional[IncrementalState] = None):
-        cache = None
+        cache, order, active = None, None, None
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]
             cache = self.get_incremental_state(incremental_state, "rnn")
+        elif not self.use_fused(prev_output_tokens, incremental_state):
+            order, active = by_length(prev_output_tokens, self.padding_idx)
+            if order is not None:  # longest first, so that the sentences still going are leading rows
+                prev_output_tokens, encoder_out = prev_output_tokens[order], reorder(encoder_out, order)
         if cache is None:
             cache = self.start(encoder_out)
         emb = embed_words(prev_output_tokens, self.embed_tokens, self.word_dropout, self.dropout_in).transpose(0, 1)  # T x B x E
@@ -549,20 +595,23 @@ class RNNDecoder(FairseqIncrementalDecoder):
             if self.use_fused(emb, incremental_state):
                 x, state = self.rnn.fused(emb, cache["state"], encoder_out["context"])
             else:
-                x, state = self.rnn(emb, cache["state"], context_term=cache["rnn_context"])  # T x B x H
+                x, state = self.rnn(emb, cache["state"], context_term=cache["rnn_context"], active=active)  # T x B x H
             output_context, attn = cache["output_context"], None
         else:
             weights = []
             # the context's gate term W_c (sum_s a_s h_s) + b = sum_s a_s (W_c h_s + b): a weighted
             # sum of per-sentence terms, S wide per step instead of a C x gates matmul
             gate_terms = StepSums(cache["gate_terms"])
+            keys, padding_mask = cache["keys"], encoder_out["padding_mask"]
 
             def attend(query: Tensor) -> Tensor:
-                w = self.attention(query, cache["keys"], encoder_out["padding_mask"])
-                weights.append(w)
+                nonlocal keys, padding_mask  # narrowed to the sentences still going, as they end
+                keys, padding_mask = first_sentences(keys, query), first_sentences(padding_mask, query)
+                w = self.attention(query, keys, padding_mask)
+                weights.append(pad_rows(w, emb.size(1)))
                 return gate_terms(w)
 
-            x, state = self.rnn(emb, cache["state"], attend=attend)
+            x, state = self.rnn(emb, cache["state"], attend=attend, active=active)
             attn = torch.stack(weights, dim=1)  # B x T x S
             output_context = None
             if self.deep_output is not None:  # T x B x C contexts, all steps in one batched matmul
@@ -573,11 +622,16 @@ class RNNDecoder(FairseqIncrementalDecoder):
         x = self.dropout_out(x)
         if self.deep_output is not None:
             x = self.dropout_out(torch.tanh(self.deep_output(torch.cat([x, emb], dim=-1), output_context)))
-        return x.transpose(0, 1), attn  # T x B x C -> B x T x C
+        x = x.transpose(0, 1)  # T x B x C -> B x T x C
+        if order is not None:  # back to the batch's order
+            unsort = order.argsort()
+            x, attn = x.index_select(0, unsort), None if attn is None else attn.index_select(0, unsort)
+        return x, attn
 
     def use_fused(self, x: Tensor, incremental_state: Optional[IncrementalState]) -> bool:
-        """``--decoder-rnn``: the fused call for teacher forcing (one step at a time gains nothing)."""
-        if incremental_state is not None or self.rnn_path == "loop":
+        """``--decoder-rnn``: the fused call for teacher forcing without attention (one step at
+        a time gains nothing)."""
+        if incremental_state is not None or self.rnn_path == "loop" or self.attention is not None:
             return False
         return self.rnn_path == "fused" or x.is_cuda
 
