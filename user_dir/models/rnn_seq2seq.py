@@ -258,7 +258,8 @@ def recur(cell: Callable, gates_x: Tensor, state: Tensor, hidden_proj: nn.Linear
         if n < state[0].size(0):
             ended.append(tuple(s[n:] for s in state))
             state = tuple(s[:n] for s in state)
-        gx = gx[:n]
+        if n < rows:  # a slice is an autograd node: none while every row is going
+            gx = gx[:n]
         if attend is not None:
             gx = gx + attend(state[0])
         state = cell(gx, state, hidden_proj)
@@ -581,10 +582,11 @@ class RNNDecoder(FairseqIncrementalDecoder):
     def extract_features(self, prev_output_tokens: Tensor, encoder_out: EncoderOut,
                          incremental_state: Optional[IncrementalState] = None):
         cache, order, active = None, None, None
+        fused = self.use_fused(prev_output_tokens, incremental_state)
         if incremental_state is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]
             cache = self.get_incremental_state(incremental_state, "rnn")
-        elif not self.use_fused(prev_output_tokens, incremental_state):
+        elif not fused:
             order, active = by_length(prev_output_tokens, self.padding_idx)
             if order is not None:  # longest first, so that the sentences still going are leading rows
                 prev_output_tokens, encoder_out = prev_output_tokens[order], reorder(encoder_out, order)
@@ -592,7 +594,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
             cache = self.start(encoder_out)
         emb = embed_words(prev_output_tokens, self.embed_tokens, self.word_dropout, self.dropout_in).transpose(0, 1)  # T x B x E
         if self.attention is None:
-            if self.use_fused(emb, incremental_state):
+            if fused:
                 x, state = self.rnn.fused(emb, cache["state"], encoder_out["context"])
             else:
                 x, state = self.rnn(emb, cache["state"], context_term=cache["rnn_context"], active=active)  # T x B x H
