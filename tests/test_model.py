@@ -280,6 +280,21 @@ def test_context_rnn_equals_fused_rnn_over_input_and_context(cell, layers):
         assert_close(new_state, torch.stack(fused_state) if cell == "lstm" else fused_state.unsqueeze(0))
 
 
+def test_additive_attention_weights_are_the_textbooks():
+    """softmax(v^T tanh(W_q s + W_k h)) over the non-padding positions, for one query per
+    sentence and for k = 2 (beam hypotheses reading their sentence's keys)."""
+    from user_dir.models.rnn_seq2seq import AdditiveAttention
+
+    attention = AdditiveAttention(query_dim=5, value_dim=6, attention_dim=4, init="torch")
+    values, padding_mask = torch.randn(3, 7, 6), torch.arange(7) >= torch.tensor([[7], [4], [1]])
+    for k in (1, 2):
+        query = torch.randn(3 * k, 5)
+        per_row = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
+        hidden = torch.tanh(attention.query_proj(query).unsqueeze(1) + per_row(attention.key_proj(values)))
+        scores = attention.score(hidden).squeeze(2).masked_fill(per_row(padding_mask), float("-inf"))
+        assert_close(attention(query, attention.keys(values), padding_mask), torch.softmax(scores, dim=1))
+
+
 def test_torch_init_embeddings_have_unit_scale_and_tied_ones_unit_logits(task):
     """--init torch: N(0, 1) input embeddings (the textbook's); a table that is also the output
     projection N(0, 1/dim), so the first logits have unit scale (README, "Initialisation")."""
