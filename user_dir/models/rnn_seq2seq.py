@@ -348,8 +348,8 @@ class AdditiveAttention(nn.Module):
         """query (N k) x H, keys N x S x A (:meth:`keys`), padding_mask N x S (True at padding),
         row i of the query reading sentence i // k -> weights (N k) x S"""
         num_sentences, src_len, _ = keys.shape
-        query = F.linear(query, 2 * self.query_proj.weight).view(num_sentences, -1, 1, keys.size(2))  # N x k x 1 x A
-        hidden = (keys.unsqueeze(1) + query).sigmoid_()  # N x k x S x A, in place of the sum
+        query = self.query_proj(query).view(num_sentences, -1, 1, keys.size(2))  # N x k x 1 x A
+        hidden = torch.add(keys.unsqueeze(1), query, alpha=2).sigmoid_()  # N x k x S x A, in place of the sum
         scores = F.linear(hidden, 2 * self.score.weight).squeeze(3)  # N x k x S
         scores = scores.float().masked_fill(padding_mask.unsqueeze(1), float("-inf"))
         return torch.softmax(scores, dim=2).type_as(keys).view(-1, src_len)
