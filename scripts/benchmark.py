@@ -6,6 +6,7 @@ Usage:
     python scripts/benchmark.py --data runs/multi30k/de-en/bin --repeats 3 --out runs/bench
     python scripts/benchmark.py --emb 32 --hidden 64 --train-batches 3 --decode-sentences 20   # smoke
     python scripts/benchmark.py --data D --worker rnn_seq2seq --profile 15   # one model: where beam search spends time
+    python scripts/benchmark.py --data D --pair "rnn_seq2seq attention" --pairs 12   # training ratio, in turns
 
 Every model sees the same binarized data, the same batches (same --max-tokens and seed), the
 same threads and device (GPU when present, else CPU). Each measurement runs in its own process,
@@ -23,6 +24,8 @@ the models alternating within each repeat, and the median is reported:
 --bf16 runs training and decoding under bfloat16 autocast (what --amp does on CPU), --fp16 under
 float16 autocast (what --amp does on CUDA); float32 weights either way.
 Prints a table with ratios to fairseq lstm (attention), writes OUT/benchmark.json and OUT/benchmark.png.
+--pair M instead trains M and fairseq lstm in one process, in turns on the same batches, and
+gives the ratio of their training speeds for each pair of turns (OUT/pair.json).
 """
 import argparse
 import contextlib
@@ -100,14 +103,15 @@ def train_flops(model, criterion, sample) -> float:
     return counter.get_total_flops() + sum(rnn_flops)
 
 
-def worker(args) -> dict:
-    """One model, one process: train-step timing, decoding timing, peak memory."""
+def build(args, name: str) -> dict:
+    """Model ``name`` with its criterion, Adam, the task (train and test splits loaded) and the
+    timed training batches (warm-up first), on the GPU when there is one."""
     import torch
     from fairseq import options, optim, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_args = MODELS[args.worker] + (["--criterion", args.criterion] if args.criterion else [])
+    model_args = MODELS[name] + (["--criterion", args.criterion] if args.criterion else [])
     sizes = [f"--{side}-{what}" for side in ("encoder", "decoder") for what in ("embed-dim", "hidden-size", "layers")]
     values = [args.emb, args.hidden, args.layers] * 2
     cli = [args.data, "--user-dir", USER_DIR, *model_args,
@@ -118,8 +122,6 @@ def worker(args) -> dict:
            *(["--cpu"] if device == "cpu" else [])]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), cli))
     utils.import_user_module(cfg.common)
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
-    autocast = lambda: torch.autocast(device, dtype=dtype, enabled=dtype is not None)  # noqa: E731
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
     for split in ("train", "test"):
@@ -127,27 +129,48 @@ def worker(args) -> dict:
     model = task.build_model(cfg.model).to(device)
     criterion = task.build_criterion(cfg.criterion).to(device)
     optimizer = optim.build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
-
     batches = task.get_batch_iterator(task.dataset("train"), max_tokens=args.max_tokens, seed=1,
                                       required_batch_size_multiple=1).next_epoch_itr(shuffle=True)
     n = args.warmup_batches + args.train_batches
     samples = [utils.move_to_cuda(s) if device == "cuda" else s for _, s in zip(range(n), batches)]
-    model.train()
-    flops = train_flops(model, criterion, samples[-1]) / samples[-1]["ntokens"]  # the work done, per real token
-    tokens, seconds = 0, 0.0
-    for i, sample in enumerate(samples):
-        sync(device)
-        start = time.perf_counter()
-        with autocast():
-            loss, _, _ = criterion(model, sample)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        sync(device)
-        if i >= args.warmup_batches:
-            tokens, seconds = tokens + sample["ntokens"], seconds + time.perf_counter() - start
+    return {"device": device, "task": task, "model": model.train(), "criterion": criterion, "optimizer": optimizer,
+            "samples": samples, "criterion_name": cfg.criterion._name}
 
-    result = {"train_tokens_per_s": tokens / seconds, "train_flops_per_token": flops}
+
+def autocast(args, device: str):
+    import torch
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
+
+
+def train_tokens_per_s(args, run: dict, samples: list) -> float:
+    """Training steps (forward + backward + Adam) over ``samples``: target tokens per second."""
+    tokens, seconds = 0, 0.0
+    for sample in samples:
+        sync(run["device"])
+        start = time.perf_counter()
+        with autocast(args, run["device"]):
+            loss, _, _ = run["criterion"](run["model"], sample)
+        loss.backward()
+        run["optimizer"].step()
+        run["optimizer"].zero_grad()
+        sync(run["device"])
+        tokens, seconds = tokens + sample["ntokens"], seconds + time.perf_counter() - start
+    return tokens / seconds
+
+
+def worker(args) -> dict:
+    """One model, one process: train-step timing, decoding timing, peak memory."""
+    import torch
+    from fairseq import utils
+
+    run = build(args, args.worker)
+    device, task, model, samples = run["device"], run["task"], run["model"], run["samples"]
+    flops = train_flops(model, run["criterion"], samples[-1]) / samples[-1]["ntokens"]  # the work done, per real token
+    train_tokens_per_s(args, run, samples[: args.warmup_batches])
+    result = {"train_tokens_per_s": train_tokens_per_s(args, run, samples[args.warmup_batches :]),
+              "train_flops_per_token": flops}
     model.eval()
     for beam, key in ((5, "beam5"), (1, "greedy")):
         # every hypothesis gets exactly --decode-len tokens, so untrained models do equal work
@@ -165,7 +188,7 @@ def worker(args) -> dict:
                 sample = utils.move_to_cuda(sample) if device == "cuda" else sample
                 sync(device)
                 start = time.perf_counter()
-                with torch.no_grad(), autocast():
+                with torch.no_grad(), autocast(args, device):
                     task.inference_step(gen, [model], sample)
                 sync(device)
                 done, seconds = done + sample["nsentences"], seconds + time.perf_counter() - start
@@ -176,9 +199,44 @@ def worker(args) -> dict:
             result[f"{key}_model_share"] = in_model["seconds"] / seconds
     result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    result["criterion"] = cfg.criterion._name
-    result["device"] = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    result["criterion"] = run["criterion_name"]
+    result["device"] = device_name(device)
     return result
+
+
+def paired(args) -> dict:
+    """``--pair MODEL``: MODEL and fairseq lstm in one process, trained in turns on the same
+    batches (A B, then B A, ...); each pair of turns gives a ratio of training speeds. Drift in
+    the machine's speed hits both turns of a pair nearly alike, which the table's separate
+    processes, minutes apart, do not ensure."""
+    runs = {name: build(args, name) for name in (args.pair, REFERENCE)}
+    for run in runs.values():
+        train_tokens_per_s(args, run, run["samples"][: args.warmup_batches])
+    speeds = {name: [] for name in runs}
+    for i in range(args.pairs):
+        for name in list(runs)[:: 1 if i % 2 == 0 else -1]:
+            speeds[name].append(train_tokens_per_s(args, runs[name], runs[name]["samples"][args.warmup_batches :]))
+    ratios = [a / b for a, b in zip(speeds[args.pair], speeds[REFERENCE])]
+    return {"device": device_name(runs[REFERENCE]["device"]), "models": [args.pair, REFERENCE],
+            "criteria": [r["criterion_name"] for r in runs.values()],
+            "train_tokens_per_s": speeds, "ratios": ratios, "median_ratio": statistics.median(ratios),
+            "quartiles": statistics.quantiles(ratios, n=4)}
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
+def setting(args) -> dict:
+    """What a record's numbers depend on besides the code."""
+    import torch
+
+    return {"threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "precision": "bfloat16 autocast" if args.bf16 else "float16 autocast" if args.fp16 else "float32",
+            "data": args.data,
+            "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens}}
 
 
 MODEL_CALLS = ("forward_encoder", "reorder_encoder_out", "reorder_incremental_state", "forward_decoder")
@@ -255,6 +313,10 @@ def main() -> None:
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (float32 weights), as --amp on CPU")
     precision.add_argument("--fp16", action="store_true", help="float16 autocast (float32 weights), as --amp on CUDA")
+    p.add_argument("--pair", choices=[m for m in MODELS if m != REFERENCE],
+                   help="train this model and fairseq lstm in one process, in turns (--pairs pairs), instead of the "
+                        "table: the per-pair ratios of training speed, in OUT/pair.json")
+    p.add_argument("--pairs", type=int, default=12)
     p.add_argument("--worker", choices=list(MODELS), help="measure this model only, in this process; prints its JSON")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="with --worker: print the N operators of beam-5 decoding with the most CPU time (torch.profiler)")
@@ -266,6 +328,17 @@ def main() -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     args.data = args.data or default_data(args.out)
+    if args.pair:
+        if args.pairs < 2:
+            p.error("--pairs must be at least 2")
+        record = {**paired(args), **setting(args), "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]])}
+        (args.out / "pair.json").write_text(json.dumps(record, indent=2) + "\n")
+        for i, r in enumerate(record["ratios"]):
+            print(f"pair {i + 1}: " + ", ".join(f"{m} {record['train_tokens_per_s'][m][i]:.0f}" for m in record["models"])
+                  + f" target tokens/s: {r:.3f}x")
+        print(f"{args.pair} / {REFERENCE}, training: median {record['median_ratio']:.3f}x, quartiles "
+              + ", ".join(f"{q:.3f}" for q in record["quartiles"]) + f"; wrote {args.out / 'pair.json'}")
+        return
     passthrough = [a for a in sys.argv[1:] if a not in ("--data", args.data)] + ["--data", args.data]
     runs = {m: [] for m in MODELS}
     for r in range(args.repeats):
@@ -287,10 +360,7 @@ def main() -> None:
         m["share_of_matmul_peak"] = m["train_gflops_per_s"] / peak
     ref = models[REFERENCE]
     summary = {
-        "device": device, "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "precision": "bfloat16 autocast" if args.bf16 else "float16 autocast" if args.fp16 else "float32",
-        "matmul_peak_gflops": peak, "data": args.data,
-        "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens},
+        "device": device, **setting(args), "matmul_peak_gflops": peak,
         "repeats": args.repeats, "criteria": {m: rs[0]["criterion"] for m, rs in runs.items()}, "models": models,
         "ratios": {m: {k: v / ref[k] for k, v in r.items()} for m, r in models.items() if m != REFERENCE},
         "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),

@@ -120,6 +120,62 @@ def test_recurrence_keeps_each_ended_rows_last_state_and_outputs_zeros(cell):
         assert_close(final[:, i], final_i[:, 0])
 
 
+ENCODER_LENGTHS = {"one length": [3, 3, 3], "two, longest first": [4, 4, 2, 2, 2], "unsorted": [2, 4, 1, 4, 2, 1],
+                   "one sentence": [3], "each its own": [1, 2, 3, 4]}
+
+
+@pytest.mark.parametrize("lengths", ENCODER_LENGTHS)
+@pytest.mark.parametrize("cell,bidirectional,layers", [("lstm", False, 1), ("lstm", True, 2), ("gru", True, 1)])
+def test_rnn_per_length_equals_one_packed_call(cell, bidirectional, layers, lengths):
+    """The encoder's dense call per length gives the packed call's outputs (zero at padding),
+    last-step states and gradients."""
+    from user_dir.models.rnn_seq2seq import RNN, rnn_by_length
+
+    lengths = torch.tensor(ENCODER_LENGTHS[lengths])
+    rnn = RNN(cell, 6, 5, layers, 0.0, "uniform", bidirectional)
+    x = torch.randn(int(lengths.max()), len(lengths), 6, requires_grad=True)
+    probe = torch.randn(x.size(0), len(lengths), 5 * (1 + bidirectional))
+
+    def outputs_and_grads(run):
+        out, state = run()
+        grads = torch.autograd.grad((out * probe).sum() + state.pow(2).sum(), [x, *rnn.parameters()])
+        return out, state, grads
+
+    def packed():
+        out, state = rnn(nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return nn.utils.rnn.pad_packed_sequence(out, total_length=x.size(0))[0], state
+
+    expected = outputs_and_grads(packed)
+    assert_close(outputs_and_grads(lambda: rnn_by_length(rnn, x, lengths, min_rows=1)), expected)
+
+
+@pytest.mark.parametrize("variant", ["lstm-bidir-deep-tied", "gru-bidir-attention-deep"])
+def test_encoder_runs_dense_calls_where_lengths_repeat(task, variant):
+    """Sixteen sentences of two lengths: dense calls (no packed sequence), each sentence's
+    encoding as alone (one dense call); four sentences of four lengths, and any batch without
+    gradients (validation, decoding) or under bfloat16 autocast (--amp): one packed call."""
+    model = build(task, **VARIANTS[variant])
+    packed = []
+    model.encoder.rnn.rnn.register_forward_pre_hook(
+        lambda module, args: packed.append(isinstance(args[0], nn.utils.rnn.PackedSequence)))
+    src, lengths = batch(task, [5, 3] * 8)
+    enc = model.encoder(src, lengths)
+    assert packed == [False, False]
+    for i, n in enumerate(lengths.tolist()):
+        alone = model.encoder(src[i : i + 1, src.size(1) - n :], lengths[i : i + 1])
+        assert_close(enc["state"][:, :, i], alone["state"][:, :, 0])
+        if "outputs" in enc:
+            assert_close(enc["outputs"][i, src.size(1) - n :], alone["outputs"][0])
+    assert packed == [False] * 18
+    packed.clear()
+    model.encoder(*batch(task, [5, 3, 1, 4]))
+    with torch.no_grad():
+        model.encoder(src, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.encoder(src, lengths)
+    assert packed == [True, True, True]
+
+
 REORDERS = {  # name -> (orders applied one after another to 3 sentences, sentences kept after each)
     "arbitrary": ([[2, 2, 0]], [3]),
     "beam: expand, then within each sentence's rows": ([[0, 0, 1, 1, 2, 2], [1, 0, 2, 2, 5, 4]], [3, 3]),
