@@ -494,8 +494,8 @@ def rnn_by_length(rnn: RNN, x: Tensor, lengths: Tensor, min_rows: int = 8) -> Tu
     of a few sentences each). Otherwise one packed call, as before: on a GPU (cuDNN); without
     gradients, so that validation and decoding compute exactly what they did; and under
     bfloat16 autocast (``--amp``), where a dense LSTM call runs wholly in bfloat16, its states
-    included (with it for every batch, the tests' toy model trained with ``--amp`` translated
-    5 of 77 test sentences right instead of most).
+    included (with dense calls on every batch under ``--amp``, the tests' toy model translated
+    5 of 77 test sentences right, where the tests ask for half).
     """
     lengths = lengths.cpu()
     if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
