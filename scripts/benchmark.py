@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -230,13 +231,14 @@ def device_name(device: str) -> str:
 
 
 def setting(args) -> dict:
-    """What a record's numbers depend on besides the code."""
+    """What a record's numbers depend on besides the code, and the command that made it."""
     import torch
 
     return {"threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "precision": "bfloat16 autocast" if args.bf16 else "float16 autocast" if args.fp16 else "float32",
             "data": args.data,
-            "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens}}
+            "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens},
+            "command": shlex.join(["python", "scripts/benchmark.py", *sys.argv[1:]])}
 
 
 MODEL_CALLS = ("forward_encoder", "reorder_encoder_out", "reorder_incremental_state", "forward_decoder")
@@ -331,7 +333,7 @@ def main() -> None:
     if args.pair:
         if args.pairs < 2:
             p.error("--pairs must be at least 2")
-        record = {**paired(args), **setting(args), "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]])}
+        record = {**paired(args), **setting(args)}
         (args.out / "pair.json").write_text(json.dumps(record, indent=2) + "\n")
         for i, r in enumerate(record["ratios"]):
             print(f"pair {i + 1}: " + ", ".join(f"{m} {record['train_tokens_per_s'][m][i]:.0f}" for m in record["models"])
@@ -363,7 +365,6 @@ def main() -> None:
         "device": device, **setting(args), "matmul_peak_gflops": peak,
         "repeats": args.repeats, "criteria": {m: rs[0]["criterion"] for m, rs in runs.items()}, "models": models,
         "ratios": {m: {k: v / ref[k] for k, v in r.items()} for m, r in models.items() if m != REFERENCE},
-        "command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
     }
     (args.out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, args.out / "benchmark.png")
