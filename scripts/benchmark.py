@@ -146,7 +146,8 @@ def autocast(args, device: str):
 
 
 def train_tokens_per_s(args, run: dict, samples: list) -> float:
-    """Training steps (forward + backward + Adam) over ``samples``: target tokens per second."""
+    """Training steps (forward + backward + Adam) over ``samples``: target tokens per second (0
+    for no samples: --warmup-batches 0)."""
     tokens, seconds = 0, 0.0
     for sample in samples:
         sync(run["device"])
@@ -158,7 +159,7 @@ def train_tokens_per_s(args, run: dict, samples: list) -> float:
         run["optimizer"].zero_grad()
         sync(run["device"])
         tokens, seconds = tokens + sample["ntokens"], seconds + time.perf_counter() - start
-    return tokens / seconds
+    return tokens / seconds if samples else 0.0
 
 
 def worker(args) -> dict:
