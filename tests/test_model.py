@@ -147,6 +147,10 @@ def test_rnn_per_length_equals_one_packed_call(cell, bidirectional, layers, leng
 
     expected = outputs_and_grads(packed)
     assert_close(outputs_and_grads(lambda: rnn_by_length(rnn, x, lengths, min_rows=1)), expected)
+    for min_rows in (1, len(lengths) + 1):  # dense calls, and the packed call unless one length
+        out, state = rnn_by_length(rnn, x, lengths, outputs=False, min_rows=min_rows)
+        assert out is None
+        assert_close(state, expected[1])
 
 
 @pytest.mark.parametrize("variant", ["lstm-bidir-deep-tied", "gru-bidir-attention-deep"])

@@ -481,10 +481,11 @@ def by_length(tokens: Tensor, pad: int) -> Tuple[Optional[Tensor], Optional[List
     return order, (lengths.unsqueeze(1) > positions).sum(dim=0).tolist()
 
 
-def rnn_by_length(rnn: RNN, x: Tensor, lengths: Tensor, min_rows: int = 8) -> Tuple[Tensor, Tensor]:
+def rnn_by_length(rnn: RNN, x: Tensor, lengths: Tensor, outputs: bool = True,
+                  min_rows: int = 8) -> Tuple[Optional[Tensor], Tensor]:
     """``rnn`` over right-padded S x B x E inputs whose sentences have ``lengths`` (B) ->
-    (S x B x D outputs, zero at padding; K x (L * directions) x B x H states of each sentence's
-    last step).
+    (S x B x D outputs, zero at padding, or None unless ``outputs``; K x (L * directions) x B x H
+    states of each sentence's last step).
 
     In float32 training on a CPU the sentences of each length run together, one dense fused call
     (oneDNN) per length, when there is one length or at least ``min_rows`` sentences per length
@@ -502,12 +503,13 @@ def rnn_by_length(rnn: RNN, x: Tensor, lengths: Tensor, min_rows: int = 8) -> Tu
         sorted_lengths, order = lengths.sort(descending=True, stable=True)
         distinct, counts = torch.unique_consecutive(sorted_lengths, return_counts=True)
         if len(distinct) == 1 or len(distinct) * min_rows <= len(lengths):
-            return rnn_per_length(rnn, x, order, distinct.tolist(), counts.tolist())
+            return rnn_per_length(rnn, x, order, distinct.tolist(), counts.tolist(), outputs)
     out, state = rnn(nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
-    return nn.utils.rnn.pad_packed_sequence(out, total_length=x.size(0))[0], state
+    return nn.utils.rnn.pad_packed_sequence(out, total_length=x.size(0))[0] if outputs else None, state
 
 
-def rnn_per_length(rnn: RNN, x: Tensor, order: Tensor, lengths: List[int], rows: List[int]) -> Tuple[Tensor, Tensor]:
+def rnn_per_length(rnn: RNN, x: Tensor, order: Tensor, lengths: List[int], rows: List[int],
+                   outputs: bool) -> Tuple[Optional[Tensor], Tensor]:
     """:func:`rnn_by_length`'s dense calls: the sentences in ``order`` are ``rows[i]``
     sentences of length ``lengths[i]`` for each i."""
     ordered = bool((order == torch.arange(len(order))).all())
@@ -516,13 +518,15 @@ def rnn_per_length(rnn: RNN, x: Tensor, order: Tensor, lengths: List[int], rows:
     outs, states, start = [], [], 0
     for length, n in zip(lengths, rows):
         out, state = rnn(x[:length, start : start + n])
-        outs.append(out if length == x.size(0) else F.pad(out, (0, 0, 0, 0, 0, x.size(0) - length)))
+        if outputs:
+            outs.append(out if length == x.size(0) else F.pad(out, (0, 0, 0, 0, 0, x.size(0) - length)))
         states.append(state)
         start += n
-    out, state = torch.cat(outs, dim=1), torch.cat(states, dim=2)
+    out = torch.cat(outs, dim=1) if outputs else None
+    state = torch.cat(states, dim=2)
     if not ordered:
         unsort = order.argsort()
-        out, state = out.index_select(1, unsort), state.index_select(2, unsort)
+        out, state = None if out is None else out.index_select(1, unsort), state.index_select(2, unsort)
     return out, state
 
 
@@ -571,7 +575,7 @@ class RNNEncoder(FairseqEncoder):
         # packing needs right padding; fairseq left-pads sources by default (no-op if right-padded)
         right_padded = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
         x = embed_words(right_padded, self.embed_tokens, self.word_dropout, self.dropout_in).transpose(0, 1)  # S x B x E
-        outputs, state = rnn_by_length(self.rnn, x, src_lengths)  # state: K x (L * D) x B x H
+        outputs, state = rnn_by_length(self.rnn, x, src_lengths, self.return_outputs)  # state: K x (L * D) x B x H
         k, _, bsz, h = state.shape
         if self.num_directions == 2:  # K x L x 2 x B x H -> K x L x B x 2H
             state = state.view(k, -1, 2, bsz, h).permute(0, 1, 3, 2, 4).reshape(k, -1, bsz, 2 * h)
