@@ -9,27 +9,33 @@ Usage:
 ``--last N`` takes the N epoch checkpoints ``checkpointEPOCH.pt`` of SAVE_DIR with the highest
 epoch numbers (scripts/train.sh keeps the last 5). Checkpoints are read through fairseq's
 ``checkpoint_utils.load_checkpoint_to_cpu`` with the plugin's safe loading; they must hold the
-same parameters (names, shapes, dictionaries). Floating-point parameters are averaged in
-float64; buffers that are equal in every input (such as the dictionary fingerprints) are copied.
-``--ema`` writes the EMA weights of one checkpoint (refused, by name, when it holds none). The
-output keeps the newest input's configuration and drops the optimizer state: it is for
-fairseq-generate/interactive, not for resuming. It is written atomically.
+same parameters (names, shapes) and the same dictionaries: identities such as the dictionary
+fingerprints are compared, never averaged, and a mix is refused naming the files. Floating-point
+parameters are averaged in float64; buffers that are equal in every input are copied. ``--ema``
+writes the EMA weights of one checkpoint (refused, by name, when it holds none). The output keeps
+the newest input's configuration and drops the optimizer state: it is for
+fairseq-generate/interactive, not for resuming. What made it is noted under
+``extra_state["made_by"]`` (a key fairseq does not read). It is written atomically, and never
+over an input, a training run's checkpoint (checkpoint_last.pt, checkpoint_best.pt, ...) or an
+existing file that is not an earlier output of this script.
 """
 import argparse
 import re
 import sys
 from pathlib import Path
 
-from prepare import ROOT  # noqa: F401  (scripts/ is on sys.path when run as a script; prepare puts ROOT there)
-
 import torch
-from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
 
-import user_dir  # noqa: F401  (the plugin's checkpoint repairs: safe loading, atomic saves)
-from user_dir.patches.checkpoints import CheckpointError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
+from user_dir.checkpoint_files import CheckpointError  # noqa: E402
+from user_dir.dictionaries import FINGERPRINT_KEYS, as_hex  # noqa: E402
+from user_dir.files import OutputError, WriteError, check_output  # noqa: E402
+from user_dir.patches.checkpoints import checkpoint_utils  # noqa: E402  (fairseq's, with safe loads, atomic saves)
+from user_dir.workflow import positive  # noqa: E402
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")
+SCRIPT = "average_checkpoints.py"
 
 
 def last_epochs(save_dir: Path, n: int) -> list[Path]:
@@ -48,6 +54,7 @@ def average(paths: list[Path]) -> dict:
     for path, model in zip(paths[1:], models[1:]):
         if model.keys() != models[0].keys() or any(model[k].shape != models[0][k].shape for k in model):
             raise SystemExit(f"error: {path} holds other parameters than {paths[0]}: not checkpoints of one model")
+        same_identity(paths[0], models[0], path, model)
     averaged = {}
     for key, first in models[0].items():
         if all(torch.equal(m[key], first) for m in models[1:]):
@@ -59,6 +66,15 @@ def average(paths: list[Path]) -> dict:
     return for_decoding(states[-1], averaged, averaged=[str(p) for p in paths])
 
 
+def same_identity(first: Path, a: dict, other: "Path | str", b: dict) -> None:
+    """Refuse two states whose dictionary fingerprints differ (other data: never averaged)."""
+    for key in FINGERPRINT_KEYS:
+        if key in a and key in b and as_hex(a[key]) != as_hex(b[key]):
+            side = key.split("_")[0]
+            raise SystemExit(f"error: {other} and {first} were trained with other {side} dictionaries (fingerprints "
+                             f"{as_hex(b[key])} and {as_hex(a[key])}): checkpoints of different data cannot be mixed")
+
+
 def ema(path: Path) -> dict:
     """``path``'s state with its parameters replaced by the EMA that fairseq-train --store-ema saved."""
     state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
@@ -67,23 +83,34 @@ def ema(path: Path) -> dict:
         raise SystemExit(f"error: {path} holds no EMA weights: train with fairseq-train --store-ema")
     if weights.keys() != state["model"].keys():
         raise SystemExit(f"error: the EMA weights of {path} hold other parameters than its model")
+    same_identity(path, state["model"], f"the EMA weights of {path}", weights)
     state["extra_state"].pop("ema_fp32_params", None)
-    return for_decoding(state, {k: v.to(state["model"][k].dtype) for k, v in weights.items()}, ema=str(path))
+    return for_decoding(state, {k: v.to(state["model"][k].dtype) for k, v in weights.items()}, ema_of=str(path))
 
 
 def for_decoding(state: dict, model: dict, **note) -> dict:
-    """``state`` with ``model`` as its parameters, no optimizer state, and ``note`` in its extra state."""
+    """``state`` with ``model`` as its parameters, no optimizer state, and ``note`` under
+    ``extra_state["made_by"]`` (fairseq reads "ema" and others there as training state)."""
     state["cfg"] = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)  # as fairseq saves it
     state["model"] = model
     state["last_optimizer_state"] = None
-    state.setdefault("extra_state", {}).update(note)
+    state.setdefault("extra_state", {})["made_by"] = {"script": SCRIPT, **note}
     return state
+
+
+def earlier_output(path: Path) -> bool:
+    """Recognise a checkpoint this script wrote (its ``made_by`` note)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return (state.get("extra_state") or {}).get("made_by", {}).get("script") == SCRIPT
+    except Exception:  # not a checkpoint, or not one torch reads safely: not ours
+        return False
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("save_dir", nargs="?", type=Path, help="a fairseq-train --save-dir (with --last)")
-    p.add_argument("--last", type=int, help="average the last N epoch checkpoints of SAVE_DIR")
+    p.add_argument("--last", type=positive, help="average the last N epoch checkpoints of SAVE_DIR")
     p.add_argument("--inputs", nargs="+", type=Path, help="average these checkpoints")
     p.add_argument("--ema", type=Path, metavar="CHECKPOINT", help="write the EMA weights of this checkpoint")
     p.add_argument("--out", type=Path, help="output (default SAVE_DIR/checkpoint_avgN.pt)")
@@ -97,21 +124,18 @@ def main() -> None:
     elif args.last is not None:
         if args.save_dir is None or not args.save_dir.is_dir():
             p.error("--last needs SAVE_DIR, an existing folder")
-        if args.last < 1:
-            p.error("--last must be positive")
         paths = last_epochs(args.save_dir, args.last)
         out = args.out or args.save_dir / f"checkpoint_avg{args.last}.pt"
     else:
         paths, out = args.inputs, args.out
         if out is None:
             p.error("--inputs needs --out")
-    if out.resolve() in {q.resolve() for q in paths}:
-        p.error(f"--out {out} is one of the inputs")
     try:
+        check_output(out, "--out", paths, earlier_output)
         state = ema(args.ema) if args.ema is not None else average(paths)
-    except CheckpointError as e:
+        checkpoint_utils.torch_persistent_save(state, str(out))
+    except (CheckpointError, OutputError, WriteError) as e:
         raise SystemExit(f"error: {e}")
-    checkpoint_utils.torch_persistent_save(state, str(out))
     what = "the EMA weights of" if args.ema is not None else f"averaged {len(paths)} checkpoints"
     print(f"{what} {', '.join(q.name for q in paths)} -> {out}")
 

@@ -2,13 +2,18 @@
 # Set up the environment (first run) and run the whole workflow on the shipped toy corpus:
 # fairseq-preprocess -> fairseq-train -> fairseq-generate (beam 5) -> sacrebleu.
 #
-# Usage: bash scripts/demo.sh [OUT_DIR]        (default: runs/toy)
+# Usage: bash scripts/demo.sh [OUT_DIR]        (default: runs/demo)
 # The toy task: target = source reversed, each word translated (eins zwei -> two one).
+# OUT_DIR is replaced only when an earlier demo made it (it holds .demo); any other folder is refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+out="${1:-runs/demo}"
+if [ -e "$out" ] && [ ! -f "$out/.demo" ]; then
+    echo "error: $out exists and was not made by demo.sh: name another folder (bash scripts/demo.sh OUT_DIR)" >&2
+    exit 2
+fi
 source scripts/env.sh
-out="${1:-runs/toy}"
-rm -rf "$out" && mkdir -p "$out"
+rm -rf "$out" && mkdir -p "$out" && touch "$out/.demo"
 
 fairseq-preprocess --source-lang src --target-lang tgt --joined-dictionary \
     --trainpref data/toy/train --validpref data/toy/valid --testpref data/toy/test \

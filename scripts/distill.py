@@ -3,15 +3,18 @@ training split, and its translations replace the training targets.
 
 Usage:
     python scripts/distill.py DATA_BIN TEACHER.pt OUT [--beam 5] [-- EXTRA fairseq-generate ARGS]
-    python scripts/distill.py runs/multi30k/de-en-v4k/bin runs/attn/checkpoint_best.pt runs/multi30k/de-en-v4k-kd -- --amp
+    python scripts/distill.py runs/multi30k/de-en-v4k/bin runs/attn/checkpoint_best.pt \\
+        runs/multi30k/de-en-v4k-kd -- --amp
     bash scripts/train.sh runs/multi30k/de-en-v4k-kd/bin runs/student ...   # train a student on OUT/bin
 
 OUT/bin holds the teacher's translations as the training split, binarized with DATA_BIN's
 dictionaries (so students and teacher share a vocabulary), and DATA_BIN's other splits
 unchanged: students are validated and tested on the real references. Every training sentence
 must come back; OUT/distill.json records the teacher, the beam and the teacher's decoding time
-(its cost, to report beside the student's). OUT is written under a temporary name first and
-renamed when complete; an existing OUT is refused.
+(its cost, to report beside the student's) and the arguments after ``--``; none of them may set
+what distill.py sets itself (checkpoint, beam, subset, post-processing, languages). OUT is written
+under a temporary name first and renamed when complete; an existing OUT, or one inside DATA_BIN,
+is refused before the teacher starts. The decoding reports its progress on stderr.
 """
 import argparse
 import json
@@ -21,22 +24,33 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluate import USER_DIR, language_pair, run_fairseq, split_size
-from user_dir.patches.checkpoints import CheckpointError, check_file
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
+from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble  # noqa: E402
+from user_dir.files import OutputError, check_output  # noqa: E402
+from user_dir.workflow import USER_DIR, check_pass_through, language_pair, positive, progress, run_fairseq, split_size  # noqa: E402
+
+# fairseq-generate destinations that distill.py sets itself -> what to use instead
+OWNED = {"path": "give the teacher as TEACHER", "beam": "use distill.py's --beam", "gen_subset": "the training split",
+         "post_process": "the training targets must stay in the dictionary's units (pieces)",
+         "source_lang": "the languages are DATA_BIN's", "target_lang": "the languages are DATA_BIN's",
+         "user_dir": "distill.py passes the plugin", "score_reference": "it scores the references instead of "
+         "translating", "results_path": "leave it out", "quiet": "leave it out", "nbest": "the best hypothesis is "
+         "the target", "replace_unk": "the targets must stay in the dictionary's units"}
 
 
-def translate_train(data_bin: Path, teacher: Path, beam: int, extra: list[str]) -> tuple[list[str], list[str]]:
+def translate_train(data_bin: Path, teacher: str, beam: int, extra: list[str]) -> tuple[list[str], list[str]]:
     """(source pieces, teacher's best hypothesis pieces) for every training sentence, in order."""
-    out = run_fairseq(["fairseq-generate", str(data_bin), "--user-dir", str(USER_DIR), "--path", str(teacher),
+    expected = split_size(data_bin, "train")
+    out = run_fairseq(["fairseq-generate", str(data_bin), "--user-dir", str(USER_DIR), "--path", teacher,
                        "--gen-subset", "train", "--beam", str(beam), "--max-tokens", "8000",
-                       "--num-workers", "0", "--no-progress-bar", *extra, "--nbest", "1"])
+                       "--num-workers", "0", "--no-progress-bar", *extra, "--nbest", "1"],
+                      progress(expected, "distill.py: translated"))
     sources, hyps = {}, {}
     for line in out.splitlines():
         kind, _, rest = line.partition("-")
         if kind in ("S", "H") and "\t" in rest:
             sid, *fields = rest.split("\t")
             (sources if kind == "S" else hyps).setdefault(int(sid), fields[-1])
-    expected = split_size(data_bin, "train")
     if len(hyps) != expected or len(sources) != expected:
         raise SystemExit(f"error: the teacher translated {len(hyps)} of {expected} training sentences")
     return [sources[i] for i in range(expected)], [hyps[i] for i in range(expected)]
@@ -47,25 +61,35 @@ def main() -> None:
     p.add_argument("data_bin", type=Path)
     p.add_argument("teacher", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--beam", type=positive, default=5)
     args, extra = p.parse_known_args()
-    extra = [a for a in extra if a != "--"]
+    extra = check_pass_through([a for a in extra if a != "--"], OWNED)
     if args.out.exists():
         raise SystemExit(f"error: {args.out} exists; remove it or choose another OUT")
+    if not args.data_bin.is_dir():
+        raise SystemExit(f"error: DATA_BIN {args.data_bin} is not a folder")
     try:
-        check_file(str(args.teacher))
-    except CheckpointError as e:
+        teachers = split_ensemble(str(args.teacher))
+        for teacher in teachers:
+            check_file(teacher)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        check_output(args.out, "OUT", [args.data_bin, *map(Path, teachers)])
+        if args.out.resolve().is_relative_to(args.data_bin.resolve()):
+            raise OutputError(f"OUT: cannot write {args.out}: it is inside the input folder {args.data_bin}")
+    except (CheckpointError, OutputError) as e:
         raise SystemExit(f"error: {e}")
     src, tgt = language_pair(args.data_bin)
     start = time.time()
-    sources, hyps = translate_train(args.data_bin, args.teacher, args.beam, extra)
+    with tempfile.TemporaryDirectory() as links:
+        sources, hyps = translate_train(args.data_bin, fairseq_ensemble(teachers, links), args.beam, extra)
     seconds = round(time.time() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent))
     for lang, lines in ((src, sources), (tgt, hyps)):
         (work / f"train.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     run_fairseq(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
-                 "--srcdict", str(args.data_bin / f"dict.{src}.txt"), "--tgtdict", str(args.data_bin / f"dict.{tgt}.txt"),
+                 "--srcdict", str(args.data_bin / f"dict.{src}.txt"),
+                 "--tgtdict", str(args.data_bin / f"dict.{tgt}.txt"),
                  "--trainpref", str(work / "train"), "--destdir", str(work / "bin"), "--workers", "1"])
     for path in args.data_bin.glob("*.*-*.*.*"):  # the other splits, unchanged
         if not path.name.startswith("train."):

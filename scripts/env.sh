@@ -1,10 +1,10 @@
-# Source me: creates .venv on first use (pinned versions from setup.cfg), then activates it.
+# Source me: creates .venv on first use (the exact versions of constraints.txt), then activates it.
 #   source scripts/env.sh
-# Re-installs when setup.cfg changes. PYTHON picks the interpreter (default python3, >= 3.10).
+# Re-installs when setup.cfg or constraints.txt changes. PYTHON picks the interpreter (default python3, >= 3.10).
 # VENV=0 uses the Python environment already on PATH instead (one that has fairseq: a cluster's).
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="$_root/.venv"
-_stamp="$_venv/.installed-$(sha1sum "$_root/setup.cfg" | cut -c1-12)"
+_stamp="$_venv/.installed-$(cat "$_root/setup.cfg" "$_root/constraints.txt" | sha1sum | cut -c1-12)"
 if [ "${VENV:-1}" = 0 ]; then
     python3 -c "import fairseq" || { echo "error: VENV=0 but python3 cannot import fairseq" >&2; return 1; }
 else
@@ -12,11 +12,11 @@ else
         echo "setting up $_venv (first run: about a minute)" >&2
         "${PYTHON:-python3}" -m venv "$_venv" || return 1
         "$_venv/bin/python" -m pip install -q --upgrade pip || return 1
-        "$_venv/bin/python" -m pip install -q -e "$_root[test,plot]" || return 1
+        "$_venv/bin/python" -m pip install -q -c "$_root/constraints.txt" -e "$_root[test,plot,tensorboard]" || return 1
         rm -f "$_venv"/.installed-* && touch "$_stamp"
     fi
     source "$_venv/bin/activate"
 fi
-# torch on few cores is ~50x slower with its default threading; use every core, no more
+# torch's default threading is far slower on few cores; use every core, no more
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 unset _root _venv _stamp

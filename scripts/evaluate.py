@@ -20,44 +20,54 @@ are, exactly one hypothesis per sentence is scored, the best.
 
 Everything is checked before decoding starts: the paths (relative ones against the current
 folder), the reference text (read by user_dir/text.py), its line count against the split, the
-output folders, and the sentencepiece options against the model's dictionary.
+outputs (never an input, a training run's checkpoint, or an existing file that is not an earlier
+output of the same kind), the arguments after ``--`` (none may set what evaluate.py sets and
+records: checkpoint, beam, subset, post-processing, languages, batch size), and the
+sentencepiece options against the model's dictionary (``--spm`` must be the model that made
+it). The JSON records the options that ran, the arguments after ``--`` included. A long decode
+reports its progress on stderr (stdout is unchanged).
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import sacrebleu
 import sentencepiece as spm
-from fairseq.data import Dictionary, data_utils
-from prepare import ROOT, encode_pieces  # scripts/ is on sys.path when run as a script; prepare puts ROOT there
+from fairseq.data import Dictionary
 
-from user_dir.dictionaries import uses_sentencepiece
-from user_dir.files import atomic_write
-from user_dir.patches.checkpoints import CheckpointError, check_file
-from user_dir.text import TextError, read_lines
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
+from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble  # noqa: E402
+from user_dir.dictionaries import TokenizationError, check_pieces, piece_vocabulary, uses_sentencepiece  # noqa: E402
+from user_dir.files import OutputError, WriteError, atomic_write, check_distinct, check_output, not_a_file  # noqa: E402
+from user_dir.text import TextError, read_lines  # noqa: E402
+from user_dir.workflow import (  # noqa: E402
+    USER_DIR,
+    check_pass_through,
+    encode_pieces,
+    language_pair,
+    positive,
+    progress,
+    run_fairseq,
+    split_size,
+)
 
-USER_DIR = ROOT / "user_dir"
 # options that would take fairseq-generate's hypotheses away from its standard output
 UNREADABLE = ("--quiet", "--results-path")
-
-
-def run_fairseq(cmd: list[str]) -> str:
-    """Run a fairseq CLI; its stdout, or one line: the exception it ended with (the last
-    unindented line of stderr: a traceback's details, such as omegaconf's, are indented)."""
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()] or [f"exit status {proc.returncode}"]
-        raise SystemExit(f"error: {cmd[0]} failed: {([x for x in lines if not x[0].isspace()] or lines)[-1]}")
-    return proc.stdout
+# fairseq-generate destinations that evaluate.py sets and records itself -> what to use instead
+OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's --beam",
+         "gen_subset": "use evaluate.py's --subset", "post_process": "use evaluate.py's --post-process",
+         "source_lang": "the languages are DATA_BIN's", "target_lang": "the languages are DATA_BIN's",
+         "batch_size": "use evaluate.py's --batch-size", "user_dir": "evaluate.py passes the plugin",
+         "score_reference": "it scores the references instead of translating", "results_path": "leave it out",
+         "quiet": "leave it out"}
 
 
 def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_process: str,
-             batch_size: int, extra: list[str]) -> list[str]:
-    """Run fairseq-generate; return detokenized hypotheses in corpus order."""
+             batch_size: int, extra: list[str], sentences: int) -> list[str]:
+    """Run fairseq-generate (its progress on stderr); return detokenized hypotheses in corpus order."""
     cmd = [
         "fairseq-generate", data_bin, "--user-dir", str(USER_DIR), "--path", checkpoint,
         "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch_size),
@@ -65,7 +75,7 @@ def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_proces
         *(["--post-process", post_process] if post_process else []), *extra,
         "--nbest", "1",  # last, so it wins over any --nbest in extra
     ]
-    return hypotheses(run_fairseq(cmd).splitlines())
+    return hypotheses(run_fairseq(cmd, progress(sentences, "evaluate.py: translated", "D-")).splitlines())
 
 
 def hypotheses(generate_output: list[str]) -> list[str]:
@@ -78,25 +88,22 @@ def hypotheses(generate_output: list[str]) -> list[str]:
     return [hyps[i] for i in sorted(hyps)]
 
 
-def split_size(data_bin: Path, subset: str) -> int:
-    """Number of sentences of a binarized split, read from its index."""
-    src, tgt = language_pair(data_bin)
-    prefix = data_bin / f"{subset}.{src}-{tgt}.{src}"
-    dataset = data_utils.load_indexed_dataset(str(prefix), None)
-    if dataset is None:
-        raise SystemExit(f"error: {data_bin} holds no split '{subset}' ({prefix}.idx)")
-    return len(dataset)
+def earlier_hypotheses(sentences: int):
+    """Recognise an earlier --hyp-out of this test set: UTF-8 text of exactly ``sentences`` lines."""
+    def recognise(path: Path) -> bool:
+        try:
+            return path.read_bytes().decode("utf-8").count("\n") == sentences
+        except (OSError, UnicodeDecodeError):
+            return False
+    return recognise
 
 
-def check_output(path: Path | None) -> None:
-    if path is not None and (path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK)):
-        raise SystemExit(f"error: cannot write {path}: " + ("it is a folder" if path.is_dir() else
-                                                              f"folder {path.parent} does not exist or is not writable"))
-
-
-def ensemble(checkpoint: str) -> list[str]:
-    """The checkpoints of ``a.pt:b.pt`` (fairseq-generate's --path ensemble syntax)."""
-    return checkpoint.split(":")
+def earlier_scores(path: Path) -> bool:
+    """Recognise an earlier --json of evaluate.py (a JSON object with its BLEU signature)."""
+    try:
+        return "bleu_signature" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], list[str] | None]:
@@ -105,38 +112,54 @@ def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     if (args.checkpoint is None) == (args.generate_log is None):
         raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score, not both")
     if args.generate_log and (args.src_raw or extra):
-        raise SystemExit("error: --generate-log scores a finished decoding: --src-raw and fairseq-generate options do not apply")
-    for path in (Path(args.data_bin), args.ref, args.src_raw, args.spm, args.generate_log):
-        if path is not None and not path.exists():
-            raise SystemExit(f"error: {path} does not exist")
-    for checkpoint in ensemble(args.checkpoint) if args.checkpoint else []:
+        raise SystemExit("error: --generate-log scores a finished decoding: "
+                         "--src-raw and fairseq-generate options do not apply")
+    if not Path(args.data_bin).is_dir():
+        raise SystemExit(f"error: DATA_BIN {args.data_bin} {not_a_file(args.data_bin) or 'is not a folder'}")
+    for option, path in (("--ref", args.ref), ("--src-raw", args.src_raw), ("--spm", args.spm),
+                         ("--generate-log", args.generate_log)):
+        if path is not None and not_a_file(path):
+            raise SystemExit(f"error: {option} {path} {not_a_file(path)}")
+    checkpoints = split_ensemble(args.checkpoint) if args.checkpoint else []
+    for checkpoint in checkpoints:
         check_file(checkpoint)
     for option in UNREADABLE:
         if any(a == option or a.startswith(option + "=") for a in extra):
             raise SystemExit(f"error: {option} hides fairseq-generate's hypotheses from evaluate.py; leave it out")
-    check_output(args.hyp_out)
-    check_output(args.json)
+    check_pass_through(extra, OWNED)
     refs = read_lines(args.ref)
     sources = read_lines(args.src_raw) if args.src_raw else None
     sentences = len(sources) if sources is not None else split_size(Path(args.data_bin), args.subset)
     if sentences != len(refs):
         raise SystemExit(f"error: {args.ref} has {len(refs)} lines but the source has {sentences} sentences")
-    src, tgt = language_pair(Path(args.data_bin))
-    if (uses_sentencepiece(Dictionary.load(str(Path(args.data_bin) / f"dict.{tgt}.txt")))
-            and args.post_process != "sentencepiece" and not args.generate_log):
-        raise SystemExit("error: the model writes sentencepiece pieces (its dictionary's entries start with \u2581): "
-                         "pass --post-process sentencepiece, or the score is computed on pieces")
-    if args.src_raw and not args.spm and uses_sentencepiece(Dictionary.load(str(Path(args.data_bin) / f"dict.{src}.txt"))):
-        raise SystemExit("error: the model reads sentencepiece pieces: pass --spm with the sentencepiece model "
-                         "the data was prepared with (prepare.py's OUT/spm.model)")
+    inputs = [Path(p) for p in (args.data_bin, args.ref, args.src_raw, args.spm, args.generate_log, *checkpoints) if p]
+    check_distinct({"--hyp-out": args.hyp_out, "--json": args.json})
+    if args.hyp_out:
+        check_output(args.hyp_out, "--hyp-out", inputs, earlier_hypotheses(sentences))
+    if args.json:
+        check_output(args.json, "--json", inputs, earlier_scores)
+    check_tokenization(args)
     return refs, sources
 
 
-def language_pair(data_bin: Path) -> tuple[str, str]:
-    """(src, tgt) from fairseq-preprocess file names such as test.de-en.de.idx."""
-    for idx in sorted(data_bin.glob("*.*-*.*.idx")):
-        return tuple(idx.name.split(".")[1].split("-"))
-    raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output")
+def check_tokenization(args: argparse.Namespace) -> None:
+    """The sentencepiece options against DATA_BIN's dictionaries, in both directions."""
+    src, tgt = language_pair(Path(args.data_bin))
+    dicts = {side: Dictionary.load(str(Path(args.data_bin) / f"dict.{lang}.txt"))
+             for side, lang in (("source", src), ("target", tgt))}
+    if args.post_process == "sentencepiece" and not uses_sentencepiece(dicts["target"]):
+        raise SystemExit("error: --post-process sentencepiece: the model's target dictionary holds words, not "
+                         "sentencepiece pieces; leave it out, or the words are joined wrongly")
+    if uses_sentencepiece(dicts["target"]) and args.post_process != "sentencepiece" and not args.generate_log:
+        raise SystemExit("error: the model writes sentencepiece pieces (its dictionary's entries start with \u2581): "
+                         "pass --post-process sentencepiece, or the score is computed on pieces")
+    if args.spm:
+        pieces = piece_vocabulary(spm.SentencePieceProcessor(model_file=str(args.spm)))
+        for side, dictionary in dicts.items():
+            check_pieces(dictionary, pieces, f"--spm {args.spm}", side)
+    elif args.src_raw and uses_sentencepiece(dicts["source"]):
+        raise SystemExit("error: the model reads sentencepiece pieces: pass --spm with the sentencepiece model "
+                         "the data was prepared with (prepare.py's OUT/spm.model)")
 
 
 def binarize_raw(data_bin: Path, sources: list[str], refs: list[str], spm_model: Path | None, work: Path) -> str:
@@ -164,47 +187,71 @@ def score(hyps: list[str], refs: list[str]) -> dict:
             "bleu_detail": str(b)}
 
 
+def prepared_defaults(args: argparse.Namespace) -> None:
+    """Without --ref, for DATA_BIN = OUT/bin made by scripts/prepare.py: the reference is the raw
+    text of --subset that prepare.py kept (OUT/prepare.json names it), --post-process its tokenization."""
+    if args.ref is not None:
+        return
+    record = Path(args.data_bin).parent / "prepare.json"
+    made = json.loads(record.read_text()) if record.is_file() and not args.src_raw else {}
+    raw = made.get("raw", {}).get(args.subset, {}).get(made.get("tgt"))
+    if raw is None:
+        raise SystemExit(f"error: --ref is required: {record} names no raw text of split '{args.subset}'"
+                         + (" (--src-raw is not one of its splits)" if args.src_raw else ""))
+    args.ref = record.parent / raw
+    args.post_process = args.post_process or made.get("tokenization", "")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_bin", help="fairseq-preprocess output folder")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint, or several joined by ':' to decode with their ensemble")
     p.add_argument("--generate-log", type=Path, help="score this fairseq-generate output (its D- lines) instead "
                                                      "of decoding; it must cover the whole --subset")
-    p.add_argument("--ref", type=Path, required=True, help="raw reference text (.gz ok), one line per sentence")
+    p.add_argument("--ref", type=Path, help="raw reference text (.gz ok), one line per sentence (default for data "
+                   "made by scripts/prepare.py: the raw text of --subset kept in OUT/raw, and its tokenization "
+                   "as --post-process)")
     p.add_argument("--subset", default="test")
     p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
     p.add_argument("--spm", type=Path, help="sentencepiece model to encode --src-raw with")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--beam", type=positive, default=5)
+    p.add_argument("--batch-size", type=positive, default=128)
     p.add_argument("--post-process", default="", help="e.g. sentencepiece; empty for pre-tokenized data")
     p.add_argument("--hyp-out", type=Path, help="write hypotheses here, one per line, in corpus order")
     p.add_argument("--json", type=Path, help="write the scores as JSON here")
     args, extra = p.parse_known_args()
+    prepared_defaults(args)
     extra = [a for a in extra if a != "--"]
     try:
         refs, sources = check_inputs(args, extra)
         hyps = hypotheses(read_lines(args.generate_log)) if args.generate_log else None
-    except (TextError, CheckpointError) as e:
+    except (TextError, CheckpointError, OutputError, TokenizationError) as e:
         raise SystemExit(f"error: {e}")
     if hyps is None:
         with tempfile.TemporaryDirectory() as work:
             data_bin, subset = args.data_bin, args.subset
             if sources is not None:
                 data_bin, subset = binarize_raw(Path(args.data_bin), sources, refs, args.spm, Path(work)), "test"
-            hyps = generate(data_bin, args.checkpoint, subset, args.beam, args.post_process, args.batch_size, extra)
+            checkpoint = fairseq_ensemble(split_ensemble(args.checkpoint), Path(work))
+            hyps = generate(data_bin, checkpoint, subset, args.beam, args.post_process, args.batch_size, extra,
+                            len(refs))
     elif any("\u2581" in h for h in hyps):
         raise SystemExit(f"error: {args.generate_log} holds sentencepiece pieces: decode with --post-process "
                          "sentencepiece, or the score is computed on pieces")
     result = score(hyps, refs)
     made_by = ({"generate_log": os.path.abspath(args.generate_log)} if args.generate_log else
-               {"checkpoint": ":".join(os.path.abspath(c) for c in ensemble(args.checkpoint)), "beam": args.beam})
+               {"checkpoint": ":".join(os.path.abspath(c) for c in split_ensemble(args.checkpoint)), "beam": args.beam,
+                "post_process": args.post_process, "generate_args": extra})
     result.update(**made_by, source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}")
-    if args.hyp_out:
-        with atomic_write(args.hyp_out, "w", encoding="utf-8") as f:
-            f.write("".join(h + "\n" for h in hyps))
-    if args.json:
-        with atomic_write(args.json, "w") as f:
-            f.write(json.dumps(result, indent=2) + "\n")
+    try:
+        if args.hyp_out:
+            with atomic_write(args.hyp_out, "w", encoding="utf-8") as f:
+                f.write("".join(h + "\n" for h in hyps))
+        if args.json:
+            with atomic_write(args.json, "w") as f:
+                f.write(json.dumps(result, indent=2) + "\n")
+    except WriteError as e:
+        raise SystemExit(f"error: {e}")
     print(f"{result['bleu_detail']}\n{result['bleu_signature']}\n"
           f"chrF2 = {result['chrf']}\n{result['chrf_signature']}\nsentences = {result['sentences']}")
 

@@ -15,7 +15,6 @@ import itertools
 import random
 from pathlib import Path
 
-
 SRC = "null eins zwei drei vier fünf sechs sieben acht neun zehn elf".split()
 TGT = "zero one two three four five six seven eight nine ten eleven".split()
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70, so up to 2450 made-up words

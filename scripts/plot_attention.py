@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from prepare import ROOT  # noqa: F401  (scripts/ is on sys.path when run as a script; prepare puts ROOT there)
-
-from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
+from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel  # noqa: E402
 
 
 def attention(model_dir: Path, checkpoint: Path, sentence: str, beam: int):

@@ -1,29 +1,46 @@
-"""Prepare Multi30k (or any raw parallel corpus) for fairseq: sentencepiece + fairseq-preprocess.
+"""Prepare a parallel corpus for fairseq: sentencepiece + fairseq-preprocess.
 
 Usage:
-    python scripts/prepare.py                                 # de->en from ../shared/data/multi30k, 4k pieces
-    python scripts/prepare.py --src en --tgt de --vocab-size 8000 --out runs/m30k-en-de-v8k
-    python scripts/prepare.py --raw-dir /data/my_corpus --splits train=train valid=dev test=test
+    python scripts/prepare.py                                 # Multi30k de->en from ../shared/data/multi30k
     python scripts/prepare.py --download                      # no shared folder: fetch Multi30k first
+    python scripts/prepare.py --src en --tgt de --vocab-size 8000 --out runs/m30k-en-de-v8k
+    # one file pair (corpus.de, corpus.en, plain or .gz): validation and test sets held out here
+    python scripts/prepare.py --corpus data/corpus --src de --tgt en --out runs/mine/de-en
+    # given splits (test optional)
+    python scripts/prepare.py --train data/train --valid data/dev [--test data/test] --src de --tgt en --out OUT
+    python scripts/prepare.py --raw-dir /data/my_corpus --splits train=train valid=dev test=test --out OUT
+
+Data comes from one of: --corpus PREFIX (PREFIX.SRC and PREFIX.TGT, split here), --train/--valid
+[/--test] PREFIX (files PREFIX.SRC, PREFIX.TGT), or RAW_DIR/{prefix}.{lang} named by --splits
+(default: Multi30k's). A file may be gzipped (PREFIX.SRC.gz); a plain and a gzipped file for one
+split are refused as ambiguous.
+
+Held-out sets of --corpus: --valid-size and --test-size distinct pairs (default 5% of the pairs
+each, at least 1 and at most 3000; --test-size 0: no test split), drawn with --seed; every copy
+of a held-out pair is removed from training, so no pair is in two splits.
 
 Steps, each skipped when its output exists and redone when it was left half-finished (outputs
 are written under a temporary name and renamed only when complete):
-  1. a joint sentencepiece unigram model on the *training* split of both languages;
-  2. every split encoded into pieces;
-  3. fairseq-preprocess --joined-dictionary into OUT/bin.
-Raw files are RAW_DIR/{prefix}.{lang}[.gz], read by user_dir/text.py (UTF-8, one sentence a
-line, problems named by file and line); source and target must have the same number of lines.
-OUT/prepare.json records what the outputs are made from (options, sentencepiece version, a
-fingerprint of every input's text); a later run with other inputs or options is refused
-(--overwrite redoes everything), and a run while another one writes OUT is refused.
+  1. OUT/raw/{split}.{lang}: the text of every split as read (so that scripts/evaluate.py
+     OUT/bin CHECKPOINT scores against OUT/raw/test.TGT without --ref);
+  2. a joint sentencepiece unigram model on the *training* split of both languages;
+  3. every split encoded into pieces;
+  4. fairseq-preprocess --joined-dictionary into OUT/bin.
+Raw files are read by user_dir/text.py (UTF-8, one sentence a line, problems named by file and
+line); source and target must have the same number of lines.
+OUT/prepare.json records a *finished* preparation: what the outputs are made from (options,
+sentencepiece version, a fingerprint of every input's text), the tokenization and the number of
+pairs per split (scripts/train.sh reads them). A later run with other inputs or options is
+refused (--overwrite redoes everything); a run that failed before it finished is redone or
+continued by the next run, whatever its options. A run while another one writes OUT is refused.
 """
 import argparse
 import hashlib
 import itertools
 import json
 import os
+import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -32,25 +49,34 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
 from user_dir.files import FolderBusy, atomic_write, lock_folder, remove_orphans  # noqa: E402
 from user_dir.text import TextError, read_lines  # noqa: E402
+from user_dir.workflow import ROOT, encode_pieces, run_fairseq  # noqa: E402
 
 SHARED_RAW = ROOT.parent / "shared" / "data" / "multi30k"
 DEFAULT_RAW = SHARED_RAW if SHARED_RAW.is_dir() else ROOT / "runs" / "multi30k" / "raw"
 MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+SPLITS = ("train", "valid", "test")
+HELD_OUT_SHARE, HELD_OUT_MAX = 20, 3000  # default held-out size: 1/20 of the pairs, at most 3000
+MIN_VOCAB = 8
+Pairs = tuple[list[str], list[str]]
 
 
-def find_raw(raw_dir: Path, prefix: str, lang: str) -> Path | None:
-    return next((p for p in (raw_dir / f"{prefix}.{lang}.gz", raw_dir / f"{prefix}.{lang}") if p.exists()), None)
+def find_raw(prefix: Path, lang: str) -> Path | None:
+    """PREFIX.LANG or PREFIX.LANG.gz; both existing is ambiguous and refused."""
+    found = [p for p in (Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")) if p.exists()]
+    if len(found) > 1:
+        raise SystemExit(f"error: both {found[0]} and {found[1]} exist: which one is meant is ambiguous; "
+                         "remove or rename one")
+    return found[0] if found else None
 
 
-def raw_path(raw_dir: Path, prefix: str, lang: str) -> Path:
-    path = find_raw(raw_dir, prefix, lang)
+def raw_path(prefix: Path, lang: str) -> Path:
+    path = find_raw(prefix, lang)
     if path is None:
-        raise SystemExit(f"error: no {prefix}.{lang}[.gz] in {raw_dir}")
+        raise SystemExit(f"error: no {prefix}.{lang}[.gz]")
     return path
 
 
@@ -58,7 +84,7 @@ def download(base_url: str, raw_dir: Path, prefixes: list[str], langs: tuple[str
     """Fetch the missing BASE_URL/{prefix}.{lang}.gz files into raw_dir, each renamed only when complete."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     for prefix, lang in itertools.product(prefixes, langs):
-        if find_raw(raw_dir, prefix, lang):
+        if find_raw(raw_dir / prefix, lang):
             continue
         name = f"{prefix}.{lang}.gz"
         url = f"{base_url.rstrip('/')}/{name}"
@@ -70,18 +96,39 @@ def download(base_url: str, raw_dir: Path, prefixes: list[str], langs: tuple[str
             raise SystemExit(f"error: could not download {url}: {e}")
 
 
-def read_pair(raw_dir: Path, prefix: str, src: str, tgt: str) -> tuple[list[str], list[str]]:
+def read_pair(prefix: Path, src: str, tgt: str) -> Pairs:
     """Both sides of a split, each line checked by user_dir/text.py, and of equal length."""
-    paths = raw_path(raw_dir, prefix, src), raw_path(raw_dir, prefix, tgt)
+    paths = raw_path(prefix, src), raw_path(prefix, tgt)
     sides = [read_lines(p) for p in paths]
     if len(sides[0]) != len(sides[1]):
         raise SystemExit(f"error: {paths[0]} has {len(sides[0])} lines but {paths[1]} has {len(sides[1])}")
     return sides[0], sides[1]
 
 
-def encode_pieces(sp: spm.SentencePieceProcessor, lines: list[str]) -> list[str]:
-    """Raw lines -> space-separated sentencepiece pieces, the text fairseq-preprocess reads."""
-    return [" ".join(pieces) for pieces in sp.encode(lines, out_type=str)]
+def default_held_out(pairs: int) -> int:
+    return min(HELD_OUT_MAX, max(1, pairs // HELD_OUT_SHARE))
+
+
+def hold_out(corpus: Pairs, valid_size: int | None, test_size: int | None, seed: int) -> dict[str, Pairs]:
+    """Split one corpus into train/valid/test: valid and test are distinct pairs drawn with
+    ``seed`` (kept in corpus order); every copy of a held-out pair leaves the training split."""
+    pairs = list(zip(*corpus))
+    distinct = list(dict.fromkeys(pairs))
+    sizes = {"valid": valid_size, "test": test_size}
+    sizes = {k: default_held_out(len(distinct)) if v is None else v for k, v in sizes.items()}
+    if sum(sizes.values()) > len(distinct) // 2:
+        raise SystemExit(f"error: --valid-size {sizes['valid']} and --test-size {sizes['test']} would leave fewer "
+                         f"than half of the {len(distinct)} distinct pairs for training: choose smaller sizes")
+    order = list(range(len(distinct)))
+    random.Random(seed).shuffle(order)
+    picked = {"valid": sorted(order[:sizes["valid"]]), "test": sorted(order[sizes["valid"]:sum(sizes.values())])}
+    held = {distinct[i] for indices in picked.values() for i in indices}
+    splits = {"train": [pair for pair in pairs if pair not in held]}
+    splits.update({split: [distinct[i] for i in indices] for split, indices in picked.items() if indices})
+    removed = len(pairs) - len(splits["train"]) - len(held)
+    print(f"held out from {len(pairs)} pairs (seed {seed}): valid {sizes['valid']}, test {sizes['test']}"
+          + (f"; {removed} more copies of held-out pairs left out of train" if removed else ""))
+    return {split: ([s for s, _ in rows], [t for _, t in rows]) for split, rows in splits.items()}
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
@@ -107,15 +154,15 @@ def train_spm(out: Path, train_text: list[str], vocab_size: int) -> Path:
     return model
 
 
-def encode_splits(out: Path, model: Path, data: dict, src: str, tgt: str) -> None:
-    sp = spm.SentencePieceProcessor(model_file=str(model))
-    (out / "spm").mkdir(exist_ok=True)
-    remove_orphans(out / "spm")
+def write_splits(folder: Path, data: dict[str, Pairs], langs: tuple[str, str], encode=None) -> None:
+    """FOLDER/{split}.{lang} for every split, each line passed through ``encode`` when given."""
+    folder.mkdir(exist_ok=True)
+    remove_orphans(str(folder))
     for split, sides in data.items():
-        for lang, lines in zip((src, tgt), sides):
-            path = out / "spm" / f"{split}.{lang}"
+        for lang, lines in zip(langs, sides):
+            path = folder / f"{split}.{lang}"
             if not path.exists():
-                write_lines(path, encode_pieces(sp, lines))
+                write_lines(path, encode(lines) if encode else lines)
 
 
 def binarize(out: Path, src: str, tgt: str, splits: list[str]) -> None:
@@ -124,62 +171,105 @@ def binarize(out: Path, src: str, tgt: str, splits: list[str]) -> None:
         print(f"skip: {dest} exists")
         return
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".bin.", suffix=".tmp"))
-    prefixes = [f"--{s}pref" for s in ("train", "valid", "test")]
     cmd = ["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt, "--joined-dictionary",
            "--destdir", str(tmp), "--workers", "2"]
-    for flag, split in zip(prefixes, splits):
-        cmd += [flag, str(out / "spm" / split)]
-    subprocess.run(cmd, check=True)
+    for split in splits:
+        cmd += [f"--{split}pref", str(out / "spm" / split)]
+    run_fairseq(cmd)
     tmp.replace(dest)
 
 
-OUTPUTS = ("spm.model", "spm.vocab", "spm", "bin", "prepare.json")
+OUTPUTS = ("raw", "spm.model", "spm.vocab", "spm", "bin", "prepare.json")
+PENDING = ".prepare-pending.json"  # the recipe of a preparation under way (prepare.json: a finished one)
 
 
-def recipe(args: argparse.Namespace, splits: dict, data: dict) -> dict:
+def recipe(args: argparse.Namespace, sources: dict, data: dict[str, Pairs]) -> dict:
     """What OUT's files are made from: the options, the sentencepiece version, and a fingerprint
     of every input's text as read (after user_dir/text.py's normalisation)."""
     inputs = {f"{split}.{lang}": hashlib.sha256("\n".join(lines).encode()).hexdigest()
               for split, sides in data.items() for lang, lines in zip((args.src, args.tgt), sides)}
-    return {"src": args.src, "tgt": args.tgt, "vocab_size": args.vocab_size, "splits": splits,
+    key = "sources" if args.corpus or args.train else "splits"  # "splits": --raw-dir's prefixes, as always recorded
+    return {"src": args.src, "tgt": args.tgt, "vocab_size": args.vocab_size, key: sources,
             "sentencepiece": spm.__version__, "inputs": inputs}
 
 
+def differences(made: dict, wanted: dict) -> list[str]:
+    differ = [key for key in wanted if key != "inputs" and made.get(key) != wanted[key]]
+    made_inputs = made.get("inputs", {})
+    return differ + [f"{name} text" for name, digest in wanted["inputs"].items() if made_inputs.get(name) != digest]
+
+
 def claim(out: Path, wanted: dict, overwrite: bool) -> None:
-    """Make OUT's outputs belong to ``wanted``: keep them if they were made from it, else refuse
-    (or, with --overwrite, delete them); then record ``wanted`` in OUT/prepare.json."""
-    record = out / "prepare.json"
+    """Make OUT's outputs belong to ``wanted``: keep them if they were made from it (finished,
+    or left unfinished by a failed run), redo an unfinished preparation of other inputs, refuse
+    a finished one (or, with --overwrite, delete it); then mark ``wanted`` as under way."""
+    record, pending = out / "prepare.json", out / PENDING
+    problem = None
     if record.exists():
         made = json.loads(record.read_text())
-        if made == wanted:
+        if not differences(made, wanted):
             return
-        differ = [key for key in wanted if key != "inputs" and made.get(key) != wanted[key]]
-        differ += [f"{name} text" for name in wanted["inputs"] if made.get("inputs", {}).get(name) != wanted["inputs"][name]]
-        problem = f"{out} was prepared from other inputs or options ({', '.join(differ)} differ)"
+        problem = f"{out} was prepared from other inputs or options ({', '.join(differences(made, wanted))} differ)"
+    elif pending.exists():
+        if json.loads(pending.read_text()) == wanted:
+            print(f"continue: {out} (an earlier run with these inputs did not finish)")
+            return
+        print(f"redo: {out} (an earlier run with other inputs or options did not finish)")
     elif any((out / name).exists() for name in OUTPUTS):
         problem = f"{out} holds prepared files but no record of what made them ({record.name})"
-    else:
-        problem = None
     if problem and not overwrite:
         raise SystemExit(f"error: {problem}: use another --out, or --overwrite to redo it")
     for name in OUTPUTS:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    with atomic_write(record, "w") as f:
+    with atomic_write(pending, "w") as f:
         json.dump(wanted, f, indent=2)
+
+
+def finish(out: Path, wanted: dict, data: dict[str, Pairs]) -> None:
+    """Record the finished preparation in OUT/prepare.json (what scripts/train.sh and
+    scripts/evaluate.py read), then drop the under-way mark."""
+    done = {**wanted, "tokenization": "sentencepiece", "pairs": {split: len(sides[0]) for split, sides in data.items()},
+            "raw": {split: {lang: f"raw/{split}.{lang}" for lang in (wanted["src"], wanted["tgt"])} for split in data}}
+    with atomic_write(out / "prepare.json", "w") as f:
+        json.dump(done, f, indent=2)
+    (out / PENDING).unlink(missing_ok=True)
+
+
+def positive(option: str, minimum: int = 1):
+    """An argparse type: an integer >= minimum, or one line naming the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{option} takes a whole number >= {minimum}, got {text!r}")
+        return value
+    return parse
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=Path, metavar="PREFIX",
+                   help="one file pair PREFIX.SRC, PREFIX.TGT: valid and test are held out from it")
+    for split in SPLITS:
+        optional = " (optional)" if split == "test" else ""
+        p.add_argument(f"--{split}", type=Path, metavar="PREFIX", help=f"the {split} split's files{optional}")
+    p.add_argument("--valid-size", type=positive("--valid-size"),
+                   help=f"--corpus: validation pairs (default 1/{HELD_OUT_SHARE} of the pairs, 1 to {HELD_OUT_MAX})")
+    p.add_argument("--test-size", type=positive("--test-size", 0),
+                   help="--corpus: test pairs (default as --valid-size; 0: no test split)")
+    p.add_argument("--seed", type=int, default=1, help="--corpus: seed of the held-out draw (default 1)")
     p.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW, help="folder of raw {prefix}.{lang}[.gz] files")
+    p.add_argument("--splits", nargs=3, metavar="SPLIT=PREFIX",
+                   help="raw file prefixes in --raw-dir of train, valid and test (default: Multi30k's names)")
     p.add_argument("--src", default="de", help="source language suffix")
     p.add_argument("--tgt", default="en", help="target language suffix")
-    p.add_argument("--vocab-size", type=int, default=4000,
-                   help="joint sentencepiece vocabulary size (4k beat 2k, 8k and 16k on Multi30k: README)")
-    p.add_argument("--splits", nargs=3, metavar="SPLIT=PREFIX",
-                   default=[f"{k}={v}" for k, v in MULTI30K_SPLITS.items()],
-                   help="raw file prefix of train, valid and test (default: Multi30k's names)")
-    p.add_argument("--out", type=Path, help="output folder (default: runs/multi30k/SRC-TGT)")
+    p.add_argument("--vocab-size", type=positive("--vocab-size", MIN_VOCAB), default=4000,
+                   help="joint sentencepiece vocabulary size (the default was chosen on Multi30k: README)")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/NAME/SRC-TGT, NAME: multi30k, the "
+                                            "--corpus file name or the --raw-dir name; required with --train)")
     p.add_argument("--download", nargs="?", const=MULTI30K_URL, metavar="URL",
                    help=f"first fetch missing raw files into --raw-dir from URL (default {MULTI30K_URL})")
     p.add_argument("--overwrite", action="store_true",
@@ -191,25 +281,70 @@ def main() -> None:
         raise SystemExit(f"error: {e}")
 
 
-def prepare(args: argparse.Namespace) -> None:
-    splits = dict(s.split("=", 1) for s in args.splits if "=" in s)
-    if list(splits) != list(MULTI30K_SPLITS):
+def sources_of(args: argparse.Namespace) -> tuple[dict[str, Path], str]:
+    """The raw prefix of each given split (only "corpus" for --corpus), and the data's name."""
+    given = [f"--{name}" for name in ("corpus", *SPLITS, "splits", "download") if getattr(args, name)]
+    if args.corpus and len(given) > 1:
+        raise SystemExit(f"error: --corpus takes one file pair and holds out valid and test itself: "
+                         f"leave out {' '.join(given[1:])}")
+    if not args.corpus and (args.valid_size is not None or args.test_size is not None):
+        raise SystemExit("error: --valid-size and --test-size apply to --corpus only")
+    if args.corpus:
+        return {"corpus": args.corpus}, args.corpus.name
+    if args.train or args.valid or args.test:
+        if not (args.train and args.valid) or args.splits or args.download:
+            raise SystemExit("error: --train and --valid are both needed (--test is optional), without --splits")
+        if args.out is None:
+            raise SystemExit("error: --out is required with --train/--valid/--test")
+        return {split: getattr(args, split) for split in SPLITS if getattr(args, split)}, ""
+    splits = dict(s.split("=", 1) for s in args.splits or [] if "=" in s) if args.splits else dict(MULTI30K_SPLITS)
+    if list(splits) != list(SPLITS):
         raise SystemExit(f"error: --splits takes train=PREFIX valid=PREFIX test=PREFIX, got {' '.join(args.splits)}")
     if args.download:
         download(args.download, args.raw_dir, list(splits.values()), (args.src, args.tgt))
     if not args.raw_dir.is_dir():
         raise SystemExit(f"error: raw data folder {args.raw_dir} does not exist (--download fetches Multi30k)")
-    out = (args.out or ROOT / "runs" / "multi30k" / f"{args.src}-{args.tgt}").resolve()
+    name = "multi30k" if splits == MULTI30K_SPLITS else args.raw_dir.resolve().name
+    return {split: args.raw_dir / prefix for split, prefix in splits.items()}, name
+
+
+def check_out(out: Path, inputs: list[Path]) -> None:
+    """OUT's outputs must not be (or hold) an input file."""
+    for path in inputs:
+        if any(path.resolve().is_relative_to(out / name) for name in OUTPUTS):
+            raise SystemExit(f"error: --out {out} would overwrite the input {path}: choose another --out")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    if args.src == args.tgt:
+        raise SystemExit(f"error: --src and --tgt are both {args.src!r}: give two different language suffixes")
+    prefixes, name = sources_of(args)
+    out = (args.out or ROOT / "runs" / name / f"{args.src}-{args.tgt}").resolve()
+    langs = (args.src, args.tgt)
+    paths = {(split, lang): raw_path(prefix, lang) for split, prefix in prefixes.items() for lang in langs}
+    check_out(out, list(paths.values()))
     lock_folder(str(out), "prepare.py")
     remove_orphans(str(out))
-    data = {split: read_pair(args.raw_dir, prefix, args.src, args.tgt) for split, prefix in splits.items()}
+    if args.corpus:
+        data = hold_out(read_pair(args.corpus, args.src, args.tgt), args.valid_size, args.test_size, args.seed)
+        sources = {"corpus": str(paths["corpus", args.src].resolve()), "valid_size": args.valid_size,
+                   "test_size": args.test_size, "seed": args.seed}
+    else:
+        data = {split: read_pair(prefix, args.src, args.tgt) for split, prefix in prefixes.items()}
+        sources = {split: str(paths[split, args.src].resolve()) for split in prefixes}
+        if name:  # --raw-dir and --splits: recorded as before, so that earlier preparations stay valid
+            sources = {split: prefix.name for split, prefix in prefixes.items()}
     for split, (src_lines, _) in data.items():
         print(f"{split}: {len(src_lines)} sentence pairs")
-    claim(out, recipe(args, splits, data), args.overwrite)
+    wanted = recipe(args, sources, data)
+    claim(out, wanted, args.overwrite)
+    write_splits(out / "raw", data, langs)
     model = train_spm(out, data["train"][0] + data["train"][1], args.vocab_size)
-    encode_splits(out, model, data, args.src, args.tgt)
-    binarize(out, args.src, args.tgt, list(splits))
-    print(f"done: {out}/bin (sentencepiece model {model})")
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    write_splits(out / "spm", data, langs, lambda lines: encode_pieces(sp, lines))
+    binarize(out, args.src, args.tgt, list(data))
+    finish(out, wanted, data)
+    print(f"done: {out}/bin (sentencepiece model {model}; raw text of each split in {out}/raw)")
 
 
 if __name__ == "__main__":

@@ -1,68 +1,50 @@
 #!/usr/bin/env bash
-# Train on data made by scripts/prepare.py, selecting the checkpoint by validation BLEU.
+# Train on data made by scripts/prepare.py (or any fairseq-preprocess output), selecting the
+# checkpoint by validation BLEU.
 #
 # Usage: bash scripts/train.sh DATA_BIN SAVE_DIR [EXTRA fairseq-train ARGS...]
-#   bash scripts/train.sh runs/multi30k/de-en/bin runs/multi30k/de-en/ckpt
-#   BUDGET_HOURS=0.25 bash scripts/train.sh runs/multi30k/de-en/bin runs/x --arch rnn_seq2seq_d2l
+#   bash scripts/train.sh runs/multi30k/de-en/bin runs/multi30k/de-en/ckpt --max-update 2300
+#   NPROC=2 bash scripts/train.sh runs/mine/de-en/bin runs/mine/de-en/ckpt
 #   bash scripts/train.sh runs/multi30k/de-en/bin runs/lstm --arch lstm --criterion label_smoothed_cross_entropy
-# Env: BUDGET_HOURS wall-clock budget (default 0.5), PATIENCE early stop after this many
-# validations without a better BLEU (default 5). Later EXTRA args override the defaults below;
-# another --criterion, --optimizer or --lr-scheduler keeps only the defaults' options it defines.
-# AMP=0 trains in float32 (default: --fp16 on a GPU, --amp = bfloat16 autocast on a CPU that
-# multiplies bfloat16 natively, else float32). Keeps the last 5 epoch checkpoints for
-# scripts/average_checkpoints.py. Resumes from SAVE_DIR/checkpoint_last.pt when it exists.
-# Paths are relative to the folder it is run from; a second run on one SAVE_DIR is refused.
+# What it picks from the data (tokenization, size), the machine and the environment is printed
+# at the start (scripts/train_settings.py; docs/training.md). An explicit --max-update or
+# --max-epoch is honoured exactly. Later EXTRA args override the defaults.
+# Env: PATIENCE stop after this many validations without a better BLEU (0: never; default 5,
+# none when EXTRA sizes the run), BUDGET_HOURS wall-clock limit in hours (default none),
+# AMP=0/1 float32 / bfloat16 autocast on a CPU (default: the faster one, measured), AMP=0 for
+# float32 on a GPU (default --fp16), NPROC=N processes via torchrun (gloo on CPU, NCCL on GPUs),
+# TORCHRUN_ARGS more torchrun options (multi-node: docs/training.md) with NNODES.
+# Resumes from SAVE_DIR/checkpoint_last.pt when it exists; a second run on one SAVE_DIR is
+# refused. Exit status 0 exactly when training finished ("done training").
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-[ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,21p' "$0"; exit 2; }
 source "$root/scripts/env.sh"
 data="$1" save="$2"; shift 2
 compgen -G "$data/dict.*.txt" > /dev/null ||
     { echo "error: $data holds no fairseq-preprocess output (dict.*.txt); scripts/prepare.py makes it" >&2; exit 2; }
 mkdir -p "$save"
-precision=$(AMP="${AMP:-1}" python -c '
-import os, torch
-amp = os.environ["AMP"] != "0"
-if torch.cuda.is_available(): print("--fp16" if amp else "")
-else: print("--cpu --amp" if amp and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "--cpu")')
-# The criterion, optimizer and scheduler, with options of theirs. EXTRA may choose another one
-# (e.g. --lr-scheduler inverse_sqrt): then only the options that one defines are kept, since
-# fairseq-train refuses the others ("unrecognized arguments").
-components=$(python - "$@" <<'PY'
-import argparse
-import sys
-
-from fairseq import criterions, optim  # noqa: F401 (registers fairseq's components)
-from fairseq.optim import lr_scheduler  # noqa: F401
-from fairseq.registry import REGISTRIES
-
-OURS = {
-    "criterion": ("masked_ce", {"--label-smoothing": "0.1"}),
-    "optimizer": ("adam", {"--adam-betas": "(0.9, 0.98)"}),
-    "lr-scheduler": ("reduce_lr_on_plateau", {"--lr-shrink": "0.5", "--lr-patience": "0", "--warmup-updates": "100"}),
-}
-extra = sys.argv[1:]
-for kind, (ours, options) in OURS.items():
-    flag = f"--{kind}"
-    chosen = [b for a, b in zip(extra, extra[1:]) if a == flag] + [a.split("=", 1)[1] for a in extra if a.startswith(flag + "=")]
-    if not chosen:
-        print(flag, ours, sep="\n")
-    elif (component := REGISTRIES[kind.replace("-", "_")]["registry"].get(chosen[-1])) is not None:
-        parser = argparse.ArgumentParser()
-        component.add_args(parser)  # fairseq's own way to list a component's options
-        defined = {option for action in parser._actions for option in action.option_strings}
-        options = {k: v for k, v in options.items() if k in defined}
-    for key, value in options.items():
-        print(key, value, sep="\n")
-PY
-)
-mapfile -t components <<< "$components"
-fairseq-train "$data" --user-dir "$root/user_dir" $precision \
-    --arch rnn_seq2seq_multi30k "${components[@]}" --lr 2e-3 \
-    --clip-norm 1.0 --max-tokens 2048 --required-batch-size-multiple 1 \
-    --eval-bleu --eval-bleu-args '{"beam": 1}' --eval-bleu-remove-bpe sentencepiece \
-    --best-checkpoint-metric bleu --maximize-best-checkpoint-metric \
-    --patience "${PATIENCE:-5}" --stop-time-hours "${BUDGET_HOURS:-0.5}" \
-    --save-dir "$save" --keep-last-epochs 5 --seed 1 \
-    --num-workers 0 --log-format simple --log-interval 50 \
-    "$@" 2>&1 | tee -a "$save/train.log"
+argfile="$(mktemp)"; trap 'rm -f "$argfile"' EXIT
+python "$root/scripts/train_settings.py" "$argfile" "$data" "$save" "$@" | tee -a "$save/train.log" || exit 2
+mapfile -t settings < "$argfile"
+nproc="${NPROC:-1}"
+if [ "$nproc" -gt 1 ]; then
+    # shellcheck disable=SC2086  # TORCHRUN_ARGS: several options
+    launch=(torchrun ${TORCHRUN_ARGS:---standalone} --nnodes "${NNODES:-1}" --nproc-per-node "$nproc" "$(command -v fairseq-train)")
+else
+    launch=(fairseq-train)
+fi
+start=$(stat -c %s "$save/train.log")
+rc=0
+"${launch[@]}" "${settings[@]}" --user-dir "$root/user_dir" "$@" 2>&1 | tee -a "$save/train.log" || rc=$?
+# This run's own lines: a finished run says "done training". fairseq-train (fairseq's lstm too)
+# sometimes aborts at interpreter exit after that (SIGABRT: 134, or -6 in torchrun's summary).
+run_log=$(tail -c +$((start + 1)) "$save/train.log")
+if grep -q "done training" <<< "$run_log"; then
+    if [ "$rc" = 0 ] || [ "$rc" = 134 ] || { [ "$nproc" -gt 1 ] && grep -qE "exitcode *: -6|Signal 6" <<< "$run_log"; }; then
+        [ "$rc" = 0 ] || echo "train.sh: training finished; the process aborted at exit afterwards (status $rc), ignored" | tee -a "$save/train.log" >&2
+        exit 0
+    fi
+fi
+echo "error: training did not finish (fairseq-train exit status $rc): see $save/train.log" >&2
+exit $((rc == 0 ? 1 : rc))

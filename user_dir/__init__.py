@@ -2,8 +2,7 @@
 
 fairseq auto-imports only ``models/`` and ``tasks/`` of a user dir, so the criterion is
 imported here. ``patches`` repairs fairseq 0.12 where it breaks on current torch or loses data
-(checkpoint loading and copies, the last batch of a split, torchrun on CPU); it comes first, so
-the repairs are in place before any checkpoint is loaded or batch is made.
+(checkpoint loading and copies, the last batch of a split, torchrun on CPU); importing the
+package applies them, before any checkpoint is loaded or batch is made.
 """
-from . import patches  # noqa: F401
-from . import criterions, models  # noqa: F401
+from . import criterions, models, patches  # noqa: F401

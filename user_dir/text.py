@@ -12,15 +12,23 @@ the same way everywhere, so a pair can never be shifted or emptied on its way to
   how some scripts are written, are kept;
 * every line is normalised to Unicode NFC;
 * a line with nothing visible left (empty, spaces of any kind, only invisible characters) is
-  refused.
+  refused;
+* only regular files are read (a folder, FIFO or device is named as such, and never opened,
+  so ``/dev/zero`` or a pipe nobody writes cannot hang a run), and a line longer than
+  :data:`MAX_LINE_BYTES` is refused as soon as it is seen, so no input can fill the memory.
 """
 import gzip
 import unicodedata
 from pathlib import Path
 
+from .files import not_a_file
+
 LINE_BREAKS = set("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 INVISIBLE = set("\ufeff\u200b\u2060\u00ad\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 BLANK = {"Zs", "Zl", "Zp", "Cc", "Cf"}  # categories with nothing to see
+
+
+MAX_LINE_BYTES = 1 << 20  # a sentence, even a paragraph, is far shorter
 
 
 class TextError(ValueError):
@@ -49,20 +57,33 @@ def decode(raw: bytes, where: str) -> str:
                         "convert the file, e.g. iconv -f latin1 -t utf-8") from None
 
 
+def raw_lines(path: Path) -> list[bytes]:
+    """The lines of a regular file (gunzipped if it ends in .gz) without their ``\\n``, each at most
+    :data:`MAX_LINE_BYTES` long, or TextError naming the file."""
+    why = not_a_file(path)
+    if why is not None:
+        raise TextError(f"{path} {why}")
+    rows = []
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            while row := f.readline(MAX_LINE_BYTES + 1):
+                if len(row) > MAX_LINE_BYTES:
+                    raise TextError(f"{path} line {len(rows) + 1}: longer than {MAX_LINE_BYTES} bytes "
+                                    "(not one sentence per line)")
+                rows.append(row.removesuffix(b"\n"))
+    except (OSError, EOFError) as e:
+        raise TextError(f"{path}: cannot be read ({e})") from None
+    return rows
+
+
 def read_lines(path: Path) -> list[str]:
     """Every line of a UTF-8 text file (gzip if it ends in .gz), cleaned by :func:`clean_line`."""
     path = Path(path)
-    try:
-        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:
-        raise TextError(f"{path}: cannot be read ({e})") from None
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+    rows = raw_lines(path)
+    if rows and rows[0].startswith((b"\xff\xfe", b"\xfe\xff")):
         raise TextError(f"{path} is UTF-16 (it starts with a UTF-16 byte order mark): convert it to UTF-8")
-    if not raw:
+    if not rows:
         raise TextError(f"{path} is empty")
-    rows = raw.split(b"\n")
-    if rows[-1] == b"":  # the newline that ends the last line
-        rows.pop()
     lines = []
     for number, row in enumerate(rows, start=1):
         where = f"{path} line {number}"

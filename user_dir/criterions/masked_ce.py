@@ -105,7 +105,9 @@ def normalises_by_log_softmax(model) -> bool:
     the loss can be taken from the logits of real tokens alone.
     Any other normalisation (adaptive softmax, an overridden ``get_normalized_probs``) is
     respected through the full B x T x V path."""
-    if not isinstance(model, FairseqEncoderDecoderModel) or getattr(model.decoder, "adaptive_softmax", None) is not None:
+    if not isinstance(model, FairseqEncoderDecoderModel):
+        return False
+    if getattr(model.decoder, "adaptive_softmax", None) is not None:
         return False
     names = ("get_normalized_probs", "get_normalized_probs_scriptable")
     return all(getattr(type(obj), name) is getattr(base, name)

@@ -6,6 +6,11 @@
 * ``batching``: no sentence is dropped when a split's size is not a multiple of
   ``--required-batch-size-multiple`` (fairseq issues #5036, #5351).
 * ``distributed``: ``torchrun`` on CPU (fairseq divides the rank by the GPU count).
+* ``decoding``: fairseq-interactive, ``translate()`` and fairseq-generate answer an empty,
+  all-unknown or over-long sentence with an empty translation, refuse a beam below 1 and a
+  sentencepiece model that did not make the dictionaries.
+* ``divergence``: a non-finite training loss or validation metric ends the run with a clear
+  error; it never becomes ``checkpoint_best.pt``.
 * ``amp``: ``--amp`` on CPU trains, validates and decodes under bfloat16 autocast (fairseq's
   ``--amp`` knows only CUDA's float16).
 
@@ -32,4 +37,4 @@ def original(obj: Any) -> Any:
     return getattr(obj, _ORIGINAL, obj)
 
 
-from . import amp, batching, checkpoints, distributed  # noqa: E402,F401  (they use replace)
+from . import amp, batching, checkpoints, decoding, distributed, divergence  # noqa: E402,F401  (they use replace)

@@ -13,7 +13,9 @@ With this patch ``--amp`` on a CPU runs every forward pass under
 
 Weights, optimizer state and checkpoints stay float32. bfloat16 has float32's exponent range,
 so there is no loss scaler; an update whose gradients are not finite is skipped, as ``--amp``
-on CUDA skips it. On a GPU ``--amp`` is fairseq's own.
+on CUDA skips it, but a scale that cannot shrink cannot recover either: after
+:data:`MAX_SKIPPED` skipped updates in a row the run has diverged (``FloatingPointError``, which
+:mod:`user_dir.patches.divergence` reports). On a GPU ``--amp`` is fairseq's own.
 """
 import warnings
 
@@ -26,6 +28,7 @@ from fairseq.trainer import Trainer
 
 from . import replace
 
+MAX_SKIPPED = 10  # non-finite updates in a row (each batch tried 1 + --amp-batch-retries times)
 _PREPARED = "_bf16_autocast"  # set on models that fairseq-generate/interactive prepared with --amp
 
 
@@ -40,7 +43,11 @@ def cpu_autocast(enabled: bool = True):
 
 class NoScaler:
     """What fairseq's AMPOptimizer calls of torch's GradScaler, without scaling. ``step`` skips
-    the update when a gradient is not finite (GradScaler does the same)."""
+    the update when a gradient is not finite (GradScaler does the same), and raises
+    FloatingPointError after :data:`MAX_SKIPPED` such updates in a row."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return loss
@@ -51,7 +58,12 @@ class NoScaler:
     def step(self, optimizer: FairseqOptimizer) -> None:
         grads = [p.grad for p in optimizer.params if p.grad is not None]
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            self.skipped += 1
+            if self.skipped >= MAX_SKIPPED:
+                raise FloatingPointError(f"{self.skipped} updates in a row had gradients that are not finite "
+                                         "under bfloat16 autocast")
             return
+        self.skipped = 0
         optimizer.step()
 
     def update(self) -> None:

@@ -5,29 +5,35 @@
   metrics such as ``--eval-bleu`` counts) and ``argparse.Namespace`` (``args`` of older
   checkpoints). Exactly those are allow-listed; arbitrary pickled code stays refused, and
   ``weights_only`` is never switched off.
-* Before a local checkpoint is loaded its archive is checked without inflating anything: every
-  member stored uncompressed (as torch writes them) inside the file's own size, under one
-  top-level folder, and with an intact checksum. Any failure to load is a :class:`CheckpointError`
-  naming the file and the reason. Paths that fairseq's ``PathManager`` resolves (remote stores)
-  are loaded as fairseq loads them.
+* Before a local checkpoint is loaded, :func:`user_dir.checkpoint_files.check_file` checks its
+  archive (the scripts call it too). Any failure to load is a ``CheckpointError`` naming the file
+  and the reason. Paths that fairseq's ``PathManager`` resolves (remote stores) are loaded as
+  fairseq loads them.
 * fairseq saves a checkpoint through the fixed name ``FILE.tmp`` and *copies* it to the others
   (``checkpoint_last.pt``, ``checkpoint_best.pt``) in place, so a kill during a copy leaves a
   half-written file and a link planted at ``FILE.tmp`` receives the save. Both go through
   :func:`user_dir.files.atomic_write` instead (exclusive random temporary name, then rename).
 * One training run per ``--save-dir``: a second one is refused while the first runs, instead of
   both writing a mix of checkpoints.
+* A checkpoint that holds pickled code is recognised by the globals its pickle names (read from
+  the archive, whatever torch's message says), and named with them; torch's advice to switch
+  ``weights_only`` off is never shown.
+* Resuming (or ``--restore-file``) with model options or dictionaries other than the
+  checkpoint's names the options that differ, in one line, instead of fairseq's "ensure that
+  the architectures match".
 """
 import argparse
 import os
 import shutil
-import stat
-import zipfile
 
 import numpy as np
 import torch
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
+from fairseq.trainer import Trainer
+from omegaconf import OmegaConf
 
+from ..checkpoint_files import CheckpointError, check_file, essence, pickled_globals, refused_globals
 from ..files import FolderBusy, atomic_write, lock_folder, remove_orphans
 from . import replace
 
@@ -42,54 +48,6 @@ def safe_globals() -> list:
     return found + [type(np.dtype(t)) for t in _NUMPY_DTYPES]  # e.g. numpy.dtypes.Float64DType
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
-def check_archive(path: str, z: zipfile.ZipFile) -> None:
-    """Refuse a torch zip whose members could not have been written by ``torch.save``."""
-    size = os.path.getsize(path)
-    infos = z.infolist()
-    tops = sorted({info.filename.split("/", 1)[0] for info in infos})
-    if len(tops) > 1:  # torch.save writes every member under one folder
-        raise CheckpointError(f"checkpoint {path} has an unexpected member name {tops[1]!r} beside {tops[0]!r}")
-    for info in infos:
-        name = info.filename
-        if name.startswith(("/", "\\")) or "\\" in name or ".." in name.split("/"):
-            raise CheckpointError(f"checkpoint {path} has an unexpected member name {name!r}")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise CheckpointError(f"checkpoint {path} has a link member {name!r}")
-        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
-            raise CheckpointError(f"checkpoint {path} has a compressed member {name!r} (torch.save stores members)")
-    if sum(info.file_size for info in infos) > size:
-        raise CheckpointError(f"checkpoint {path} claims more data than its {size} bytes hold (crafted or corrupted)")
-
-
-def check_file(path: str) -> None:
-    """Raise CheckpointError naming ``path`` if it is missing, truncated, corrupted or crafted."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"  # torch's format since 1.6; older files are plain pickles
-    if not is_zip:
-        return
-    try:
-        with zipfile.ZipFile(path) as z:
-            check_archive(path, z)
-            bad = z.testzip()  # reads every (stored) member and checks its CRC
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({e})") from None
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {path} is corrupted (bad checksum in {bad})")
-
-
-def essence(error: Exception) -> str:
-    """The line of a (often multi-line) torch error that says what is wrong."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = [line for line in lines if line.startswith(("Unsupported", "Expected", "PytorchStreamReader"))]
-    return (detail or lines or [repr(error)])[0]
-
-
 def _explain_load_errors(load):
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         if not PathManager.path_requires_pathmanager(path):
@@ -99,10 +57,12 @@ def _explain_load_errors(load):
         except CheckpointError:
             raise
         except Exception as e:  # torch's and pickle's errors name neither the file nor the cause
-            refused = [line for line in str(e).splitlines() if "Unsupported global" in line]
+            allowed = [f"{g.__module__}.{g.__qualname__}" for g in safe_globals()]
+            refused = refused_globals(pickled_globals(path), allowed) if os.path.isfile(path) else []
             if refused:
-                raise CheckpointError(f"checkpoint {path} holds pickled objects that are not allowed "
-                                      f"(refused for safety, only trust files you made): {refused[0].strip()}") from None
+                raise CheckpointError(f"checkpoint {path} holds pickled objects that are not allowed (refused "
+                                      "for safety, only trust files you made): Unsupported global(s) "
+                                      f"{', '.join(refused)}") from None
             raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {essence(e)})") from e
 
     load_checkpoint_to_cpu.__wrapped__ = load
@@ -155,9 +115,39 @@ def _atomic_copies(path_manager):
     return AtomicCopyPathManager
 
 
+def option_differences(saved, current) -> list[str]:
+    """``--name VALUE (this command: OTHER)`` for every model option the two configs give differently."""
+    saved, current = (OmegaConf.to_container(c, resolve=False) if OmegaConf.is_config(c) else dict(c or {})
+                      for c in (saved, current))
+    return [f"--{key.lstrip('_').replace('_', '-')} {saved[key]} (this command: {current[key]})"
+            for key in sorted(saved.keys() & current.keys()) if saved[key] != current[key]]
+
+
+def _name_what_differs(load_checkpoint):
+    def load_checkpoint_naming_differences(self, filename, *args, **kwargs):
+        try:
+            return load_checkpoint(self, filename, *args, **kwargs)
+        except CheckpointError:
+            raise
+        except Exception as e:  # fairseq's "ensure that the architectures match", the cause chained under it
+            cause = e.__cause__ or e.__context__
+            if type(e) is not Exception or cause is None:
+                raise
+            if isinstance(cause, ValueError):  # the model's own check (dictionaries) says what differs
+                raise CheckpointError(f"checkpoint {filename}: {cause}") from None
+            saved = checkpoint_utils.load_checkpoint_to_cpu(filename)["cfg"]["model"]
+            differ = option_differences(saved, self.cfg.model)
+            what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause)
+            raise CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; "
+                                  "use the checkpoint's options, or another --save-dir for a new model") from None
+
+    return load_checkpoint_naming_differences
+
+
 if hasattr(torch.serialization, "add_safe_globals"):  # torch >= 2.4; adding twice changes nothing
     torch.serialization.add_safe_globals(safe_globals())
 replace(checkpoint_utils, "load_checkpoint_to_cpu", _explain_load_errors)
 replace(checkpoint_utils, "PathManager", _atomic_copies)  # only checkpoint_utils' copies change
 replace(checkpoint_utils, "torch_persistent_save", _atomic_saves)
 replace(checkpoint_utils, "verify_checkpoint_directory", _one_writer)
+replace(Trainer, "load_checkpoint", _name_what_differs)

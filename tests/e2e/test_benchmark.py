@@ -1,0 +1,45 @@
+"""Smoke test of scripts/benchmark.py at tiny sizes (speed goals live in the benchmark, not here)."""
+import json
+
+import pytest
+
+from helpers import ROOT, run
+
+
+@pytest.mark.parametrize("precision", [[], ["--bf16"]])
+def test_benchmark_runs_every_model_and_writes_record(toy_bin, tmp_path, precision):
+    out = run("python", ROOT / "lab" / "benchmark.py", "--data", toy_bin, "--out", tmp_path,
+              "--emb", "16", "--hidden", "32", "--max-tokens", "300", "--warmup-batches", "1",
+              "--train-batches", "2", "--decode-sentences", "10", "--decode-len", "5", "--repeats", "1",
+              *precision, *(["--criterion", "masked_ce"] if precision else [])).stdout
+    assert "(x fairseq lstm)" in out and "matmul peak" in out
+    record = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(record["models"]) == {"rnn_seq2seq", "rnn_seq2seq attention", "fairseq lstm",
+                                     "fairseq lstm no attention"}
+    assert record["precision"] == ("bfloat16 autocast" if precision else "float32")
+    # each model with its own loss, or every model with --criterion's
+    assert record["criteria"] == {"rnn_seq2seq": "masked_ce", "rnn_seq2seq attention": "masked_ce",
+                                  "fairseq lstm": "masked_ce" if precision else "cross_entropy",
+                                  "fairseq lstm no attention": "masked_ce" if precision else "cross_entropy"}
+    for model in record["models"].values():
+        assert model["train_tokens_per_s"] > 0 and model["beam5_sentences_per_s"] > 0
+        assert 0 < model["share_of_matmul_peak"] < 2
+        assert model["train_flops_per_token"] > 0
+        assert 0 < model["beam5_model_share"] < 1 and 0 < model["greedy_model_share"] < 1  # the rest is the search
+    assert record["ratios"]["rnn_seq2seq"]["train_tokens_per_s"] > 0
+    assert (tmp_path / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_benchmark_pair_trains_model_and_reference_in_turns(toy_bin, tmp_path):
+    out = run("python", ROOT / "lab" / "benchmark.py", "--data", toy_bin, "--out", tmp_path,
+              "--emb", "16", "--hidden", "32", "--max-tokens", "300", "--warmup-batches", "1",
+              "--train-batches", "2", "--pair", "rnn_seq2seq attention", "--pairs", "3").stdout
+    record = json.loads((tmp_path / "pair.json").read_text())
+    assert record["models"] == ["rnn_seq2seq attention", "fairseq lstm"]
+    assert record["criteria"] == ["masked_ce", "cross_entropy"]
+    speeds = record["train_tokens_per_s"]
+    assert [len(v) for v in speeds.values()] == [3, 3] and min(min(v) for v in speeds.values()) > 0
+    assert record["ratios"] == [a / b for a, b in zip(speeds["rnn_seq2seq attention"], speeds["fairseq lstm"])]
+    assert record["median_ratio"] == sorted(record["ratios"])[1]
+    assert out.count("pair ") == 3 and f"median {record['median_ratio']:.3f}x" in out
+    assert not (tmp_path / "benchmark.json").exists()

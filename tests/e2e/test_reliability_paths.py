@@ -1,0 +1,220 @@
+"""The paths around the main one, through the real CLIs: outputs never replace inputs, what is
+recorded is what ran, tokenization and identity checked, divergence ends a run, resume errors
+name what differs, decode paths answer every line, special files and colons named."""
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from helpers import ROOT, TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, run
+
+SCRIPTS = ROOT / "scripts"
+
+
+def fails_with(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert re.search(pattern, proc.stderr + proc.stdout), (proc.stderr + proc.stdout)[-3000:]
+
+
+def evaluate(data, checkpoint, *args, check=False, **kwargs):
+    return run("python", SCRIPTS / "evaluate.py", data, checkpoint, "--ref", TOY / "test.tgt", *args,
+               check=check, **kwargs)
+
+
+def train(data, save_dir, *extra, check=True, **kwargs):
+    return run("fairseq-train", data, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--save-dir", save_dir,
+               "--no-epoch-checkpoints", *extra, check=check, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def swapped_bin(toy_bin, tmp_path_factory):
+    """The toy data binarized with a dictionary of the same size and entries, two ids swapped."""
+    folder = tmp_path_factory.mktemp("swapped")
+    lines = (toy_bin / "dict.src.txt").read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (folder / "dict.txt").write_text("\n".join(lines) + "\n")
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--srcdict", folder / "dict.txt",
+        "--tgtdict", folder / "dict.txt", "--trainpref", TOY / "train", "--validpref", TOY / "valid",
+        "--testpref", TOY / "test", "--destdir", folder / "bin", "--workers", "1")
+    return folder / "bin"
+
+
+# A. outputs never overwrite inputs or a live run
+
+@pytest.mark.parametrize("option, target", [
+    ("--json", "checkpoint"), ("--hyp-out", "ref"), ("--hyp-out", "checkpoint_last"), ("--json", "dict"),
+])
+def test_evaluate_refuses_outputs_onto_inputs_and_live_checkpoints(toy_bin, trained, tmp_path, option, target):
+    save = tmp_path / "save"
+    shutil.copytree(trained.parent, save)
+    ref = tmp_path / "ref.txt"
+    shutil.copy(TOY / "test.tgt", ref)
+    path = {"checkpoint": save / "checkpoint_best.pt", "ref": ref, "checkpoint_last": save / "checkpoint_last.pt",
+            "dict": toy_bin / "dict.src.txt"}[target]
+    before = path.read_bytes()
+    proc = run("python", SCRIPTS / "evaluate.py", toy_bin, save / "checkpoint_best.pt", "--ref", ref, option, path,
+               check=False)
+    fails_with(proc, rf"^error: {option}: cannot write {re.escape(str(path))}: ")
+    assert path.read_bytes() == before and "translated" not in proc.stderr  # refused before decoding
+
+
+def test_evaluate_replaces_its_own_earlier_outputs_and_records_what_ran(toy_bin, trained, tmp_path):
+    args = ["--json", tmp_path / "s.json", "--hyp-out", tmp_path / "h.txt", "--", "--lenpen", "1.5"]
+    first = evaluate(toy_bin, trained, *args, check=True)
+    again = evaluate(toy_bin, trained, *args, check=True)
+    assert first.stdout == again.stdout and "sentences = 203" in first.stdout  # stdout: the scores only
+    assert "evaluate.py: translated: 203/203 sentences" in first.stderr  # progress goes to stderr
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["generate_args"] == ["--lenpen", "1.5"] and record["beam"] == 5 and record["post_process"] == ""
+
+
+def test_average_refuses_to_write_over_a_live_checkpoint_or_a_foreign_file(toy_bin, trained, tmp_path):
+    save = tmp_path / "save"
+    shutil.copytree(trained.parent, save)
+    live = (save / "checkpoint_last.pt").read_bytes()
+    script = SCRIPTS / "average_checkpoints.py"
+    proc = run("python", script, "--inputs", save / "checkpoint_best.pt", "--out", save / "checkpoint_last.pt",
+               check=False)
+    fails_with(proc, r"--out: cannot write .*checkpoint_last\.pt: the name is one fairseq-train writes")
+    assert (save / "checkpoint_last.pt").read_bytes() == live
+    (tmp_path / "notes.pt").write_text("mine")
+    fails_with(run("python", script, "--inputs", save / "checkpoint_best.pt", "--out", tmp_path / "notes.pt",
+                   check=False), r"exists and is not an earlier output of this kind")
+    run("python", script, "--inputs", save / "checkpoint_best.pt", "--out", tmp_path / "avg.pt")
+    run("python", script, "--inputs", save / "checkpoint_best.pt", "--out", tmp_path / "avg.pt")  # its own: replaced
+    assert torch.load(tmp_path / "avg.pt", weights_only=True)["extra_state"]["made_by"]["script"] == \
+        "average_checkpoints.py"
+
+
+# B. what a script records is what ran
+
+@pytest.mark.parametrize("extra, option", [
+    (["--beam", "1"], "--beam"), (["--gen-subset=valid"], "--gen-subset"), (["--path", "x.pt"], "--path"),
+    (["--remove-bpe", "sentencepiece"], "--remove-bpe"), (["-t", "src"], "-t"), (["--score-reference"], "--sc"),
+])
+def test_evaluate_refuses_pass_through_that_contradicts_what_it_records(toy_bin, trained, extra, option):
+    fails_with(evaluate(toy_bin, trained, "--", *extra), rf"^error: {option}\S* after -- would contradict")
+
+
+def test_distill_refuses_post_processing_its_targets(toy_bin, trained, tmp_path):
+    proc = run("python", SCRIPTS / "distill.py", toy_bin, trained, tmp_path / "kd", "--", "--post-process",
+               "sentencepiece", check=False)
+    fails_with(proc, r"^error: --post-process after -- would contradict .*dictionary's units")
+    fails_with(run("python", SCRIPTS / "distill.py", toy_bin, trained, toy_bin / "kd", check=False),
+               r"OUT: cannot write .*kd: it is inside the input folder")
+    assert not (tmp_path / "kd").exists() and not (toy_bin / "kd").exists()
+
+
+# C. tokenization is tied to the model
+
+def test_pieces_options_on_a_word_level_model_are_refused(toy_bin, trained, tmp_path):
+    fails_with(evaluate(toy_bin, trained, "--post-process", "sentencepiece"),
+               r"--post-process sentencepiece: the model's target dictionary holds words")
+    (tmp_path / "text").write_text((TOY / "train.src").read_text())
+    import sentencepiece as spm
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "text"), model_prefix=str(tmp_path / "spm"), vocab_size=30,
+                                   hard_vocab_limit=False, minloglevel=2)
+    fails_with(evaluate(toy_bin, trained, "--src-raw", TOY / "test.src", "--spm", tmp_path / "spm.model"),
+               r"--spm .*spm\.model: the model's source dictionary holds words")
+    proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--bpe", "sentencepiece",
+               "--sentencepiece-model", tmp_path / "spm.model", input="one two\n", check=False)
+    fails_with(proc, r"TokenizationError: .*spm\.model: the model's source dictionary holds words")
+
+
+# D. identity is compared, never averaged
+
+def test_average_refuses_checkpoints_of_other_dictionaries_of_the_same_size(toy_bin, swapped_bin, tmp_path):
+    train(toy_bin, tmp_path / "a", "--max-update", "1", "--disable-validation")
+    train(swapped_bin, tmp_path / "b", "--max-update", "1", "--disable-validation")
+    proc = run("python", SCRIPTS / "average_checkpoints.py", "--inputs", tmp_path / "a" / "checkpoint_last.pt",
+               tmp_path / "b" / "checkpoint_last.pt", "--out", tmp_path / "avg.pt", check=False)
+    fails_with(proc, r"b/checkpoint_last\.pt and .*a/checkpoint_last\.pt were trained with other source dictionaries")
+    assert not (tmp_path / "avg.pt").exists()
+
+
+# F. divergence ends a run
+
+@pytest.mark.parametrize("precision", [[], ["--amp"]])
+def test_a_diverging_run_stops_with_an_error_and_no_best_checkpoint(toy_bin, tmp_path, precision):
+    proc = train(toy_bin, tmp_path, "--optimizer", "sgd", "--lr", "1e38", "--max-update", "300", "--cpu",
+                 *precision, check=False, timeout=300)
+    fails_with(proc, r"TrainingDiverged: training diverged at update \d+: the gradients are not finite")
+    assert not (tmp_path / "checkpoint_best.pt").exists()
+
+
+# G. resume errors say what differs
+
+@pytest.mark.parametrize("change, named", [
+    (["--encoder-hidden-size", "64"], r"--encoder-hidden-size 128 \(this command: 64\)"),
+    (["--cell", "gru"], r"--cell lstm \(this command: gru\)"),
+    (["--decoder-embed-dim", "128", "--share-decoder-input-output-embed"],
+     r"--decoder-embed-dim 64 \(this command: 128\).*--share-decoder-input-output-embed False \(this command: True\)"),
+])
+def test_resuming_with_other_model_options_names_them(toy_bin, tmp_path, change, named):
+    train(toy_bin, tmp_path, "--max-update", "1", "--disable-validation")
+    proc = train(toy_bin, tmp_path, "--max-update", "2", "--disable-validation", *change, check=False)
+    fails_with(proc, rf"CheckpointError: checkpoint \S+checkpoint_last\.pt does not fit the model of this command: "
+                     rf"it was trained with .*{named}")
+    assert "architectures match" not in proc.stderr.splitlines()[-1]
+
+
+def test_resuming_on_another_dictionary_names_it(toy_bin, swapped_bin, tmp_path):
+    train(toy_bin, tmp_path, "--max-update", "1", "--disable-validation")
+    proc = train(swapped_bin, tmp_path, "--max-update", "2", "--disable-validation", check=False)
+    fails_with(proc, r"CheckpointError: checkpoint \S+checkpoint_last\.pt: the checkpoint was trained with a source "
+                     r"dictionary of \d+ entries")
+
+
+# H. decode paths answer every line
+
+def test_interactive_answers_empty_unknown_and_over_long_lines_and_keeps_going(toy_bin, trained):
+    lines = ["one two", "", "   ", "qqq zzz", " ".join(["one"] * 40), "three"]
+    proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--max-source-positions",
+               "20", input="".join(line + "\n" for line in lines))
+    hyps = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in proc.stdout.splitlines()
+            if line.startswith("H-")}
+    assert sorted(hyps) == list(range(6))
+    assert hyps[1] == hyps[2] == hyps[3] == hyps[4] == "" and hyps[0] and hyps[5]
+    assert "more than the model takes (20, --max-source-positions)" in proc.stdout + proc.stderr
+
+
+def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin, trained, tmp_path):
+    proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--beam", "0",
+               input="one\n", check=False)
+    fails_with(proc, r"ValueError: --beam must be at least 1, got 0")
+    folder = tmp_path / "model"
+    shutil.copytree(toy_bin, folder / "bin")
+    (folder / "ckpt").mkdir()
+    shutil.copy(trained, folder / "ckpt" / "checkpoint_best.pt")
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel\n"
+              "m = RNNSeq2SeqModel.from_pretrained(sys.argv[2]); print(m.translate(['one two', '', 'qqq'], beam=2))\n"
+              "try:\n    m.translate(['one'], beam=0)\nexcept ValueError as e:\n    print(e)\n"
+              "try:\n    RNNSeq2SeqModel.from_pretrained(sys.argv[2] + '-missing')\nexcept FileNotFoundError as e:\n"
+              "    print(e)\n")
+    out = run("python", "-c", script, ROOT, folder).stdout.splitlines()
+    assert out[0].endswith(", '', '']") and out[1] == "--beam must be at least 1, got 0"
+    assert out[2] == f"from_pretrained: model folder {folder}-missing does not exist"
+
+
+# I, J. what a path is, not what torch says; bounded readers
+
+def test_a_checkpoint_path_with_a_colon_is_evaluated(toy_bin, trained, tmp_path):
+    odd = tmp_path / "run:1"
+    odd.mkdir()
+    shutil.copy(trained, odd / "best.pt")
+    assert "sentences = 203" in evaluate(toy_bin, odd / "best.pt", check=True).stdout
+    fails_with(evaluate(toy_bin, tmp_path / "run:2" / "best.pt"), r"separates the checkpoints of an ensemble")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "folder"])
+def test_special_files_are_named_and_never_read(toy_bin, trained, tmp_path, kind):
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "ref")
+    path = {"fifo": tmp_path / "ref", "zero": "/dev/zero", "folder": tmp_path}[kind]
+    proc = run("python", SCRIPTS / "evaluate.py", toy_bin, trained, "--ref", path, check=False, timeout=120)
+    fails_with(proc, r"^error: --ref \S+ is a (FIFO|character device|folder)")
+    fails_with(evaluate(toy_bin, path, timeout=120), r"^error: checkpoint \S+ is a (FIFO|character device|folder)")

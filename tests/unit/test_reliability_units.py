@@ -1,0 +1,256 @@
+"""The reliability mechanisms one by one: outputs never replace inputs, pass-through options,
+tokenization tied to the dictionary, empty answers, divergence, load errors, bounded readers."""
+import gzip
+import math
+import os
+import re
+
+import pytest
+import sentencepiece as spm
+import torch
+from fairseq import checkpoint_utils
+from fairseq.data import Dictionary
+from fairseq.dataclass.configs import CheckpointConfig, GenerationConfig
+
+from helpers import ROOT, TOY, build, run
+from user_dir.checkpoint_files import CheckpointError, check_file, split_ensemble
+from user_dir.dictionaries import TokenizationError, check_pieces, piece_vocabulary
+from user_dir.files import OutputError, check_distinct, check_output, not_a_file
+from user_dir.patches.amp import MAX_SKIPPED, NoScaler
+from user_dir.patches.checkpoints import option_differences
+from user_dir.patches.decoding import nothing_to_translate
+from user_dir.patches.divergence import TrainingDiverged
+from user_dir.text import MAX_LINE_BYTES, TextError, read_lines
+from user_dir.workflow import check_pass_through
+
+# A. outputs never overwrite inputs or a live run
+
+
+@pytest.fixture
+def run_files(tmp_path):
+    (tmp_path / "ref.txt").write_text("a\nb\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "dict.src.txt").write_text("a 1\n")
+    (tmp_path / "save").mkdir()
+    (tmp_path / "save" / "checkpoint_last.pt").write_bytes(b"live")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, message", [
+    ("ref.txt", r"it is an input of this run"),
+    ("bin/dict.src.txt", r"it is inside the input folder"),
+    ("save/checkpoint_last.pt", r"one fairseq-train writes"),
+    ("save/checkpoint_best.pt", r"one fairseq-train writes"),
+    ("bin", r"it is an input of this run"),
+    ("save", r"it is a folder, not a regular file"),
+    ("notes.txt", r"exists and is not an earlier output"),
+    ("nowhere/out.txt", r"folder .*nowhere does not exist"),
+])
+def test_an_output_that_would_replace_something_is_refused_by_name(run_files, name, message):
+    (run_files / "notes.txt").write_text("keep me\n")
+    inputs = [run_files / "ref.txt", run_files / "bin"]
+    with pytest.raises(OutputError, match=rf"^--out: cannot write {re.escape(str(run_files / name))}: .*({message})"):
+        check_output(run_files / name, "--out", inputs, previous=lambda p: False)
+    assert (run_files / "notes.txt").read_text() == "keep me\n"
+
+
+def test_an_earlier_output_of_the_same_kind_may_be_replaced(run_files):
+    (run_files / "scores.json").write_text("{}")
+    check_output(run_files / "scores.json", "--json", [run_files / "ref.txt"], previous=lambda p: True)
+    check_output(run_files / "new.json", "--json", [run_files / "ref.txt"])
+    with pytest.raises(OutputError, match="--hyp-out and --json name the same file"):
+        check_distinct({"--hyp-out": run_files / "x", "--json": run_files / "x"})
+
+
+# B. arguments after -- never contradict what a script sets and records
+
+OWNED = {"beam": "use --beam", "post_process": "use --post-process", "source_lang": "DATA_BIN's", "path": "CKPT"}
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--beam", "3"], "--beam"), (["--beam=3"], "--beam"), (["--remove-bpe", "sentencepiece"], "--remove-bpe"),
+    (["-s", "tgt"], "-s"), (["--lenpen", "1", "--path", "x.pt"], "--path"),
+])
+def test_pass_through_options_that_contradict_the_script_are_named(extra, named):
+    with pytest.raises(SystemExit, match=rf"^error: {named} after -- would contradict"):
+        check_pass_through(extra, OWNED)
+
+
+def test_other_pass_through_options_are_kept():
+    extra = ["--lenpen", "1.2", "--nbest", "3", "--unkpen", "0"]
+    assert check_pass_through(extra, OWNED) == extra
+
+
+# C. a sentencepiece model is checked against the dictionary it made
+
+def spm_and_dictionary(folder, lines, size=40):
+    (folder / "text").write_text("".join(line + "\n" for line in lines))
+    spm.SentencePieceTrainer.train(input=str(folder / "text"), model_prefix=str(folder / "spm"), vocab_size=size,
+                                   model_type="unigram", hard_vocab_limit=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    d = Dictionary()
+    for pieces in sp.encode(lines, out_type=str):
+        for piece in pieces:
+            d.add_symbol(piece)
+    d.finalize(padding_factor=8)  # as fairseq-preprocess: madeupword entries
+    return sp, d
+
+
+def test_sentencepiece_model_is_checked_against_the_dictionary_in_every_direction(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    toy = (TOY / "train.src").read_text().splitlines()[:500]
+    sp, pieces_dict = spm_and_dictionary(tmp_path / "a", toy)
+    other, _ = spm_and_dictionary(tmp_path / "b", [line.upper() for line in toy])  # same size, other pieces
+    check_pieces(pieces_dict, piece_vocabulary(sp), "spm.model", "source")  # its own: accepted
+    with pytest.raises(TokenizationError, match=r"^other\.model is not the sentencepiece model that made"):
+        check_pieces(pieces_dict, piece_vocabulary(other), "other.model", "source")
+    words = Dictionary()
+    for w in ("one", "two", "three"):
+        words.add_symbol(w)
+    with pytest.raises(TokenizationError, match=r"dictionary holds words, not sentencepiece pieces"):
+        check_pieces(words, piece_vocabulary(sp), "spm.model", "target")
+
+
+# D/G. what differs between a checkpoint and a command line is named
+
+def test_option_differences_name_each_option():
+    saved = {"_name": "rnn_seq2seq", "encoder_hidden_size": 128, "cell": "lstm", "share_all_embeddings": False}
+    now = {"_name": "rnn_seq2seq", "encoder_hidden_size": 64, "cell": "gru", "share_all_embeddings": True}
+    assert option_differences(saved, now) == ["--cell lstm (this command: gru)",
+                                              "--encoder-hidden-size 128 (this command: 64)",
+                                              "--share-all-embeddings False (this command: True)"]
+
+
+# F. divergence ends a run
+
+def test_a_non_finite_validation_metric_is_never_saved(tmp_path):
+    class Trainer:  # only what the check reads before anything is saved
+        def get_num_updates(self):
+            return 7
+
+    cfg = CheckpointConfig(save_dir=str(tmp_path))
+    for value in (math.nan, math.inf):
+        with pytest.raises(TrainingDiverged, match=rf"by update 7: validation loss is {value}; nothing was saved"):
+            checkpoint_utils.save_checkpoint(cfg, Trainer(), None, value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bfloat16_path_stops_after_a_run_of_non_finite_updates():
+    param = torch.nn.Parameter(torch.ones(2))
+
+    class Optimizer:
+        params = [param]
+        steps = 0
+
+        def step(self):
+            self.steps += 1
+
+    scaler, optimizer = NoScaler(), Optimizer()
+    param.grad = torch.tensor([1.0, math.nan])
+    for _ in range(MAX_SKIPPED - 1):
+        scaler.step(optimizer)
+    param.grad = torch.ones(2)
+    scaler.step(optimizer)  # a finite update resets the count
+    param.grad = torch.tensor([math.inf, 1.0])
+    for _ in range(MAX_SKIPPED - 1):
+        scaler.step(optimizer)
+    with pytest.raises(FloatingPointError, match=rf"{MAX_SKIPPED} updates in a row"):
+        scaler.step(optimizer)
+    assert optimizer.steps == 1
+
+
+# H. decode paths: no made-up sentence, beam below 1 refused
+
+def test_sources_without_a_known_word_get_an_empty_translation(task):
+    model = build(task)
+    d = task.source_dictionary
+    src = torch.tensor([[d.pad(), d.pad(), d.eos()], [d.unk(), d.unk(), d.eos()], [d.index("w3"), d.unk(), d.eos()]])
+    assert nothing_to_translate(src, d.pad(), d.eos(), d.unk()).tolist() == [True, True, False]
+    generator = task.build_generator([model], GenerationConfig(beam=2, max_len_b=5))
+    sample = {"id": torch.arange(3), "net_input": {"src_tokens": src, "src_lengths": torch.tensor([1, 3, 3])}}
+    hypos = task.inference_step(generator, [model], sample)
+    assert [h[0]["tokens"].tolist() for h in hypos[:2]] == [[d.eos()], [d.eos()]]
+    assert len(hypos[2]) == 2  # the sentence with a known word is translated as before
+
+
+@pytest.mark.parametrize("option", ["beam", "nbest"])
+def test_a_beam_or_nbest_below_one_is_refused(task, option):
+    with pytest.raises(ValueError, match=rf"--{option} must be at least 1, got 0"):
+        task.build_generator([build(task)], GenerationConfig(**{option: 0}))
+
+
+# I. error text from what the file is, not from torch's wording
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_named_as_such(tmp_path):
+    os.mkfifo(tmp_path / "pipe.pt")
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"pipe\.pt is a FIFO \(named pipe\), not a regular file"):
+        check_file(str(tmp_path / "pipe.pt"))  # returns at once: never opened
+    with pytest.raises(CheckpointError, match=r"folder\.pt is a folder, not a regular file"):
+        check_file(str(tmp_path / "folder.pt"))
+    assert not_a_file("/dev/null") == "is a character device, not a regular file"
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_pickled_code_is_recognised_from_the_archive(tmp_path, protocol):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "x": Exploit()}, path, pickle_protocol=protocol)
+    with pytest.raises(CheckpointError, match=r"not allowed .*Unsupported global\(s\) (posix|os)\.system$") as e:
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert "weights_only" not in str(e.value)
+
+
+def test_a_colon_in_a_checkpoint_path_is_one_file_when_it_exists(tmp_path):
+    path = tmp_path / "run:1.pt"
+    path.write_bytes(b"x")
+    assert split_ensemble(str(path)) == [str(path)]
+    with pytest.raises(CheckpointError, match=r"does not exist \(':' in .* separates the checkpoints of an ensemble"):
+        split_ensemble(str(tmp_path / "run:2.pt"))
+
+
+FULL_DISK = """
+import resource, signal, sys
+sys.path.insert(0, sys.argv[1])
+import torch, user_dir
+from fairseq import checkpoint_utils
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+checkpoint_utils.torch_persistent_save({"w": torch.randn(100, 100)}, sys.argv[2])
+"""
+
+
+def test_a_write_that_fails_names_the_path_and_keeps_the_old_file(tmp_path):
+    """A size limit (RLIMIT_FSIZE) fails writes as a full disk does; the checkpoint save names the path."""
+    target = tmp_path / "checkpoint_last.pt"
+    target.write_bytes(b"old")
+    proc = run("python", "-c", FULL_DISK, ROOT, target, check=False)
+    assert proc.returncode != 0
+    assert f"WriteError: cannot write {target}: File too large" in proc.stderr
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt"]
+
+
+# J. text readers are bounded
+
+def test_special_files_are_refused_without_reading(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(TextError, match=r"fifo is a FIFO \(named pipe\), not a regular file"):
+        read_lines(tmp_path / "fifo")
+    with pytest.raises(TextError, match=r"/dev/zero is a character device"):
+        read_lines("/dev/zero")
+    with pytest.raises(TextError, match=r"is a folder"):
+        read_lines(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["long.txt", "long.txt.gz"])
+def test_an_unbounded_line_is_refused(tmp_path, name):
+    data = b"ein hund\n" + b"\0" * (MAX_LINE_BYTES + 10)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(TextError, match=rf"{name} line 2: longer than {MAX_LINE_BYTES} bytes"):
+        read_lines(path)

@@ -1,0 +1,32 @@
+"""Token embeddings and the dropouts around the recurrences."""
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def embedding(num: int, dim: int, padding_idx: int, init: str, output: bool = False) -> nn.Embedding:
+    """Token embeddings, the padding row zero. ``init`` "uniform": U(-0.1, 0.1); "torch": N(0, 1),
+    or N(0, 1/dim) when the table is also the output projection (``output``), so that the first
+    logits have unit scale, as in fairseq's transformer."""
+    m = nn.Embedding(num, dim, padding_idx=padding_idx)
+    if init == "uniform":
+        nn.init.uniform_(m.weight, -0.1, 0.1)
+    elif output:
+        nn.init.normal_(m.weight, mean=0.0, std=dim ** -0.5)
+    nn.init.zeros_(m.weight[padding_idx])
+    return m
+
+
+def embed_words(tokens: Tensor, embed: nn.Embedding, word_dropout: float, dropout: nn.Dropout) -> Tensor:
+    """B x T tokens -> B x T x E embeddings; in training (``dropout.training``) each token's whole
+    embedding is zeroed with probability ``word_dropout`` (one mask entry per token), then ``dropout``."""
+    x = embed(tokens)
+    if word_dropout > 0 and dropout.training:
+        x = x * F.dropout(x.new_ones(*tokens.shape, 1), word_dropout)
+    return dropout(x)
+
+
+def dropout_layer(cfg, where: str) -> nn.Dropout:
+    """``--dropout-in`` or ``--dropout-out`` (``where``), which default to ``--dropout``."""
+    p = getattr(cfg, f"dropout_{where}", None)
+    return nn.Dropout(cfg.dropout if p is None else p)
