@@ -25,13 +25,14 @@ import sys
 from pathlib import Path
 
 import torch
+from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
+import user_dir.patches  # noqa: E402,F401  (fairseq's checkpoint_utils with safe loads and atomic saves)
 from user_dir.checkpoint_files import CheckpointError  # noqa: E402
 from user_dir.dictionaries import FINGERPRINT_KEYS, as_hex  # noqa: E402
 from user_dir.files import OutputError, WriteError, check_output  # noqa: E402
-from user_dir.patches.checkpoints import checkpoint_utils  # noqa: E402  (fairseq's, with safe loads, atomic saves)
 from user_dir.workflow import positive  # noqa: E402
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")

@@ -27,7 +27,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
 from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble  # noqa: E402
 from user_dir.files import OutputError, check_output  # noqa: E402
-from user_dir.workflow import USER_DIR, check_pass_through, language_pair, positive, progress, run_fairseq, split_size  # noqa: E402
+from user_dir.workflow import (  # noqa: E402
+    USER_DIR,
+    binarize_with,
+    check_pass_through,
+    language_pair,
+    positive,
+    progress,
+    run_fairseq,
+    split_size,
+)
 
 # fairseq-generate destinations that distill.py sets itself -> what to use instead
 OWNED = {"path": "give the teacher as TEACHER", "beam": "use distill.py's --beam", "gen_subset": "the training split",
@@ -87,10 +96,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent))
     for lang, lines in ((src, sources), (tgt, hyps)):
         (work / f"train.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    run_fairseq(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
-                 "--srcdict", str(args.data_bin / f"dict.{src}.txt"),
-                 "--tgtdict", str(args.data_bin / f"dict.{tgt}.txt"),
-                 "--trainpref", str(work / "train"), "--destdir", str(work / "bin"), "--workers", "1"])
+    binarize_with(args.data_bin, "train", work / "train", work / "bin")
     for path in args.data_bin.glob("*.*-*.*.*"):  # the other splits, unchanged
         if not path.name.startswith("train."):
             shutil.copy2(path, work / "bin" / path.name)

@@ -28,6 +28,7 @@ it). The JSON records the options that ran, the arguments after ``--`` included.
 reports its progress on stderr (stdout is unchanged).
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -40,15 +41,23 @@ from fairseq.data import Dictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
 from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble  # noqa: E402
-from user_dir.dictionaries import TokenizationError, check_pieces, piece_vocabulary, uses_sentencepiece  # noqa: E402
+from user_dir.dictionaries import (  # noqa: E402
+    PIECE_START,
+    TokenizationError,
+    check_pieces,
+    piece_vocabulary,
+    uses_sentencepiece,
+)
 from user_dir.files import OutputError, WriteError, atomic_write, check_distinct, check_output, not_a_file  # noqa: E402
 from user_dir.text import TextError, read_lines  # noqa: E402
 from user_dir.workflow import (  # noqa: E402
     USER_DIR,
+    binarize_with,
     check_pass_through,
     encode_pieces,
     language_pair,
     positive,
+    prepared_record,
     progress,
     run_fairseq,
     split_size,
@@ -88,14 +97,17 @@ def hypotheses(generate_output: list[str]) -> list[str]:
     return [hyps[i] for i in sorted(hyps)]
 
 
-def earlier_hypotheses(sentences: int):
-    """Recognise an earlier --hyp-out of this test set: UTF-8 text of exactly ``sentences`` lines."""
-    def recognise(path: Path) -> bool:
-        try:
-            return path.read_bytes().decode("utf-8").count("\n") == sentences
-        except (OSError, UnicodeDecodeError):
-            return False
-    return recognise
+def hypotheses_record(path: Path) -> Path:
+    """Where evaluate.py keeps the SHA-256 of a --hyp-out it wrote: how it knows its own outputs."""
+    return path.parent / f".{path.name}.evaluate.sha256"
+
+
+def earlier_hypotheses(path: Path) -> bool:
+    """Recognise a --hyp-out that evaluate.py wrote and nobody changed since (its recorded hash)."""
+    try:
+        return hypotheses_record(path).read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return False
 
 
 def earlier_scores(path: Path) -> bool:
@@ -135,7 +147,7 @@ def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     inputs = [Path(p) for p in (args.data_bin, args.ref, args.src_raw, args.spm, args.generate_log, *checkpoints) if p]
     check_distinct({"--hyp-out": args.hyp_out, "--json": args.json})
     if args.hyp_out:
-        check_output(args.hyp_out, "--hyp-out", inputs, earlier_hypotheses(sentences))
+        check_output(args.hyp_out, "--hyp-out", inputs, earlier_hypotheses)
     if args.json:
         check_output(args.json, "--json", inputs, earlier_scores)
     check_tokenization(args)
@@ -151,8 +163,8 @@ def check_tokenization(args: argparse.Namespace) -> None:
         raise SystemExit("error: --post-process sentencepiece: the model's target dictionary holds words, not "
                          "sentencepiece pieces; leave it out, or the words are joined wrongly")
     if uses_sentencepiece(dicts["target"]) and args.post_process != "sentencepiece" and not args.generate_log:
-        raise SystemExit("error: the model writes sentencepiece pieces (its dictionary's entries start with \u2581): "
-                         "pass --post-process sentencepiece, or the score is computed on pieces")
+        raise SystemExit(f"error: the model writes sentencepiece pieces (its dictionary's entries start with "
+                         f"{PIECE_START}): pass --post-process sentencepiece, or the score is computed on pieces")
     if args.spm:
         pieces = piece_vocabulary(spm.SentencePieceProcessor(model_file=str(args.spm)))
         for side, dictionary in dicts.items():
@@ -171,9 +183,7 @@ def binarize_raw(data_bin: Path, sources: list[str], refs: list[str], spm_model:
         if sp is not None:
             lines = encode_pieces(sp, lines)
         (work / f"test.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    run_fairseq(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
-                 "--srcdict", str(data_bin / f"dict.{src}.txt"), "--tgtdict", str(data_bin / f"dict.{tgt}.txt"),
-                 "--testpref", str(work / "test"), "--destdir", str(work / "bin"), "--workers", "1"])
+    binarize_with(data_bin, "test", work / "test", work / "bin")
     return str(work / "bin")
 
 
@@ -192,8 +202,8 @@ def prepared_defaults(args: argparse.Namespace) -> None:
     text of --subset that prepare.py kept (OUT/prepare.json names it), --post-process its tokenization."""
     if args.ref is not None:
         return
-    record = Path(args.data_bin).parent / "prepare.json"
-    made = json.loads(record.read_text()) if record.is_file() and not args.src_raw else {}
+    record = Path(args.data_bin).resolve().parent / "prepare.json"
+    made = prepared_record(Path(args.data_bin)) if not args.src_raw else {}
     raw = made.get("raw", {}).get(args.subset, {}).get(made.get("tgt"))
     if raw is None:
         raise SystemExit(f"error: --ref is required: {record} names no raw text of split '{args.subset}'"
@@ -235,7 +245,7 @@ def main() -> None:
             checkpoint = fairseq_ensemble(split_ensemble(args.checkpoint), Path(work))
             hyps = generate(data_bin, checkpoint, subset, args.beam, args.post_process, args.batch_size, extra,
                             len(refs))
-    elif any("\u2581" in h for h in hyps):
+    elif any(PIECE_START in h for h in hyps):
         raise SystemExit(f"error: {args.generate_log} holds sentencepiece pieces: decode with --post-process "
                          "sentencepiece, or the score is computed on pieces")
     result = score(hyps, refs)
@@ -245,8 +255,11 @@ def main() -> None:
     result.update(**made_by, source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}")
     try:
         if args.hyp_out:
-            with atomic_write(args.hyp_out, "w", encoding="utf-8") as f:
-                f.write("".join(h + "\n" for h in hyps))
+            text = "".join(h + "\n" for h in hyps).encode("utf-8")
+            with atomic_write(args.hyp_out) as f:
+                f.write(text)
+            with atomic_write(hypotheses_record(Path(args.hyp_out))) as f:
+                f.write(hashlib.sha256(text).hexdigest().encode() + b"\n")
         if args.json:
             with atomic_write(args.json, "w") as f:
                 f.write(json.dumps(result, indent=2) + "\n")

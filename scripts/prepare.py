@@ -52,7 +52,7 @@ import sentencepiece as spm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
 from user_dir.files import FolderBusy, atomic_write, lock_folder, remove_orphans  # noqa: E402
 from user_dir.text import TextError, read_lines  # noqa: E402
-from user_dir.workflow import ROOT, encode_pieces, run_fairseq  # noqa: E402
+from user_dir.workflow import ROOT, at_least, encode_pieces, run_fairseq  # noqa: E402
 
 SHARED_RAW = ROOT.parent / "shared" / "data" / "multi30k"
 DEFAULT_RAW = SHARED_RAW if SHARED_RAW.is_dir() else ROOT / "runs" / "multi30k" / "raw"
@@ -236,19 +236,6 @@ def finish(out: Path, wanted: dict, data: dict[str, Pairs]) -> None:
     (out / PENDING).unlink(missing_ok=True)
 
 
-def positive(option: str, minimum: int = 1):
-    """An argparse type: an integer >= minimum, or one line naming the option."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"{option} takes a whole number >= {minimum}, got {text!r}")
-        return value
-    return parse
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", type=Path, metavar="PREFIX",
@@ -256,9 +243,9 @@ def main() -> None:
     for split in SPLITS:
         optional = " (optional)" if split == "test" else ""
         p.add_argument(f"--{split}", type=Path, metavar="PREFIX", help=f"the {split} split's files{optional}")
-    p.add_argument("--valid-size", type=positive("--valid-size"),
+    p.add_argument("--valid-size", type=at_least(1),
                    help=f"--corpus: validation pairs (default 1/{HELD_OUT_SHARE} of the pairs, 1 to {HELD_OUT_MAX})")
-    p.add_argument("--test-size", type=positive("--test-size", 0),
+    p.add_argument("--test-size", type=at_least(0),
                    help="--corpus: test pairs (default as --valid-size; 0: no test split)")
     p.add_argument("--seed", type=int, default=1, help="--corpus: seed of the held-out draw (default 1)")
     p.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW, help="folder of raw {prefix}.{lang}[.gz] files")
@@ -266,7 +253,7 @@ def main() -> None:
                    help="raw file prefixes in --raw-dir of train, valid and test (default: Multi30k's names)")
     p.add_argument("--src", default="de", help="source language suffix")
     p.add_argument("--tgt", default="en", help="target language suffix")
-    p.add_argument("--vocab-size", type=positive("--vocab-size", MIN_VOCAB), default=4000,
+    p.add_argument("--vocab-size", type=at_least(MIN_VOCAB), default=4000,
                    help="joint sentencepiece vocabulary size (the default was chosen on Multi30k: README)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/NAME/SRC-TGT, NAME: multi30k, the "
                                             "--corpus file name or the --raw-dir name; required with --train)")

@@ -18,9 +18,13 @@
 # refused. Exit status 0 exactly when training finished ("done training").
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-[ $# -ge 2 ] || { sed -n '2,21p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,18p' "$0"; exit 2; }
+threads="${OMP_NUM_THREADS:-}"
 source "$root/scripts/env.sh"
 data="$1" save="$2"; shift 2
+if [ -z "$threads" ] && [[ "${NPROC:-1}" =~ ^[0-9]+$ ]] && [ "${NPROC:-1}" -gt 1 ]; then
+    export OMP_NUM_THREADS=$(( ($(nproc) + NPROC - 1) / NPROC ))  # NPROC processes share the cores
+fi
 compgen -G "$data/dict.*.txt" > /dev/null ||
     { echo "error: $data holds no fairseq-preprocess output (dict.*.txt); scripts/prepare.py makes it" >&2; exit 2; }
 mkdir -p "$save"

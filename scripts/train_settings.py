@@ -34,10 +34,12 @@ from fairseq.optim import lr_scheduler  # noqa: E402,F401
 from fairseq.registry import REGISTRIES  # noqa: E402
 
 from user_dir.dictionaries import uses_sentencepiece  # noqa: E402
-from user_dir.workflow import language_pair  # noqa: E402
+from user_dir.files import atomic_write  # noqa: E402
+from user_dir.workflow import language_pair, prepared_record  # noqa: E402
 
 MAX_TOKENS = 2048
 VALIDATE_EVERY = 200  # updates between validations, about (whole epochs, or updates for long epochs)
+MIN_VALIDATIONS = 5  # a run short in epochs still validates (selects, stops early, shrinks the rate) this often
 LONG_EPOCH = 2000  # updates an epoch above which validation and checkpoints go by updates
 MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs); Multi30k: 9 epochs = 2,300
 WARMUP = 100  # learning-rate warmup updates, at most a tenth of the run
@@ -92,8 +94,7 @@ def env_number(name: str, kind: type, minimum: float, meaning: str) -> float | N
 
 def corpus(data: Path) -> dict:
     """Tokenization, training pairs and tokens of DATA_BIN (prepare.json where prepare.py made it)."""
-    record = data.parent / "prepare.json"
-    made = json.loads(record.read_text()) if record.is_file() and (data.parent / "bin").resolve() == data else {}
+    made = prepared_record(data)
     src, tgt = language_pair(data)
     tokenization = made.get("tokenization")
     if tokenization is None:
@@ -167,7 +168,8 @@ def cpu_precision() -> tuple[bool, str]:
         cache[key], how = probe(), "measured now"
         try:
             CACHE.parent.mkdir(parents=True, exist_ok=True)
-            CACHE.write_text(json.dumps(cache, indent=2))
+            with atomic_write(CACHE, "w") as f:  # concurrent runs never read half a file
+                f.write(json.dumps(cache, indent=2))
         except OSError:
             how += ", not cached"
     speedup = cache[key]["bf16_speedup"]
@@ -200,7 +202,8 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str], list[
     stop += f"; wall-clock limit {budget} h" if budget else "; no wall-clock limit"
     args += ["--patience", str(patience)] + (["--stop-time-hours", str(budget)] if budget else [])
     if per_epoch <= LONG_EPOCH:
-        every = max(1, round(VALIDATE_EVERY / per_epoch))
+        # about every VALIDATE_EVERY updates, and at least MIN_VALIDATIONS times in the run
+        every = max(1, min(round(VALIDATE_EVERY / per_epoch), total // (MIN_VALIDATIONS * per_epoch)))
         max_epoch = int(given(extra, "--max-epoch") or 0)
         while max_epoch and max_epoch % every:  # the last epoch of a --max-epoch run is validated and saved
             every -= 1
@@ -242,6 +245,9 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str], list[
 
 
 def main() -> None:
+    if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     args_file, data, save, *extra = sys.argv[1:]
     args, lines = settings(Path(data).resolve(), Path(save), extra)
     Path(args_file).write_text("".join(a + "\n" for a in args))

@@ -7,6 +7,7 @@ Importing this module defines names only; like every ``user_dir`` module it load
 (``user_dir/__init__.py``: fairseq's repairs and registrations), which the scripts need anyway.
 """
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -58,15 +59,38 @@ def progress(total: int, what: str, kind: str = "H-", every: Optional[int] = Non
     return on_line
 
 
-def positive(text: str) -> int:
-    """argparse type: a whole number of at least 1 (a beam, a batch size, a count)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number of at least ``minimum`` (a beam, a size, a count)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"takes a whole number >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+positive = at_least(1)
+
+
+def prepared_record(data_bin: Path) -> dict:
+    """prepare.json of OUT when DATA_BIN is OUT/bin made by scripts/prepare.py, else {}."""
+    record = Path(data_bin).resolve().parent / "prepare.json"
+    if not record.is_file() or (record.parent / "bin").resolve() != Path(data_bin).resolve():
+        return {}
+    return json.loads(record.read_text())
+
+
+def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path) -> None:
+    """fairseq-preprocess of the raw pair PREFIX.{src,tgt} as SPLIT into DESTDIR with DATA_BIN's
+    dictionaries, so that the model sees exactly its training vocabulary."""
+    src, tgt = language_pair(Path(data_bin))
+    dicts = [f"--{side}dict" for side in ("src", "tgt")]
+    run_fairseq(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
+                 dicts[0], str(Path(data_bin) / f"dict.{src}.txt"), dicts[1], str(Path(data_bin) / f"dict.{tgt}.txt"),
+                 f"--{split}pref", str(prefix), "--destdir", str(destdir), "--workers", "1"])
 
 
 def _generate_options() -> dict:

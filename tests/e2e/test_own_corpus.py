@@ -1,4 +1,4 @@
-"""A new user's path on their own data (issue 29), end to end on a tiny generated corpus:
+"""A new user's path on their own data, end to end on a tiny generated corpus:
 one file pair -> prepare.py --corpus -> train.sh --max-update N (exactly N) -> NPROC=2 training,
 interrupted and resumed -> evaluate.py OUT/bin CKPT (no --ref) -> from_pretrained(OUT).translate;
 and what train.sh picks (precision, schedule, exit status) and the packaging extras."""
@@ -71,8 +71,8 @@ def test_prepare_holds_out_disjoint_deterministic_splits(corpus, prepared, tmp_p
 
 @pytest.mark.parametrize("args, message", [
     (["--src", "src", "--tgt", "src"], "--src and --tgt are both 'src'"),
-    (["--vocab-size", "3"], "--vocab-size takes a whole number >= 8, got '3'"),
-    (["--valid-size", "0"], "--valid-size takes a whole number >= 1"),
+    (["--vocab-size", "3"], "--vocab-size: takes a whole number >= 8, got '3'"),
+    (["--valid-size", "0"], "--valid-size: takes a whole number >= 1"),
     (["--valid-size", "400"], "would leave fewer than half of the"),
     (["--train", "CORPUS"], "--corpus takes one file pair and holds out valid and test itself: leave out --train"),
     (["--out", "OUT/raw"], "would overwrite the input"),

@@ -70,6 +70,13 @@ def test_evaluate_replaces_its_own_earlier_outputs_and_records_what_ran(toy_bin,
     assert "evaluate.py: translated: 203/203 sentences" in first.stderr  # progress goes to stderr
     record = json.loads((tmp_path / "s.json").read_text())
     assert record["generate_args"] == ["--lenpen", "1.5"] and record["beam"] == 5 and record["post_process"] == ""
+    foreign = tmp_path / "mine.txt"  # as many lines as the test set, but not evaluate.py's: kept
+    shutil.copy(TOY / "test.tgt", foreign)
+    (tmp_path / "h.txt").write_text((tmp_path / "h.txt").read_text() + "edited by hand\n")
+    for path in (foreign, tmp_path / "h.txt"):
+        before = path.read_bytes()
+        fails_with(evaluate(toy_bin, trained, "--hyp-out", path), r"exists and is not an earlier output of this kind")
+        assert path.read_bytes() == before
 
 
 def test_average_refuses_to_write_over_a_live_checkpoint_or_a_foreign_file(toy_bin, trained, tmp_path):
