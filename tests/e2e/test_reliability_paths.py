@@ -97,6 +97,23 @@ def test_average_refuses_to_write_over_a_live_checkpoint_or_a_foreign_file(toy_b
         "average_checkpoints.py"
 
 
+def test_ema_weights_of_other_data_are_refused_and_the_note_is_not_under_ema(trained, tmp_path):
+    """D: --ema compares the EMA weights' dictionary fingerprints with the model's; what it writes
+    notes its origin under made_by, never under the key fairseq reads back as EMA weights."""
+    state = torch.load(trained, weights_only=True)
+    state["extra_state"]["ema"] = {k: v.clone() for k, v in state["model"].items()}
+    script = SCRIPTS / "average_checkpoints.py"
+    torch.save(state, tmp_path / "same.pt")
+    run("python", script, "--ema", tmp_path / "same.pt", "--out", tmp_path / "ema.pt")
+    extra = torch.load(tmp_path / "ema.pt", weights_only=True)["extra_state"]
+    assert "ema" not in extra and extra["made_by"]["script"] == "average_checkpoints.py"
+    state["extra_state"]["ema"]["target_dictionary_fingerprint"] = state["model"]["target_dictionary_fingerprint"] + 1
+    torch.save(state, tmp_path / "mixed.pt")
+    fails_with(run("python", script, "--ema", tmp_path / "mixed.pt", "--out", tmp_path / "x.pt", check=False),
+               r"^error: the EMA weights of .*mixed\.pt and .*mixed\.pt were trained with other target dictionaries")
+    assert not (tmp_path / "x.pt").exists()
+
+
 # B. what a script records is what ran
 
 @pytest.mark.parametrize("extra, option", [

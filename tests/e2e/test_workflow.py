@@ -44,7 +44,7 @@ def trained_dir(prepared):
     """scripts/train.sh with tiny sizes; the model directory then holds spm.model, bin/, ckpt/."""
     # no early stopping: the toy's BLEU in the first epochs is noise, and stopping on it made the
     # model's quality hang on rounding (a change in the loss's last bit once stopped it at 196 updates)
-    run("bash", SCRIPTS / "train.sh", prepared / "bin", prepared / "ckpt", *TINY, "--max-update", "400",
+    run("bash", SCRIPTS / "train.sh", prepared / "bin", prepared / "ckpt", *TINY, "--max-update", "600",
         env={"BUDGET_HOURS": "0.1", "PATIENCE": "0"})
     return prepared
 
