@@ -206,6 +206,26 @@ def test_interactive_answers_empty_unknown_and_over_long_lines_and_keeps_going(t
     assert "more than the model takes (20, --max-source-positions)" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("command", ["fairseq-interactive", "fairseq-generate"])
+def test_pieces_removal_on_a_word_level_model_is_refused(toy_bin, trained, command):
+    """C: --post-process sentencepiece would join a word-level model's words: refused by name."""
+    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--post-process", "sentencepiece",
+               input="one two\n", check=False)
+    fails_with(proc, r"--post-process sentencepiece: the model's target dictionary holds words")
+
+
+def test_interactive_with_alignments_answers_an_empty_line_with_nothing(toy_bin, tmp_path):
+    """--print-alignment decodes through fairseq's other generator: it answers empty lines too."""
+    train(toy_bin, tmp_path, "--decoder-attention", "multiplicative", "--max-update", "20", "--no-epoch-checkpoints",
+          "--disable-validation")
+    proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", tmp_path / "checkpoint_last.pt",
+               "--print-alignment", input="one two\n\nthree\n")
+    hyps = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in proc.stdout.splitlines()
+            if line.startswith("H-")}
+    alignments = [line for line in proc.stdout.splitlines() if line.startswith("A-")]
+    assert sorted(hyps) == [0, 1, 2] and hyps[1] == "" and len(alignments) == 3, proc.stdout
+
+
 def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin, trained, tmp_path):
     proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--beam", "0",
                input="one\n", check=False)

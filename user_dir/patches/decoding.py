@@ -16,11 +16,12 @@ validate their input as the file readers do, at the points every path passes thr
 import logging
 
 import torch
-from fairseq.sequence_generator import SequenceGenerator
+from fairseq import utils
+from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks import FairseqTask
 from fairseq.tasks.translation import TranslationTask
 
-from ..dictionaries import PIECE_START, check_pieces, piece_vocabulary, uses_sentencepiece
+from ..dictionaries import PIECE_START, TokenizationError, check_pieces, piece_vocabulary, uses_sentencepiece
 from . import replace
 
 logger = logging.getLogger("user_dir.decoding")
@@ -49,6 +50,22 @@ def _pieces_match_dictionaries(build_bpe):
         return bpe
 
     return build_bpe_checked
+
+
+def _pieces_removed_only_from_pieces(post_process_prediction):
+    def post_process_prediction_checked(hypo_tokens, src_str, alignment, align_dict, tgt_dict, remove_bpe=None,
+                                        *args, **kwargs):
+        if remove_bpe == "sentencepiece":
+            pieces = getattr(tgt_dict, "_uses_sentencepiece", None)  # once per dictionary, not per sentence
+            if pieces is None:
+                pieces = tgt_dict._uses_sentencepiece = uses_sentencepiece(tgt_dict)
+            if not pieces:
+                raise TokenizationError("--post-process sentencepiece: the model's target dictionary holds words, "
+                                        "not sentencepiece pieces; leave it out, or the words are joined wrongly")
+        return post_process_prediction(hypo_tokens, src_str, alignment, align_dict, tgt_dict, remove_bpe,
+                                       *args, **kwargs)
+
+    return post_process_prediction_checked
 
 
 def _typed_text_in_pieces(get_tokens):
@@ -116,7 +133,9 @@ def _empty_answers(generate):
 
 replace(FairseqTask, "build_generator", _positive_beam)
 replace(FairseqTask, "build_bpe", _pieces_match_dictionaries)
+replace(utils, "post_process_prediction", _pieces_removed_only_from_pieces)
 replace(FairseqTask, "get_interactive_tokens_and_lengths", _typed_text_in_pieces)
 replace(TranslationTask, "build_dataset_for_inference", _mark_for_inference)
 replace(FairseqTask, "filter_indices_by_size", _answer_over_long)
 replace(SequenceGenerator, "generate", _empty_answers)
+replace(SequenceGeneratorWithAlignment, "generate", _empty_answers)  # --print-alignment: its own generate
