@@ -41,14 +41,13 @@ fi
 start=$(stat -c %s "$save/train.log")
 rc=0
 "${launch[@]}" "${settings[@]}" --user-dir "$root/user_dir" "$@" 2>&1 | tee -a "$save/train.log" || rc=$?
-# This run's own lines: a finished run says "done training". fairseq-train (fairseq's lstm too)
-# sometimes aborts at interpreter exit after that (SIGABRT: 134, or -6 in torchrun's summary).
+# This run's own lines: a finished run says "done training".
 run_log=$(tail -c +$((start + 1)) "$save/train.log")
-if grep -q "done training" <<< "$run_log"; then
-    if [ "$rc" = 0 ] || [ "$rc" = 134 ] || { [ "$nproc" -gt 1 ] && grep -qE "exitcode *: -6|Signal 6" <<< "$run_log"; }; then
-        [ "$rc" = 0 ] || echo "train.sh: training finished; the process aborted at exit afterwards (status $rc), ignored" | tee -a "$save/train.log" >&2
-        exit 0
-    fi
+if ! grep -q "done training" <<< "$run_log"; then
+    echo "error: training did not finish (fairseq-train exit status $rc): see $save/train.log" >&2
+elif [ "$rc" != 0 ]; then
+    echo "error: fairseq-train exited with status $rc after training finished: see $save/train.log" >&2
+else
+    exit 0
 fi
-echo "error: training did not finish (fairseq-train exit status $rc): see $save/train.log" >&2
 exit $((rc == 0 ? 1 : rc))

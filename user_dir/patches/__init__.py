@@ -13,6 +13,8 @@
   error; it never becomes ``checkpoint_best.pt``.
 * ``amp``: ``--amp`` on CPU trains, validates and decodes under bfloat16 autocast (fairseq's
   ``--amp`` knows only CUDA's float16).
+* ``shutdown``: fairseq-train ends with status 0, not SIGABRT, when it stops mid-epoch (its batch
+  prefetching thread is stopped and joined before the interpreter exits).
 
 Each patch goes through :func:`replace`, so importing or reloading a module twice never wraps
 a function twice.
@@ -37,4 +39,4 @@ def original(obj: Any) -> Any:
     return getattr(obj, _ORIGINAL, obj)
 
 
-from . import amp, batching, checkpoints, decoding, distributed, divergence  # noqa: E402,F401  (they use replace)
+from . import amp, batching, checkpoints, decoding, distributed, divergence, shutdown  # noqa: E402,F401  (they use replace)
