@@ -12,7 +12,7 @@ else
         echo "setting up $_venv (first run: about a minute)" >&2
         "${PYTHON:-python3}" -m venv "$_venv" || return 1
         "$_venv/bin/python" -m pip install -q --upgrade pip || return 1
-        "$_venv/bin/python" -m pip install -q -c "$_root/constraints.txt" -e "$_root[test,plot,tensorboard]" || return 1
+        "$_venv/bin/python" -m pip install -q -c "$_root/constraints.txt" -e "$_root[test,plot,tensorboard,wandb]" || return 1
         rm -f "$_venv"/.installed-* && touch "$_stamp"
     fi
     source "$_venv/bin/activate"

@@ -242,6 +242,14 @@ def test_tensorboard_logdir_writes_event_files(prepared, tmp_path):
     assert events and any(e.stat().st_size > 100 for e in events), events
 
 
+def test_wandb_project_logs_training(prepared, tmp_path):
+    """--wandb-project with the wandb extra installed logs the training losses (offline: no network)."""
+    run("bash", SCRIPTS / "train.sh", prepared / "bin", tmp_path / "c", *TINY, "--max-update", "2",
+        "--log-interval", "1", "--wandb-project", "test", env={"AMP": "0", "WANDB_MODE": "offline"}, cwd=tmp_path)
+    logged = b"".join(f.read_bytes() for f in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert b"train_inner/loss" in logged and b"train/loss" in logged
+
+
 def test_ensemble_through_from_pretrained(prepared, tmp_path):
     """checkpoint_file="a.pt:b.pt" decodes with both models (documented in docs/training.md)."""
     from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel

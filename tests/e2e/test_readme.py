@@ -2,10 +2,11 @@
 blocks after ``<!-- test: NAME -->``) run as written, in a temporary copy of the checkout, on the
 shipped toy corpus; and every repository path the README names exists.
 
-What the test changes, and only this: the own-data corpus is ``data/toy/train.{src,tgt}`` copied
-to ``data/corpus.{de,en}``; ``prepare.py --corpus`` gets ``--vocab-size 60`` (the toy task has a
-few dozen words); ``train.sh`` gets a tiny model and ``--max-update`` (extra arguments win, as the
-README says); ``test.sh`` gets ``--collect-only`` (the suite runs in CI already; running it from
+What the test changes, and only this: the own-data corpus is ``data/toy/train.{src,tgt}``
+copied to ``path/to/corpus.{de,en}`` (the README's placeholder); ``prepare.py --corpus`` gets
+``--vocab-size 60`` (the toy task has a few dozen words); ``train.sh`` gets a tiny model and
+``--max-update`` (extra arguments win, as the README says); ``test.sh`` gets ``--collect-only``
+(the suite runs in CI already; running it from
 here would run this test again). The environment: ``VENV=0`` (this interpreter's packages, no
 second ``.venv``) and ``AMP=0`` (no precision probe).
 """
@@ -99,8 +100,10 @@ def test_quick_start_runs(checkout, env):
 
 
 def test_own_data_and_python_api_run(checkout, env):
+    corpus = re.search(r"--corpus (\S+)", README).group(1)  # the README's placeholder for the user's pair
+    (checkout / corpus).parent.mkdir(parents=True, exist_ok=True)
     for side, lang in (("src", "de"), ("tgt", "en")):
-        shutil.copyfile(ROOT / "data" / "toy" / f"train.{side}", checkout / "data" / f"corpus.{lang}")
+        shutil.copyfile(ROOT / "data" / "toy" / f"train.{side}", checkout / f"{corpus}.{lang}")
     outputs = []
     for lang, body in blocks("own-data"):
         assert lang == "bash"
@@ -119,15 +122,14 @@ def test_own_data_and_python_api_run(checkout, env):
 
 # Paths in the README: with a slash (``scripts/train.sh``, ``docs/results/``) relative to the checkout;
 # bare file names of the code-layout table (``recurrence.py``) anywhere in it. Not paths of the repo:
-# what the user makes or supplies (runs/..., the corpus of the own-data example), URLs.
+# what the user makes or supplies (runs/..., path/to/corpus), URLs.
 PATH = re.compile(r"(?<![\w./:-])((?:\.ci|user_dir|scripts|lab|configs|tests|docs|data)/[\w./-]*"
                   r"|[\w-]+\.(?:py|sh|yaml|md|txt|cfg|toml))(?![\w/-])")
-USERS_OWN = re.compile(r"^data/corpus")
 
 
 def named_paths() -> set[str]:
     text = re.sub(r"https?://\S+", "", README)
-    return {m.rstrip(".") for m in PATH.findall(text) if not USERS_OWN.match(m)}
+    return {m.rstrip(".") for m in PATH.findall(text)}
 
 
 def test_every_path_the_readme_names_exists():
