@@ -15,7 +15,7 @@
 # float32 on a GPU (default --fp16), NPROC=N processes via torchrun (gloo on CPU, NCCL on GPUs),
 # TORCHRUN_ARGS more torchrun options (multi-node: docs/training.md) with NNODES.
 # Resumes from SAVE_DIR/checkpoint_last.pt when it exists; a second run on one SAVE_DIR is
-# refused. Exit status 0 exactly when training finished ("done training").
+# refused. Exit status 0 exactly when training finished ("done training") and fairseq-train exited 0.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 [ $# -ge 2 ] || { sed -n '2,18p' "$0"; exit 2; }

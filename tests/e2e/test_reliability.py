@@ -3,6 +3,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -155,7 +156,10 @@ next(batches), next(batches)
 """
 
 
-@pytest.mark.parametrize("imports, expect", [("fairseq", -signal.SIGABRT), ("plugin", 0)])
+@pytest.mark.parametrize("imports, expect", [
+    pytest.param("fairseq", -signal.SIGABRT, marks=pytest.mark.skipif(
+        sys.version_info >= (3, 14), reason="from Python 3.14 such a thread hangs the exit instead")),
+    ("plugin", 0)])
 def test_stopping_mid_epoch_exits_cleanly(imports, expect):
     """fairseq's batch prefetching thread, busy when training stops before an epoch ends, aborts
     the process at interpreter exit (the CI's SIGABRT after "done training"); with the plugin

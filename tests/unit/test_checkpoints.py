@@ -99,17 +99,22 @@ from fairseq.file_io import PathManager
 from fairseq.models import BaseFairseqModel
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import FairseqTask
+from fairseq.data import iterators
 from fairseq.trainer import Trainer
-for module in (patches.amp, patches.batching, patches.checkpoints, patches.distributed, patches, user_dir):
+consumers = patches.shutdown._CONSUMERS
+for module in (patches.amp, patches.batching, patches.checkpoints, patches.config_defaults, patches.decoding,
+               patches.distributed, patches.divergence, patches.shutdown, patches, user_dir):
     importlib.reload(module)
     importlib.reload(module)
+assert patches.shutdown._CONSUMERS is consumers  # prefetching threads made before a reload are still joined at exit
 load = checkpoint_utils.load_checkpoint_to_cpu
 assert load.__wrapped__ is patches.original(load)
 assert load.__wrapped__.__module__ == "fairseq.checkpoint_utils" and not hasattr(load.__wrapped__, "__wrapped__")
 assert checkpoint_utils.PathManager.__mro__[1] is PathManager
 for owner, name in ((data_utils, "batch_by_size"), (distributed_utils, "_infer_torch_distributed_launch_init"),
                     (AMPOptimizer, "__init__"), (FairseqTask, "train_step"), (FairseqTask, "inference_step"),
-                    (Trainer, "valid_step"), (BaseFairseqModel, "prepare_for_inference_")):
+                    (Trainer, "valid_step"), (BaseFairseqModel, "prepare_for_inference_"),
+                    (iterators.BackgroundConsumer, "__init__")):
     home = owner.__module__ if isinstance(owner, type) else owner.__name__
     assert patches.original(getattr(owner, name)).__module__ == home
 try:  # one layer still does its work: a missing file is named once, not wrapped in itself
