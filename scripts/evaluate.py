@@ -58,6 +58,7 @@ from user_dir.workflow import (  # noqa: E402
     language_pair,
     positive,
     prepared_record,
+    prepared_record_path,
     progress,
     run_fairseq,
     split_size,
@@ -202,7 +203,7 @@ def prepared_defaults(args: argparse.Namespace) -> None:
     text of --subset that prepare.py kept (OUT/prepare.json names it), --post-process its tokenization."""
     if args.ref is not None:
         return
-    record = Path(args.data_bin).resolve().parent / "prepare.json"
+    record = prepared_record_path(Path(args.data_bin))
     made = prepared_record(Path(args.data_bin)) if not args.src_raw else {}
     raw = made.get("raw", {}).get(args.subset, {}).get(made.get("tgt"))
     if raw is None:

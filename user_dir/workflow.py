@@ -65,8 +65,8 @@ def at_least(minimum: int) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"takes a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
+            value = None
+        if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"takes a whole number >= {minimum}, got {text!r}")
         return value
     return parse
@@ -75,9 +75,14 @@ def at_least(minimum: int) -> Callable[[str], int]:
 positive = at_least(1)
 
 
+def prepared_record_path(data_bin: Path) -> Path:
+    """Where scripts/prepare.py records what it made, for DATA_BIN = OUT/bin: OUT/prepare.json."""
+    return Path(data_bin).resolve().parent / "prepare.json"
+
+
 def prepared_record(data_bin: Path) -> dict:
     """prepare.json of OUT when DATA_BIN is OUT/bin made by scripts/prepare.py, else {}."""
-    record = Path(data_bin).resolve().parent / "prepare.json"
+    record = prepared_record_path(data_bin)
     if not record.is_file() or (record.parent / "bin").resolve() != Path(data_bin).resolve():
         return {}
     return json.loads(record.read_text())
@@ -86,10 +91,10 @@ def prepared_record(data_bin: Path) -> dict:
 def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path) -> None:
     """fairseq-preprocess of the raw pair PREFIX.{src,tgt} as SPLIT into DESTDIR with DATA_BIN's
     dictionaries, so that the model sees exactly its training vocabulary."""
-    src, tgt = language_pair(Path(data_bin))
-    dicts = [f"--{side}dict" for side in ("src", "tgt")]
+    data_bin = Path(data_bin)
+    src, tgt = language_pair(data_bin)
     run_fairseq(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
-                 dicts[0], str(Path(data_bin) / f"dict.{src}.txt"), dicts[1], str(Path(data_bin) / f"dict.{tgt}.txt"),
+                 "--srcdict", str(data_bin / f"dict.{src}.txt"), "--tgtdict", str(data_bin / f"dict.{tgt}.txt"),
                  f"--{split}pref", str(prefix), "--destdir", str(destdir), "--workers", "1"])
 
 

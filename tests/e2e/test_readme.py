@@ -6,9 +6,8 @@ What the test changes, and only this: the own-data corpus is ``data/toy/train.{s
 copied to ``path/to/corpus.{de,en}`` (the README's placeholder); ``prepare.py --corpus`` gets
 ``--vocab-size 60`` (the toy task has a few dozen words); ``train.sh`` gets a tiny model and
 ``--max-update`` (extra arguments win, as the README says); ``test.sh`` gets ``--collect-only``
-(the suite runs in CI already; running it from
-here would run this test again). The environment: ``VENV=0`` (this interpreter's packages, no
-second ``.venv``) and ``AMP=0`` (no precision probe).
+(the suite runs in CI already; running it from here would run this test again). The environment:
+``VENV=0`` (this interpreter's packages, no second ``.venv``) and ``AMP=0`` (no precision probe).
 """
 import os
 import re
