@@ -18,11 +18,16 @@ the models alternating within each repeat, and the median is reported:
     --decode-len tokens (the models are untrained: equal work, not equal luck with EOS), and on
     CPU the share of that time spent in the model (encoder, decoder steps with the output layer
     and log-softmax, state reordering) rather than in fairseq's search,
-  * peak resident memory (CPU) or peak allocated GPU memory,
+  * peak resident memory (CPU) or peak allocated GPU memory (torch.cuda.max_memory_allocated),
+    after training and at the end,
   * training FLOPs per target token, and the achieved FLOP/s as a share of the matrix-multiply
     peak measured here in the same precision (float32, bfloat16 or float16).
 --bf16 runs training and decoding under bfloat16 autocast (what --amp does on CPU), --fp16 under
-float16 autocast (what --amp does on CUDA); float32 weights either way.
+float16 autocast (what --amp does on CUDA); float32 weights either way. --half: float16 weights and
+fairseq's FP16Optimizer (dynamic loss scale), what fairseq-train --fp16 does: scripts/train.sh's
+precision on a GPU, for every model. --graphs adds the plugin's models with --decoder-graphs on; a
+model with graphs first runs the timed batches and sentences once untimed (their shapes' graphs
+captured; that pass's training seconds are recorded as first_pass_train_s).
 Prints a table with ratios to fairseq lstm (attention), writes OUT/benchmark.json and OUT/benchmark.png.
 --pair M instead trains M and fairseq lstm in one process, in turns on the same batches, and
 gives the ratio of their training speeds for each pair of turns (OUT/pair.json).
@@ -49,7 +54,15 @@ MODELS = {  # name -> fairseq-train args (attention is lstm's default)
     "fairseq lstm": ["--arch", "lstm", *THEIRS],
     "fairseq lstm no attention": ["--arch", "lstm", "--decoder-attention", "0", *THEIRS],
 }
+GRAPHED = {  # --graphs: the plugin's models with --decoder-graphs on as well (CUDA graphs; the same models on a CPU)
+    f"{name} graphs": [*MODELS[name], "--decoder-graphs", "on"] for name in ("rnn_seq2seq", "rnn_seq2seq attention")
+}
 REFERENCE = "fairseq lstm"
+
+
+def models_of(args) -> dict:
+    """The models measured: the four, and with ``--graphs`` the plugin's two with CUDA graphs."""
+    return {**MODELS, **(GRAPHED if args.graphs else {})}
 
 
 def matmul_peak_gflops(device: str, dtype_name: str = "float32", n: int = 2048, reps: int = 10) -> float:
@@ -78,9 +91,14 @@ def sync(device: str) -> None:
 
 def train_flops(model, criterion, sample) -> float:
     """FLOPs of one forward + backward on ``sample``; fused RNN layers are counted analytically
-    (torch's flop counter does not see inside them): 2 x rows x gates x H x (in + H), x3 with backward."""
+    (torch's flop counter does not see inside them): 2 x rows x gates x H x (in + H), x3 with backward.
+    Counted step by step (CUDA graphs off: the same arithmetic, none of a capture's warm-up)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    graphs = getattr(model.decoder, "graphs", None)
+    if graphs is not None:
+        model.decoder.graphs = None
 
     rnn_flops = []
 
@@ -103,6 +121,8 @@ def train_flops(model, criterion, sample) -> float:
     for h in handles:
         h.remove()
     model.zero_grad()
+    if graphs is not None:
+        model.decoder.graphs = graphs
     return counter.get_total_flops() + sum(rnn_flops)
 
 
@@ -114,7 +134,7 @@ def build(args, name: str) -> dict:
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_args = MODELS[name] + (["--criterion", args.criterion] if args.criterion else [])
+    model_args = models_of(args)[name] + (["--criterion", args.criterion] if args.criterion else [])
     sizes = [f"--{side}-{what}" for side in ("encoder", "decoder") for what in ("embed-dim", "hidden-size", "layers")]
     values = [args.emb, args.hidden, args.layers] * 2
     cli = [args.data, "--user-dir", USER_DIR, *model_args,
@@ -122,22 +142,25 @@ def build(args, name: str) -> dict:
            "--dropout", "0.1", "--optimizer", "adam", "--lr", "1e-3",
            "--max-tokens", str(args.max_tokens), "--required-batch-size-multiple", "1", "--seed", "1",
            "--num-workers", "0", *(["--decoder-out-embed-dim", str(args.hidden)] if "lstm" in model_args else []),
-           *(["--cpu"] if device == "cpu" else [])]
+           *(["--cpu"] if device == "cpu" else []), *(["--fp16"] if args.half else [])]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), cli))
     utils.import_user_module(cfg.common)
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
     for split in ("train", "test"):
         task.load_dataset(split)
-    model = task.build_model(cfg.model).to(device)
+    model = task.build_model(cfg.model)
+    model = (model.half() if args.half else model).to(device)
     criterion = task.build_criterion(cfg.criterion).to(device)
-    optimizer = optim.build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = (optim.FP16Optimizer.build_optimizer(cfg, params) if args.half  # as fairseq's Trainer
+                 else optim.build_optimizer(cfg.optimizer, params))
     batches = task.get_batch_iterator(task.dataset("train"), max_tokens=args.max_tokens, seed=1,
                                       required_batch_size_multiple=1).next_epoch_itr(shuffle=True)
     n = args.warmup_batches + args.train_batches
     samples = [utils.move_to_cuda(s) if device == "cuda" else s for _, s in zip(range(n), batches)]
     return {"device": device, "task": task, "model": model.train(), "criterion": criterion, "optimizer": optimizer,
-            "samples": samples, "criterion_name": cfg.criterion._name}
+            "samples": samples, "criterion_name": cfg.criterion._name, "graphs": "--decoder-graphs" in model_args}
 
 
 def autocast(args, device: str):
@@ -156,8 +179,12 @@ def train_tokens_per_s(args, run: dict, samples: list) -> float:
         start = time.perf_counter()
         with autocast(args, run["device"]):
             loss, _, _ = run["criterion"](run["model"], sample)
-        loss.backward()
-        run["optimizer"].step()
+        run["optimizer"].backward(loss)  # scaled under --half
+        try:
+            run["optimizer"].clip_grad_norm(0.0)  # as fairseq's Trainer: unscales, checks for overflow
+            run["optimizer"].step()
+        except OverflowError:  # --half's loss scale lowered; fairseq skips the update too
+            pass
         run["optimizer"].zero_grad()
         sync(run["device"])
         tokens, seconds = tokens + sample["ntokens"], seconds + time.perf_counter() - start
@@ -167,44 +194,63 @@ def train_tokens_per_s(args, run: dict, samples: list) -> float:
 def worker(args) -> dict:
     """One model, one process: train-step timing, decoding timing, peak memory."""
     import torch
-    from fairseq import utils
 
     run = build(args, args.worker)
-    device, task, model, samples = run["device"], run["task"], run["model"], run["samples"]
+    device, model, samples = run["device"], run["model"], run["samples"]
     flops = train_flops(model, run["criterion"], samples[-1]) / samples[-1]["ntokens"]  # the work done, per real token
     train_tokens_per_s(args, run, samples[: args.warmup_batches])
-    result = {"train_tokens_per_s": train_tokens_per_s(args, run, samples[args.warmup_batches :]),
-              "train_flops_per_token": flops}
+    timed = samples[args.warmup_batches :]
+    result = {}
+    if run["graphs"]:  # capture every timed batch's graphs first
+        start = time.perf_counter()
+        train_tokens_per_s(args, run, timed)
+        result["first_pass_train_s"] = time.perf_counter() - start
+    result.update(train_tokens_per_s=train_tokens_per_s(args, run, timed), train_flops_per_token=flops)
+    if device == "cuda":
+        result["peak_memory_train_mb"] = torch.cuda.max_memory_allocated() / 2**20
     model.eval()
     for beam, key in ((5, "beam5"), (1, "greedy")):
-        # every hypothesis gets exactly --decode-len tokens, so untrained models do equal work
-        gen = task.build_generator([model], argparse.Namespace(
-            beam=beam, max_len_a=0, max_len_b=args.decode_len, min_len=args.decode_len))
-        in_model = time_model_calls(gen.model) if device == "cpu" else None
-        itr = task.get_batch_iterator(task.dataset("test"), max_sentences=args.decode_batch, seed=1,
-                                      required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
-        done, seconds = 0, 0.0
-        profiling = args.profile and beam == 5
-        with torch.profiler.profile() if profiling else contextlib.nullcontext() as profile:
-            for sample in itr:
-                if done >= args.decode_sentences:
-                    break
-                sample = utils.move_to_cuda(sample) if device == "cuda" else sample
-                sync(device)
-                start = time.perf_counter()
-                with torch.no_grad(), autocast(args, device):
-                    task.inference_step(gen, [model], sample)
-                sync(device)
-                done, seconds = done + sample["nsentences"], seconds + time.perf_counter() - start
-        if profiling:
-            print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), file=sys.stderr)
-        result[f"{key}_sentences_per_s"] = done / seconds
-        if in_model is not None:
-            result[f"{key}_model_share"] = in_model["seconds"] / seconds
+        if run["graphs"]:
+            decode(args, run, beam)
+        result.update({f"{key}_{k}": v for k, v in decode(args, run, beam).items()})
     result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["criterion"] = run["criterion_name"]
     result["device"] = device_name(device)
+    return result
+
+
+def decode(args, run: dict, beam: int) -> dict:
+    """Beam search over the first --decode-sentences test sentences: sentences per second and,
+    on CPU, the share of that time spent in the model."""
+    import torch
+    from fairseq import utils
+
+    device, task, model = run["device"], run["task"], run["model"]
+    # every hypothesis gets exactly --decode-len tokens, so untrained models do equal work
+    gen = task.build_generator([model], argparse.Namespace(
+        beam=beam, max_len_a=0, max_len_b=args.decode_len, min_len=args.decode_len))
+    in_model = time_model_calls(gen.model) if device == "cpu" else None
+    itr = task.get_batch_iterator(task.dataset("test"), max_sentences=args.decode_batch, seed=1,
+                                  required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
+    done, seconds = 0, 0.0
+    profiling = args.profile and beam == 5
+    with torch.profiler.profile() if profiling else contextlib.nullcontext() as profile:
+        for sample in itr:
+            if done >= args.decode_sentences:
+                break
+            sample = utils.move_to_cuda(sample) if device == "cuda" else sample
+            sync(device)
+            start = time.perf_counter()
+            with torch.no_grad(), autocast(args, device):
+                task.inference_step(gen, [model], sample)
+            sync(device)
+            done, seconds = done + sample["nsentences"], seconds + time.perf_counter() - start
+    if profiling:
+        print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), file=sys.stderr)
+    result = {"sentences_per_s": done / seconds}
+    if in_model is not None:
+        result["model_share"] = in_model["seconds"] / seconds
     return result
 
 
@@ -233,12 +279,21 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
 
+def precision_of(args) -> tuple:
+    """(the matrix multiplies' dtype, the precision in words)."""
+    if args.half:
+        return "float16", "float16 weights, FP16Optimizer (fairseq-train --fp16)"
+    if args.bf16 or args.fp16:
+        return ("bfloat16", "bfloat16 autocast") if args.bf16 else ("float16", "float16 autocast")
+    return "float32", "float32"
+
+
 def setting(args) -> dict:
     """What a record's numbers depend on besides the code, and the command that made it."""
     import torch
 
     return {"threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-            "precision": "bfloat16 autocast" if args.bf16 else "float16 autocast" if args.fp16 else "float32",
+            "precision": precision_of(args)[1],
             "data": args.data,
             "sizes": {"emb": args.emb, "hidden": args.hidden, "layers": args.layers, "max_tokens": args.max_tokens},
             "command": shlex.join(["python", "lab/benchmark.py", *sys.argv[1:]])}
@@ -278,24 +333,31 @@ def default_data(out: Path) -> str:
     return str(gen / "bin")
 
 
-def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+def plot(summary: dict, path: Path) -> bool:
+    """The table's main numbers as bars in ``path``; False where matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = ["train_tokens_per_s", "beam5_sentences_per_s", "greedy_sentences_per_s", "peak_memory_mb"]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
+    models = list(summary["models"])
+    colors = ["tab:blue", "tab:cyan", "tab:gray", "silver", "tab:green", "tab:olive"]
     for ax, key in zip(axes, keys):
-        vals = [summary["models"][m][key] for m in MODELS]
-        ax.bar(range(len(MODELS)), vals, color=["tab:blue", "tab:cyan", "tab:gray", "silver"])
-        ax.set_xticks(range(len(MODELS)), [m.replace(" ", "\n", 1) for m in MODELS], fontsize=6)
+        vals = [summary["models"][m][key] for m in models]
+        ax.bar(range(len(models)), vals, color=colors[: len(models)])
+        ax.set_xticks(range(len(models)), [m.replace(" ", "\n", 1) for m in models], fontsize=6)
         ax.set_title(key.replace("_", " "), fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"{summary['device']}, {summary['precision']}: rnn_seq2seq / fairseq lstm = " +
                  ", ".join(f"{summary['ratios']['rnn_seq2seq'][k]:.2f}" for k in keys), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return True
 
 
 def main() -> None:
@@ -318,11 +380,16 @@ def main() -> None:
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (float32 weights), as --amp on CPU")
     precision.add_argument("--fp16", action="store_true", help="float16 autocast (float32 weights), as --amp on CUDA")
-    p.add_argument("--pair", choices=[m for m in MODELS if m != REFERENCE],
+    precision.add_argument("--half", action="store_true",
+                           help="float16 weights and FP16Optimizer, as fairseq-train --fp16 (train.sh's on a GPU)")
+    p.add_argument("--graphs", action="store_true",
+                   help="also the plugin's models with --decoder-graphs on (CUDA graphs), side by side")
+    p.add_argument("--pair", choices=[m for m in {**MODELS, **GRAPHED} if m != REFERENCE],
                    help="train this model and fairseq lstm in one process, in turns (--pairs pairs), instead of the "
                         "table: the per-pair ratios of training speed, in OUT/pair.json")
     p.add_argument("--pairs", type=int, default=12)
-    p.add_argument("--worker", choices=list(MODELS), help="measure this model only, in this process; prints its JSON")
+    p.add_argument("--worker", choices=list({**MODELS, **GRAPHED}),
+                   help="measure this model only, in this process; prints its JSON")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="with --worker: print the N operators of beam-5 decoding with the most CPU time "
                         "(torch.profiler)")
@@ -346,9 +413,10 @@ def main() -> None:
               + ", ".join(f"{q:.3f}" for q in record["quartiles"]) + f"; wrote {args.out / 'pair.json'}")
         return
     passthrough = [a for a in sys.argv[1:] if a not in ("--data", args.data)] + ["--data", args.data]
-    runs = {m: [] for m in MODELS}
+    names = models_of(args)
+    runs = {m: [] for m in names}
     for r in range(args.repeats):
-        for m in MODELS:  # alternate, so drift in machine load hits both
+        for m in names:  # alternate, so drift in machine load hits both
             proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", m],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
@@ -358,7 +426,7 @@ def main() -> None:
     import torch
 
     device = runs[REFERENCE][0]["device"]
-    precision = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+    precision = precision_of(args)[0]
     peak = matmul_peak_gflops("cuda" if torch.cuda.is_available() else "cpu", precision)
     models = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("device", "criterion")}
               for m, rs in runs.items()}
@@ -369,17 +437,18 @@ def main() -> None:
     summary = {
         "device": device, **setting(args), "matmul_peak_gflops": peak, "matmul_peak_precision": precision,
         "repeats": args.repeats, "criteria": {m: rs[0]["criterion"] for m, rs in runs.items()}, "models": models,
-        "ratios": {m: {k: v / ref[k] for k, v in r.items()} for m, r in models.items() if m != REFERENCE},
+        "ratios": {m: {k: v / ref[k] for k, v in r.items() if k in ref} for m, r in models.items() if m != REFERENCE},
     }
     (args.out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(summary, args.out / "benchmark.png")
+    plotted = plot(summary, args.out / "benchmark.png")
     print(f"device: {device}, threads {summary['threads']}, matmul peak {peak:.0f} GFLOP/s, data {args.data}")
-    print(f"{'metric':26s}" + "".join(f"{m:>27s}" for m in MODELS) + "   (x fairseq lstm)")
-    for k in ref:
-        cells = [f"{models[m][k]:17.4g}" + (f" ({summary['ratios'][m][k]:5.2f}x)" if m != REFERENCE else " " * 10)
-                 for m in MODELS]
+    print(f"{'metric':26s}" + "".join(f"{m:>31s}" for m in names) + "   (x fairseq lstm)")
+    for k in dict.fromkeys(key for m in models.values() for key in m):
+        cells = [f"{models[m][k]:21.4g}" + (f" ({summary['ratios'][m][k]:5.2f}x)" if m != REFERENCE and k in ref
+                                            else " " * 10) if k in models[m] else " " * 31 for m in names]
         print(f"{k:26s}" + "".join(cells))
-    print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
+    print(f"wrote {args.out / 'benchmark.json'}" + (f" and {args.out / 'benchmark.png'}" if plotted
+                                                     else " (no plot: matplotlib is not installed)"))
 
 
 if __name__ == "__main__":

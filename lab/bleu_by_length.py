@@ -13,13 +13,11 @@ SRC_RAW and REF. Files are read by user_dir/text.py.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import sacrebleu
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
-from user_dir.files import atomic_write  # noqa: E402
-from user_dir.text import TextError, read_lines  # noqa: E402
+from user_dir.files import atomic_write
+from user_dir.text import TextError, read_lines
 
 
 def buckets(lengths: list[int], edges: list[int]) -> list[tuple[str, list[int]]]:

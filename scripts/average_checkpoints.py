@@ -9,9 +9,10 @@ Usage:
 ``--last N`` takes the N epoch checkpoints ``checkpointEPOCH.pt`` of SAVE_DIR with the highest
 epoch numbers (scripts/train.sh keeps the last 5). Checkpoints are read through fairseq's
 ``checkpoint_utils.load_checkpoint_to_cpu`` with the plugin's safe loading; they must hold the
-same parameters (names, shapes) and the same dictionaries: identities such as the dictionary
-fingerprints are compared, never averaged, and a mix is refused naming the files. Floating-point
-parameters are averaged in float64; buffers that are equal in every input are copied. ``--ema``
+same parameters (names, shapes), the same dictionaries and direction: identities such as the
+dictionary fingerprints and the direction (SRC-TGT) are compared, never averaged, and a mix is
+refused naming the files. Floating-point parameters are averaged in float64; buffers that are
+equal in every input are copied. ``--ema``
 writes the EMA weights of one checkpoint (refused, by name, when it holds none). The output keeps
 the newest input's configuration and drops the optimizer state: it is for
 fairseq-generate/interactive, not for resuming. What made it is noted under
@@ -21,19 +22,17 @@ existing file that is not an earlier output of this script.
 """
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import torch
 from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
-import user_dir.patches  # noqa: E402,F401  (fairseq's checkpoint_utils with safe loads and atomic saves)
-from user_dir.checkpoint_files import CheckpointError  # noqa: E402
-from user_dir.dictionaries import FINGERPRINT_KEYS, as_hex  # noqa: E402
-from user_dir.files import OutputError, WriteError, check_output  # noqa: E402
-from user_dir.workflow import positive  # noqa: E402
+import user_dir.patches  # noqa: F401  (fairseq's checkpoint_utils with safe loads and atomic saves)
+from user_dir.checkpoint_files import CheckpointError
+from user_dir.dictionaries import DIRECTION_KEY, FINGERPRINT_KEYS, as_direction, as_hex
+from user_dir.files import OutputError, WriteError, check_output
+from user_dir.workflow import positive, script_main
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")
 SCRIPT = "average_checkpoints.py"
@@ -68,7 +67,10 @@ def average(paths: list[Path]) -> dict:
 
 
 def same_identity(first: Path, a: dict, other: "Path | str", b: dict) -> None:
-    """Refuse two states whose dictionary fingerprints differ (other data: never averaged)."""
+    """Refuse two states whose dictionary fingerprints or directions differ (other data: never averaged)."""
+    if DIRECTION_KEY in a and DIRECTION_KEY in b and as_direction(a[DIRECTION_KEY]) != as_direction(b[DIRECTION_KEY]):
+        raise SystemExit(f"error: {other} translates {as_direction(b[DIRECTION_KEY])} but {first} "
+                         f"{as_direction(a[DIRECTION_KEY])}: checkpoints of different directions cannot be mixed")
     for key in FINGERPRINT_KEYS:
         if key in a and key in b and as_hex(a[key]) != as_hex(b[key]):
             side = key.split("_")[0]
@@ -142,4 +144,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

@@ -19,22 +19,21 @@ is refused before the teacher starts. The decoding reports its progress on stder
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
-from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble  # noqa: E402
-from user_dir.files import OutputError, check_output  # noqa: E402
-from user_dir.workflow import (  # noqa: E402
-    USER_DIR,
+from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble
+from user_dir.files import OutputError, check_output
+from user_dir.workflow import (
     binarize_with,
     check_pass_through,
+    generate_command,
     language_pair,
     positive,
     progress,
     run_fairseq,
+    script_main,
     split_size,
 )
 
@@ -50,9 +49,7 @@ OWNED = {"path": "give the teacher as TEACHER", "beam": "use distill.py's --beam
 def translate_train(data_bin: Path, teacher: str, beam: int, extra: list[str]) -> tuple[list[str], list[str]]:
     """(source pieces, teacher's best hypothesis pieces) for every training sentence, in order."""
     expected = split_size(data_bin, "train")
-    out = run_fairseq(["fairseq-generate", str(data_bin), "--user-dir", str(USER_DIR), "--path", teacher,
-                       "--gen-subset", "train", "--beam", str(beam), "--max-tokens", "8000",
-                       "--num-workers", "0", "--no-progress-bar", *extra, "--nbest", "1"],
+    out = run_fairseq(generate_command(data_bin, teacher, "train", beam, extra, "--max-tokens", "8000"),
                       progress(expected, "distill.py: translated"))
     sources, hyps = {}, {}
     for line in out.splitlines():
@@ -63,6 +60,14 @@ def translate_train(data_bin: Path, teacher: str, beam: int, extra: list[str]) -
     if len(hyps) != expected or len(sources) != expected:
         raise SystemExit(f"error: the teacher translated {len(hyps)} of {expected} training sentences")
     return [sources[i] for i in range(expected)], [hyps[i] for i in range(expected)]
+
+
+def make_folder(folder: Path) -> None:
+    """OUT's parent folder, made if missing; OutputError naming it when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"OUT: cannot make the folder {folder}: {e.strerror or e}") from None
 
 
 def main() -> None:
@@ -81,7 +86,7 @@ def main() -> None:
         teachers = split_ensemble(str(args.teacher))
         for teacher in teachers:
             check_file(teacher)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(args.out.parent)
         check_output(args.out, "OUT", [args.data_bin, *map(Path, teachers)])
         if args.out.resolve().is_relative_to(args.data_bin.resolve()):
             raise OutputError(f"OUT: cannot write {args.out}: it is inside the input folder {args.data_bin}")
@@ -92,20 +97,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as links:
         sources, hyps = translate_train(args.data_bin, fairseq_ensemble(teachers, links), args.beam, extra)
     seconds = round(time.time() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent))
-    for lang, lines in ((src, sources), (tgt, hyps)):
-        (work / f"train.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    binarize_with(args.data_bin, "train", work / "train", work / "bin")
-    for path in args.data_bin.glob("*.*-*.*.*"):  # the other splits, unchanged
-        if not path.name.startswith("train."):
-            shutil.copy2(path, work / "bin" / path.name)
-    (work / "distill.json").write_text(json.dumps({
-        "teacher": str(args.teacher.resolve()), "data_bin": str(args.data_bin.resolve()), "beam": args.beam,
-        "generate_args": extra, "sentences": len(hyps), "teacher_decoding_seconds": seconds}, indent=2) + "\n")
-    work.rename(args.out)
+    try:  # an error or Ctrl-C leaves no half-made OUT, nor its temporary folder
+        for lang, lines in ((src, sources), (tgt, hyps)):
+            (work / f"train.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        binarize_with(args.data_bin, "train", work / "train", work / "bin")
+        for path in args.data_bin.glob("*.*-*.*.*"):  # the other splits, unchanged
+            if not path.name.startswith("train."):
+                shutil.copy2(path, work / "bin" / path.name)
+        (work / "distill.json").write_text(json.dumps({
+            "teacher": str(args.teacher.resolve()), "data_bin": str(args.data_bin.resolve()), "beam": args.beam,
+            "generate_args": extra, "sentences": len(hyps), "teacher_decoding_seconds": seconds}, indent=2) + "\n")
+        work.rename(args.out)
+    except BaseException as e:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, a quota
+            raise SystemExit(f"error: cannot write {args.out}: {e.strerror or e} (nothing was kept)") from None
+        raise
     print(f"{len(hyps)} training sentences translated by {args.teacher} in {seconds} s -> {args.out / 'bin'}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

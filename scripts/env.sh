@@ -1,12 +1,13 @@
 # Source me: creates .venv on first use (the exact versions of constraints.txt), then activates it.
 #   source scripts/env.sh
 # Re-installs when setup.cfg or constraints.txt changes. PYTHON picks the interpreter (default python3, >= 3.10).
-# VENV=0 uses the Python environment already on PATH instead (one that has fairseq: a cluster's).
+# VENV=0 uses the Python environment already on PATH instead (a cluster's, with fairseq and this package: pip install -e .).
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="$_root/.venv"
 _stamp="$_venv/.installed-$(cat "$_root/setup.cfg" "$_root/constraints.txt" | sha1sum | cut -c1-12)"
 if [ "${VENV:-1}" = 0 ]; then
-    python3 -c "import fairseq" || { echo "error: VENV=0 but python3 cannot import fairseq" >&2; return 1; }
+    python3 -c "import fairseq, user_dir" 2> /dev/null ||
+        { echo "error: VENV=0 but python3 cannot import fairseq and user_dir: run python3 -m pip install -e $_root" >&2; return 1; }
 else
     if [ ! -f "$_stamp" ]; then
         echo "setting up $_venv (first run: about a minute)" >&2

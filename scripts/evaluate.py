@@ -24,14 +24,16 @@ outputs (never an input, a training run's checkpoint, or an existing file that i
 output of the same kind), the arguments after ``--`` (none may set what evaluate.py sets and
 records: checkpoint, beam, subset, post-processing, languages, batch size), and the
 sentencepiece options against the model's dictionary (``--spm`` must be the model that made
-it). The JSON records the options that ran, the arguments after ``--`` included. A long decode
-reports its progress on stderr (stdout is unchanged).
+it). Without ``--ref``, the reference is the raw text prepare.py kept, refused when it changed
+since (the SHA-256 in OUT/prepare.json). A checkpoint is refused over data of the other direction.
+The JSON records the options that ran, the arguments after ``--`` included, and the reference
+scored against with its SHA-256. A long decode reports its progress on stderr (stdout is
+unchanged); Ctrl-C ends it with one line and exit status 130.
 """
 import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -39,29 +41,31 @@ import sacrebleu
 import sentencepiece as spm
 from fairseq.data import Dictionary
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
-from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble  # noqa: E402
-from user_dir.dictionaries import (  # noqa: E402
+from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble
+from user_dir.dictionaries import (
     PIECE_START,
     TokenizationError,
-    check_pieces,
-    piece_vocabulary,
+    check_post_process,
+    check_spm_model,
     uses_sentencepiece,
 )
-from user_dir.files import OutputError, WriteError, atomic_write, check_distinct, check_output, not_a_file  # noqa: E402
-from user_dir.text import TextError, read_lines  # noqa: E402
-from user_dir.workflow import (  # noqa: E402
-    USER_DIR,
+from user_dir.files import OutputError, WriteError, atomic_write, check_distinct, check_output, not_a_file
+from user_dir.text import TextError, read_lines
+from user_dir.workflow import (
     binarize_with,
     check_pass_through,
     encode_pieces,
+    generate_command,
     language_pair,
     positive,
     prepared_record,
     prepared_record_path,
     progress,
     run_fairseq,
+    script_main,
+    sha256_file,
     split_size,
+    verified_raw,
 )
 
 # options that would take fairseq-generate's hypotheses away from its standard output
@@ -78,13 +82,8 @@ OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's
 def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_process: str,
              batch_size: int, extra: list[str], sentences: int) -> list[str]:
     """Run fairseq-generate (its progress on stderr); return detokenized hypotheses in corpus order."""
-    cmd = [
-        "fairseq-generate", data_bin, "--user-dir", str(USER_DIR), "--path", checkpoint,
-        "--gen-subset", subset, "--beam", str(beam), "--batch-size", str(batch_size),
-        "--num-workers", "0", "--no-progress-bar",
-        *(["--post-process", post_process] if post_process else []), *extra,
-        "--nbest", "1",  # last, so it wins over any --nbest in extra
-    ]
+    cmd = generate_command(data_bin, checkpoint, subset, beam, extra, "--batch-size", str(batch_size),
+                           *(["--post-process", post_process] if post_process else []))
     return hypotheses(run_fairseq(cmd, progress(sentences, "evaluate.py: translated", "D-")).splitlines())
 
 
@@ -160,16 +159,12 @@ def check_tokenization(args: argparse.Namespace) -> None:
     src, tgt = language_pair(Path(args.data_bin))
     dicts = {side: Dictionary.load(str(Path(args.data_bin) / f"dict.{lang}.txt"))
              for side, lang in (("source", src), ("target", tgt))}
-    if args.post_process == "sentencepiece" and not uses_sentencepiece(dicts["target"]):
-        raise SystemExit("error: --post-process sentencepiece: the model's target dictionary holds words, not "
-                         "sentencepiece pieces; leave it out, or the words are joined wrongly")
+    check_post_process(dicts["target"], args.post_process)
     if uses_sentencepiece(dicts["target"]) and args.post_process != "sentencepiece" and not args.generate_log:
         raise SystemExit(f"error: the model writes sentencepiece pieces (its dictionary's entries start with "
                          f"{PIECE_START}): pass --post-process sentencepiece, or the score is computed on pieces")
     if args.spm:
-        pieces = piece_vocabulary(spm.SentencePieceProcessor(model_file=str(args.spm)))
-        for side, dictionary in dicts.items():
-            check_pieces(dictionary, pieces, f"--spm {args.spm}", side)
+        check_spm_model(dicts, spm.SentencePieceProcessor(model_file=str(args.spm)), f"--spm {args.spm}")
     elif args.src_raw and uses_sentencepiece(dicts["source"]):
         raise SystemExit("error: the model reads sentencepiece pieces: pass --spm with the sentencepiece model "
                          "the data was prepared with (prepare.py's OUT/spm.model)")
@@ -200,17 +195,24 @@ def score(hyps: list[str], refs: list[str]) -> dict:
 
 def prepared_defaults(args: argparse.Namespace) -> None:
     """Without --ref, for DATA_BIN = OUT/bin made by scripts/prepare.py: the reference is the raw
-    text of --subset that prepare.py kept (OUT/prepare.json names it), --post-process its tokenization."""
+    text of --subset that prepare.py kept, checked against the SHA-256 OUT/prepare.json records,
+    and --post-process its tokenization."""
     if args.ref is not None:
         return
-    record = prepared_record_path(Path(args.data_bin))
-    made = prepared_record(Path(args.data_bin)) if not args.src_raw else {}
-    raw = made.get("raw", {}).get(args.subset, {}).get(made.get("tgt"))
-    if raw is None:
-        raise SystemExit(f"error: --ref is required: {record} names no raw text of split '{args.subset}'"
-                         + (" (--src-raw is not one of its splits)" if args.src_raw else ""))
-    args.ref = record.parent / raw
-    args.post_process = args.post_process or made.get("tokenization", "")
+    if args.src_raw:
+        raise SystemExit("error: --src-raw needs --ref: only DATA_BIN's own splits have a recorded reference")
+    data_bin = Path(args.data_bin)
+    if not data_bin.is_dir():
+        raise SystemExit(f"error: DATA_BIN {data_bin} {not_a_file(data_bin) or 'is not a folder'}")
+    split_size(data_bin, args.subset)  # an unknown --subset is named before the record is asked for it
+    record = prepared_record(data_bin)
+    if not record:
+        where = prepared_record_path(data_bin)
+        raise SystemExit(f"error: no --ref, and no record of the raw text of '{args.subset}': " + (
+            f"{where} {not_a_file(where)}" if (where.parent / "bin").resolve() == data_bin.resolve() else
+            f"{data_bin} is not the bin folder of a scripts/prepare.py output") + ": pass --ref with the reference")
+    args.ref = verified_raw(record, args.subset, "tgt")
+    args.post_process = args.post_process or record["tokenization"]
 
 
 def main() -> None:
@@ -220,8 +222,8 @@ def main() -> None:
     p.add_argument("--generate-log", type=Path, help="score this fairseq-generate output (its D- lines) instead "
                                                      "of decoding; it must cover the whole --subset")
     p.add_argument("--ref", type=Path, help="raw reference text (.gz ok), one line per sentence (default for data "
-                   "made by scripts/prepare.py: the raw text of --subset kept in OUT/raw, and its tokenization "
-                   "as --post-process)")
+                   "made by scripts/prepare.py: the raw text of --subset kept in OUT/raw, checked against the "
+                   "SHA-256 recorded in OUT/prepare.json, and its tokenization as --post-process)")
     p.add_argument("--subset", default="test")
     p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
     p.add_argument("--spm", type=Path, help="sentencepiece model to encode --src-raw with")
@@ -235,6 +237,7 @@ def main() -> None:
     extra = [a for a in extra if a != "--"]
     try:
         refs, sources = check_inputs(args, extra)
+        reference_sha256 = sha256_file(args.ref)  # what the JSON names: the file as it was scored
         hyps = hypotheses(read_lines(args.generate_log)) if args.generate_log else None
     except (TextError, CheckpointError, OutputError, TokenizationError) as e:
         raise SystemExit(f"error: {e}")
@@ -253,7 +256,8 @@ def main() -> None:
     made_by = ({"generate_log": os.path.abspath(args.generate_log)} if args.generate_log else
                {"checkpoint": ":".join(os.path.abspath(c) for c in split_ensemble(args.checkpoint)), "beam": args.beam,
                 "post_process": args.post_process, "generate_args": extra})
-    result.update(**made_by, source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}")
+    result.update(**made_by, source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}",
+                  reference=os.path.abspath(args.ref), reference_sha256=reference_sha256)
     try:
         if args.hyp_out:
             text = "".join(h + "\n" for h in hyps).encode("utf-8")
@@ -271,4 +275,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

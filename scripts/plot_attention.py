@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
-from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel  # noqa: E402
+from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
 
 
 def attention(model_dir: Path, checkpoint: Path, sentence: str, beam: int):

@@ -17,7 +17,10 @@ split are refused as ambiguous.
 
 Held-out sets of --corpus: --valid-size and --test-size distinct pairs (default 5% of the pairs
 each, at least 1 and at most 3000; --test-size 0: no test split), drawn with --seed; every copy
-of a held-out pair is removed from training, so no pair is in two splits.
+of a held-out pair is removed from training, so no pair is in two splits. Pairs are compared as
+the model sees them: after sentencepiece's normalisation (nmt_nfkc: NFKC, runs of white space
+folded, leading and trailing space dropped). The two sides of a corpus must be two files of
+different text.
 
 Steps, each skipped when its output exists and redone when it was left half-finished (outputs
 are written under a temporary name and renamed only when complete):
@@ -29,10 +32,14 @@ are written under a temporary name and renamed only when complete):
 Raw files are read by user_dir/text.py (UTF-8, one sentence a line, problems named by file and
 line); source and target must have the same number of lines.
 OUT/prepare.json records a *finished* preparation: what the outputs are made from (options,
-sentencepiece version, a fingerprint of every input's text), the tokenization and the number of
-pairs per split (scripts/train.sh reads them). A later run with other inputs or options is
-refused (--overwrite redoes everything); a run that failed before it finished is redone or
-continued by the next run, whatever its options. A run while another one writes OUT is refused.
+sentencepiece version, a fingerprint of every input's text), the direction (src, tgt), the
+tokenization, the number of pairs per split (scripts/train.sh reads them), and the SHA-256 of
+every raw file and dictionary (user_dir/workflow.py checks them before they are used). A later
+run with other inputs or options is refused (--overwrite redoes everything); a run that failed
+or was interrupted before it finished is redone or continued by the next run, whatever its
+options. A run while another one writes OUT is refused. Only what prepare.py recorded as its own
+is ever deleted: the outputs named in its record (written before they are made) and temporary
+files named in OUT/.lock (user_dir/files.py).
 """
 import argparse
 import hashlib
@@ -40,19 +47,42 @@ import itertools
 import json
 import os
 import random
+import re
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import sentencepiece as spm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
-from user_dir.files import FolderBusy, atomic_write, lock_folder, remove_orphans  # noqa: E402
-from user_dir.text import TextError, read_lines  # noqa: E402
-from user_dir.workflow import ROOT, at_least, encode_pieces, run_fairseq  # noqa: E402
+from user_dir.files import (
+    FolderBusy,
+    OutputError,
+    WriteError,
+    atomic_write,
+    discard,
+    lock_folder,
+    remove_orphans,
+    temporary_folder,
+)
+from user_dir.text import TextError, read_lines
+from user_dir.workflow import (
+    PENDING,
+    RECORD,
+    RECORD_FORMAT,
+    ROOT,
+    at_least,
+    encode_pieces,
+    language_code,
+    preprocess_command,
+    record_problem,
+    run_fairseq,
+    script_main,
+    sha256_file,
+)
 
 SHARED_RAW = ROOT.parent / "shared" / "data" / "multi30k"
 DEFAULT_RAW = SHARED_RAW if SHARED_RAW.is_dir() else ROOT / "runs" / "multi30k" / "raw"
@@ -61,6 +91,7 @@ MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 SPLITS = ("train", "valid", "test")
 HELD_OUT_SHARE, HELD_OUT_MAX = 20, 3000  # default held-out size: 1/20 of the pairs, at most 3000
 MIN_VOCAB = 8
+NORMALISATION = "nmt_nfkc"  # sentencepiece's default rule, named so that the split and the model agree
 Pairs = tuple[list[str], list[str]]
 
 
@@ -97,12 +128,28 @@ def download(base_url: str, raw_dir: Path, prefixes: list[str], langs: tuple[str
 
 
 def read_pair(prefix: Path, src: str, tgt: str) -> Pairs:
-    """Both sides of a split, each line checked by user_dir/text.py, and of equal length."""
+    """Both sides of a split, each line checked by user_dir/text.py, of equal length, and two
+    different files of different text (one file given twice would teach copying)."""
     paths = raw_path(prefix, src), raw_path(prefix, tgt)
+    if os.path.samefile(*paths):
+        raise SystemExit(f"error: {paths[0]} and {paths[1]} are the same file: give the {src} and the {tgt} "
+                         "text as two files")
     sides = [read_lines(p) for p in paths]
     if len(sides[0]) != len(sides[1]):
         raise SystemExit(f"error: {paths[0]} has {len(sides[0])} lines but {paths[1]} has {len(sides[1])}")
+    if sides[0] == sides[1]:
+        raise SystemExit(f"error: {paths[0]} and {paths[1]} hold the same text: give the {src} and the {tgt} "
+                         "text of the pairs")
     return sides[0], sides[1]
+
+
+def as_the_model_sees(lines: list[str]) -> list[str]:
+    """Each line normalised as the sentencepiece model will normalise it before cutting it into
+    pieces (the rule it is trained with, white space folded, ``\u2581`` for spaces), so that pairs
+    that differ only in what it removes count as one."""
+    normaliser = spm.SentencePieceNormalizer(rule_name=NORMALISATION, add_dummy_prefix=True,
+                                             escape_whitespaces=True, remove_extra_whitespaces=True)
+    return [normaliser.normalize(line) for line in lines]
 
 
 def default_held_out(pairs: int) -> int:
@@ -111,9 +158,12 @@ def default_held_out(pairs: int) -> int:
 
 def hold_out(corpus: Pairs, valid_size: int | None, test_size: int | None, seed: int) -> dict[str, Pairs]:
     """Split one corpus into train/valid/test: valid and test are distinct pairs drawn with
-    ``seed`` (kept in corpus order); every copy of a held-out pair leaves the training split."""
+    ``seed`` (kept in corpus order); every copy of a held-out pair leaves the training split.
+    Pairs are compared as the model sees them (:func:`as_the_model_sees`)."""
     pairs = list(zip(*corpus))
-    distinct = list(dict.fromkeys(pairs))
+    keys = list(zip(*map(as_the_model_sees, corpus)))
+    first = dict(zip(reversed(keys), reversed(range(len(keys)))))  # key -> index of its first pair
+    distinct = [keys[i] for i in sorted(first.values())]
     sizes = {"valid": valid_size, "test": test_size}
     sizes = {k: default_held_out(len(distinct)) if v is None else v for k, v in sizes.items()}
     if sum(sizes.values()) > len(distinct) // 2:
@@ -123,17 +173,37 @@ def hold_out(corpus: Pairs, valid_size: int | None, test_size: int | None, seed:
     random.Random(seed).shuffle(order)
     picked = {"valid": sorted(order[:sizes["valid"]]), "test": sorted(order[sizes["valid"]:sum(sizes.values())])}
     held = {distinct[i] for indices in picked.values() for i in indices}
-    splits = {"train": [pair for pair in pairs if pair not in held]}
-    splits.update({split: [distinct[i] for i in indices] for split, indices in picked.items() if indices})
+    splits = {"train": [pair for pair, key in zip(pairs, keys) if key not in held]}
+    splits.update({split: [pairs[first[distinct[i]]] for i in indices] for split, indices in picked.items() if indices})
     removed = len(pairs) - len(splits["train"]) - len(held)
     print(f"held out from {len(pairs)} pairs (seed {seed}): valid {sizes['valid']}, test {sizes['test']}"
-          + (f"; {removed} more copies of held-out pairs left out of train" if removed else ""))
+          + (f"; {removed} more copies of held-out pairs (the same once normalised) left out of train"
+             if removed else ""))
     return {split: ([s for s, _ in rows], [t for _, t in rows]) for split, rows in splits.items()}
 
 
+def file_text(lines: list[str]) -> bytes:
+    """What :func:`write_lines` writes."""
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
 def write_lines(path: Path, lines: list[str]) -> None:
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
+    with atomic_write(path) as f:
+        f.write(file_text(lines))
+
+
+def spm_refusal(error: RuntimeError, vocab_size: int) -> str:
+    """One line for sentencepiece's refusal to train, naming the option to change."""
+    text = str(error)
+    small = re.search(r"smaller than required_chars\. \d+ vs (\d+)", text)
+    if small:
+        return (f"--vocab-size {vocab_size} is smaller than the {small[1]} characters and special pieces of the "
+                f"training text: use --vocab-size {small[1]} or more")
+    high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", text)
+    if high:
+        return (f"--vocab-size {vocab_size} is more pieces than sentencepiece can make of the training text: "
+                f"use --vocab-size {high[2]} or less")
+    return f"sentencepiece could not train on the training text: {text.splitlines()[-1] if text else error!r}"
 
 
 def train_spm(out: Path, train_text: list[str], vocab_size: int) -> Path:
@@ -141,23 +211,26 @@ def train_spm(out: Path, train_text: list[str], vocab_size: int) -> Path:
     if model.exists():
         print(f"skip: {model} exists")
         return model
-    for stale in (out / "spm", out / "bin"):  # made with an older sentencepiece model
-        shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".spm.", suffix=".tmp") as work:
-        corpus = Path(work) / "train.txt"
+    for stale in (out / "spm", out / "bin"):  # made with an older sentencepiece model (claimed: see claim())
+        discard(stale)
+    with temporary_folder(out, "spm") as work:
+        corpus = work / "train.txt"
         write_lines(corpus, train_text)
-        spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=f"{work}/spm", vocab_size=vocab_size,
-                                       model_type="unigram", character_coverage=1.0, num_threads=2,
-                                       hard_vocab_limit=False, minloglevel=2)  # tiny corpora: at most vocab_size
-        os.replace(f"{work}/spm.vocab", out / "spm.vocab")
-        os.replace(f"{work}/spm.model", model)  # last: its presence marks the step done
+        try:
+            spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=f"{work}/spm", vocab_size=vocab_size,
+                                           model_type="unigram", character_coverage=1.0, num_threads=2,
+                                           normalization_rule_name=NORMALISATION,
+                                           hard_vocab_limit=False, minloglevel=2)  # tiny corpora: at most vocab_size
+        except RuntimeError as e:
+            raise SystemExit(f"error: {spm_refusal(e, vocab_size)}") from None
+        os.replace(work / "spm.vocab", out / "spm.vocab")
+        os.replace(work / "spm.model", model)  # last: its presence marks the step done
     return model
 
 
 def write_splits(folder: Path, data: dict[str, Pairs], langs: tuple[str, str], encode=None) -> None:
     """FOLDER/{split}.{lang} for every split, each line passed through ``encode`` when given."""
     folder.mkdir(exist_ok=True)
-    remove_orphans(str(folder))
     for split, sides in data.items():
         for lang, lines in zip(langs, sides):
             path = folder / f"{split}.{lang}"
@@ -170,17 +243,12 @@ def binarize(out: Path, src: str, tgt: str, splits: list[str]) -> None:
     if dest.exists():
         print(f"skip: {dest} exists")
         return
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".bin.", suffix=".tmp"))
-    cmd = ["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt, "--joined-dictionary",
-           "--destdir", str(tmp), "--workers", "2"]
-    for split in splits:
-        cmd += [f"--{split}pref", str(out / "spm" / split)]
-    run_fairseq(cmd)
-    tmp.replace(dest)
+    with temporary_folder(out, "bin") as tmp:
+        run_fairseq(preprocess_command(src, tgt, {split: out / "spm" / split for split in splits}, tmp, workers=2))
+        tmp.replace(dest)
 
 
-OUTPUTS = ("raw", "spm.model", "spm.vocab", "spm", "bin", "prepare.json")
-PENDING = ".prepare-pending.json"  # the recipe of a preparation under way (prepare.json: a finished one)
+OUTPUTS = ("raw", "spm.model", "spm.vocab", "spm", "bin", RECORD)  # what a preparation makes in OUT
 
 
 def recipe(args: argparse.Namespace, sources: dict, data: dict[str, Pairs]) -> dict:
@@ -190,50 +258,86 @@ def recipe(args: argparse.Namespace, sources: dict, data: dict[str, Pairs]) -> d
               for split, sides in data.items() for lang, lines in zip((args.src, args.tgt), sides)}
     key = "sources" if args.corpus or args.train else "splits"  # "splits": --raw-dir's prefixes, as always recorded
     return {"src": args.src, "tgt": args.tgt, "vocab_size": args.vocab_size, key: sources,
-            "sentencepiece": spm.__version__, "inputs": inputs}
+            "sentencepiece": spm.__version__, "inputs": inputs, "outputs": list(OUTPUTS)}
 
 
 def differences(made: dict, wanted: dict) -> list[str]:
-    differ = [key for key in wanted if key != "inputs" and made.get(key) != wanted[key]]
+    differ = [key for key in wanted if key not in ("inputs", "outputs") and made.get(key) != wanted[key]]
     made_inputs = made.get("inputs", {})
     return differ + [f"{name} text" for name, digest in wanted["inputs"].items() if made_inputs.get(name) != digest]
+
+
+def read_json(path: Path) -> dict:
+    """A record prepare.py wrote (a JSON object), or SystemExit: what it names cannot be known."""
+    try:
+        made = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        made = e
+    if not isinstance(made, dict):
+        raise SystemExit(f"error: {path} cannot be read ({made}), so what it made is unknown: remove "
+                         f"{path.parent} yourself and prepare again, or use another --out")
+    return made
+
+
+def remove_made(out: Path, made: dict) -> None:
+    """Delete the outputs that a record of prepare.py names as its own (records before 'outputs'
+    was kept: the outputs that prepare.py always made)."""
+    for name in set(made.get("outputs", OUTPUTS)) & set(OUTPUTS):  # a record never names a path outside OUT
+        discard(out / name)
 
 
 def claim(out: Path, wanted: dict, overwrite: bool) -> None:
     """Make OUT's outputs belong to ``wanted``: keep them if they were made from it (finished,
     or left unfinished by a failed run), redo an unfinished preparation of other inputs, refuse
-    a finished one (or, with --overwrite, delete it); then mark ``wanted`` as under way."""
-    record, pending = out / "prepare.json", out / PENDING
+    a finished one (or, with --overwrite, delete it) and files prepare.py has no record of; then
+    record ``wanted`` as under way, before any of its outputs is made."""
+    record, pending = out / RECORD, out / PENDING
+    made = read_json(record) if record.exists() else read_json(pending) if pending.exists() else None
     problem = None
     if record.exists():
-        made = json.loads(record.read_text())
-        if not differences(made, wanted):
+        if differences(made, wanted):
+            problem = f"{out} was prepared from other inputs or options ({', '.join(differences(made, wanted))} differ)"
+        elif mismatch := record_problem(record):  # made from these inputs and options: redone, nothing is lost
+            print(f"redo: {out} (its files do not match {RECORD}: {mismatch})")
+        elif "format" not in made:
+            return print(f"update: {record} (an older prepare.py wrote it: its checksums are added)")
+        else:
             return
-        problem = f"{out} was prepared from other inputs or options ({', '.join(differences(made, wanted))} differ)"
     elif pending.exists():
-        if json.loads(pending.read_text()) == wanted:
-            print(f"continue: {out} (an earlier run with these inputs did not finish)")
-            return
+        if made == wanted:
+            return print(f"continue: {out} (an earlier run with these inputs did not finish)")
         print(f"redo: {out} (an earlier run with other inputs or options did not finish)")
-    elif any((out / name).exists() for name in OUTPUTS):
-        problem = f"{out} holds prepared files but no record of what made them ({record.name})"
+    elif any(os.path.lexists(out / name) for name in OUTPUTS):
+        found = ", ".join(name for name in OUTPUTS if os.path.lexists(out / name))
+        raise SystemExit(f"error: {out} holds {found} but no record that prepare.py made them ({RECORD}): "
+                         "use another --out, or remove them yourself")
     if problem and not overwrite:
         raise SystemExit(f"error: {problem}: use another --out, or --overwrite to redo it")
-    for name in OUTPUTS:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if made is not None:
+        remove_made(out, made)
     with atomic_write(pending, "w") as f:
         json.dump(wanted, f, indent=2)
 
 
 def finish(out: Path, wanted: dict, data: dict[str, Pairs]) -> None:
     """Record the finished preparation in OUT/prepare.json (what scripts/train.sh and
-    scripts/evaluate.py read), then drop the under-way mark."""
-    done = {**wanted, "tokenization": "sentencepiece", "pairs": {split: len(sides[0]) for split, sides in data.items()},
-            "raw": {split: {lang: f"raw/{split}.{lang}" for lang in (wanted["src"], wanted["tgt"])} for split in data}}
-    with atomic_write(out / "prepare.json", "w") as f:
+    scripts/evaluate.py read), with the SHA-256 of every raw file (checked against the text read
+    from the inputs) and dictionary, then drop the under-way mark."""
+    langs = (wanted["src"], wanted["tgt"])
+    raw = {split: {lang: f"raw/{split}.{lang}" for lang in langs} for split in data}
+    raw_sha256 = {split: {lang: hashlib.sha256(file_text(lines)).hexdigest() for lang, lines in zip(langs, sides)}
+                  for split, sides in data.items()}
+    for split, sides in raw.items():
+        for lang, path in sides.items():
+            if sha256_file(out / path) != raw_sha256[split][lang]:
+                raise SystemExit(f"error: {out / path} is not the text read from the inputs (changed after "
+                                 "prepare.py wrote it): prepare again with --overwrite")
+    done = {**wanted, "format": RECORD_FORMAT, "tokenization": "sentencepiece",
+            "pairs": {split: len(sides[0]) for split, sides in data.items()}, "raw": raw, "raw_sha256": raw_sha256,
+            "dictionaries": {f"dict.{lang}.txt": sha256_file(out / "bin" / f"dict.{lang}.txt") for lang in langs}}
+    with atomic_write(out / RECORD, "w") as f:
         json.dump(done, f, indent=2)
-    (out / PENDING).unlink(missing_ok=True)
+    discard(out / PENDING)
 
 
 def main() -> None:
@@ -251,8 +355,8 @@ def main() -> None:
     p.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW, help="folder of raw {prefix}.{lang}[.gz] files")
     p.add_argument("--splits", nargs=3, metavar="SPLIT=PREFIX",
                    help="raw file prefixes in --raw-dir of train, valid and test (default: Multi30k's names)")
-    p.add_argument("--src", default="de", help="source language suffix")
-    p.add_argument("--tgt", default="en", help="target language suffix")
+    p.add_argument("--src", type=language_code, default="de", help="source language suffix (letters, digits, _)")
+    p.add_argument("--tgt", type=language_code, default="en", help="target language suffix (letters, digits, _)")
     p.add_argument("--vocab-size", type=at_least(MIN_VOCAB), default=4000,
                    help="joint sentencepiece vocabulary size (the default was chosen on Multi30k: README)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/NAME/SRC-TGT, NAME: multi30k, the "
@@ -264,7 +368,7 @@ def main() -> None:
     args = p.parse_args()
     try:
         prepare(args)
-    except (TextError, FolderBusy) as e:
+    except (TextError, FolderBusy, OutputError, WriteError) as e:
         raise SystemExit(f"error: {e}")
 
 
@@ -310,7 +414,10 @@ def prepare(args: argparse.Namespace) -> None:
     langs = (args.src, args.tgt)
     paths = {(split, lang): raw_path(prefix, lang) for split, prefix in prefixes.items() for lang in langs}
     check_out(out, list(paths.values()))
-    lock_folder(str(out), "prepare.py")
+    try:
+        lock_folder(str(out), "prepare.py")
+    except OutputError as e:
+        raise SystemExit(f"error: --out: {e}") from None
     remove_orphans(str(out))
     if args.corpus:
         data = hold_out(read_pair(args.corpus, args.src, args.tgt), args.valid_size, args.test_size, args.seed)
@@ -325,14 +432,31 @@ def prepare(args: argparse.Namespace) -> None:
         print(f"{split}: {len(src_lines)} sentence pairs")
     wanted = recipe(args, sources, data)
     claim(out, wanted, args.overwrite)
-    write_splits(out / "raw", data, langs)
-    model = train_spm(out, data["train"][0] + data["train"][1], args.vocab_size)
-    sp = spm.SentencePieceProcessor(model_file=str(model))
-    write_splits(out / "spm", data, langs, lambda lines: encode_pieces(sp, lines))
-    binarize(out, args.src, args.tgt, list(data))
-    finish(out, wanted, data)
+    with unfinished(out):
+        write_splits(out / "raw", data, langs)
+        model = train_spm(out, data["train"][0] + data["train"][1], args.vocab_size)
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        write_splits(out / "spm", data, langs, lambda lines: encode_pieces(sp, lines))
+        binarize(out, args.src, args.tgt, list(data))
+        finish(out, wanted, data)
     print(f"done: {out}/bin (sentencepiece model {model}; raw text of each split in {out}/raw)")
 
 
+@contextmanager
+def unfinished(out: Path) -> Iterator[None]:
+    """An error or Ctrl-C while OUT is made ends with one line that also says OUT is unfinished
+    (no prepare.json: nothing reads it as done) and how to go on."""
+    how = f"{out} is unfinished: run the same command again to continue it, or remove {out}"
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"error: prepare.py interrupted (Ctrl-C); {how}", file=sys.stderr)
+        sys.exit(130)
+    except (TextError, OutputError, WriteError) as e:
+        raise SystemExit(f"error: {e}; {how}") from None
+    except SystemExit as e:
+        raise SystemExit(f"{e.code}; {how}" if str(e.code).startswith("error:") else e.code) from None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

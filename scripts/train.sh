@@ -7,47 +7,81 @@
 #   NPROC=2 bash scripts/train.sh runs/mine/de-en/bin runs/mine/de-en/ckpt
 #   bash scripts/train.sh runs/multi30k/de-en/bin runs/lstm --arch lstm --criterion label_smoothed_cross_entropy
 # What it picks from the data (tokenization, size), the machine and the environment is printed
-# at the start (scripts/train_settings.py; docs/training.md). An explicit --max-update or
-# --max-epoch is honoured exactly. Later EXTRA args override the defaults.
+# at the start (scripts/train_settings.py; docs/training.md), as fairseq-train reads the options.
+# An explicit --max-update or --max-epoch is honoured exactly. Later EXTRA args override the defaults.
 # Env: PATIENCE stop after this many validations without a better BLEU (0: never; default 5,
 # none when EXTRA sizes the run), BUDGET_HOURS wall-clock limit in hours (default none),
 # AMP=0/1 float32 / bfloat16 autocast on a CPU (default: the faster one, measured), AMP=0 for
 # float32 on a GPU (default --fp16), NPROC=N processes via torchrun (gloo on CPU, NCCL on GPUs),
 # TORCHRUN_ARGS more torchrun options (multi-node: docs/training.md) with NNODES.
-# Resumes from SAVE_DIR/checkpoint_last.pt when it exists; a second run on one SAVE_DIR is
-# refused. Exit status 0 exactly when training finished ("done training") and fairseq-train exited 0.
+# Resumes from SAVE_DIR/checkpoint_last.pt; a complete run is left as it is ("the run is complete").
+# Exit status 0 exactly when training finished and saved its checkpoints (or was complete already);
+# Ctrl-C 130. Stopping train.sh in any way (even SIGKILL) stops every training process it started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-[ $# -ge 2 ] || { sed -n '2,18p' "$0"; exit 2; }
+case "${1:-}" in -h|--help) sed -n '2,20p' "$0"; exit 0 ;; esac
+[ $# -ge 2 ] || { echo "error: give DATA_BIN and SAVE_DIR: bash $0 DATA_BIN SAVE_DIR [EXTRA...] (--help: more)" >&2; exit 2; }
 threads="${OMP_NUM_THREADS:-}"
-source "$root/scripts/env.sh"
+source "$root/scripts/env.sh" || exit 2
 data="$1" save="$2"; shift 2
 if [ -z "$threads" ] && [[ "${NPROC:-1}" =~ ^[0-9]+$ ]] && [ "${NPROC:-1}" -gt 1 ]; then
     export OMP_NUM_THREADS=$(( ($(nproc) + NPROC - 1) / NPROC ))  # NPROC processes share the cores
 fi
 compgen -G "$data/dict.*.txt" > /dev/null ||
     { echo "error: $data holds no fairseq-preprocess output (dict.*.txt); scripts/prepare.py makes it" >&2; exit 2; }
-mkdir -p "$save"
-argfile="$(mktemp)"; trap 'rm -f "$argfile"' EXIT
-python "$root/scripts/train_settings.py" "$argfile" "$data" "$save" "$@" | tee -a "$save/train.log" || exit 2
-mapfile -t settings < "$argfile"
-nproc="${NPROC:-1}"
-if [ "$nproc" -gt 1 ]; then
+tmp="$(mktemp -d)" launcher=""
+exec 4>&2  # train.sh's own stderr, also inside stoppable's redirections
+stop_launcher() {  # the launcher's whole process group (its workers also die with it: scripts/with_parent.py)
+    [ -z "$launcher" ] || { kill -KILL -- "-$launcher" "$launcher"; wait "$launcher"; } 2> /dev/null || true
+    launcher=""
+}
+stoppable() {  # CMD...: in a session of its own that dies with train.sh, so Ctrl-C reaches only train.sh
+    WITH_PARENT_PID=$$ python "$root/scripts/with_parent.py" "$@" 3>&- 4>&- &
+    launcher=$!
+    local rc=0
+    wait "$launcher" || rc=$?
+    stop_launcher
+    return "$rc"
+}
+interrupted() {  # $1: the signal, $2: the exit status
+    stop_launcher
+    echo "error: interrupted ($1): training stopped; the same command resumes from $save/checkpoint_last.pt" >&4
+    exit "$2"
+}
+trap 'stop_launcher; rm -rf "$tmp"' EXIT
+trap 'interrupted SIGINT 130' INT
+trap 'interrupted SIGTERM 143' TERM
+trap 'interrupted SIGHUP 129' HUP
+stoppable python "$root/scripts/train_settings.py" "$tmp/args" "$data" "$save" "$@" > "$tmp/plan" || exit 2
+if [ ! -s "$tmp/args" ]; then cat "$tmp/plan"; exit 0; fi  # the run is complete: no file is touched
+tee -a "$save/train.log" < "$tmp/plan"
+mapfile -t args < "$tmp/args"
+if [ "${NPROC:-1}" -gt 1 ]; then
     # shellcheck disable=SC2086  # TORCHRUN_ARGS: several options
-    launch=(torchrun ${TORCHRUN_ARGS:---standalone} --nnodes "${NNODES:-1}" --nproc-per-node "$nproc" "$(command -v fairseq-train)")
+    launch=(torchrun ${TORCHRUN_ARGS:---standalone} --nnodes "${NNODES:-1}" --nproc-per-node "$NPROC"
+            "$root/scripts/with_parent.py" fairseq-train)
 else
     launch=(fairseq-train)
 fi
 start=$(stat -c %s "$save/train.log")
+touch "$tmp/start"
+exec 3> >(trap '' INT; exec tee -a "$save/train.log")  # Ctrl-C: the log keeps the last lines
+logger=$!
 rc=0
-"${launch[@]}" "${settings[@]}" --user-dir "$root/user_dir" "$@" 2>&1 | tee -a "$save/train.log" || rc=$?
-# This run's own lines: a finished run says "done training".
+stoppable "${launch[@]}" "${args[@]}" >&3 2>&1 || rc=$?
+exec 3>&-
+wait "$logger" || true
+# This run's own lines: a finished run says "done training"; one that saves writes a checkpoint.
 run_log=$(tail -c +$((start + 1)) "$save/train.log")
 if ! grep -q "done training" <<< "$run_log"; then
     echo "error: training did not finish (fairseq-train exit status $rc): see $save/train.log" >&2
 elif [ "$rc" != 0 ]; then
     echo "error: fairseq-train exited with status $rc after training finished: see $save/train.log" >&2
+elif ! grep -qx -- --no-save "$tmp/args" &&
+        [ -z "$(find "$save" -maxdepth 1 -name 'checkpoint*.pt' -newer "$tmp/start")" ]; then
+    echo "error: training finished but wrote no checkpoint to $save: see $save/train.log" >&2
 else
+    cp "$tmp/args" "$save/.train.done.tmp" && mv -f "$save/.train.done.tmp" "$save/train.done"
     exit 0
 fi
 exit $((rc == 0 ? 1 : rc))

@@ -1,10 +1,15 @@
-"""The fairseq-train options scripts/train.sh uses, fitted to the data, the machine and the environment.
+"""The fairseq-train command scripts/train.sh runs, fitted to the data, the machine and the environment.
 
 Usage (train.sh runs it): python scripts/train_settings.py ARGS_FILE DATA_BIN SAVE_DIR [EXTRA...]
-Writes the options, one per line, to ARGS_FILE (EXTRA, the user's own, come after them and win)
-and prints the effective settings. Environment: AMP (0/1; unset: measured), PATIENCE,
-BUDGET_HOURS, NPROC (see train.sh).
+Writes fairseq-train's arguments, one per line, to ARGS_FILE (the recipe's options, then the user's
+EXTRA, which win) and prints the plan; writes nothing to ARGS_FILE when the run in SAVE_DIR is
+already complete. Environment: AMP (0/1; unset: measured), PATIENCE, BUDGET_HOURS, NPROC, NNODES.
 
+* Options are read by fairseq-train's own parser (aliases, ``--opt=value``, the last of a
+  repeated option, types, the components' and the plugin's options), and the printed plan is
+  that parse: what fairseq-train will do. Values it cannot train with are refused in one line.
+* Recipe: criterion, optimizer, scheduler and the fixed options come from configs/multi30k.yaml
+  (the fairseq-hydra-train recipe); the arch is ``rnn_seq2seq_multi30k``.
 * Tokenization: OUT/prepare.json of scripts/prepare.py names it; for other data it is detected
   from the dictionary (sentencepiece pieces start with U+2581). It is what --eval-bleu removes.
 * Size: the training split's pairs and tokens (from the binarized index) give the updates an
@@ -12,71 +17,123 @@ BUDGET_HOURS, NPROC (see train.sh).
 * Stopping: --max-update/--max-epoch in EXTRA are honoured exactly (early stopping only if
   PATIENCE is set). Otherwise the run ends at max(MIN_UPDATES, 9 epochs) updates, or earlier
   after PATIENCE (default 5) validations without a better BLEU. BUDGET_HOURS adds a wall-clock limit.
+* Resuming: SAVE_DIR/checkpoint_last.pt's updates, epochs and training time against the plan's
+  limits (fairseq-train's own stopping rules), or SAVE_DIR/train.done (the same command finished
+  there), say the run is complete; a limit below what the checkpoint holds is refused.
 * Precision on a CPU: bfloat16 autocast only where a short probe (the model's kind of work,
   both precisions, alternating) finds it faster; the result is cached per CPU model, torch
   version and thread count in ~/.cache/fairseq-rnn-seq2seq/precision.json.
 """
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from fairseq import checkpoint_utils, options
+from fairseq.data import Dictionary, data_utils
+from fairseq.registry import REGISTRIES
+from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's user_dir, when not pip-installed
-from fairseq import criterions, optim  # noqa: E402,F401 (registers fairseq's components)
-from fairseq.data import Dictionary, data_utils  # noqa: E402
-from fairseq.optim import lr_scheduler  # noqa: E402,F401
-from fairseq.registry import REGISTRIES  # noqa: E402
+from user_dir.checkpoint_files import CheckpointError
+from user_dir.dictionaries import uses_sentencepiece
+from user_dir.files import atomic_write
+from user_dir.workflow import ROOT, USER_DIR, language_pair, prepared_record
 
-from user_dir.dictionaries import uses_sentencepiece  # noqa: E402
-from user_dir.files import atomic_write  # noqa: E402
-from user_dir.workflow import language_pair, prepared_record  # noqa: E402
-
-MAX_TOKENS = 2048
+RECIPE = ROOT / "configs" / "multi30k.yaml"
+ARCH = "rnn_seq2seq_multi30k"
 VALIDATE_EVERY = 200  # updates between validations, about (whole epochs, or updates for long epochs)
 MIN_VALIDATIONS = 5  # a run short in epochs still validates (selects, stops early, shrinks the rate) this often
 LONG_EPOCH = 2000  # updates an epoch above which validation and checkpoints go by updates
 MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs); Multi30k: 9 epochs = 2,300
-WARMUP = 100  # learning-rate warmup updates, at most a tenth of the run
 SMALL = 10_000  # pairs below which the learning rate waits one more validation before it shrinks
 BF16_MARGIN = 1.05  # bfloat16 must be this much faster: float32 is exact, and probes are noisy
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fairseq-rnn-seq2seq" / "precision.json"
-OURS = {
-    "criterion": ("masked_ce", {"--label-smoothing": "0.1"}),
-    "optimizer": ("adam", {"--adam-betas": "(0.9, 0.98)"}),
-    "lr-scheduler": ("reduce_lr_on_plateau", {"--lr-shrink": "0.5", "--lr-patience": "0", "--warmup-updates": "100"}),
-}
+DONE = "train.done"  # in SAVE_DIR: the arguments of the last run that finished there (train.sh writes it)
+COMPONENTS = {"criterion": "criterion", "optimizer": "optimizer", "lr-scheduler": "lr_scheduler"}
+# the recipe's fixed options (section, field of configs/multi30k.yaml)
+FIXED = [("optimization", "lr"), ("optimization", "clip_norm"), ("dataset", "max_tokens"),
+         ("dataset", "required_batch_size_multiple"), ("dataset", "num_workers"), ("checkpoint", "keep_last_epochs"),
+         ("checkpoint", "best_checkpoint_metric"), ("checkpoint", "maximize_best_checkpoint_metric"),
+         ("task", "eval_bleu"), ("task", "eval_bleu_args"), ("common", "seed"), ("common", "log_format"),
+         ("common", "log_interval")]
+# fairseq-train's counts: below these it divides by zero, trains nothing or misreads them (0: no limit)
+LEAST = {"max_tokens": 1, "batch_size": 1, "update_freq": 1, "validate_interval": 1, "save_interval": 1,
+         "log_interval": 1, "max_update": 0, "max_epoch": 0, "validate_interval_updates": 0,
+         "save_interval_updates": 0, "stop_time_hours": 0, "distributed_world_size": 1}
 
 
-def given(extra: list[str], flag: str) -> str | None:
-    """The last value EXTRA gives ``flag`` (``--flag V`` or ``--flag=V``), else None."""
-    values = [b for a, b in zip(extra, extra[1:]) if a == flag] + [a.split("=", 1)[1] for a in extra
-                                                                   if a.startswith(flag + "=")]
-    return values[-1] if values else None
+def cli(field: str, value) -> list[str]:
+    """A YAML field as fairseq-train's option: a flag for true, nothing for false, lists as fairseq writes them."""
+    if isinstance(value, bool):
+        return [f"--{field.replace('_', '-')}"] if value else []
+    if isinstance(value, list):
+        value = value[0] if len(value) == 1 else str(tuple(value))
+    return [f"--{field.replace('_', '-')}", str(value)]
 
 
-def components(extra: list[str], lr_patience: int, warmup: int) -> list[str]:
-    """The criterion, optimizer and scheduler with their options; where EXTRA chooses another one,
-    only the options that one defines (fairseq-train refuses the others)."""
+def recipe() -> tuple[dict, list[str]]:
+    """configs/multi30k.yaml as (component kind -> (name, its options)) and the fixed options: the
+    one source of the recipe for train.sh and fairseq-hydra-train."""
+    cfg = OmegaConf.to_container(OmegaConf.load(RECIPE))
+    ours = {kind: (cfg[section].pop("_name"), [x for item in cfg[section].items() for x in cli(*item)])
+            for kind, section in COMPONENTS.items()}
+    return ours, [x for section, field in FIXED for x in cli(field, cfg[section][field])]
+
+
+def components(chosen: dict, lr_patience: int, warmup: int) -> list[str]:
+    """The recipe's criterion, optimizer and scheduler with their options; where the user chose another
+    one (CHOSEN: kind -> name), only the options that one defines (fairseq-train refuses the others)."""
     args = []
-    for kind, (ours, options) in OURS.items():
+    for kind, (ours, recipe_options) in recipe()[0].items():
+        values = dict(zip(recipe_options[::2], recipe_options[1::2]))
         if kind == "lr-scheduler":
-            options = {**options, "--lr-patience": str(lr_patience), "--warmup-updates": str(warmup)}
-        chosen = given(extra, f"--{kind}")
-        if chosen is None:
-            args += [f"--{kind}", ours]
-        elif (component := REGISTRIES[kind.replace("-", "_")]["registry"].get(chosen)) is not None:
+            values.update({"--lr-patience": str(lr_patience), "--warmup-updates": str(warmup)})
+        if chosen[kind] != ours:
             parser = argparse.ArgumentParser()
-            component.add_args(parser)  # fairseq's own way to list a component's options
+            REGISTRIES[COMPONENTS[kind]]["registry"][chosen[kind]].add_args(parser)  # fairseq's way to list them
             defined = {option for action in parser._actions for option in action.option_strings}
-            options = {k: v for k, v in options.items() if k in defined}
-        args += [x for item in options.items() for x in item]
+            values = {k: v for k, v in values.items() if k in defined}
+        args += [f"--{kind}", chosen[kind], *(x for item in values.items() for x in item)]
     return args
+
+
+def fairseq_options(argv: list[str], given_only: bool = False) -> argparse.Namespace:
+    """ARGV as fairseq-train reads it (its parser with the model's, task's, components' and the
+    plugin's options); GIVEN_ONLY: only the options ARGV sets. A usage error becomes one line."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return options.parse_args_and_arch(options.get_training_parser(), argv, suppress_defaults=given_only)
+    except SystemExit:
+        why = (stderr.getvalue().strip().splitlines() or ["its options cannot be read"])[-1]
+        raise SystemExit(f"error: fairseq-train {why.split(': error: ', 1)[-1]}") from None
+
+
+def check_counts(plan: argparse.Namespace) -> None:
+    """Refuses a count fairseq-train would divide by zero with, train nothing with, or misread."""
+    for dest, least in LEAST.items():
+        value = getattr(plan, dest, None)
+        if value is not None and min(value if isinstance(value, list) else [value]) < least:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            meaning = " (0: no limit)" if least == 0 else ""
+            raise SystemExit(f"error: --{dest.replace('_', '-')} {shown}: give a number >= {least}{meaning}")
+
+
+def check_ends(plan: argparse.Namespace) -> None:
+    """Refuses a plan that nothing stops: fairseq reads --max-update 0 and --max-epoch 0 as no limit."""
+    early = plan.patience > 0 and not plan.disable_validation
+    if not plan.max_update and not plan.max_epoch and plan.stop_time_hours <= 0 and not early:
+        raise SystemExit(f"error: --max-update {plan.max_update} and --max-epoch {plan.max_epoch} mean no limit to "
+                         "fairseq-train, and no early stopping (PATIENCE, with validation) or wall-clock limit "
+                         "(BUDGET_HOURS) ends the run: give --max-update N or --max-epoch N")
 
 
 def env_number(name: str, kind: type, minimum: float, meaning: str) -> float | None:
@@ -94,7 +151,7 @@ def env_number(name: str, kind: type, minimum: float, meaning: str) -> float | N
 
 def corpus(data: Path) -> dict:
     """Tokenization, training pairs and tokens of DATA_BIN (prepare.json where prepare.py made it)."""
-    made = prepared_record(data)
+    made = prepared_record(data)  # an unreadable record: one error line
     src, tgt = language_pair(data)
     tokenization = made.get("tokenization")
     if tokenization is None:
@@ -176,72 +233,171 @@ def cpu_precision() -> tuple[bool, str]:
     return speedup >= BF16_MARGIN, f"probe: bfloat16 at {speedup:.2f}x float32's speed on {key} ({how}, {CACHE})"
 
 
-def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str], list[str]]:
-    """fairseq-train's options before EXTRA, and the lines that describe them."""
-    info = corpus(data)
-    nproc = int(env_number("NPROC", int, 1, "the number of processes, a whole number >= 1") or 1)
-    patience = env_number("PATIENCE", int, 0, "a whole number of validations >= 0 (0: no early stopping)")
-    budget = env_number("BUDGET_HOURS", float, 1e-9, "a number of hours > 0 (unset: no wall-clock limit)")
-    max_tokens = int(given(extra, "--max-tokens") or MAX_TOKENS)
-    update_freq = int((given(extra, "--update-freq") or "1").split(",")[0])
-    per_epoch = max(1, math.ceil(info["tokens"] * 1.15 / (max_tokens * nproc * update_freq)))  # padding ~15%
-    sized = [f for f in ("--max-update", "--max-epoch") if given(extra, f) is not None]
-    total = min(int(given(extra, "--max-update") or sys.maxsize), int(given(extra, "--max-epoch") or 0) * per_epoch
-                or sys.maxsize)
-    args = [data.as_posix(), "--save-dir", save.as_posix(), "--arch", "rnn_seq2seq_multi30k"]
-    if sized:
-        stop = f"{' and '.join(f'{f} {given(extra, f)}' for f in sized)} as given"
-        patience = patience or 0
-    else:
-        updates = total = round(max(MIN_UPDATES, EPOCHS * per_epoch), -2)
-        args += ["--max-update", str(updates)]
-        stop = f"--max-update {updates} (default: max({MIN_UPDATES}, {EPOCHS} epochs))"
-        patience = 5 if patience is None else patience
-    early = f"early stopping after {patience} validations without a better BLEU" if patience else "no early stopping"
-    stop += f"; {early}"
-    stop += f"; wall-clock limit {budget} h" if budget else "; no wall-clock limit"
-    args += ["--patience", str(patience)] + (["--stop-time-hours", str(budget)] if budget else [])
-    if per_epoch <= LONG_EPOCH:
-        # about every VALIDATE_EVERY updates, and at least MIN_VALIDATIONS times in the run
-        every = max(1, min(round(VALIDATE_EVERY / per_epoch), total // (MIN_VALIDATIONS * per_epoch)))
-        max_epoch = int(given(extra, "--max-epoch") or 0)
-        while max_epoch and max_epoch % every:  # the last epoch of a --max-epoch run is validated and saved
-            every -= 1
-        args += ["--validate-interval", str(every), "--save-interval", str(every)]
-        validation = f"every {every} epoch(s)"
-    else:
-        args += ["--validate-interval-updates", str(VALIDATE_EVERY * 10), "--save-interval-updates",
-                 str(VALIDATE_EVERY * 10), "--keep-interval-updates", "5"]
-        validation = f"every {VALIDATE_EVERY * 10} updates"
-    lr_patience = 1 if info["pairs"] < SMALL else 0
-    warmup = min(WARMUP, max(1, total // 10))
-    args += components(extra, lr_patience, warmup)
-    bleu = ["--eval-bleu", "--eval-bleu-args", '{"beam": 1}', "--best-checkpoint-metric", "bleu",
-            "--maximize-best-checkpoint-metric"]
-    args += bleu + (["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else [])
+def writable_folder(save: Path) -> None:
+    """SAVE_DIR made (with its parents) and writable, or one line saying why not."""
+    try:
+        save.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=save).close()
+    except OSError as e:
+        what = "is a file, not a folder" if save.is_file() else f"cannot be written ({e.strerror})"
+        raise SystemExit(f"error: SAVE_DIR {save} {what}: give a writable folder for the checkpoints") from None
+
+
+def saved_progress(plan: argparse.Namespace) -> dict | None:
+    """Updates, finished epochs and training hours of the checkpoint fairseq-train resumes from; None
+    when it starts afresh (no checkpoint_last.pt, another --restore-file, a --reset-* option)."""
+    path = Path(plan.save_dir) / "checkpoint_last.pt"
+    resets = (plan.reset_optimizer, plan.reset_dataloader, plan.reset_meters, plan.reset_lr_scheduler)
+    if plan.restore_file != "checkpoint_last.pt" or any(resets) or not path.is_file():
+        return None
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e} (train.sh resumes from it: remove it to start again, or give another "
+                         "SAVE_DIR)") from None
+    extra = state.get("extra_state") or {}
+    # the iterator's epoch is the next one to train once an epoch ended, else the one under way
+    return {"path": path, "updates": state["optimizer_history"][-1]["num_updates"],
+            "epochs": extra.get("train_iterator", {}).get("epoch", 1) - 1,
+            "hours": extra.get("previous_training_time", 0) / 3600}
+
+
+def complete(plan: argparse.Namespace, argv: list[str]) -> str | None:
+    """Why the run in SAVE_DIR is complete (fairseq-train's stopping rules against its checkpoint,
+    or this very command finished there), None when training is left; refuses limits below it."""
+    saved = saved_progress(plan)
+    if saved is None:
+        return None
+    path, done = saved["path"], []
+    for option, limit, held, unit in (("--max-update", plan.max_update, saved["updates"], "updates"),
+                                      ("--max-epoch", plan.max_epoch, saved["epochs"], "finished epochs")):
+        if limit and held > limit:
+            raise SystemExit(f"error: {path} holds {held} {unit}, more than {option} {limit}: nothing to train; "
+                             f"give a larger {option}, or another SAVE_DIR for a new model")
+        done += [f"{held} {unit} of {option} {limit}"] if limit and held == limit else []
+    if 0 < plan.stop_time_hours < saved["hours"]:
+        done.append(f"{saved['hours']:.3f} training hours of --stop-time-hours {plan.stop_time_hours} (BUDGET_HOURS)")
+    marker = path.parent / DONE
+    if (marker.is_file() and marker.read_text() == "".join(a + "\n" for a in argv)
+            and path.stat().st_mtime_ns <= marker.stat().st_mtime_ns):
+        done.append(f"{saved['updates']} updates, and this command finished there ({marker})")
+    return f"{path} holds {done[0]}" if done else None
+
+
+def per_epoch(info: dict, plan: argparse.Namespace) -> int:
+    """Updates an epoch, about: batches of --max-tokens (padding ~15%) or --batch-size, whichever are
+    more, shared by the processes and --update-freq."""
+    batches = max(math.ceil(info["tokens"] * 1.15 / (plan.max_tokens or math.inf)),
+                  math.ceil(info["pairs"] / (plan.batch_size or math.inf)))
+    return max(1, math.ceil(batches / (plan.distributed_world_size * plan.update_freq[0])))
+
+
+def schedule(plan: argparse.Namespace, epoch: int, total: int) -> list[str]:
+    """Validation and epoch checkpoints about every VALIDATE_EVERY updates (at least MIN_VALIDATIONS
+    times a run), in whole epochs, or by updates for long epochs; the last epoch of --max-epoch included."""
+    if epoch > LONG_EPOCH:
+        every = str(VALIDATE_EVERY * 10)
+        return ["--validate-interval-updates", every, "--save-interval-updates", every, "--keep-interval-updates", "5"]
+    every = max(1, min(round(VALIDATE_EVERY / epoch), total // (MIN_VALIDATIONS * epoch)))
+    while plan.max_epoch and plan.max_epoch % every:
+        every -= 1
+    return ["--validate-interval", str(every), "--save-interval", str(every)]
+
+
+def precision() -> tuple[list[str], str]:
+    """fairseq-train's precision options for this machine and AMP, and why."""
     if torch.cuda.is_available():
         amp = os.environ.get("AMP", "1") != "0"
-        args += ["--fp16"] if amp else []
-        precision = "float16 (--fp16, GPU)" if amp else "float32 (AMP=0, GPU)"
-    else:
-        bf16, why = cpu_precision()
-        args += ["--cpu"] + (["--amp"] if bf16 else [])
-        precision = f"{'bfloat16 autocast (--amp)' if bf16 else 'float32'}, {why}"
-    if nproc > 1:
-        backend = ["--distributed-backend", "nccl"] if torch.cuda.is_available() else [
-            "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
-        args += ["--distributed-world-size", str(nproc * int(os.environ.get("NNODES", "1")))] + backend
-    args += ["--lr", "2e-3", "--clip-norm", "1.0", "--max-tokens", str(MAX_TOKENS),
-             "--required-batch-size-multiple", "1", "--keep-last-epochs", "5", "--seed", "1",
-             "--num-workers", "0", "--log-format", "simple", "--log-interval", "50"]
-    lines = [f"data: {data}: {info['pairs']} training pairs, about {per_epoch} updates an epoch; "
-             f"tokenization {info['tokenization']} ({info['source']}), removed before validation BLEU",
-             f"stop: {stop}",
-             f"validation and checkpoints: {validation}; learning rate x0.5 after {lr_patience + 1} "
-             f"validation(s) without a better BLEU, {warmup} warmup updates",
-             f"precision: {precision}",
-             f"processes: {nproc}" + (f" (torchrun; {' '.join(backend)})" if nproc > 1 else "")]
-    return args, lines
+        return (["--fp16"], "GPU") if amp else ([], "AMP=0, GPU")
+    bf16, why = cpu_precision()
+    return ["--cpu"] + (["--amp"] if bf16 else []), why
+
+
+def precision_name(fp16: bool, amp: bool) -> str:
+    return "float16 (--fp16)" if fp16 else "bfloat16 autocast (--amp)" if amp else "float32"
+
+
+def every(epochs: int, updates: int) -> str:
+    return f"every {epochs} epoch(s)" + (f" and every {updates} updates" if updates > 0 else "")
+
+
+def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: str, torchrun: bool) -> list[str]:
+    """The plan as fairseq-train will carry it out (read from the parsed options)."""
+    limits = [f"--max-update {plan.max_update}"] * bool(plan.max_update) + [f"--max-epoch {plan.max_epoch}"] * bool(
+        plan.max_epoch)
+    stop = " and ".join(limits) or "no update or epoch limit"
+    stop += " as given" if sized else f" (default: max({MIN_UPDATES}, {EPOCHS} epochs))"
+    metric = "BLEU" if plan.best_checkpoint_metric == "bleu" else plan.best_checkpoint_metric
+    early = plan.patience > 0 and not plan.disable_validation
+    stop += f"; early stopping after {plan.patience} validations without a better {metric}" if early else (
+        "; no early stopping")
+    stop += f"; wall-clock limit {plan.stop_time_hours} h" if plan.stop_time_hours > 0 else "; no wall-clock limit"
+    validation = "none" if plan.disable_validation else every(plan.validate_interval, plan.validate_interval_updates)
+    saves = "none" if plan.no_save else every(plan.save_interval, plan.save_interval_updates)
+    when = f"validation and checkpoints: {saves}" if saves == validation else (
+        f"validation: {validation}; checkpoints: {saves}")
+    rate = f"learning rate {plan.lr[0]}, --lr-scheduler {plan.lr_scheduler}"
+    if plan.lr_scheduler == "reduce_lr_on_plateau":
+        rate = (f"learning rate {plan.lr[0]}, x{plan.lr_shrink} after {plan.lr_patience + 1} validation(s) without "
+                f"a better {metric}, {plan.warmup_updates} warmup updates")
+    name = precision_name(plan.fp16, plan.amp)
+    processes = f"processes: {plan.distributed_world_size}"
+    if plan.distributed_world_size > 1:  # without NPROC, fairseq-train starts one per GPU itself
+        launcher = "torchrun" if torchrun else "fairseq-train's own"
+        processes += f" ({launcher}; --distributed-backend {plan.distributed_backend} --ddp-backend {plan.ddp_backend})"
+    return [f"data: {plan.data}: {info['pairs']} training pairs, about {per_epoch(info, plan)} updates an epoch; "
+            f"tokenization {info['tokenization']} ({info['source']}), "
+            + ("removed before validation BLEU" if plan.eval_bleu_remove_bpe else "BLEU on the dictionary's tokens"),
+            f"stop: {stop}", f"{when}; {rate}",
+            f"precision: {name}, " + (why if name == ours else "as given in the options"), processes]
+
+
+def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None, list[str]]:
+    """fairseq-train's arguments (None: the run is complete) and the lines that describe them."""
+    info = corpus(data)
+    nproc = int(env_number("NPROC", int, 1, "the number of processes, a whole number >= 1") or 1)
+    nnodes = int(env_number("NNODES", int, 1, "the number of machines, a whole number >= 1") or 1)
+    patience = env_number("PATIENCE", int, 0, "a whole number of validations >= 0 (0: no early stopping)")
+    budget = env_number("BUDGET_HOURS", float, 1e-9, "a number of hours > 0 (unset: no wall-clock limit)")
+    ours, fixed = recipe()
+    names = [x for kind, (name, _) in ours.items() for x in (f"--{kind}", name)]
+    head, tail = [data.as_posix(), "--arch", ARCH], ["--user-dir", str(USER_DIR), *extra]
+    given = vars(fairseq_options(head + names + tail, given_only=True))
+    if "save_dir" in given:
+        raise SystemExit("error: --save-dir in the options: give the folder as train.sh's SAVE_DIR instead")
+    head[1:1] = ["--save-dir", save.as_posix()]
+    pre = fairseq_options(head + names + fixed + ["--distributed-world-size", str(nproc * nnodes)] + tail)
+    check_counts(pre)
+    epoch = per_epoch(info, pre)
+    total = min(pre.max_update or sys.maxsize, pre.max_epoch * epoch or sys.maxsize)
+    sized = "max_update" in given or "max_epoch" in given
+    args = []
+    if not sized:
+        total = round(max(MIN_UPDATES, EPOCHS * epoch), -2)
+        args += ["--max-update", str(total)]
+    patience = (patience or 0) if sized else (5 if patience is None else patience)
+    args += ["--patience", str(patience)] + (["--stop-time-hours", str(budget)] if budget else [])
+    args += schedule(pre, epoch, total)
+    recipe_scheduler = dict(zip(ours["lr-scheduler"][1][::2], ours["lr-scheduler"][1][1::2]))
+    lr_patience = int(recipe_scheduler["--lr-patience"]) + (info["pairs"] < SMALL)
+    warmup = min(int(recipe_scheduler["--warmup-updates"]), max(1, total // 10))
+    args += components({kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
+    args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
+    machine, why = precision()
+    args += machine
+    if nproc * nnodes > 1:
+        args += ["--distributed-world-size", str(nproc * nnodes), "--distributed-backend"] + (
+            ["nccl"] if torch.cuda.is_available() else ["gloo", "--ddp-backend", "legacy_ddp"])
+    argv = head + args + fixed + tail
+    plan = fairseq_options(argv)
+    check_counts(plan)
+    check_ends(plan)
+    done = complete(plan, argv)
+    if done:
+        return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch trains on)"]
+    writable_folder(save)
+    ours_name = precision_name("--fp16" in machine, "--amp" in machine)
+    return argv, describe(plan, info, sized, why, ours_name, torchrun=nproc * nnodes > 1)
 
 
 def main() -> None:
@@ -249,8 +405,9 @@ def main() -> None:
         print(__doc__)
         raise SystemExit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     args_file, data, save, *extra = sys.argv[1:]
-    args, lines = settings(Path(data).resolve(), Path(save), extra)
-    Path(args_file).write_text("".join(a + "\n" for a in args))
+    argv, lines = settings(Path(data).resolve(), Path(save), extra)
+    if argv is not None:
+        Path(args_file).write_text("".join(a + "\n" for a in argv))
     print("".join(f"train.sh: {line}\n" for line in lines), end="")
 
 

@@ -1,6 +1,6 @@
 """What a model needs to know about its dictionaries to be used with the right data and tools."""
 import hashlib
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from fairseq.data import Dictionary
@@ -26,8 +26,7 @@ def as_hex(fingerprint_: torch.Tensor) -> str:
 def uses_sentencepiece(dictionary: Dictionary) -> bool:
     """True when the entries are sentencepiece pieces (many start with U+2581), so text must be
     encoded into pieces before the model and decoded after it."""
-    words = dictionary.symbols[dictionary.nspecial:]
-    return bool(words) and sum(w.startswith(PIECE_START) for w in words) >= 0.1 * len(words)
+    return POST_PROCESS["sentencepiece"].fits(dictionary.symbols[dictionary.nspecial:])
 
 
 MADE_UP = "madeupword"  # fairseq-preprocess pads dictionaries with madeupwordNNNN entries
@@ -57,3 +56,71 @@ def check_pieces(dictionary: Dictionary, vocabulary: Optional[set], model: str, 
                                 f"{len(foreign)} of its {len(words)} entries are not pieces of it "
                                 f"(e.g. {foreign[0]!r}); "
                                 "use the spm.model of the same prepare.py output")
+
+
+def check_spm_model(dictionaries, sp, model: str) -> None:
+    """Refuse a sentencepiece model ``sp`` (a SentencePieceProcessor named ``model``) that did not
+    make both dictionaries of ``dictionaries``: a task, or a mapping side -> Dictionary."""
+    if not isinstance(dictionaries, dict):
+        dictionaries = {side: getattr(dictionaries, f"{side}_dictionary") for side in ("source", "target")}
+    vocabulary = piece_vocabulary(sp)
+    for side, dictionary in dictionaries.items():
+        check_pieces(dictionary, vocabulary, model, side)
+
+
+DIRECTION_KEY = "language_direction"  # a model buffer beside the dictionary fingerprints
+
+
+def direction_record(source_lang: Optional[str], target_lang: Optional[str]) -> torch.Tensor:
+    """``SRC-TGT`` as the floats of its UTF-8 bytes (saved with every checkpoint, exact in every
+    precision, unchanged by averaging equal values): joint dictionaries are the same both ways, so
+    their fingerprints cannot tell de-en from en-de. Empty when the languages are not known."""
+    if not source_lang or not target_lang:
+        return torch.zeros(0)
+    return torch.tensor(list(f"{source_lang}-{target_lang}".encode()), dtype=torch.float32)
+
+
+def as_direction(record: torch.Tensor) -> str:
+    """The ``SRC-TGT`` of a :func:`direction_record` ("" when empty)."""
+    return bytes(record.float().round().clamp(0, 255).to(torch.uint8).tolist()).decode("utf-8", "replace")
+
+
+def _share(test: Callable[[str], bool]) -> Callable[[list], bool]:
+    return lambda words: bool(words) and sum(map(test, words)) >= 0.1 * len(words)
+
+
+class Units(NamedTuple):
+    """What a ``--post-process`` scheme joins, and whether a dictionary's entries (no specials) are such units."""
+    name: str
+    fits: Callable[[list], bool]
+
+
+_PIECES = Units("sentencepiece pieces", _share(lambda w: w.startswith(PIECE_START)))
+_SUBWORD_NMT = Units("subword-nmt units (entries ending in '@@')", _share(lambda w: w.endswith("@@")))
+# fairseq 0.12's --post-process schemes (fairseq.data.data_utils.post_process)
+POST_PROCESS: dict[str, Units] = {
+    "sentencepiece": _PIECES,
+    "wordpiece": Units("wordpiece units (entries starting with '_')", _share(lambda w: w.startswith("_"))),
+    "letter": Units("letters (with the word boundary '|')", lambda words: "|" in words),
+    "silence": Units("units with the silence token '<SIL>'", lambda words: "<SIL>" in words),
+    "_EOW": Units("units ending words with '_EOW'", _share(lambda w: w.endswith("_EOW"))),
+    "subword_nmt": _SUBWORD_NMT, "@@ ": _SUBWORD_NMT, "@@": _SUBWORD_NMT,
+}
+
+
+def check_post_process(dictionary: Dictionary, scheme: Optional[str]) -> None:
+    """Refuse a ``--post-process`` scheme fairseq does not know, or one whose units ``dictionary``
+    (the model's target side) does not hold: it would join the words wrongly, silently."""
+    if scheme in (None, "", "none"):
+        return
+    if scheme not in POST_PROCESS:
+        raise TokenizationError(f"--post-process {scheme!r} is not a scheme fairseq knows: use one of "
+                                f"{', '.join(repr(s) for s in POST_PROCESS)} or leave it out")
+    words = [w for w in dictionary.symbols[dictionary.nspecial:] if not w.startswith(MADE_UP)]
+    if POST_PROCESS[scheme].fits(words):
+        return
+    fitting = next((s for s, units in POST_PROCESS.items() if units.fits(words)), None)
+    held = POST_PROCESS[fitting].name if fitting else "words"
+    advice = f"use --post-process {fitting}" if fitting else "leave it out"
+    raise TokenizationError(f"--post-process {scheme}: the model's target dictionary holds {held}, not "
+                            f"{POST_PROCESS[scheme].name}; {advice}, or the words are joined wrongly")

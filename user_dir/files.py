@@ -4,21 +4,26 @@ outputs that never replace an input or a training run's checkpoint.
 Shared by the plugin's patches of fairseq (checkpoint saves and copies, ``--save-dir``) and by
 ``scripts/`` (every output of ``prepare.py``, ``evaluate.py``, ``average_checkpoints.py``,
 ``distill.py``).
+
+Nothing is deleted by its name's pattern: a temporary that a locked folder's writer makes is
+recorded in the folder's lock file before it is made, and only what that record names is removed
+after an interrupted run (:func:`remove_orphans`).
 """
 import errno
 import fcntl
+import json
 import os
 import re
+import secrets
 import shutil
 import stat
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Optional
 
 _UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: mkstemp creates 0600 files, the result should get the usual mode
-_HELD: dict = {}  # folder -> open lock file, kept for the life of the process
+os.umask(_UMASK)  # read once: temporaries are made 0600, the result should get the usual mode
+_HELD: dict = {}  # folder -> its held lock (_Lock), kept for the life of the process
 
 
 class FolderBusy(RuntimeError):
@@ -105,13 +110,77 @@ def check_distinct(outputs: dict) -> None:
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
+class _Lock:
+    """A held ``folder/.lock`` and its record: the holder's name (first line), then one JSON string
+    per temporary path (relative to the folder) that a holder made and has not removed yet."""
+
+    def __init__(self, file: IO, owner: str):
+        self.file, self.owner = file, owner
+        self.mine: set = set()  # this process's temporaries, recorded before they are made
+        self.left = set()  # recorded by an earlier holder that was interrupted
+        for line in file.read().splitlines()[1:]:
+            try:
+                self.left.add(json.loads(line))
+            except ValueError:
+                continue  # an unreadable entry names nothing to remove
+
+    def save(self) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write("".join([f"{self.owner}\n", *(json.dumps(p) + "\n" for p in sorted(self.mine | self.left))]))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+
+def _held(path: str) -> Optional[tuple]:
+    """(folder, lock) of the folder locked by this process that holds ``path``, or None."""
+    for folder, lock in _HELD.items():
+        if Path(path).is_relative_to(folder):
+            return folder, lock
+    return None
+
+
+def _record(path: str, made: bool) -> None:
+    """Add ``path`` to (or drop it from) the record of the lock held on a folder above it."""
+    held = _held(path)
+    if held is not None:
+        folder, lock = held
+        (lock.mine.add if made else lock.mine.discard)(os.path.relpath(path, folder))
+        lock.save()
+
+
+def _create(folder: str, name: str, make: Callable[[str], object]) -> tuple:
+    """A new ``folder/.NAME.RANDOM.tmp`` made by ``make`` (exclusively: an existing path is never
+    taken over); inside a locked folder it is recorded *before* it is made, so that an
+    interrupted run's leftovers are known to be its own. Returns (path, what make returned)."""
+    while True:
+        path = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        _record(path, True)
+        try:
+            return path, make(path)
+        except FileExistsError:
+            _record(path, False)
+        except BaseException:
+            _record(path, False)
+            raise
+
+
+def discard(path: "str | Path") -> None:
+    """Remove a file, link or folder tree that this package made and recorded (the one place
+    where the scripts delete); a link is removed itself, never followed."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
 @contextmanager
 def atomic_write(path: str, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
     """Yield a new file in ``path``'s folder; when the block ends without error it is flushed to
     disk and renamed over ``path``, otherwise removed. The temporary file is created exclusively
     under a random name, so a file or link planted at a predictable name cannot receive the data."""
     folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    tmp, fd = _create(folder, name, lambda p: os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, **open_kwargs) as f:
@@ -120,43 +189,72 @@ def atomic_write(path: str, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        discard(tmp)
         if isinstance(e, OSError) and not isinstance(e, WriteError) and e.errno in WRITE_ERRNOS:
             raise WriteError(e.errno, f"cannot write {path}: {e.strerror} (the old file, if any, is "
                                       "unchanged; free space or choose another folder)") from None
         raise
+    finally:
+        _record(tmp, False)
+
+
+@contextmanager
+def temporary_folder(parent: "str | Path", name: str) -> Iterator[Path]:
+    """A new folder ``PARENT/.NAME.RANDOM.tmp`` for work that is renamed into place when complete
+    (or read from); whatever is still there when the block ends is removed."""
+    tmp, _ = _create(os.path.abspath(parent), name, lambda p: os.mkdir(p, 0o700))
+    try:
+        yield Path(tmp)
+    finally:
+        discard(tmp)
+        _record(tmp, False)
+
+
+def _inside(folder: str, relative: str) -> bool:
+    """Whether ``folder/relative`` lies in ``folder`` without passing through a link."""
+    parts = Path(relative).parts
+    if Path(relative).is_absolute() or ".." in parts or not parts:
+        return False
+    parent = os.path.join(folder, *parts[:-1])
+    return os.path.realpath(parent) == os.path.join(os.path.realpath(folder), *parts[:-1])
 
 
 def remove_orphans(folder: str) -> list:
-    """Remove the temporary files (and folders) named ``.NAME.RANDOM.tmp`` that a killed process
-    left in ``folder`` (:func:`atomic_write`, ``tempfile.mkdtemp``); only safe while holding the
-    folder's lock, when no other writer can be mid-write. Links are never followed or removed."""
-    orphans = [entry for entry in os.scandir(folder)
-               if entry.name.startswith(".") and entry.name.endswith(".tmp") and not entry.is_symlink()]
-    for entry in orphans:
-        shutil.rmtree(entry.path) if entry.is_dir() else os.unlink(entry.path)
-    return [entry.path for entry in orphans]
+    """Remove the temporary files and folders that an interrupted earlier holder of ``folder``'s
+    lock recorded as its own and left behind (a killed :func:`atomic_write` or
+    :func:`temporary_folder`); nothing else, whatever its name. Needs the lock (:func:`lock_folder`),
+    so that no other writer can be mid-write."""
+    folder = os.path.abspath(folder)
+    lock = _HELD[folder]
+    removed = [os.path.join(folder, p) for p in sorted(lock.left) if _inside(folder, p)]
+    for path in removed:
+        discard(path)
+    lock.left.clear()
+    lock.save()
+    return removed
 
 
 def lock_folder(folder: str, owner: str) -> None:
     """Hold ``folder/.lock`` exclusively until this process ends (the system releases it then,
     even after a kill), creating ``folder`` if needed; raise FolderBusy naming the holder when
-    another process holds it. Taking it again in the same process does nothing."""
+    another process holds it, OutputError when the folder cannot be made or written. Taking it
+    again in the same process does nothing."""
     folder = os.path.abspath(folder)
     if folder in _HELD:
         return
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        why = "it is not a folder" if os.path.lexists(folder) and not os.path.isdir(folder) else e.strerror
+        raise OutputError(f"cannot write in {folder}: {why}: choose another folder") from None
     lock = os.fdopen(fd, "r+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = lock.read().strip() or "another process"
+        holder = lock.readline().strip() or "another process"
         lock.close()
         raise FolderBusy(f"{folder} is in use by {holder}: wait for it to end, or use another folder") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{owner} (pid {os.getpid()})\n")
-    lock.flush()
-    _HELD[folder] = lock
+    record = _Lock(lock, f"{owner} (pid {os.getpid()})")
+    record.save()
+    _HELD[folder] = record

@@ -19,6 +19,7 @@ the same way everywhere, so a pair can never be shifted or emptied on its way to
 """
 import gzip
 import unicodedata
+import zlib
 from pathlib import Path
 
 from .files import not_a_file
@@ -71,7 +72,7 @@ def raw_lines(path: Path) -> list[bytes]:
                     raise TextError(f"{path} line {len(rows) + 1}: longer than {MAX_LINE_BYTES} bytes "
                                     "(not one sentence per line)")
                 rows.append(row.removesuffix(b"\n"))
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a corrupted .gz
         raise TextError(f"{path}: cannot be read ({e})") from None
     return rows
 

@@ -1,13 +1,15 @@
 """Helpers that the workflow scripts (``scripts/``) and lab instruments (``lab/``) share.
 
 They live in the package rather than beside the scripts so that a script imports them like any
-client of the plugin: ``from user_dir.workflow import ...`` after ``pip install -e .``, or after
-the script's one visible ``sys.path`` line when it runs from a checkout without installing.
+client of the plugin: ``from user_dir.workflow import ...``, with the package installed
+(``pip install -e .``: scripts/env.sh does it). That is the one way scripts find the plugin.
 Importing this module defines names only; like every ``user_dir`` module it loads the plugin
 (``user_dir/__init__.py``: fairseq's repairs and registrations), which the scripts need anyway.
 """
 import argparse
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,8 @@ from typing import Callable, Optional
 from fairseq import options
 from fairseq.data import data_utils
 from fairseq.tasks import TASK_REGISTRY
+
+from .files import not_a_file
 
 USER_DIR = Path(__file__).resolve().parent  # what fairseq's CLIs get as --user-dir
 ROOT = USER_DIR.parent  # the checkout: default places of runs/ and data next to it
@@ -29,10 +33,15 @@ def run_fairseq(cmd: list[str], on_line: Optional[Callable[[str], None]] = None)
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full pipe cannot stall the child
         proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=err, text=True)
         out = []
-        for line in proc.stdout:
-            out.append(line)
-            if on_line is not None:
-                on_line(line)
+        try:
+            for line in proc.stdout:
+                out.append(line)
+                if on_line is not None:
+                    on_line(line)
+        except BaseException:  # Ctrl-C: the child must not decode on alone
+            proc.kill()
+            proc.wait()
+            raise
         returncode = proc.wait()
         err.seek(0)
         stderr = err.read()
@@ -75,27 +84,163 @@ def at_least(minimum: int) -> Callable[[str], int]:
 positive = at_least(1)
 
 
+LANGUAGE = re.compile(r"[A-Za-z0-9_]+")  # fairseq's file names (train.de-en.de) need codes without . - / or spaces
+
+
+def language_code(text: str) -> str:
+    """argparse type: a language suffix that fairseq's file names can hold."""
+    if not LANGUAGE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a language code fairseq's file names can hold "
+                                         "(letters, digits and _ only, e.g. de, pt_BR)")
+    return text
+
+
+def preprocess_command(src: str, tgt: str, prefixes: dict, destdir: Path, dictionaries: Optional[Path] = None,
+                       workers: int = 1) -> list[str]:
+    """fairseq-preprocess of the pairs PREFIX.{src,tgt} of each split (``prefixes``: split -> PREFIX)
+    into DESTDIR: with DATA_BIN ``dictionaries``' dict.{src,tgt}.txt, or building one joined dictionary."""
+    cmd = ["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt, "--destdir", str(destdir),
+           "--workers", str(workers)]
+    if dictionaries is None:
+        cmd.append("--joined-dictionary")
+    else:
+        cmd += ["--srcdict", str(Path(dictionaries) / f"dict.{src}.txt"),
+                "--tgtdict", str(Path(dictionaries) / f"dict.{tgt}.txt")]
+    return cmd + [x for split, prefix in prefixes.items() for x in (f"--{split}pref", str(prefix))]
+
+
+RECORD, PENDING = "prepare.json", ".prepare-pending.json"  # a finished preparation; one under way
+RECORD_FORMAT = 2  # 2: hashes of the raw files and dictionaries, the outputs by name; none: older records
+RECORD_KEYS = {"src": str, "tgt": str, "vocab_size": int, "sentencepiece": str, "inputs": dict,
+               "tokenization": str, "pairs": dict, "raw": dict}
+RECORD_KEYS_2 = {"format": int, "outputs": list, "raw_sha256": dict, "dictionaries": dict}
+
+
+class Prepared(dict):
+    """A checked prepare.json, and the preparation folder it lies in (``folder``)."""
+
+    def __init__(self, record: dict, folder: Path):
+        super().__init__(record)
+        self.folder = folder
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record_problem(record, folder: Path) -> Optional[str]:
+    """What is wrong with prepare.json's content ``record`` of FOLDER (keys, types, paths that
+    leave FOLDER, the language pair and dictionaries of FOLDER/bin), or None."""
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    keys = {**RECORD_KEYS, **(RECORD_KEYS_2 if "format" in record else {})}
+    for key, kind in keys.items():
+        if type(record.get(key)) is not kind:  # exact: True is not a size
+            return f"'{key}' is missing or not a {kind.__name__}"
+    src, tgt = record["src"], record["tgt"]
+    if not (LANGUAGE.fullmatch(src) and LANGUAGE.fullmatch(tgt)) or src == tgt:
+        return f"'src' {src!r} and 'tgt' {tgt!r} are not two language codes"
+    if "format" in record and record["format"] != RECORD_FORMAT:
+        return f"format {record['format']} is not {RECORD_FORMAT}"
+    for split, sides in record["raw"].items():
+        if not isinstance(sides, dict) or set(sides) != {src, tgt}:
+            return f"'raw' of split {split!r} does not name one file for each of {src} and {tgt}"
+        for path in sides.values():
+            if not isinstance(path, str) or not (folder / path).resolve().is_relative_to(folder.resolve()):
+                return f"the path {path!r} of split {split!r} is not a file inside {folder}"
+    return _bin_problem(record, folder / "bin")
+
+
+def _bin_problem(record: dict, data_bin: Path) -> Optional[str]:
+    """What in DATA_BIN contradicts the record (the language pair, a split, a dictionary), or None."""
+    src, tgt = record["src"], record["tgt"]
+    if not list(data_bin.glob("*.*-*.*.idx")):
+        return f"{data_bin} holds no fairseq-preprocess output"
+    if language_pair(data_bin) != (src, tgt):
+        return f"it says {src}->{tgt}, but {data_bin} holds {'->'.join(language_pair(data_bin))}"
+    for split in record["pairs"]:
+        if not (data_bin / f"{split}.{src}-{tgt}.{tgt}.idx").is_file():
+            return f"its split {split!r} is not in {data_bin}"
+    for name, digest in record.get("dictionaries", {}).items():
+        if not (data_bin / name).is_file() or sha256_file(data_bin / name) != digest:
+            return f"{data_bin / name} is not the dictionary prepare.py made (its SHA-256 differs)"
+    return None
+
+
 def prepared_record_path(data_bin: Path) -> Path:
     """Where scripts/prepare.py records what it made, for DATA_BIN = OUT/bin: OUT/prepare.json."""
-    return Path(data_bin).resolve().parent / "prepare.json"
+    return Path(data_bin).resolve().parent / RECORD
+
+
+def record_problem(path: Path) -> Optional[str]:
+    """What is wrong with the prepare.json at PATH: unreadable, against its schema, or against the
+    data beside it; None when it can be trusted."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"it cannot be read ({e})"
+    return _record_problem(record, path.parent)
+
+
+def read_record(path: Path) -> dict:
+    """prepare.json at PATH, checked by :func:`record_problem` (SystemExit, one line, naming what is
+    wrong otherwise). Records of older prepare.py versions (no 'format') are accepted with the
+    checks their content allows; :func:`verified_raw` asks to update them."""
+    problem = record_problem(path)
+    if problem:
+        raise SystemExit(f"error: {path} cannot be trusted: {problem}; prepare {path.parent} again "
+                         "(prepare.py --overwrite), or give the data without it")
+    return Prepared(json.loads(path.read_text(encoding="utf-8")), path.parent)
 
 
 def prepared_record(data_bin: Path) -> dict:
-    """prepare.json of OUT when DATA_BIN is OUT/bin made by scripts/prepare.py, else {}."""
+    """The checked prepare.json of OUT when DATA_BIN is OUT/bin made by scripts/prepare.py, else {};
+    SystemExit when OUT is a preparation that did not finish."""
     record = prepared_record_path(data_bin)
-    if not record.is_file() or (record.parent / "bin").resolve() != Path(data_bin).resolve():
+    if (record.parent / "bin").resolve() != Path(data_bin).resolve():
         return {}
-    return json.loads(record.read_text())
+    if not record.is_file():
+        if (record.parent / PENDING).exists():
+            raise SystemExit(f"error: {record.parent} is a preparation that did not finish (prepare.py failed or "
+                             "was interrupted): run the same prepare.py command again to finish it, or remove "
+                             f"{record.parent}")
+        return {}
+    return read_record(record)
+
+
+def verified_raw(record: dict, split: str, side: str) -> Path:
+    """The raw text of SPLIT's SIDE ('src' or 'tgt') that prepare.py kept, checked against the
+    SHA-256 it recorded, so that no edited or replaced file is used as a reference (``record``:
+    from :func:`prepared_record`); SystemExit with one line otherwise."""
+    where = record.folder / RECORD
+    lang = record[side]
+    relative = record["raw"].get(split, {}).get(lang)
+    if relative is None:
+        raise SystemExit(f"error: {where} names no raw text of split '{split}' (it has "
+                         f"{', '.join(record['raw']) or 'none'})")
+    path = record.folder / relative
+    digest = record.get("raw_sha256", {}).get(split, {}).get(lang)
+    if digest is None:
+        raise SystemExit(f"error: {where} records no SHA-256 of {relative} (an older prepare.py wrote it): run the "
+                         "same prepare.py command again to add it, or give the reference (--ref)")
+    why = not_a_file(path)
+    if why is not None:
+        raise SystemExit(f"error: {path} {why}: run the same prepare.py command with --overwrite to make it again")
+    if sha256_file(path) != digest:
+        raise SystemExit(f"error: {path} was changed after prepare.py wrote it (its SHA-256 is not the one in "
+                         f"{where}): restore it (prepare.py --overwrite), or give the reference (--ref)")
+    return path
 
 
 def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path) -> None:
     """fairseq-preprocess of the raw pair PREFIX.{src,tgt} as SPLIT into DESTDIR with DATA_BIN's
     dictionaries, so that the model sees exactly its training vocabulary."""
-    data_bin = Path(data_bin)
     src, tgt = language_pair(data_bin)
-    run_fairseq(["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
-                 "--srcdict", str(data_bin / f"dict.{src}.txt"), "--tgtdict", str(data_bin / f"dict.{tgt}.txt"),
-                 f"--{split}pref", str(prefix), "--destdir", str(destdir), "--workers", "1"])
+    run_fairseq(preprocess_command(src, tgt, {split: prefix}, destdir, dictionaries=data_bin))
 
 
 def _generate_options() -> dict:
@@ -139,5 +284,27 @@ def split_size(data_bin: Path, subset: str) -> int:
     prefix = Path(data_bin) / f"{subset}.{src}-{tgt}.{src}"
     dataset = data_utils.load_indexed_dataset(str(prefix), None)
     if dataset is None:
-        raise SystemExit(f"error: {data_bin} holds no split '{subset}' ({prefix}.idx)")
+        splits = sorted({idx.name.split(".")[0] for idx in Path(data_bin).glob(f"*.{src}-{tgt}.{src}.idx")})
+        raise SystemExit(f"error: {data_bin} holds no split '{subset}' ({prefix}.idx); it holds: "
+                         f"{', '.join(splits) or 'none'}")
     return len(dataset)
+
+
+def generate_command(data_bin: Path, checkpoint: str, subset: str, beam: int, extra: list[str],
+                     *options: str) -> list[str]:
+    """fairseq-generate of DATA_BIN's SUBSET with the plugin, as evaluate.py and distill.py run it:
+    the script's ``options``, then ``extra`` (its arguments after ``--``), then ``--nbest 1`` last,
+    so that exactly one hypothesis per sentence comes back whatever ``extra`` says."""
+    return ["fairseq-generate", str(data_bin), "--user-dir", str(USER_DIR), "--path", checkpoint,
+            "--gen-subset", subset, "--beam", str(beam), "--num-workers", "0", "--no-progress-bar",
+            *options, *extra, "--nbest", "1"]
+
+
+def script_main(main: Callable[[], None]) -> None:
+    """Run a script's ``main``: Ctrl-C ends it with one ``error:`` line and exit status 130 (the
+    shell's for SIGINT), not a traceback; its outputs are written atomically, so none is half there."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"error: {Path(sys.argv[0]).name} interrupted (Ctrl-C): nothing more was written", file=sys.stderr)
+        sys.exit(130)

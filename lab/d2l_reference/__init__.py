@@ -9,8 +9,6 @@ fairseq's interfaces so that it trains and decodes exactly as ``rnn_seq2seq`` do
 
 The plugin is imported too (fairseq loads one user dir), for ``masked_ce`` and its patches.
 """
-import sys
-from pathlib import Path
 
 import torch
 from fairseq import utils
@@ -23,7 +21,6 @@ from fairseq.models import (
 )
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import user_dir  # noqa: E402,F401
 
 EMBED, HIDDEN, LAYERS, DROPOUT = 32, 32, 2, 0.1

@@ -97,7 +97,7 @@ def test_prepare_refuses_a_folder_in_use_and_one_without_record(tmp_path):
     fails_with(prepare(raw, out, check=False), rf"error: {out} is in use by the test \(pid \d+\)")
     legacy = tmp_path / "legacy"
     (legacy / "bin").mkdir(parents=True)
-    fails_with(prepare(raw, legacy, check=False), r"holds prepared files but no record of what made them")
+    fails_with(prepare(raw, legacy, check=False), r"holds bin but no record that prepare\.py made them")
 
 
 def test_second_training_run_on_one_save_dir_is_refused(toy_bin, tmp_path):

@@ -1,5 +1,6 @@
 """fairseq-train on the GPU, where CUDA is available (skipped on a machine without one): it trains with
---fp16 and --amp, and what it saved decodes with fairseq-generate on the GPU and on CPU."""
+--fp16 and --amp, with and without --decoder-graphs, and what it saved decodes with fairseq-generate on
+the GPU and on CPU."""
 import re
 
 import pytest
@@ -10,9 +11,13 @@ from helpers import TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, run
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+GRAPHS = ["--decoder-graphs", "on"]
+
+
 @pytest.mark.parametrize("precision, model",
-                         [("--fp16", []), ("--amp", []), ("--fp16", ["--decoder-attention", "additive"])],
-                         ids=["fp16", "amp", "fp16-attention"])
+                         [("--fp16", []), ("--amp", []), ("--fp16", ["--decoder-attention", "additive"]),
+                          ("--fp16", GRAPHS), ("--amp", ["--decoder-attention", "additive", *GRAPHS])],
+                         ids=["fp16", "amp", "fp16-attention", "fp16-graphs", "amp-attention-graphs"])
 def test_fairseq_train_on_gpu_then_generate_on_gpu_and_cpu(toy_bin, tmp_path, precision, model):
     log = run("fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *model, *TRAIN_ARGS, precision,
               "--max-update", "60", "--validate-interval-updates", "20", "--log-format", "simple",

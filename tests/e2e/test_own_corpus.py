@@ -188,16 +188,17 @@ def test_train_sh_refuses_bad_settings_and_exits_non_zero(prepared, tmp_path, en
 
 
 def test_train_sh_exit_status_is_whether_training_finished(prepared, tmp_path):
-    """A failing fairseq-train (an unknown option) is non-zero; so is one that aborts after "done
-    training" (the plugin's patches.shutdown removes the known cause; another must not pass)."""
-    proc = run("bash", SCRIPTS / "train.sh", prepared / "bin", tmp_path / "a", *TINY, "--max-update", "1",
-               "--no-such-option", env={"AMP": "0"}, check=False)
-    assert proc.returncode != 0 and "training did not finish" in proc.stderr
+    """A failing fairseq-train is non-zero; so is one that aborts after "done training" (the
+    plugin's patches.shutdown removes the known cause; another must not pass)."""
     fake, venv = tmp_path / "bin", Path(sys.executable).parent
     fake.mkdir()
-    (fake / "fairseq-train").write_text(f'#!/bin/bash\n"{venv / "fairseq-train"}" "$@"; kill -ABRT $$\n')
-    (fake / "fairseq-train").chmod(0o755)
     path = f"{fake}:{venv}:{os.environ['PATH']}"  # VENV=0: env.sh keeps PATH, so the fake one is found
+    (fake / "fairseq-train").write_text('#!/bin/bash\necho "RuntimeError: disk trouble"; exit 1\n')
+    (fake / "fairseq-train").chmod(0o755)
+    proc = run("bash", SCRIPTS / "train.sh", prepared / "bin", tmp_path / "a", *TINY, "--max-update", "1",
+               env={"AMP": "0", "VENV": "0", "PATH": path}, check=False)
+    assert proc.returncode == 1 and "training did not finish (fairseq-train exit status 1)" in proc.stderr
+    (fake / "fairseq-train").write_text(f'#!/bin/bash\n"{venv / "fairseq-train"}" "$@"; kill -ABRT $$\n')
     proc = run("bash", SCRIPTS / "train.sh", prepared / "bin", tmp_path / "b", *TINY, "--max-update", "2",
                env={"AMP": "0", "VENV": "0", "PATH": path}, check=False)
     assert proc.returncode == 134 and "status 134 after training finished" in proc.stderr, proc.stderr[-2000:]

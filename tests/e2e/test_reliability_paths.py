@@ -179,11 +179,21 @@ def test_a_diverging_run_stops_with_an_error_and_no_best_checkpoint(toy_bin, tmp
      r"--decoder-embed-dim 64 \(this command: 128\).*--share-decoder-input-output-embed False \(this command: True\)"),
 ])
 def test_resuming_with_other_model_options_names_them(toy_bin, tmp_path, change, named):
+    """Only the options that change the model are named: not the dropout that changed too."""
     train(toy_bin, tmp_path, "--max-update", "1", "--disable-validation")
-    proc = train(toy_bin, tmp_path, "--max-update", "2", "--disable-validation", *change, check=False)
+    proc = train(toy_bin, tmp_path, "--max-update", "2", "--disable-validation", *change, "--dropout", "0.35",
+                 check=False)
     fails_with(proc, rf"CheckpointError: checkpoint \S+checkpoint_last\.pt does not fit the model of this command: "
                      rf"it was trained with .*{named}")
-    assert "architectures match" not in proc.stderr.splitlines()[-1]
+    last = proc.stderr.splitlines()[-1]
+    assert "architectures match" not in last and "--dropout" not in last
+
+
+def test_resuming_with_another_dropout_is_allowed(toy_bin, tmp_path):
+    """Dropout changes no parameter: fairseq resumes with it, and so does the plugin."""
+    train(toy_bin, tmp_path, "--max-update", "1", "--disable-validation")
+    out = train(toy_bin, tmp_path, "--max-update", "2", "--disable-validation", "--dropout", "0.35").stdout
+    assert re.search(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch 1 @ 1 updates\)", out)
 
 
 def test_resuming_on_another_dictionary_names_it(toy_bin, swapped_bin, tmp_path):
@@ -206,12 +216,18 @@ def test_interactive_answers_empty_unknown_and_over_long_lines_and_keeps_going(t
     assert "more than the model takes (20, --max-source-positions)" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("command", ["fairseq-interactive", "fairseq-generate"])
-def test_pieces_removal_on_a_word_level_model_is_refused(toy_bin, trained, command):
-    """C: --post-process sentencepiece would join a word-level model's words: refused by name."""
-    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--post-process", "sentencepiece",
+@pytest.mark.parametrize("command, scheme, units", [
+    ("fairseq-interactive", "sentencepiece", "sentencepiece pieces"),
+    ("fairseq-generate", "sentencepiece", "sentencepiece pieces"),
+    ("fairseq-generate", "subword_nmt", r"subword-nmt units \(entries ending in '@@'\)"),
+    ("fairseq-interactive", "letter", r"letters \(with the word boundary '\|'\)"),
+])
+def test_post_processing_a_word_level_models_output_is_refused(toy_bin, trained, command, scheme, units):
+    """C: a --post-process scheme would join a word-level model's words: refused by name."""
+    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--post-process", scheme,
                input="one two\n", check=False)
-    fails_with(proc, r"--post-process sentencepiece: the model's target dictionary holds words")
+    fails_with(proc, rf"TokenizationError: --post-process {scheme}: the model's target dictionary holds words, "
+                     rf"not {units}; leave it out")
 
 
 def test_interactive_with_alignments_answers_an_empty_line_with_nothing(toy_bin, tmp_path):
@@ -224,6 +240,20 @@ def test_interactive_with_alignments_answers_an_empty_line_with_nothing(toy_bin,
             if line.startswith("H-")}
     alignments = [line for line in proc.stdout.splitlines() if line.startswith("A-")]
     assert sorted(hyps) == [0, 1, 2] and hyps[1] == "" and len(alignments) == 3, proc.stdout
+
+
+@pytest.mark.parametrize("command, options, message", [
+    ("fairseq-generate", ["--beam", "2", "--nbest", "3"], r"--nbest 3 is above --beam 2"),
+    ("fairseq-interactive", ["--min-len", "5", "--max-len-b", "3"], r"--min-len 5 is above the longest translation "
+                                                                     r"allowed \(3:"),
+    ("fairseq-generate", ["--sampling-topk", "4"], r"--sampling-topk needs --sampling"),
+    ("fairseq-interactive", ["--max-len-a", "-1"], r"--max-len-a \(-1.0\), .* must not be negative"),
+])
+def test_generation_options_fairseq_asserts_on_are_one_line(toy_bin, trained, command, options, message):
+    """H: what fairseq would assert on (or obey silently: fewer hypotheses than --nbest) is named."""
+    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, *options, input="one two\n", check=False)
+    fails_with(proc, rf"ValueError: {message}")
+    assert proc.stderr.splitlines()[-1].startswith("ValueError: --") and "AssertionError" not in proc.stderr
 
 
 def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin, trained, tmp_path):
@@ -240,7 +270,7 @@ def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin
               "try:\n    RNNSeq2SeqModel.from_pretrained(sys.argv[2] + '-missing')\nexcept FileNotFoundError as e:\n"
               "    print(e)\n")
     out = run("python", "-c", script, ROOT, folder).stdout.splitlines()
-    assert out[0].endswith(", '', '']") and out[1] == "--beam must be at least 1, got 0"
+    assert out[0].endswith(", '', '']") and out[1] == "translate: beam must be at least 1, got 0"
     assert out[2] == f"from_pretrained: model folder {folder}-missing does not exist"
 
 

@@ -55,14 +55,12 @@ def test_prepare_is_idempotent_and_redoes_half_finished_steps(raw, tmp_path):
     stamp = (out / "bin" / "train.src-tgt.src.bin").stat().st_mtime_ns
     again = prepare(raw, out)
     assert "skip: " in again and (out / "bin" / "train.src-tgt.src.bin").stat().st_mtime_ns == stamp
-    # a binarization killed half-way leaves a hidden temporary folder, never bin: the next run
-    # removes it and redoes bin
-    killed = out / ".bin.k1ll3d.tmp"
-    (out / "bin").rename(killed)
-    (killed / "train.src-tgt.src.bin").write_bytes(b"half")
-    prepare(raw, out)
-    assert not killed.exists()
-    assert (out / "bin" / "train.src-tgt.src.bin").stat().st_size > 4
+    # bin gone (a hidden folder of that name's pattern is not the script's: it stays): the files no
+    # longer match the record, and the same inputs and options redo them
+    other = out / ".bin.k1ll3d.tmp"
+    (out / "bin").rename(other)
+    assert "redo: " in prepare(raw, out)
+    assert other.is_dir() and (out / "bin" / "train.src-tgt.src.bin").stat().st_size > 4
     # a new sentencepiece model invalidates the encoded text and binarized data made with the old one
     (out / "spm.model").unlink()
     (out / "spm" / "train.src").write_text("stale\n")

@@ -213,9 +213,12 @@ def current_umask() -> int:
 
 def test_second_writer_of_a_save_dir_is_refused_and_orphans_removed(tmp_path):
     """The master rank's check of --save-dir takes its lock; another process is refused, naming the holder."""
-    (tmp_path / ".checkpoint_last.pt.abc123.tmp").write_bytes(b"half")  # a killed save's leftover
+    (tmp_path / ".checkpoint_last.pt.abc123.tmp").write_bytes(b"half")  # a killed save's leftover, as it records it:
+    (tmp_path / ".lock").write_text('fairseq-train (pid 1)\n".checkpoint_last.pt.abc123.tmp"\n')
+    (tmp_path / ".notes.abc123.tmp").write_text("mine")  # not recorded: not the run's, whatever its name
     checkpoint_utils.verify_checkpoint_directory(str(tmp_path))
     assert not (tmp_path / ".checkpoint_last.pt.abc123.tmp").exists() and not (tmp_path / "dummy").exists()
+    assert (tmp_path / ".notes.abc123.tmp").read_text() == "mine"
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); import user_dir; from fairseq import checkpoint_utils;"
              "checkpoint_utils.verify_checkpoint_directory(sys.argv[2])")
     second = run("python", "-c", probe, ROOT, tmp_path, check=False)

@@ -52,3 +52,76 @@ def test_cuda_incremental_decoding_equals_full_forward(task, variant):
     state = {}
     steps = [model.decoder(prev[:, : t + 1], enc, incremental_state=state)[0] for t in range(prev.size(1))]
     assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
+
+
+GRAPH_VARIANTS = [(cell, attention) for cell in ("lstm", "gru") for attention in ("none", "additive", "multiplicative")]
+
+
+def graphed_pair(task, cell: str, attention: str):
+    """The same weights with --decoder-graphs off and on, on CUDA."""
+    overrides = dict(cell=cell, decoder_attention=attention, encoder_layers=2, decoder_layers=2,
+                     encoder_bidirectional=True, decoder_deep_output=True, decoder_out_embed_dim=8)
+    eager = build(task, decoder_graphs="off", **overrides).cuda()
+    graphed = build(task, decoder_graphs="on", **overrides).cuda()
+    graphed.load_state_dict(eager.state_dict())
+    return eager, graphed
+
+
+def right_padded_batch(task, src_lengths, tgt_lengths):
+    src, lengths = batch(task, src_lengths)
+    prev = prev_tokens(task, len(tgt_lengths), max(tgt_lengths))
+    for row, n in enumerate(tgt_lengths):
+        prev[row, n:] = task.target_dictionary.pad()
+    return src.cuda(), lengths.cuda(), prev.cuda()
+
+
+def masked_loss(model, src, lengths, prev, weights):
+    """A loss over the real target positions only, as masked_ce's."""
+    out, _ = model(src, lengths, prev)
+    padding = prev.eq(model.decoder.padding_idx).unsqueeze(2)
+    return (out * weights[: out.size(0), : out.size(1)]).masked_fill(padding, 0).sum()
+
+
+@pytest.mark.parametrize("cell, attention", GRAPH_VARIANTS)
+def test_decoder_graphs_train_as_the_step_by_step_decoder(task, cell, attention):
+    """Loss and every gradient equal, accumulated over two batches of one bucket (one graph
+    captured, then replayed) and then a batch of another bucket, rows and lengths padded."""
+    eager, graphed = graphed_pair(task, cell, attention)
+    eager.train()
+    graphed.train()
+    weights = torch.randn(16, 16, len(task.target_dictionary), device="cuda")
+    batches = [([5, 3, 1], [6, 4, 1]), ([7, 2], [5, 5]), ([9, 9, 4, 2, 8, 3, 3, 1, 5], [12, 9, 3, 3, 1, 2, 4, 5, 6])]
+    for i, (src_lengths, tgt_lengths) in enumerate(batches):
+        src, lengths, prev = right_padded_batch(task, src_lengths, tgt_lengths)
+        losses = [masked_loss(m, src, lengths, prev, weights) for m in (eager, graphed)]
+        for loss in losses:
+            loss.backward()
+        assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+        if i == 0:
+            continue  # the first two batches' gradients accumulate, as with --update-freq 2
+        for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+            assert (p.grad is None) == (q.grad is None), name
+            if p.grad is not None:
+                assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+        eager.zero_grad()
+        graphed.zero_grad()
+    assert len(graphed.decoder.graphs.graphs) == 2  # one per bucket
+
+
+@pytest.mark.parametrize("cell, attention", GRAPH_VARIANTS)
+def test_decoder_graphs_give_the_same_beam_hypotheses(task, cell, attention):
+    from fairseq.sequence_generator import SequenceGenerator
+
+    eager, graphed = graphed_pair(task, cell, attention)
+    src, lengths = batch(task, [7, 5, 3, 2, 1])
+    sample = {"net_input": {"src_tokens": src.cuda(), "src_lengths": lengths.cuda()}}
+    hyps = []
+    for model in (eager, graphed):
+        generator = SequenceGenerator([model.eval()], task.target_dictionary, beam_size=5, max_len_b=8)
+        with torch.no_grad():
+            hyps.append(generator.generate([model], sample))
+    for want, got in zip(*hyps):
+        assert [h["tokens"].tolist() for h in got] == [h["tokens"].tolist() for h in want]
+        assert_close(torch.stack([h["score"] for h in got]), torch.stack([h["score"] for h in want]),
+                     rtol=1e-4, atol=1e-5)
+    assert graphed.decoder.graphs.graphs  # the steps ran from graphs

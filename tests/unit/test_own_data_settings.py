@@ -1,14 +1,29 @@
-"""prepare.py's held-out split and train_settings.py's option handling, in process (no CLI)."""
+"""prepare.py's held-out split, train_settings.py's plan (fairseq-train's own reading of the options,
+refusals in one line) and the recipe in configs/ against its sources, in process (no CLI)."""
+import dataclasses
 import io
+import re
+import shutil
+from argparse import Namespace
 
 import pytest
 import torch
+from fairseq.models import ARCH_CONFIG_REGISTRY
 from omegaconf import OmegaConf
 
-from scripts.prepare import hold_out
-from scripts.train_settings import components, given
-from user_dir.patches.checkpoints import safe_globals
-from user_dir.patches.distributed import CONFIG_GLOBALS
+from helpers import ROOT
+from scripts import train_settings
+from scripts.prepare import as_the_model_sees, hold_out
+from scripts.train_settings import (
+    components,
+    fairseq_options,
+    per_epoch,
+    recipe,
+    settings,
+    writable_folder,
+)
+from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
+from user_dir.patches.distributed import config_allowed
 
 
 def corpus(n: int, copies: int = 1) -> tuple[list[str], list[str]]:
@@ -27,6 +42,22 @@ def test_hold_out_is_deterministic_disjoint_and_drops_copies_of_held_out_pairs()
     assert len(a["train"][0]) == 2 * (100 - 12)  # both copies of the 12 held-out pairs left train
 
 
+VARIANTS = ["{}", "  {} ", "{}\u00a0", "\u3000{}", "{}\t"]  # white space runs, ends, NBSP, ideographic, tab
+
+
+def test_no_pair_is_in_two_splits_as_the_model_sees_it():
+    """Copies that differ only in what sentencepiece's normalisation removes (white space, NFKC
+    compatibility forms: full-width letters, ligatures) are one pair: none is on both sides."""
+    base = [(f"ein hund {i}", f"a dog {i}") for i in range(30)] + [("\ufb01sch", "\uff46ish"), ("x  y", "z")]
+    pairs = [(v.format(s), v.format(t)) for s, t in base for v in VARIANTS]
+    pairs += [("fisch", "fish"), ("x y", "z")]  # NFKC: the ligature and full-width letters; folded spaces
+    data = hold_out(([s for s, _ in pairs], [t for _, t in pairs]), 4, 4, seed=1)
+    seen = {split: set(zip(*map(as_the_model_sees, sides))) for split, sides in data.items()}
+    assert len(seen["valid"]) == len(data["valid"][0]) == 4 and len(seen["test"]) == 4
+    assert not seen["train"] & seen["valid"] and not seen["train"] & seen["test"] and not seen["valid"] & seen["test"]
+    assert len(seen["train"]) == len(base) - 8
+
+
 def test_hold_out_defaults_and_refusals():
     assert {k: len(v[0]) for k, v in hold_out(corpus(1000), None, None, 1).items()} == {
         "train": 900, "valid": 50, "test": 50}
@@ -35,16 +66,149 @@ def test_hold_out_defaults_and_refusals():
         hold_out(corpus(100), 30, 30, 1)
 
 
-def test_given_reads_both_spellings_and_the_last_wins():
-    assert given(["--max-update", "5", "--max-update=7"], "--max-update") == "7"
-    assert given(["--max-epoch", "2"], "--max-update") is None
-
-
 def test_components_keep_only_the_options_a_chosen_component_defines():
-    ours = components([], lr_patience=1, warmup=10)
+    names = {"criterion": "masked_ce", "optimizer": "adam", "lr-scheduler": "reduce_lr_on_plateau"}
+    ours = components(names, lr_patience=1, warmup=10)
     assert ours[ours.index("--lr-patience") + 1] == "1" and ours[ours.index("--warmup-updates") + 1] == "10"
-    cosine = components(["--lr-scheduler", "cosine"], lr_patience=0, warmup=10)
+    cosine = components({**names, "lr-scheduler": "cosine"}, lr_patience=0, warmup=10)
     assert "--lr-patience" not in cosine and "--warmup-updates" in cosine
+
+
+@pytest.fixture
+def plan(toy_bin, tmp_path, monkeypatch):
+    """train_settings' plan for EXTRA on the toy data: (fairseq-train's parse of its arguments, printed lines)."""
+    for name in ("PATIENCE", "BUDGET_HOURS", "NPROC", "NNODES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AMP", "0")
+
+    def make(*extra: str, **env: str):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        argv, lines = settings(toy_bin, tmp_path / "save", list(extra))
+        return fairseq_options(argv), lines
+    return make
+
+
+@pytest.mark.parametrize("extra, expect, line", [
+    (["--max-update=7", "--max-update", "9"], {"max_update": 9}, "stop: --max-update 9 as given; no early"),
+    (["--max-sentences", "16"], {"batch_size": 16}, "3000 training pairs, about 188 updates an epoch"),  # alias
+    (["--update-freq=2", "--max-tokens", "600"], {"update_freq": [2], "max_tokens": 600}, "about 19 updates"),
+    (["--max-epoch", "30", "--max-tokens", "300"], {"max_epoch": 30, "validate_interval": 3}, "every 3 epoch(s)"),
+    (["--patience", "2", "--max-update", "50"], {"patience": 2}, "early stopping after 2 validations"),
+    (["--max-update", "0", "--max-epoch", "3"], {"max_update": 0, "max_epoch": 3}, "stop: --max-epoch 3 as given"),
+    (["--amp", "--max-update", "5"], {"amp": True}, "precision: bfloat16 autocast (--amp), as given"),
+    (["--lr-scheduler", "fixed", "--max-update", "5"], {"lr_scheduler": "fixed"}, "--lr-scheduler fixed"),
+])
+def test_the_plan_is_fairseqs_own_reading_of_the_options(plan, toy_bin, extra, expect, line):
+    """Aliases, --opt=value, the last of a repeated option, types and 0 = no limit as fairseq-train
+    reads them; the printed plan is that reading."""
+    args, lines = plan(*extra)
+    assert {k: getattr(args, k) for k in expect} == expect
+    assert line in "\n".join(lines), lines
+    assert f"about {per_epoch(train_settings.corpus(toy_bin), args)} updates an epoch" in lines[0]
+
+
+def test_unsized_runs_get_a_length_and_early_stopping_and_unlimited_ones_need_an_end(plan):
+    args, lines = plan()
+    assert args.max_update == 2000 and args.patience == 5 and "(default: max(2000, 9 epochs))" in lines[1]
+    args, lines = plan("--max-update", "0", PATIENCE="3")
+    assert args.max_update == 0 and "stop: no update or epoch limit as given; early stopping after 3" in lines[1]
+
+
+@pytest.mark.parametrize("extra, env, message", [
+    (["--max-update", "x"], {}, "error: fairseq-train argument --max-update: invalid int value: 'x'"),
+    (["--max-tokens=1e3"], {}, "error: fairseq-train argument --max-tokens: invalid int value: '1e3'"),
+    (["--max-upd", "5"], {}, "error: fairseq-train unrecognized arguments: --max-upd 5"),  # no abbreviations
+    (["--no-such-option"], {}, "error: fairseq-train unrecognized arguments: --no-such-option"),
+    (["--update-freq", "0"], {}, "error: --update-freq 0: give a number >= 1"),
+    (["--update-freq", "2,0"], {}, "error: --update-freq 2,0: give a number >= 1"),
+    (["--max-tokens", "0"], {}, "error: --max-tokens 0: give a number >= 1"),
+    (["--batch-size", "0"], {}, "error: --batch-size 0: give a number >= 1"),
+    (["--validate-interval", "0"], {}, "error: --validate-interval 0: give a number >= 1"),
+    (["--log-interval", "0"], {}, "error: --log-interval 0: give a number >= 1"),
+    (["--max-update", "-3"], {}, "error: --max-update -3: give a number >= 0 (0: no limit)"),
+    (["--max-epoch", "-1"], {}, "error: --max-epoch -1: give a number >= 0 (0: no limit)"),
+    (["--save-interval-updates", "-5"], {}, "error: --save-interval-updates -5: give a number >= 0"),
+    (["--max-update", "0"], {}, "error: --max-update 0 and --max-epoch 0 mean no limit to fairseq-train"),
+    (["--max-epoch", "0"], {"PATIENCE": "0"}, "error: --max-update 0 and --max-epoch 0 mean no limit"),
+    (["--max-update", "0", "--disable-validation"], {"PATIENCE": "4"}, "no early stopping (PATIENCE, with valid"),
+    (["--save-dir", "elsewhere"], {}, "error: --save-dir in the options: give the folder as train.sh's SAVE_DIR"),
+])
+def test_options_fairseq_cannot_train_with_are_refused_in_one_line(plan, extra, env, message):
+    with pytest.raises(SystemExit) as refused:
+        plan(*extra, **env)
+    text = str(refused.value)
+    assert text.startswith("error: ") and message in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("record", ["{not json", "[1, 2]", "\xff\xfe"])
+def test_an_unreadable_prepare_json_is_one_line(toy_bin, tmp_path, record):
+    shutil.copytree(toy_bin, tmp_path / "out" / "bin")
+    (tmp_path / "out" / "prepare.json").write_bytes(record.encode("latin1"))
+    with pytest.raises(SystemExit, match=rf"^error: {tmp_path}/out/prepare.json [^\n]*$"):
+        train_settings.corpus(tmp_path / "out" / "bin")
+    (tmp_path / "out" / "prepare.json").unlink()
+    assert train_settings.corpus(tmp_path / "out" / "bin")["source"] == "detected"
+
+
+def test_save_dir_must_be_a_writable_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for save, message in ((tmp_path / "file", "is a file, not a folder"),
+                          (tmp_path / "file" / "sub", "cannot be written (Not a directory)")):
+        with pytest.raises(SystemExit, match=f"^error: SAVE_DIR {re.escape(f'{save} {message}')}: give a writable"):
+            writable_folder(save)
+    writable_folder(tmp_path / "new" / "save")
+    assert (tmp_path / "new" / "save").is_dir() and not list((tmp_path / "new" / "save").iterdir())
+
+
+# the recipe: configs/multi30k.yaml is train_settings' source; each YAML spells out its arch preset
+
+# what train.sh sets otherwise, and why: the machine (precision), the data (tokenization, small data's
+# patience, warmup at most a tenth of the run), the environment (PATIENCE, BUDGET_HOURS), the paths
+ADAPTED = {"cpu", "fp16", "amp", "eval_bleu_remove_bpe", "lr_patience", "warmup_updates", "patience",
+           "stop_time_hours", "user_dir", "data", "save_dir"}
+
+
+def test_train_sh_runs_the_recipe_of_configs_multi30k_yaml(plan):
+    """Every field of the YAML's recipe sections reaches fairseq-train's parse of train.sh's command
+    with the YAML's value, but those train.sh adapts (ADAPTED)."""
+    args, _ = plan("--max-update", "2300")
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "multi30k.yaml"))
+    wanted = {"arch": "rnn_seq2seq_multi30k"}
+    for section, values in cfg.items():
+        if section != "model":
+            name = values.pop("_name", None)
+            wanted.update({section: name} if name else {}, **{k: v for k, v in values.items() if k not in ADAPTED})
+    got = {k: getattr(args, k) for k in wanted}
+    got["adam_betas"] = list(eval(got["adam_betas"]))
+    assert got == wanted
+    assert recipe()[0]["criterion"] == ("masked_ce", ["--label-smoothing", "0.1"])
+
+
+PRESETS = [("multi30k.yaml", "rnn_seq2seq_multi30k"), ("multi30k_attention.yaml", "rnn_seq2seq_attention_multi30k")]
+
+
+@pytest.mark.parametrize("config, arch", PRESETS)
+def test_each_yaml_model_block_is_its_arch_preset(config, arch):
+    """fairseq-hydra-train applies no --arch: the model a YAML trains (its model: block over the
+    dataclass defaults, defaults lists merged) must be, field by field, the preset's."""
+    def merged(name: str) -> dict:
+        cfg = OmegaConf.load(ROOT / "configs" / name)
+        model = {}
+        for parent in cfg.get("defaults", []):
+            model.update(merged(f"{parent}.yaml") if parent != "_self_" else {})
+        return {**model, **OmegaConf.to_container(cfg).get("model", {})}
+
+    defaults = RNNSeq2SeqConfig()
+    fields = [f.name for f in dataclasses.fields(RNNSeq2SeqConfig) if f.name not in ("_name",)
+              and not str(getattr(defaults, f.name)).startswith("${")]
+    preset = Namespace()
+    ARCH_CONFIG_REGISTRY[arch](preset)
+    from_preset = {k: getattr(preset, k, getattr(defaults, k)) for k in fields}
+    yaml_model = merged(config)
+    assert yaml_model.pop("_name") == "rnn_seq2seq"
+    assert set(yaml_model) <= set(fields), set(yaml_model) - set(fields)
+    assert {k: yaml_model.get(k, getattr(defaults, k)) for k in fields} == from_preset
 
 
 def test_a_training_state_with_its_config_loads_weights_only_with_the_broadcast_allow_list():
@@ -54,6 +218,8 @@ def test_a_training_state_with_its_config_loads_weights_only_with_the_broadcast_
     torch.save(state, buffer)
     with pytest.raises(Exception, match="DictConfig"):
         torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    with torch.serialization.safe_globals(safe_globals() + CONFIG_GLOBALS):
+    permanent = set(map(id, torch.serialization.get_safe_globals()))
+    with config_allowed():
         loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     assert loaded["cfg"].common.seed == 1 and list(loaded["cfg"].lr) == [0.002]
+    assert set(map(id, torch.serialization.get_safe_globals())) == permanent  # the plugin's allow-list stays

@@ -14,12 +14,22 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from fairseq import hub_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from omegaconf import II
 
-from ..dictionaries import as_hex, check_pieces, fingerprint, piece_vocabulary, uses_sentencepiece
+from ..dictionaries import (
+    DIRECTION_KEY,
+    as_direction,
+    as_hex,
+    check_spm_model,
+    direction_record,
+    fingerprint,
+    uses_sentencepiece,
+)
 from ..files import not_a_file
+from ..hub import RNNSeq2SeqHub
 from ..modules.attention import ATTENTIONS
 from ..modules.decoder import RNNDecoder, ties_output
 from ..modules.embeddings import embedding
@@ -29,6 +39,7 @@ from ..patches.config_defaults import fill_defaults
 
 INITS = ("uniform", "torch")
 DECODER_RNN = ("auto", "loop", "fused")
+DECODER_GRAPHS = ("auto", "on", "off")
 
 
 @dataclass
@@ -76,6 +87,12 @@ class RNNSeq2SeqConfig(FairseqDataclass):
                                           "cached, a Python loop over steps; fastest on CPU), fused (one cuDNN/oneDNN "
                                           "RNN call over [e; c]; fastest on GPU), auto: fused on a GPU, else loop. "
                                           "Equal results"}
+    )
+    decoder_graphs: ChoiceEnum(DECODER_GRAPHS) = field(  # type: ignore[valid-type]
+        default="auto", metadata={"help": "on a GPU, run the decoder (training forward and backward, and each "
+                                          "decoding step) as CUDA graphs, one per bucket of batch shapes: on; off: "
+                                          "kernel by kernel; auto: off until lab/gpu_check.sh has shown them equal "
+                                          "and faster. The same model and checkpoints; never used on a CPU"}
     )
     dropout: float = field(
         default=0.1,
@@ -133,14 +150,16 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
 class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
     """Context-concat RNN encoder-decoder; the dataclass defaults are the ``rnn_seq2seq`` arch.
 
-    The model keeps a fingerprint of each dictionary it was built with (buffers saved in every
-    checkpoint), so a checkpoint loaded over data with other dictionaries is refused by name.
+    The model keeps a fingerprint of each dictionary it was built with and its direction
+    (``SRC-TGT``; buffers saved in every checkpoint), so a checkpoint loaded over data with other
+    dictionaries or the other direction is refused by name.
     """
 
-    def __init__(self, encoder: RNNEncoder, decoder: RNNDecoder):
+    def __init__(self, encoder: RNNEncoder, decoder: RNNDecoder, languages: tuple = (None, None)):
         super().__init__(encoder, decoder)
         for side, dictionary in (("source", encoder.dictionary), ("target", decoder.dictionary)):
             self.register_buffer(f"{side}_dictionary_fingerprint", fingerprint(dictionary))
+        self.register_buffer(DIRECTION_KEY, direction_record(*languages))
 
     @classmethod
     def build_model(cls, cfg: RNNSeq2SeqConfig, task):
@@ -159,7 +178,8 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
                                       output=ties_output(cfg))
         encoder = RNNEncoder(cfg, src_dict, encoder_embed)
         decoder = RNNDecoder(cfg, tgt_dict, decoder_embed, encoder.output_dim)
-        return cls(encoder, decoder)
+        task_cfg = getattr(task, "cfg", None)  # its languages: given, or inferred from the data's file names
+        return cls(encoder, decoder, (getattr(task_cfg, "source_lang", None), getattr(task_cfg, "target_lang", None)))
 
     @classmethod
     def from_pretrained(cls, model_dir: str, checkpoint_file: str = "ckpt/checkpoint_best.pt",
@@ -172,7 +192,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
 
         ``checkpoint_file="a.pt:b.pt"`` decodes with the ensemble of both. The sentencepiece model
         must be the one that made the dictionaries (checked entry by entry), and none is taken
-        for a word-level model.
+        for a word-level model. ``translate``/``sample`` name a bad argument (user_dir/hub.py).
         """
         if not os.path.isdir(model_dir):
             raise FileNotFoundError(f"from_pretrained: model folder {model_dir} "
@@ -185,12 +205,11 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         if os.path.exists(spm_model) and "bpe" not in kwargs:
             kwargs.setdefault("bpe", "sentencepiece")
             kwargs.setdefault("sentencepiece_model", spm_model)
-        hub = super().from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)
+        loaded = hub_utils.from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)
+        hub = RNNSeq2SeqHub(loaded["args"], loaded["task"], loaded["models"])  # fairseq's, arguments checked
         sp = getattr(hub.bpe, "sp", None)
         if sp is not None:
-            for side in ("source", "target"):
-                check_pieces(getattr(hub.task, f"{side}_dictionary"), piece_vocabulary(sp),
-                             kwargs["sentencepiece_model"], side)
+            check_spm_model(hub.task, sp, kwargs["sentencepiece_model"])
         elif hub.bpe is None and uses_sentencepiece(hub.task.target_dictionary):
             raise FileNotFoundError(
                 f"{model_dir} holds a model trained on sentencepiece pieces but no spm.model: copy the "
@@ -199,8 +218,11 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         return hub
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Name a dictionary mismatch (size or entries) instead of loading weights over it."""
+        """Name a dictionary mismatch (size or entries) or the other direction instead of loading
+        weights over it."""
         state_dict = dict(state_dict)
+        self.check_direction(state_dict.get(DIRECTION_KEY))
+        state_dict[DIRECTION_KEY] = getattr(self, DIRECTION_KEY)  # an identity, checked: never loaded over ours
         for side, name in (("source", "encoder"), ("target", "decoder")):
             key, ours = f"{side}_dictionary_fingerprint", getattr(self, f"{side}_dictionary_fingerprint")
             weight = state_dict.get(f"{name}.embed_tokens.weight")
@@ -215,6 +237,15 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
                     f"(fingerprint {as_hex(ours)}): use the data folder (dict.*.txt) the model was trained with"
                 )
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def check_direction(self, saved) -> None:
+        """Refuse a checkpoint of another direction (de-en over en-de data: with joint dictionaries
+        the fingerprints agree); one without the record (older) or data without languages passes."""
+        ours = getattr(self, DIRECTION_KEY)
+        if saved is not None and saved.numel() and ours.numel() and as_direction(saved) != as_direction(ours):
+            raise ValueError(f"the checkpoint translates {as_direction(saved)} (source-target), but the data is "
+                             f"{as_direction(ours)}: use data of the model's direction (or the checkpoint of "
+                             f"{as_direction(ours)})")
 
 
 @register_model_architecture("rnn_seq2seq", "rnn_seq2seq_d2l")

@@ -1,6 +1,7 @@
 """The decoder: at every step the RNN reads ``[target embedding ; context]``, starting from the
 encoder's final state; the context is fixed (the encoder's final state) or attention's."""
-from typing import Dict, Optional, Tuple
+from functools import partial
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -11,6 +12,7 @@ from torch import Tensor
 from .attention import ATTENTIONS
 from .beam import PER_SENTENCE, Cache, reorder
 from .embeddings import dropout_layer, embed_words
+from .graphs import DecoderGraphs, graphs_wanted
 from .lengths import by_length
 from .recurrence import ContextLinear, ContextRNN, pad_rows
 from .step_sums import StepSums, first_sentences, step_sum
@@ -34,6 +36,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
         self.rnn = ContextRNN(cfg.cell, cfg.decoder_embed_dim, context_dim, cfg.decoder_hidden_size,
                               cfg.decoder_layers, cfg.dropout, cfg.init)
         self.rnn_path = cfg.decoder_rnn
+        self.graphs = DecoderGraphs() if graphs_wanted(cfg.decoder_graphs) else None
         self.attention = None
         if cfg.decoder_attention != "none":
             self.attention = ATTENTIONS[cfg.decoder_attention](cfg.decoder_hidden_size, context_dim,
@@ -62,19 +65,51 @@ class RNNDecoder(FairseqIncrementalDecoder):
 
     def extract_features(self, prev_output_tokens: Tensor, encoder_out: Cache,
                          incremental_state: Optional[IncrementalState] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        cache, order, active = None, None, None
-        fused = self.use_fused(prev_output_tokens, incremental_state)
         if incremental_state is not None:
-            prev_output_tokens = prev_output_tokens[:, -1:]
             cache = self.get_incremental_state(incremental_state, "rnn")
-        elif not fused:
+            cache = self.initial_cache(encoder_out) if cache is None else cache
+            x, attn, state = self.run(self.step, self.embed(prev_output_tokens[:, -1:]), encoder_out, cache)
+            self.set_incremental_state(incremental_state, "rnn", {**cache, "state": state})
+            return x, attn
+        order, active = None, None
+        if not self.use_fused(prev_output_tokens):
             order, active = by_length(prev_output_tokens, self.padding_idx)
             if order is not None:  # longest first, so that the sentences still going are leading rows
                 prev_output_tokens, encoder_out = prev_output_tokens[order], reorder(encoder_out, order)
-        if cache is None:
-            cache = self.initial_cache(encoder_out)
-        emb = embed_words(prev_output_tokens, self.embed_tokens, self.word_dropout, self.dropout_in).transpose(0, 1)
-        if self.attention is None:  # emb: T x B x E
+        emb = self.embed(prev_output_tokens)
+        x, attn = self.run(partial(self.teacher_forced, active=active), emb, encoder_out)  # active: None on a GPU
+        if order is not None:  # back to the batch's order
+            unsort = order.argsort()
+            x, attn = x.index_select(0, unsort), None if attn is None else attn.index_select(0, unsort)
+        return x, attn
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """B x T tokens -> B x T x E embeddings, after word dropout and --dropout-in."""
+        return embed_words(tokens, self.embed_tokens, self.word_dropout, self.dropout_in)
+
+    def run(self, fn, emb: Tensor, encoder_out: Cache, cache: Optional[Cache] = None):
+        """``fn(emb, encoder_out[, cache])``, from CUDA graphs where --decoder-graphs has them (graphs.py)."""
+        args = (emb, encoder_out) if cache is None else (emb, encoder_out, cache)
+        return fn(*args) if self.graphs is None or not emb.is_cuda else self.graphs(self, fn, *args)
+
+    def teacher_forced(self, emb: Tensor, encoder_out: Cache,
+                       active: Optional[List[int]] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """Every step from the encoder's state over B x T x E embeddings -> (B x T x C features,
+        B x T x S weights or None); ``active``: see :func:`~.recurrence.recur`."""
+        fused = self.use_fused(emb)
+        x, attn, _ = self.decode(emb, encoder_out, self.initial_cache(encoder_out), fused, active)
+        return x, attn
+
+    def step(self, emb: Tensor, encoder_out: Cache, cache: Cache) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """One decoding step from ``cache`` (B x 1 x E embeddings) -> (features, weights, new state)."""
+        return self.decode(emb, encoder_out, cache, fused=False, active=None)
+
+    def decode(self, emb: Tensor, encoder_out: Cache, cache: Cache, fused: bool,
+               active: Optional[List[int]]) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """The recurrence from ``cache`` over B x T x E embeddings, then the output layers ->
+        (B x T x C features, B x T x S weights or None, K x L x B x H final state)."""
+        emb = emb.transpose(0, 1)  # T x B x E
+        if self.attention is None:
             if fused:
                 x, state = self.rnn.fused(emb, cache["state"], encoder_out["context"])
             else:
@@ -87,16 +122,10 @@ class RNNDecoder(FairseqIncrementalDecoder):
                 outputs = encoder_out[PER_SENTENCE]["outputs"]
                 contexts = step_sum(attn.reshape(-1, attn.size(2)), outputs).view(*attn.shape[:2], -1)
                 output_context = self.deep_output.context_term(contexts.transpose(0, 1))
-        if incremental_state is not None:
-            self.set_incremental_state(incremental_state, "rnn", {**cache, "state": state})
         x = self.dropout_out(x)
         if self.deep_output is not None:
             x = self.dropout_out(torch.tanh(self.deep_output(torch.cat([x, emb], dim=-1), output_context)))
-        x = x.transpose(0, 1)  # T x B x C -> B x T x C
-        if order is not None:  # back to the batch's order
-            unsort = order.argsort()
-            x, attn = x.index_select(0, unsort), None if attn is None else attn.index_select(0, unsort)
-        return x, attn
+        return x.transpose(0, 1), attn, state  # T x B x C -> B x T x C
 
     def attend_and_recur(self, emb: Tensor, cache: Cache, source: Dict[str, Tensor],
                          active) -> Tuple[Tensor, Tensor, Tensor]:
@@ -119,10 +148,10 @@ class RNNDecoder(FairseqIncrementalDecoder):
         x, state = self.rnn(emb, cache["state"], attend=attend, active=active)
         return x, state, torch.stack(weights, dim=1)  # B x T x S
 
-    def use_fused(self, x: Tensor, incremental_state: Optional[IncrementalState]) -> bool:
-        """``--decoder-rnn``: the fused call for teacher forcing without attention (one step at
-        a time gains nothing)."""
-        if incremental_state is not None or self.rnn_path == "loop" or self.attention is not None:
+    def use_fused(self, x: Tensor) -> bool:
+        """``--decoder-rnn`` for teacher forcing: the fused call without attention (decoding one
+        step at a time gains nothing from it)."""
+        if self.rnn_path == "loop" or self.attention is not None:
             return False
         return self.rnn_path == "fused" or x.is_cuda
 

@@ -19,19 +19,24 @@
   the archive, whatever torch's message says), and named with them; torch's advice to switch
   ``weights_only`` off is never shown.
 * Resuming (or ``--restore-file``) with model options or dictionaries other than the
-  checkpoint's names the options that differ, in one line, instead of fairseq's "ensure that
-  the architectures match".
+  checkpoint's names, in one line, the options that differ and change the model's parameters
+  (each tried alone on the checkpoint's config), instead of fairseq's "ensure that the
+  architectures match"; options that change no parameter (dropout) are not named, and fairseq
+  resumes with them as it does.
 """
 import argparse
+import copy
 import os
 import shutil
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
-from fairseq import checkpoint_utils
+from fairseq import checkpoint_utils, models
 from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 from ..checkpoint_files import CheckpointError, check_file, essence, pickled_globals, refused_globals
 from ..files import FolderBusy, atomic_write, lock_folder, remove_orphans
@@ -115,12 +120,47 @@ def _atomic_copies(path_manager):
     return AtomicCopyPathManager
 
 
-def option_differences(saved, current) -> list[str]:
-    """``--name VALUE (this command: OTHER)`` for every model option the two configs give differently."""
-    saved, current = (OmegaConf.to_container(c, resolve=False) if OmegaConf.is_config(c) else dict(c or {})
-                      for c in (saved, current))
+def _as_dict(cfg) -> dict:
+    if not OmegaConf.is_config(cfg):
+        return dict(cfg or {})
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError:  # e.g. ${task.max_source_positions} in a config without its task
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def option_differences(saved, current, keys: Optional[Iterable[str]] = None) -> list[str]:
+    """``--name VALUE (this command: OTHER)`` for every model option (of ``keys``, if given) that
+    the two configs give differently."""
+    saved, current = _as_dict(saved), _as_dict(current)
+    differ = {key for key in saved.keys() & current.keys() if saved[key] != current[key]}
     return [f"--{key.lstrip('_').replace('_', '-')} {saved[key]} (this command: {current[key]})"
-            for key in sorted(saved.keys() & current.keys()) if saved[key] != current[key]]
+            for key in sorted(differ if keys is None else differ & set(keys))]
+
+
+def _parameter_shapes(model_cfg, task) -> Optional[dict]:
+    """Name -> shape of every parameter and buffer of the model ``model_cfg`` describes (None: it cannot be built)."""
+    try:
+        model = models.build_model(copy.deepcopy(model_cfg), task)
+    except Exception:
+        return None
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def model_changing(saved, current, task) -> list[str]:
+    """The options that ``current`` gives otherwise than the checkpoint's ``saved`` and that, each
+    alone, change the model's parameters (names or shapes): sizes, cell, layers, attention,
+    tying... not dropout, which a resumed run may change (fairseq loads such a checkpoint)."""
+    before, now = _as_dict(saved), _as_dict(current)
+    shapes = _parameter_shapes(saved, task)
+    changing = []
+    for key in sorted(k for k in before.keys() & now.keys() if before[k] != now[k]):
+        probe = copy.deepcopy(saved)
+        with open_dict(probe):
+            probe[key] = now[key]
+        if shapes is None or _parameter_shapes(probe, task) != shapes:
+            changing.append(key)
+    return changing
 
 
 def _name_what_differs(load_checkpoint):
@@ -136,7 +176,7 @@ def _name_what_differs(load_checkpoint):
             if isinstance(cause, ValueError):  # the model's own check (dictionaries) says what differs
                 raise CheckpointError(f"checkpoint {filename}: {cause}") from None
             saved = checkpoint_utils.load_checkpoint_to_cpu(filename)["cfg"]["model"]
-            differ = option_differences(saved, self.cfg.model)
+            differ = option_differences(saved, self.cfg.model, model_changing(saved, self.cfg.model, self.task))
             what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause)
             raise CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; "
                                   "use the checkpoint's options, or another --save-dir for a new model") from None
@@ -144,6 +184,7 @@ def _name_what_differs(load_checkpoint):
     return load_checkpoint_naming_differences
 
 
+# every level, "minimal" too: not a replacement, and fairseq 0.12 cannot load its checkpoints without it
 if hasattr(torch.serialization, "add_safe_globals"):  # torch >= 2.4; adding twice changes nothing
     torch.serialization.add_safe_globals(safe_globals())
 replace(checkpoint_utils, "load_checkpoint_to_cpu", _explain_load_errors)

@@ -1,7 +1,10 @@
 """The decode paths (fairseq-interactive, ``from_pretrained(...).translate()``, fairseq-generate)
 validate their input as the file readers do, at the points every path passes through:
 
-* ``FairseqTask.build_generator``: a beam or ``--nbest`` below 1 is refused by name.
+* ``FairseqTask.build_generator``: generation options fairseq asserts on (a beam or ``--nbest``
+  below 1, ``--nbest`` above the beam, ``--sampling`` with another ``--nbest`` than ``--beam``,
+  ``--min-len`` above the longest translation allowed, ...) are refused by name, one rule each
+  in :data:`GENERATION_RULES`.
 * ``FairseqTask.build_bpe``: a sentencepiece model is checked against the dictionaries it must
   have made (:func:`user_dir.dictionaries.check_pieces`).
 * ``FairseqTask.get_interactive_tokens_and_lengths`` (fairseq-interactive): raw words typed into
@@ -10,10 +13,15 @@ validate their input as the file readers do, at the points every path passes thr
   sentence longer than the model takes is answered with an empty translation and a warning,
   instead of ending the session (fairseq's default) or vanishing from the batch
   (``--skip-invalid-size-inputs-valid-test``).
+* ``utils.post_process_prediction``: a ``--post-process`` scheme that fairseq does not know, or
+  whose units the target dictionary does not hold, is refused
+  (:func:`user_dir.dictionaries.check_post_process`).
 * ``SequenceGenerator.generate``: a source with no known word (empty, blank, every word unknown,
   or over-long as above) gets an empty translation and a warning, not a made-up sentence.
 """
 import logging
+import math
+from typing import Callable
 
 import torch
 from fairseq import utils
@@ -21,19 +29,57 @@ from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithA
 from fairseq.tasks import FairseqTask
 from fairseq.tasks.translation import TranslationTask
 
-from ..dictionaries import PIECE_START, TokenizationError, check_pieces, piece_vocabulary, uses_sentencepiece
+from ..dictionaries import PIECE_START, check_post_process, check_spm_model, uses_sentencepiece
 from . import replace
 
 logger = logging.getLogger("user_dir.decoding")
 _FOR_INFERENCE = "_user_dir_for_inference"  # set on the datasets made from typed or passed text
 
 
-def _positive_beam(build_generator):
+# fairseq's defaults of the generation options that the rules read
+_GENERATION_DEFAULTS = {"beam": 5, "nbest": 1, "sampling": False, "sampling_topk": -1, "sampling_topp": -1.0,
+                        "temperature": 1.0, "max_len_a": 0, "max_len_b": 200, "min_len": 1}
+# fairseq's assertions on generation options (generate.py, interactive.py, FairseqTask.build_generator,
+# SequenceGenerator) and what it does silently wrong, one rule each: (refused when, message)
+GENERATION_RULES: list[tuple[Callable[[dict], bool], str]] = [
+    (lambda o: o["beam"] < 1, "--beam must be at least 1, got {beam}"),
+    (lambda o: o["nbest"] < 1, "--nbest must be at least 1, got {nbest}"),
+    (lambda o: o["nbest"] > o["beam"] and not o["sampling"],
+     "--nbest {nbest} is above --beam {beam}: the beam holds only {beam} hypotheses; give --nbest at most --beam"),
+    (lambda o: o["sampling"] and o["nbest"] != o["beam"],
+     "--sampling returns every one of --beam samples: give --nbest equal to --beam (got --nbest {nbest}, "
+     "--beam {beam})"),
+    (lambda o: o["sampling_topk"] > 0 and not o["sampling"], "--sampling-topk needs --sampling"),
+    (lambda o: o["sampling_topp"] > 0 and not o["sampling"], "--sampling-topp needs --sampling"),
+    (lambda o: o["temperature"] <= 0, "--temperature must be greater than 0, got {temperature}"),
+    (lambda o: min(o["max_len_a"], o["max_len_b"], o["min_len"]) < 0,
+     "--max-len-a ({max_len_a}), --max-len-b ({max_len_b}) and --min-len ({min_len}) must not be negative"),
+    (lambda o: o["min_len"] > o["longest"],
+     "--min-len {min_len} is above the longest translation allowed ({longest:g}: --max-len-b with --max-len-a 0, "
+     "or the model's --max-target-positions - 1); lower --min-len or raise the maximum"),
+]
+
+
+def _longest(options: dict, models: list) -> float:
+    """The longest translation fairseq's SequenceGenerator allows whatever the source's length."""
+    limit = min((m.max_decoder_positions() for m in models if hasattr(m, "max_decoder_positions")),
+                default=math.inf) - 1
+    return min(limit, options["max_len_b"]) if options["max_len_a"] == 0 else limit
+
+
+def check_generation(args, models: list) -> None:
+    """Refuse generation options that fairseq would assert on (or obey silently wrongly), naming them."""
+    options = {name: default if getattr(args, name, None) is None else getattr(args, name)
+               for name, default in _GENERATION_DEFAULTS.items()}
+    options["longest"] = _longest(options, models)
+    for refused, message in GENERATION_RULES:
+        if refused(options):
+            raise ValueError(message.format(**options))
+
+
+def _valid_generation_options(build_generator):
     def build_generator_checked(self, models, args, *rest, **kwargs):
-        for name in ("beam", "nbest"):
-            value = getattr(args, name, 1)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name} must be at least 1, got {value}")
+        check_generation(args, models)
         return build_generator(self, models, args, *rest, **kwargs)
 
     return build_generator_checked
@@ -44,24 +90,19 @@ def _pieces_match_dictionaries(build_bpe):
         bpe = build_bpe(self, args)
         sp = getattr(bpe, "sp", None)  # fairseq's SentencepieceBPE
         if sp is not None:
-            vocabulary = piece_vocabulary(sp)
-            for side in ("source", "target"):
-                check_pieces(getattr(self, f"{side}_dictionary"), vocabulary, args.sentencepiece_model, side)
+            check_spm_model(self, sp, args.sentencepiece_model)
         return bpe
 
     return build_bpe_checked
 
 
-def _pieces_removed_only_from_pieces(post_process_prediction):
+def _post_process_fits(post_process_prediction):
     def post_process_prediction_checked(hypo_tokens, src_str, alignment, align_dict, tgt_dict, remove_bpe=None,
                                         *args, **kwargs):
-        if remove_bpe == "sentencepiece":
-            pieces = getattr(tgt_dict, "_uses_sentencepiece", None)  # once per dictionary, not per sentence
-            if pieces is None:
-                pieces = tgt_dict._uses_sentencepiece = uses_sentencepiece(tgt_dict)
-            if not pieces:
-                raise TokenizationError("--post-process sentencepiece: the model's target dictionary holds words, "
-                                        "not sentencepiece pieces; leave it out, or the words are joined wrongly")
+        checked = tgt_dict.__dict__.setdefault("_post_process_checked", set())  # once per scheme, not per sentence
+        if remove_bpe not in checked:
+            check_post_process(tgt_dict, remove_bpe)
+            checked.add(remove_bpe)
         return post_process_prediction(hypo_tokens, src_str, alignment, align_dict, tgt_dict, remove_bpe,
                                        *args, **kwargs)
 
@@ -131,9 +172,9 @@ def _empty_answers(generate):
     return generate_or_empty
 
 
-replace(FairseqTask, "build_generator", _positive_beam)
+replace(FairseqTask, "build_generator", _valid_generation_options)
 replace(FairseqTask, "build_bpe", _pieces_match_dictionaries)
-replace(utils, "post_process_prediction", _pieces_removed_only_from_pieces)
+replace(utils, "post_process_prediction", _post_process_fits)
 replace(FairseqTask, "get_interactive_tokens_and_lengths", _typed_text_in_pieces)
 replace(TranslationTask, "build_dataset_for_inference", _mark_for_inference)
 replace(FairseqTask, "filter_indices_by_size", _answer_over_long)

@@ -44,14 +44,22 @@ def _cpu_safe(infer_launch_init):
     return infer_launch_init_cpu_safe
 
 
+def config_allowed() -> torch.serialization.safe_globals:
+    """A context that allows the checkpoint allow-list plus ``CONFIG_GLOBALS`` for ``weights_only``
+    loading. It adds only what is not allowed already: leaving it removes what it added, and the
+    plugin's permanent globals (``patches.checkpoints``) must stay."""
+    allowed = torch.serialization.get_safe_globals()
+    return torch.serialization.safe_globals([g for g in safe_globals() + CONFIG_GLOBALS if g not in allowed])
+
+
 def _config_allowed(broadcast_object_slow):
     def broadcast_object_slow_allowing_config(obj, src_rank, group, dist_device):
-        with torch.serialization.safe_globals(safe_globals() + CONFIG_GLOBALS):
+        with config_allowed():
             return broadcast_object_slow(obj, src_rank, group, dist_device)
 
     return broadcast_object_slow_allowing_config
 
 
-replace(distributed_utils, "_infer_torch_distributed_launch_init", _cpu_safe)
+replace(distributed_utils, "_infer_torch_distributed_launch_init", _cpu_safe, level="minimal")
 if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5; before, torch.load is not weights_only
-    replace(distributed_utils, "_broadcast_object_slow", _config_allowed)
+    replace(distributed_utils, "_broadcast_object_slow", _config_allowed, level="minimal")

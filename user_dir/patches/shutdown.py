@@ -70,4 +70,4 @@ def stop_consumers() -> None:
 
 
 atexit.register(stop_consumers)
-replace(iterators.BackgroundConsumer, "__init__", _stoppable)
+replace(iterators.BackgroundConsumer, "__init__", _stoppable, level="minimal")

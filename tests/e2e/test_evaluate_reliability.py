@@ -1,0 +1,261 @@
+"""evaluate.py, distill.py, average_checkpoints.py and the Python API through the real CLIs, round 4:
+the recorded reference is the one prepare.py wrote (E), a checkpoint is used only in its direction
+on every path (F), messages name what is actually wrong (I), and every user mistake is one
+``error:`` line with a non-zero exit, Ctrl-C included (H)."""
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import ROOT, TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, run
+
+SCRIPTS = ROOT / "scripts"
+REVERSED = r"the checkpoint translates src-tgt \(source-target\), but the data is tgt-src"
+
+
+def one_error_line(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    """A non-zero exit whose whole stderr is one ``error:`` line matching ``pattern``."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def evaluate(*args, **kwargs) -> subprocess.CompletedProcess:
+    return run(sys.executable, SCRIPTS / "evaluate.py", *args, check=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reversed_bin(toy_bin, tmp_path_factory) -> Path:
+    """The toy data binarized tgt->src with toy_bin's joined dictionary: the fingerprints of a
+    src->tgt checkpoint match it, only the direction differs."""
+    dest = tmp_path_factory.mktemp("reversed") / "bin"
+    run("fairseq-preprocess", "--source-lang", "tgt", "--target-lang", "src", "--srcdict", toy_bin / "dict.tgt.txt",
+        "--tgtdict", toy_bin / "dict.src.txt", "--trainpref", TOY / "train", "--testpref", TOY / "test",
+        "--destdir", dest, "--workers", "1")
+    return dest
+
+
+def model_dir(folder: Path, data_bin: Path, checkpoint: Path) -> Path:
+    """A from_pretrained folder: bin/ and ckpt/checkpoint_best.pt."""
+    shutil.copytree(data_bin, folder / "bin")
+    (folder / "ckpt").mkdir()
+    shutil.copy(checkpoint, folder / "ckpt" / "checkpoint_best.pt")
+    return folder
+
+
+# F. a checkpoint is decoded and scored only in its own direction, whatever path loads it
+
+@pytest.mark.parametrize("path", ["fairseq-generate", "evaluate.py", "distill.py"])
+def test_the_other_direction_is_refused_on_every_cli_path(reversed_bin, trained, tmp_path, path):
+    cmd = {"fairseq-generate": ["fairseq-generate", reversed_bin, "--user-dir", USER_DIR, "--path", trained,
+                                "--gen-subset", "test", "--beam", "2"],
+           "evaluate.py": [sys.executable, SCRIPTS / "evaluate.py", reversed_bin, trained, "--ref", TOY / "test.src"],
+           "distill.py": [sys.executable, SCRIPTS / "distill.py", reversed_bin, trained, tmp_path / "kd"]}[path]
+    proc = run(*cmd, check=False)
+    assert proc.returncode != 0 and not (tmp_path / "kd").exists()
+    if path == "fairseq-generate":
+        assert re.search(REVERSED, proc.stderr), proc.stderr[-3000:]
+    else:
+        one_error_line(proc, REVERSED)
+
+
+def test_the_other_direction_is_refused_by_from_pretrained(toy_bin, reversed_bin, trained, tmp_path):
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+
+    good = RNNSeq2SeqModel.from_pretrained(str(model_dir(tmp_path / "good", toy_bin, trained)))
+    assert len(good.translate(["eins zwei"], beam=2)) == 1
+    with pytest.raises(ValueError, match=REVERSED):
+        RNNSeq2SeqModel.from_pretrained(str(model_dir(tmp_path / "reversed", reversed_bin, trained)))
+
+
+def test_a_checkpoint_records_its_direction_and_averaging_refuses_a_mix(trained, tmp_path):
+    from user_dir.dictionaries import DIRECTION_KEY, as_direction, direction_record
+
+    state = torch.load(trained, map_location="cpu", weights_only=False)
+    assert as_direction(state["model"][DIRECTION_KEY]) == "src-tgt"
+    state["model"][DIRECTION_KEY] = direction_record("tgt", "src")
+    torch.save(state, tmp_path / "other.pt")
+    proc = run(sys.executable, SCRIPTS / "average_checkpoints.py", "--inputs", trained, tmp_path / "other.pt",
+               "--out", tmp_path / "avg.pt", check=False)
+    one_error_line(proc, r"other\.pt translates tgt-src but .*checkpoint_best\.pt src-tgt")
+    assert not (tmp_path / "avg.pt").exists()
+
+
+# E. without --ref the reference is prepare.py's raw text, checked against its recorded SHA-256
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A small prepare.py output and a checkpoint of 2 updates on it (OUT/ckpt/checkpoint_best.pt)."""
+    raw, out = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("prepared")
+    run(sys.executable, SCRIPTS / "make_toy_data.py", raw, "--train", "300", "--valid", "20", "--test", "25",
+        "--seed", "3")
+    run(sys.executable, SCRIPTS / "prepare.py", "--raw-dir", raw, "--src", "src", "--tgt", "tgt", "--vocab-size", "60",
+        "--splits", "train=train", "valid=valid", "test=test", "--out", out)
+    run("fairseq-train", out / "bin", "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--max-update", "2",
+        "--save-dir", out / "ckpt", "--no-epoch-checkpoints")
+    return out
+
+
+def copy_of(prepared: Path, folder: Path) -> Path:
+    shutil.copytree(prepared, folder, symlinks=True)
+    return folder
+
+
+def test_evaluate_names_the_reference_it_scored_and_its_hash(prepared, tmp_path):
+    out = copy_of(prepared, tmp_path / "out")
+    proc = evaluate(out / "bin", out / "ckpt" / "checkpoint_best.pt", "--beam", "1", "--json", tmp_path / "s.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "s.json").read_text())
+    reference = out / "raw" / "test.tgt"
+    assert result["reference"] == os.path.abspath(reference)
+    assert result["reference_sha256"] == hashlib.sha256(reference.read_bytes()).hexdigest()
+    given = tmp_path / "given.tgt"
+    shutil.copy(reference, given)
+    proc = evaluate(out / "bin", out / "ckpt" / "checkpoint_best.pt", "--beam", "1", "--ref", given,
+                    "--post-process", "sentencepiece", "--json", tmp_path / "g.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "g.json").read_text())["reference"] == os.path.abspath(given)
+
+
+def _edit_record(out: Path, change) -> None:
+    record = json.loads((out / "prepare.json").read_text())
+    change(record)
+    (out / "prepare.json").write_text(json.dumps(record))
+
+
+BREAKS = {  # what is done to a copy of the preparation -> what the one error line must say
+    "reference edited": (lambda out: (out / "raw" / "test.tgt").write_text(
+        (out / "raw" / "test.tgt").read_text().replace("one", "eno", 1)), r"raw/test\.tgt was changed after"),
+    "reference replaced": (lambda out: shutil.copy(out / "raw" / "valid.tgt", out / "raw" / "test.tgt"),
+                           r"raw/test\.tgt was changed after"),
+    "path leaves OUT": (lambda out: _edit_record(out, lambda r: r["raw"]["test"].update(tgt="../../test.tgt")),
+                        r"'\.\./\.\./test\.tgt'.*(inside|out of)"),
+    "absolute path": (lambda out: _edit_record(out, lambda r: r["raw"]["test"].update(tgt="/etc/hostname")),
+                      r"'/etc/hostname'.*(inside|out of)"),
+    "corrupt record": (lambda out: (out / "prepare.json").write_text('{"src": "src", '), r"prepare\.json"),
+    "record removed": (lambda out: (out / "prepare.json").unlink(), r"prepare\.json does not exist"),
+    "raw folder removed": (lambda out: shutil.rmtree(out / "raw"), r"raw/test\.tgt does not exist"),
+    "no test split": (lambda out: [p.unlink() for p in (out / "bin").glob("test.*")],
+                      r"holds no split 'test' .*it holds: train, valid"),
+}
+
+
+@pytest.mark.parametrize("case", list(BREAKS))
+def test_evaluate_without_ref_names_what_is_wrong_with_the_recorded_reference(prepared, tmp_path, case):
+    out = copy_of(prepared, tmp_path / "out")
+    BREAKS[case][0](out)
+    proc = evaluate(out / "bin", out / "ckpt" / "checkpoint_best.pt", "--json", tmp_path / "s.json")
+    one_error_line(proc, BREAKS[case][1])
+    assert "--ref is required" not in proc.stderr and not (tmp_path / "s.json").exists()
+
+
+def test_evaluate_names_an_unknown_subset_and_the_splits_there(prepared):
+    proc = evaluate(prepared / "bin", prepared / "ckpt" / "checkpoint_best.pt", "--subset", "tset")
+    one_error_line(proc, r"holds no split 'tset' .*it holds: test, train, valid")
+
+
+# H. every user mistake is one error line, a non-zero exit, nothing written
+
+def corrupt_gzip(path: Path) -> Path:
+    """A gzip member whose deflate data is invalid (zlib's 'invalid block type')."""
+    data = bytearray(gzip.compress(b"a b c\n" * 100))
+    data[10] = 0x07  # the first block: final, type 3 (reserved)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("case", ["corrupt gzip reference", "json inside a file", "json is a folder",
+                                  "hyp-out inside a file"])
+def test_evaluate_refuses_bad_files_with_one_line(toy_bin, trained, tmp_path, case):
+    (tmp_path / "plain").write_text("x\n")
+    (tmp_path / "folder").mkdir()
+    args = {"corrupt gzip reference": ["--ref", corrupt_gzip(tmp_path / "ref.gz")],
+            "json inside a file": ["--ref", TOY / "test.tgt", "--json", tmp_path / "plain" / "s.json"],
+            "json is a folder": ["--ref", TOY / "test.tgt", "--json", tmp_path / "folder"],
+            "hyp-out inside a file": ["--ref", TOY / "test.tgt", "--hyp-out", tmp_path / "plain" / "h.txt"]}[case]
+    proc = evaluate(toy_bin, trained, *args)
+    one_error_line(proc, {"corrupt gzip reference": r"ref\.gz: cannot be read"}.get(case, r"cannot write"))
+
+
+def interrupt_while_decoding(cmd: list, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Start ``cmd``, send it SIGINT once its fairseq-generate runs, and return how it ended; the
+    child must be gone too."""
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"OMP_NUM_THREADS": "1", **os.environ})
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not children.read_text().split():
+        time.sleep(0.05)
+    child = int(children.read_text().split()[0])
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "distill.py"])
+def test_ctrl_c_ends_with_one_line_and_status_130(toy_bin, trained, tmp_path, script):
+    cmd = {"evaluate.py": [sys.executable, SCRIPTS / "evaluate.py", toy_bin, trained, "--ref", TOY / "test.tgt",
+                           "--json", tmp_path / "s.json"],
+           "distill.py": [sys.executable, SCRIPTS / "distill.py", toy_bin, trained, tmp_path / "kd"]}[script]
+    proc = interrupt_while_decoding(cmd, tmp_path)
+    assert proc.returncode == 130
+    one_error_line(proc, rf"{script} interrupted \(Ctrl-C\)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# I. the Python API names the bad argument or element
+
+@pytest.mark.parametrize("sentences, beam, error, message", [
+    (None, 5, TypeError, r"translate: sentences is NoneType, expected str or a list of str"),
+    (b"eins zwei", 5, TypeError, r"translate: sentences is bytes"),
+    (3, 5, TypeError, r"translate: sentences is int"),
+    (["eins", "zwei", "drei", b"vier"], 5, TypeError, r"translate: element 3 is bytes, expected str"),
+    (["eins", None], 5, TypeError, r"translate: element 1 is NoneType, expected str"),
+    (["eins", 7.0], 5, TypeError, r"translate: element 1 is float, expected str"),
+    (["eins"], "5", TypeError, r"translate: beam is str '5', expected a whole number >= 1"),
+    (["eins"], 0, ValueError, r"translate: beam must be at least 1, got 0"),
+])
+def test_translate_names_the_bad_argument_or_element(toy_bin, trained, tmp_path, sentences, beam, error, message):
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+
+    hub = RNNSeq2SeqModel.from_pretrained(str(model_dir(tmp_path / "m", toy_bin, trained)))
+    with pytest.raises(error, match=message):
+        hub.translate(sentences, beam=beam)
+    assert hub.translate(("eins zwei", "drei"), beam=2)[1]  # a tuple of str is fine
+
+
+@pytest.mark.parametrize("script", ["distill.py", "average_checkpoints.py"])
+def test_an_output_inside_a_file_is_one_line(toy_bin, trained, tmp_path, script):
+    (tmp_path / "plain").write_text("x\n")
+    args = {"distill.py": [toy_bin, trained, tmp_path / "plain" / "kd"],
+            "average_checkpoints.py": ["--inputs", trained, trained, "--out", tmp_path / "plain" / "avg.pt"]}[script]
+    proc = run(sys.executable, SCRIPTS / script, *args, check=False)
+    one_error_line(proc, r"plain")
+    assert (tmp_path / "plain").read_text() == "x\n"
+
+
+@pytest.mark.parametrize("case", ["not a checkpoint", "no model in it"])
+def test_average_refuses_files_that_are_not_checkpoints_with_one_line(trained, tmp_path, case):
+    bad = tmp_path / "bad.pt"
+    if case == "not a checkpoint":
+        bad.write_text("hello\n")
+    else:
+        torch.save({"weights": torch.zeros(2)}, bad)
+    proc = run(sys.executable, SCRIPTS / "average_checkpoints.py", "--inputs", trained, bad, "--out",
+               tmp_path / "avg.pt", check=False)
+    one_error_line(proc, r"bad\.pt")
+    assert not (tmp_path / "avg.pt").exists()

@@ -1,0 +1,159 @@
+"""scripts/train.sh as a new user meets it: a finished run is complete and left untouched, the exit
+status says whether a model was trained and saved, every refusal is one `error:` line, and stopping
+train.sh in any way (Ctrl-C, SIGTERM, SIGKILL of its launcher or of its process group) leaves no
+training process behind. What train_settings.py plans from the options: tests/unit/test_own_data_settings.py."""
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fairseq import checkpoint_utils
+
+import user_dir  # noqa: F401  (the plugin's safe checkpoint loading)
+from helpers import ROOT, run
+
+TRAIN = ROOT / "scripts" / "train.sh"
+TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+        "--encoder-hidden-size", "24", "--decoder-hidden-size", "24", "--max-tokens", "3000"]
+ENV = {"AMP": "0", "OMP_NUM_THREADS": "1"}
+
+
+def train(data: Path, save: Path, *extra, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return run("bash", TRAIN, data, save, *TINY, *extra, env={**ENV, **(env or {})}, check=check, timeout=300)
+
+
+def files(folder: Path) -> dict:
+    """Every file of FOLDER: its content hash and modification time."""
+    return {p.name: (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def one_error_line(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert message in proc.stderr, proc.stderr
+
+
+def updates(save: Path) -> int:
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_last.pt"))
+    return state["optimizer_history"][-1]["num_updates"]
+
+
+def test_a_finished_run_is_complete_and_changes_nothing(toy_bin, tmp_path):
+    """By the checkpoint against --max-update (fairseq-train's own rule), or, for a run that stopped
+    early, by SAVE_DIR/train.done of the same command; a limit below the checkpoint is refused."""
+    save = tmp_path / "ckpt"
+    train(toy_bin, save, "--max-update", "3")
+    assert updates(save) == 3 and (save / "train.done").is_file()
+    before = files(save)
+    again = train(toy_bin, save, "--max-update", "3")
+    assert f"the run is complete: {save}/checkpoint_last.pt holds 3 updates of --max-update 3" in again.stdout
+    assert "fairseq" not in again.stdout + again.stderr  # fairseq-train was not started
+    one_error_line(train(toy_bin, save, "--max-update", "2", check=False),
+                   f"error: {save}/checkpoint_last.pt holds 3 updates, more than --max-update 2: nothing to train")
+    assert files(save) == before
+
+    early = tmp_path / "early"  # a learning rate of nearly 0: BLEU never improves, the second validation stops it
+    stop = ["--lr", "1e-9", "--max-epoch", "50", "--validate-interval", "1", "--save-interval", "1"]
+    log = train(toy_bin, early, *stop, env={"PATIENCE": "1"}).stdout
+    assert "early stop since valid performance hasn't improved for last 1 runs" in log
+    before = files(early)
+    assert "and this command finished there" in train(toy_bin, early, *stop, env={"PATIENCE": "1"}).stdout
+    assert files(early) == before
+    changed = train(toy_bin, early, *stop, "--log-interval", "1", env={"PATIENCE": "1"}).stdout
+    assert "the run is complete" not in changed and "done training" in changed  # another command trains on
+
+
+def test_exit_status_is_non_zero_when_no_checkpoint_was_saved(toy_bin, tmp_path):
+    proc = train(toy_bin, tmp_path / "c", "--max-update", "2", "--disable-validation", "--no-last-checkpoints",
+                 "--no-epoch-checkpoints", check=False)
+    one_error_line(proc, f"error: training finished but wrote no checkpoint to {tmp_path / 'c'}")
+    assert train(toy_bin, tmp_path / "n", "--max-update", "2", "--no-save").returncode == 0  # none asked for
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no arguments", "error: give DATA_BIN and SAVE_DIR"),
+    ("missing data", "holds no fairseq-preprocess output (dict.*.txt)"),
+    ("save is a file", "is a file, not a folder: give a writable folder for the checkpoints"),
+    ("save under a file", "cannot be written (Not a directory)"),
+    ("not a number", "error: fairseq-train argument --max-update: invalid int value: '1O'"),
+    ("zero divisor", "error: --update-freq 0: give a number >= 1"),
+    ("forever", "mean no limit to fairseq-train, and no early stopping"),
+    ("unknown option", "error: fairseq-train unrecognized arguments: --max-updates 5"),
+    ("corrupt prepare.json", "prepare.json cannot be trusted"),
+])
+def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
+    (tmp_path / "file").write_text("not a folder\n")
+    data, save, extra = toy_bin, tmp_path / "ckpt", ["--max-update", "1"]
+    if case == "corrupt prepare.json":
+        data = shutil.copytree(toy_bin, tmp_path / "out" / "bin")
+        (tmp_path / "out" / "prepare.json").write_text("{truncated")
+    args = {"no arguments": [toy_bin], "missing data": [tmp_path / "nowhere", save, *extra],
+            "save is a file": [data, tmp_path / "file", *extra],
+            "save under a file": [data, tmp_path / "file" / "ckpt", *extra],
+            "not a number": [data, save, "--max-update", "1O"], "zero divisor": [data, save, *extra, "--update-freq=0"],
+            "forever": [data, save, "--max-update", "0"], "unknown option": [data, save, "--max-updates", "5"],
+            }.get(case, [data, save, *extra])
+    one_error_line(run("bash", TRAIN, *args, env=ENV, check=False), message)
+    assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
+
+
+def processes_naming(text: str) -> list[int]:
+    """Pids of the live processes whose command line holds TEXT."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            pass
+    return found
+
+
+def launcher_of(save: Path) -> int:
+    """torchrun's pid (its console script, run by scripts/with_parent.py) of the run writing SAVE."""
+    for pid in processes_naming(str(save)):
+        if any(arg.endswith(b"/torchrun") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]):
+            return pid
+    raise AssertionError(f"no torchrun launcher for {save}")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two CPU processes (gloo)")
+@pytest.mark.parametrize("kill", ["launcher SIGKILL", "launcher SIGTERM", "group SIGKILL", "Ctrl-C"])
+def test_stopping_train_sh_leaves_no_training_process(toy_bin, tmp_path, kill):
+    """NPROC=2: torchrun and its workers run in a session of their own and die with their parent
+    (scripts/with_parent.py); Ctrl-C reaches train.sh, which stops them and says so in one line."""
+    save, out = tmp_path / "ckpt", (tmp_path / "out").open("w")
+    cmd = ["bash", str(TRAIN), str(toy_bin), str(save), *TINY, "--max-update", "100000", "--max-tokens", "300"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **ENV, "NPROC": "2"}, stdout=out, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "Start iterating over samples" not in (tmp_path / "out").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.5)
+    assert len(processes_naming(str(save))) >= 4  # train.sh, torchrun, two workers (and tee)
+    training = [pid for pid in processes_naming(str(save) + "\0")  # torchrun and its workers, not train.sh
+                if b"fairseq-train" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(training) == 3 and proc.pid not in map(os.getpgid, training)  # Ctrl-C reaches train.sh's group only
+    if kill.startswith("launcher"):
+        os.kill(launcher_of(save), getattr(signal, kill.split()[1]))
+    else:
+        os.killpg(proc.pid, signal.SIGKILL if kill == "group SIGKILL" else signal.SIGINT)
+    deadline = time.monotonic() + 10
+    while processes_naming(str(save)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_naming(str(save)), "a process of the run is left"
+    stderr = proc.communicate(timeout=30)[1]
+    before = files(save)
+    time.sleep(2)
+    assert files(save) == before  # nothing writes to the save folder any more
+    if kill == "Ctrl-C":
+        assert proc.returncode == 130 and stderr == (
+            f"error: interrupted (SIGINT): training stopped; the same command resumes from {save}/checkpoint_last.pt\n")
+        assert "Traceback" not in (tmp_path / "out").read_text()  # the processes did not see Ctrl-C
+    elif kill.startswith("launcher"):
+        assert proc.returncode != 0 and "error: training did not finish" in stderr

@@ -1,0 +1,127 @@
+"""--decoder-graphs' bucketing on a CPU: a batch padded to its bucket (graphs.run_bucketed, what
+every CUDA graph runs) gives the decoder's outputs and gradients unpadded, and the padding gets
+no gradient. The graphs themselves need CUDA (test_gpu.py)."""
+import copy
+import logging
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from helpers import batch, build, prev_tokens
+from user_dir.modules.beam import reorder
+from user_dir.modules.graphs import bucket, run_bucketed, tensors_of
+
+CELLS_ATTENTION_LAYERS = [(cell, attention, layers) for cell in ("lstm", "gru")
+                          for attention in ("none", "additive", "multiplicative") for layers in (1, 2)]
+TARGET_LENGTHS = [[6, 4, 1], [3, 3, 3, 3, 3, 3, 3, 3, 3]]  # ragged, and rows (9) one past a bucket
+
+
+def test_buckets_are_few_and_pad_by_at_most_half():
+    sizes = [bucket(n) for n in range(1, 1025)]
+    assert sizes[:9] == [8] * 8 + [12] and sorted(set(sizes)) == [8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384,
+                                                                  512, 768, 1024]
+    assert all(n <= b <= max(8, 1.5 * n) for n, b in zip(range(1, 1025), sizes))
+
+
+def model_and_batch(task, cell, attention, layers, lengths):
+    model = build(task, cell=cell, decoder_attention=attention, encoder_layers=layers, decoder_layers=layers,
+                  decoder_deep_output=True, decoder_out_embed_dim=8, encoder_bidirectional=True).train()
+    src, src_lengths = batch(task, [7, 2, 5, 1, 4, 3, 6, 2, 5][: len(lengths)])
+    prev = prev_tokens(task, len(lengths), max(lengths))
+    for row, n in enumerate(lengths):
+        prev[row, n:] = task.target_dictionary.pad()  # right-padded, as fairseq's prev_output_tokens
+    return model, src, src_lengths, prev
+
+
+def outputs_and_gradients(model, src, src_lengths, prev, padded: bool, retained: list):
+    """The teacher-forced decoder's features and weights with a loss over them, and every gradient;
+    ``retained`` gets (unpadded, padded) pairs of the decoder's inputs, their gradients kept."""
+    model.zero_grad()
+    encoder_out = model.encoder(src, src_lengths)
+    emb = model.decoder.embed(prev)
+
+    def call(shape, fn, *args):
+        for original, grown in zip(tensors_of([emb, encoder_out])[0], tensors_of(args)[0]):
+            if grown.requires_grad:
+                grown.retain_grad()
+                retained.append((original, grown))
+        return fn(*args)
+
+    fn = model.decoder.teacher_forced
+    x, attn = run_bucketed(fn, emb, encoder_out, call=call) if padded else fn(emb, encoder_out)
+    generator = torch.Generator().manual_seed(1)
+    loss = (x * torch.randn(x.shape, generator=generator)).sum()
+    if attn is not None:
+        loss = loss + (attn * torch.randn(attn.shape, generator=generator)).sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return x.detach(), None if attn is None else attn.detach(), loss.detach(), grads
+
+
+@pytest.mark.parametrize("lengths", TARGET_LENGTHS, ids=["ragged", "rows-past-bucket"])
+@pytest.mark.parametrize("cell, attention, layers", CELLS_ATTENTION_LAYERS)
+def test_teacher_forcing_padded_to_its_bucket_equals_unpadded(task, cell, attention, layers, lengths):
+    model, src, src_lengths, prev = model_and_batch(task, cell, attention, layers, lengths)
+    x, attn, loss, grads = outputs_and_gradients(model, src, src_lengths, prev, padded=False, retained=[])
+    retained = []
+    px, pattn, ploss, pgrads = outputs_and_gradients(model, src, src_lengths, prev, padded=True, retained=retained)
+    assert px.shape == x.shape and (attn is None) == (pattn is None)
+    assert_close(px, x, rtol=1e-5, atol=1e-6)
+    if attn is not None:
+        assert pattn.shape == attn.shape
+        assert_close(pattn, attn, rtol=1e-5, atol=1e-6)
+    assert_close(ploss, loss, rtol=1e-5, atol=1e-5)
+    assert pgrads.keys() == grads.keys()
+    for name in grads:
+        assert_close(pgrads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    read = [(original, grown) for original, grown in retained if grown.grad is not None]
+    assert len(read) >= 3  # embeddings, state, and the context or attention's outputs
+    for original, grown in read:  # the padding's share of every padded input: no gradient
+        assert grown.shape != original.shape
+        outside = grown.grad.clone()
+        outside[tuple(slice(0, n) for n in original.shape)] = 0
+        assert not outside.any(), f"padding of a {tuple(original.shape)} input got a gradient"
+
+
+@pytest.mark.parametrize("cell, attention", [("lstm", "additive"), ("gru", "multiplicative"), ("gru", "none")])
+def test_beam_steps_padded_to_their_bucket_equal_unpadded(task, cell, attention):
+    """Decoding steps over hypotheses that share their sentence's tensors (3 per sentence), also
+    after a sentence leaves the batch: features, weights and state as unpadded."""
+    model, src, src_lengths, _ = model_and_batch(task, cell, attention, 2, [4, 2, 3])
+    model.eval()
+    beam, vocab = 3, len(task.target_dictionary)
+    with torch.no_grad():
+        encoder_out = reorder(model.encoder(src, src_lengths), torch.arange(3).repeat_interleave(beam))
+        cache = model.decoder.initial_cache(encoder_out)
+        for step in range(4):
+            if step == 2:  # the second sentence finishes: its hypotheses leave the batch
+                keep = torch.tensor([0, 1, 2, 6, 7, 8])
+                encoder_out, cache = reorder(encoder_out, keep), reorder(cache, keep)
+            emb = model.decoder.embed(torch.randint(4, vocab, (cache["state"].size(2), 1)))
+            want = model.decoder.step(emb, encoder_out, cache)
+            got = run_bucketed(model.decoder.step, emb, encoder_out, cache)
+            for g, w in zip(got, want):
+                assert (g is None) == (w is None)
+                if w is not None:
+                    assert g.shape == w.shape
+                    assert_close(g, w, rtol=1e-5, atol=1e-6)
+            cache = {**cache, "state": want[2]}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without CUDA")
+def test_graphs_on_without_cuda_warn_and_change_nothing(task, caplog):
+    """A checkpoint trained with --decoder-graphs on decodes on a CPU as the same model."""
+    off = build(task, decoder_attention="additive", decoder_graphs="off")
+    with caplog.at_level(logging.WARNING):
+        on = build(task, decoder_attention="additive", decoder_graphs="on")
+    assert "no CUDA here" in caplog.text
+    on.load_state_dict(copy.deepcopy(off.state_dict()))
+    src, src_lengths = batch(task, [5, 3])
+    prev = prev_tokens(task, 2, 4)
+    assert torch.equal(on(src, src_lengths, prev)[0], off(src, src_lengths, prev)[0])
+
+
+@pytest.mark.parametrize("choice, graphs", [("auto", False), ("off", False), ("on", True)])
+def test_auto_leaves_graphs_off_until_the_gpu_check_turns_it_on(task, choice, graphs):
+    assert (build(task, decoder_graphs=choice).decoder.graphs is not None) == graphs

@@ -1,0 +1,41 @@
+"""The Python API (``RNNSeq2SeqModel.from_pretrained(...).translate()``): fairseq's hub interface,
+with its arguments checked first, so that a wrong one is named instead of failing deep inside the
+tokenizer or the beam search."""
+from typing import Any, Union
+
+from fairseq.hub_utils import GeneratorHubInterface
+
+
+def checked_sentences(sentences: Any, method: str) -> Union[str, list]:
+    """``sentences`` as fairseq's hub takes them (a str, or a list of str), or TypeError naming the
+    argument or the first element that is not text."""
+    if isinstance(sentences, str):
+        return sentences
+    if isinstance(sentences, (bytes, bytearray)) or not hasattr(sentences, "__iter__"):
+        raise TypeError(f"{method}: sentences is {type(sentences).__name__}, expected str or a list of str")
+    sentences = list(sentences)
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"{method}: element {i} is {type(sentence).__name__}, expected str"
+                            + (" (decode bytes first, e.g. .decode('utf-8'))" if isinstance(sentence, bytes) else ""))
+    return sentences
+
+
+def checked_beam(beam: Any, method: str) -> int:
+    """``beam`` if it is a whole number of at least 1, else TypeError or ValueError naming it."""
+    if isinstance(beam, bool) or not isinstance(beam, int):
+        raise TypeError(f"{method}: beam is {type(beam).__name__} {beam!r}, expected a whole number >= 1")
+    if beam < 1:
+        raise ValueError(f"{method}: beam must be at least 1, got {beam}")
+    return beam
+
+
+class RNNSeq2SeqHub(GeneratorHubInterface):
+    """fairseq's GeneratorHubInterface whose translate() and sample() check their arguments."""
+
+    def translate(self, sentences, beam: int = 5, verbose: bool = False, **kwargs):
+        return super().translate(checked_sentences(sentences, "translate"), checked_beam(beam, "translate"),
+                                 verbose, **kwargs)
+
+    def sample(self, sentences, beam: int = 1, verbose: bool = False, **kwargs):
+        return super().sample(checked_sentences(sentences, "sample"), checked_beam(beam, "sample"), verbose, **kwargs)
