@@ -11,9 +11,10 @@ epoch numbers (scripts/train.sh keeps the last 5). Checkpoints are read through 
 ``checkpoint_utils.load_checkpoint_to_cpu`` with the plugin's safe loading; they must hold the
 same parameters (names, shapes), the same dictionaries and direction: identities such as the
 dictionary fingerprints and the direction (SRC-TGT) are compared, never averaged, and a mix is
-refused naming the files. Floating-point parameters are averaged in float64; buffers that are
-equal in every input are copied. ``--ema``
-writes the EMA weights of one checkpoint (refused, by name, when it holds none). The output keeps
+refused naming the files; an identity that some inputs lack (checkpoints saved before it was
+recorded, e.g. the direction in a run resumed across that change) is left out of the output.
+Floating-point parameters are averaged in float64; buffers that are equal in every input are
+copied. ``--ema`` writes the EMA weights of one checkpoint (refused, by name, when it holds none). The output keeps
 the newest input's configuration and drops the optimizer state: it is for
 fairseq-generate/interactive, not for resuming. What made it is noted under
 ``extra_state["made_by"]`` (a key fairseq does not read). It is written atomically, and never
@@ -36,6 +37,7 @@ from user_dir.workflow import positive, script_main
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")
 SCRIPT = "average_checkpoints.py"
+IDENTITY_KEYS = (DIRECTION_KEY, *FINGERPRINT_KEYS)  # compared, never averaged; kept when every input holds them
 
 
 def last_epochs(save_dir: Path, n: int) -> list[Path]:
@@ -51,12 +53,16 @@ def average(paths: list[Path]) -> dict:
     """The newest checkpoint's state with every parameter replaced by the mean over ``paths``."""
     states = [checkpoint_utils.load_checkpoint_to_cpu(str(p)) for p in paths]
     models = [s["model"] for s in states]
+    first_parameters = parameters(models[0])
     for path, model in zip(paths[1:], models[1:]):
-        if model.keys() != models[0].keys() or any(model[k].shape != models[0][k].shape for k in model):
+        ours = parameters(model)
+        if ours.keys() != first_parameters.keys() or any(v.shape != first_parameters[k].shape for k, v in ours.items()):
             raise SystemExit(f"error: {path} holds other parameters than {paths[0]}: not checkpoints of one model")
-        same_identity(paths[0], models[0], path, model)
+    same_identity(list(zip(paths, models)))
     averaged = {}
     for key, first in models[0].items():
+        if not all(key in m for m in models):  # an identity that older checkpoints lack: left out
+            continue
         if all(torch.equal(m[key], first) for m in models[1:]):
             averaged[key] = first
         elif first.is_floating_point():
@@ -66,16 +72,25 @@ def average(paths: list[Path]) -> dict:
     return for_decoding(states[-1], averaged, averaged=[str(p) for p in paths])
 
 
-def same_identity(first: Path, a: dict, other: "Path | str", b: dict) -> None:
-    """Refuse two states whose dictionary fingerprints or directions differ (other data: never averaged)."""
-    if DIRECTION_KEY in a and DIRECTION_KEY in b and as_direction(a[DIRECTION_KEY]) != as_direction(b[DIRECTION_KEY]):
-        raise SystemExit(f"error: {other} translates {as_direction(b[DIRECTION_KEY])} but {first} "
-                         f"{as_direction(a[DIRECTION_KEY])}: checkpoints of different directions cannot be mixed")
-    for key in FINGERPRINT_KEYS:
-        if key in a and key in b and as_hex(a[key]) != as_hex(b[key]):
-            side = key.split("_")[0]
-            raise SystemExit(f"error: {other} and {first} were trained with other {side} dictionaries (fingerprints "
-                             f"{as_hex(b[key])} and {as_hex(a[key])}): checkpoints of different data cannot be mixed")
+def parameters(model: dict) -> dict:
+    """``model`` without its identities (compared by :func:`same_identity`, absent from older checkpoints)."""
+    return {k: v for k, v in model.items() if k not in IDENTITY_KEYS}
+
+
+def same_identity(named: list[tuple["Path | str", dict]]) -> None:
+    """Refuse states whose dictionary fingerprints or directions differ (other data: never averaged);
+    each identity is compared among the states that hold it."""
+    for key in IDENTITY_KEYS:
+        holders = [(name, model[key]) for name, model in named if key in model]
+        for other, b in holders[1:]:
+            first, a = holders[0]
+            if key == DIRECTION_KEY and as_direction(a) != as_direction(b):
+                raise SystemExit(f"error: {other} translates {as_direction(b)} but {first} {as_direction(a)}: "
+                                 "checkpoints of different directions cannot be mixed")
+            if key != DIRECTION_KEY and as_hex(a) != as_hex(b):
+                raise SystemExit(f"error: {other} and {first} were trained with other {key.split('_')[0]} "
+                                 f"dictionaries (fingerprints {as_hex(b)} and {as_hex(a)}): checkpoints of "
+                                 "different data cannot be mixed")
 
 
 def ema(path: Path) -> dict:
@@ -86,7 +101,7 @@ def ema(path: Path) -> dict:
         raise SystemExit(f"error: {path} holds no EMA weights: train with fairseq-train --store-ema")
     if weights.keys() != state["model"].keys():
         raise SystemExit(f"error: the EMA weights of {path} hold other parameters than its model")
-    same_identity(path, state["model"], f"the EMA weights of {path}", weights)
+    same_identity([(path, state["model"]), (f"the EMA weights of {path}", weights)])
     state["extra_state"].pop("ema_fp32_params", None)
     return for_decoding(state, {k: v.to(state["model"][k].dtype) for k, v in weights.items()}, ema_of=str(path))
 

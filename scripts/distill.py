@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble
-from user_dir.files import OutputError, check_output
+from user_dir.files import OutputError, WriteError, atomic_write, check_output, make_folder, temporary_folder
 from user_dir.workflow import (
     binarize_with,
     check_pass_through,
@@ -62,12 +62,18 @@ def translate_train(data_bin: Path, teacher: str, beam: int, extra: list[str]) -
     return [sources[i] for i in range(expected)], [hyps[i] for i in range(expected)]
 
 
-def make_folder(folder: Path) -> None:
-    """OUT's parent folder, made if missing; OutputError naming it when it cannot be."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"OUT: cannot make the folder {folder}: {e.strerror or e}") from None
+def write_outputs(work: Path, data_bin: Path, train: dict[str, list[str]], record: dict) -> None:
+    """WORK/bin (the ``train`` texts binarized, DATA_BIN's other splits copied) and WORK/distill.json."""
+    for lang, lines in train.items():
+        with atomic_write(work / f"train.{lang}") as f:
+            f.write("".join(line + "\n" for line in lines).encode("utf-8"))
+    binarize_with(data_bin, "train", work / "train", work / "bin")
+    for path in data_bin.glob("*.*-*.*.*"):  # the other splits, unchanged
+        if not path.name.startswith("train."):
+            with open(path, "rb") as source, atomic_write(work / "bin" / path.name) as f:
+                shutil.copyfileobj(source, f)
+    with atomic_write(work / "distill.json", "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
 
 
 def main() -> None:
@@ -86,7 +92,7 @@ def main() -> None:
         teachers = split_ensemble(str(args.teacher))
         for teacher in teachers:
             check_file(teacher)
-        make_folder(args.out.parent)
+        make_folder(args.out.parent, "OUT")
         check_output(args.out, "OUT", [args.data_bin, *map(Path, teachers)])
         if args.out.resolve().is_relative_to(args.data_bin.resolve()):
             raise OutputError(f"OUT: cannot write {args.out}: it is inside the input folder {args.data_bin}")
@@ -97,23 +103,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as links:
         sources, hyps = translate_train(args.data_bin, fairseq_ensemble(teachers, links), args.beam, extra)
     seconds = round(time.time() - start, 1)
-    work = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent))
+    record = {"teacher": str(args.teacher.resolve()), "data_bin": str(args.data_bin.resolve()), "beam": args.beam,
+              "generate_args": extra, "sentences": len(hyps), "teacher_decoding_seconds": seconds}
     try:  # an error or Ctrl-C leaves no half-made OUT, nor its temporary folder
-        for lang, lines in ((src, sources), (tgt, hyps)):
-            (work / f"train.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        binarize_with(args.data_bin, "train", work / "train", work / "bin")
-        for path in args.data_bin.glob("*.*-*.*.*"):  # the other splits, unchanged
-            if not path.name.startswith("train."):
-                shutil.copy2(path, work / "bin" / path.name)
-        (work / "distill.json").write_text(json.dumps({
-            "teacher": str(args.teacher.resolve()), "data_bin": str(args.data_bin.resolve()), "beam": args.beam,
-            "generate_args": extra, "sentences": len(hyps), "teacher_decoding_seconds": seconds}, indent=2) + "\n")
-        work.rename(args.out)
-    except BaseException as e:
-        shutil.rmtree(work, ignore_errors=True)
-        if isinstance(e, OSError):  # a full disk, a quota
-            raise SystemExit(f"error: cannot write {args.out}: {e.strerror or e} (nothing was kept)") from None
-        raise
+        with temporary_folder(args.out.parent, args.out.name) as work:
+            write_outputs(work, args.data_bin, {src: sources, tgt: hyps}, record)
+            work.rename(args.out)
+    except WriteError as e:  # a full disk, a quota
+        raise SystemExit(f"error: {e}") from None
     print(f"{len(hyps)} training sentences translated by {args.teacher} in {seconds} s -> {args.out / 'bin'}")
 
 

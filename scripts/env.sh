@@ -6,7 +6,7 @@ _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="$_root/.venv"
 _stamp="$_venv/.installed-$(cat "$_root/setup.cfg" "$_root/constraints.txt" | sha1sum | cut -c1-12)"
 if [ "${VENV:-1}" = 0 ]; then
-    python3 -c "import fairseq, user_dir" 2> /dev/null ||
+    (cd / && python3 -c "import fairseq, user_dir") 2> /dev/null ||
         { echo "error: VENV=0 but python3 cannot import fairseq and user_dir: run python3 -m pip install -e $_root" >&2; return 1; }
 else
     if [ ! -f "$_stamp" ]; then

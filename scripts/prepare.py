@@ -36,9 +36,10 @@ sentencepiece version, a fingerprint of every input's text), the direction (src,
 tokenization, the number of pairs per split (scripts/train.sh reads them), and the SHA-256 of
 every raw file and dictionary (user_dir/workflow.py checks them before they are used). A later
 run with other inputs or options is refused (--overwrite redoes everything); a run that failed
-or was interrupted before it finished is redone or continued by the next run, whatever its
-options. A run while another one writes OUT is refused. Only what prepare.py recorded as its own
-is ever deleted: the outputs named in its record (written before they are made) and temporary
+or was interrupted before it finished (also while it removed older outputs) is redone or
+continued by the next run, whatever its options. A run while another one writes OUT is refused.
+Only what prepare.py recorded as its own is ever deleted: the outputs named in its record
+(written before they are made, and before they are removed: prepare.json first) and temporary
 files named in OUT/.lock (user_dir/files.py).
 """
 import argparse
@@ -49,7 +50,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -73,15 +73,18 @@ from user_dir.workflow import (
     PENDING,
     RECORD,
     RECORD_FORMAT,
+    REMOVING,
     ROOT,
     at_least,
     encode_pieces,
     language_code,
     preprocess_command,
+    read_json,
     record_problem,
     run_fairseq,
     script_main,
     sha256_file,
+    untrusted_record,
 )
 
 SHARED_RAW = ROOT.parent / "shared" / "data" / "multi30k"
@@ -263,57 +266,71 @@ def recipe(args: argparse.Namespace, sources: dict, data: dict[str, Pairs]) -> d
 
 def differences(made: dict, wanted: dict) -> list[str]:
     differ = [key for key in wanted if key not in ("inputs", "outputs") and made.get(key) != wanted[key]]
-    made_inputs = made.get("inputs", {})
+    made_inputs = made.get("inputs") if isinstance(made.get("inputs"), dict) else {}
     return differ + [f"{name} text" for name, digest in wanted["inputs"].items() if made_inputs.get(name) != digest]
 
 
-def read_json(path: Path) -> dict:
+def read_made(path: Path) -> dict:
     """A record prepare.py wrote (a JSON object), or SystemExit: what it names cannot be known."""
-    try:
-        made = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        made = e
-    if not isinstance(made, dict):
-        raise SystemExit(f"error: {path} cannot be read ({made}), so what it made is unknown: remove "
-                         f"{path.parent} yourself and prepare again, or use another --out")
+    made = read_json(path)
+    if isinstance(made, str):
+        raise SystemExit(untrusted_record(path, made, "use another --out"))
     return made
 
 
 def remove_made(out: Path, made: dict) -> None:
     """Delete the outputs that a record of prepare.py names as its own (records before 'outputs'
-    was kept: the outputs that prepare.py always made)."""
-    for name in set(made.get("outputs", OUTPUTS)) & set(OUTPUTS):  # a record never names a path outside OUT
+    was kept: the outputs that prepare.py always made), prepare.json first: nothing is read as
+    finished while the rest goes."""
+    named = made.get("outputs", OUTPUTS)
+    for name in sorted(set(named if isinstance(named, list) else OUTPUTS) & set(OUTPUTS),  # never outside OUT
+                       key=lambda name: (name != RECORD, OUTPUTS.index(name))):
         discard(out / name)
 
 
-def claim(out: Path, wanted: dict, overwrite: bool) -> None:
-    """Make OUT's outputs belong to ``wanted``: keep them if they were made from it (finished,
-    or left unfinished by a failed run), redo an unfinished preparation of other inputs, refuse
-    a finished one (or, with --overwrite, delete it) and files prepare.py has no record of; then
-    record ``wanted`` as under way, before any of its outputs is made."""
+def claim(out: Path, wanted: dict, overwrite: bool) -> dict | None:
+    """Decide what becomes of OUT's outputs for ``wanted``: None to keep them (made from it,
+    finished or left unfinished by a failed run), else the record of those to remove first
+    ({}: none): an unfinished preparation of other inputs, a finished one with --overwrite.
+    Refuse a finished one of other inputs without --overwrite, and files prepare.py has no record of.
+    A record of outputs under removal (PENDING with REMOVING) comes first."""
     record, pending = out / RECORD, out / PENDING
-    made = read_json(record) if record.exists() else read_json(pending) if pending.exists() else None
-    problem = None
-    if record.exists():
-        if differences(made, wanted):
-            problem = f"{out} was prepared from other inputs or options ({', '.join(differences(made, wanted))} differ)"
-        elif mismatch := record_problem(record):  # made from these inputs and options: redone, nothing is lost
-            print(f"redo: {out} (its files do not match {RECORD}: {mismatch})")
-        elif "format" not in made:
-            return print(f"update: {record} (an older prepare.py wrote it: its checksums are added)")
-        else:
-            return
-    elif pending.exists():
+    made = read_made(pending) if pending.exists() else None
+    if made is not None and (made.get(REMOVING) or not record.exists()):
         if made == wanted:
             return print(f"continue: {out} (an earlier run with these inputs did not finish)")
-        print(f"redo: {out} (an earlier run with other inputs or options did not finish)")
-    elif any(os.path.lexists(out / name) for name in OUTPUTS):
+        why = "was interrupted while it removed older outputs" if made.get(REMOVING) else \
+            "with other inputs or options did not finish"
+        print(f"redo: {out} (an earlier run {why})")
+        return made
+    if record.exists():
+        made = read_made(record)
+        if differ := differences(made, wanted):
+            if not overwrite:
+                raise SystemExit(f"error: {out} was prepared from other inputs or options ({', '.join(differ)} "
+                                 "differ): use another --out, or --overwrite to redo it")
+            return made
+        if mismatch := record_problem(record):  # made from these inputs and options: redone, nothing is lost
+            print(f"redo: {out} (its files do not match {RECORD}: {mismatch})")
+            return made
+        if "format" not in made:
+            print(f"update: {record} (an older prepare.py wrote it: its checksums are added)")
+        return None
+    if any(os.path.lexists(out / name) for name in OUTPUTS):
         found = ", ".join(name for name in OUTPUTS if os.path.lexists(out / name))
         raise SystemExit(f"error: {out} holds {found} but no record that prepare.py made them ({RECORD}): "
                          "use another --out, or remove them yourself")
-    if problem and not overwrite:
-        raise SystemExit(f"error: {problem}: use another --out, or --overwrite to redo it")
-    if made is not None:
+    return {}
+
+
+def begin(out: Path, wanted: dict, made: dict) -> None:
+    """Remove the outputs ``made`` names, then record ``wanted`` as under way, before any of its
+    outputs is made. The removal is recorded before it starts, so that an interrupted one is
+    redone by the next run (whatever its options), never mistaken for outputs without a record."""
+    pending = out / PENDING
+    if made:
+        with atomic_write(pending, "w") as f:
+            json.dump({**made, "outputs": list(OUTPUTS), REMOVING: True}, f, indent=2)
         remove_made(out, made)
     with atomic_write(pending, "w") as f:
         json.dump(wanted, f, indent=2)
@@ -431,8 +448,10 @@ def prepare(args: argparse.Namespace) -> None:
     for split, (src_lines, _) in data.items():
         print(f"{split}: {len(src_lines)} sentence pairs")
     wanted = recipe(args, sources, data)
-    claim(out, wanted, args.overwrite)
+    made = claim(out, wanted, args.overwrite)
     with unfinished(out):
+        if made is not None:
+            begin(out, wanted, made)
         write_splits(out / "raw", data, langs)
         model = train_spm(out, data["train"][0] + data["train"][1], args.vocab_size)
         sp = spm.SentencePieceProcessor(model_file=str(model))
@@ -444,14 +463,13 @@ def prepare(args: argparse.Namespace) -> None:
 
 @contextmanager
 def unfinished(out: Path) -> Iterator[None]:
-    """An error or Ctrl-C while OUT is made ends with one line that also says OUT is unfinished
-    (no prepare.json: nothing reads it as done) and how to go on."""
+    """An error or Ctrl-C while OUT is made (or its older outputs removed) ends with one line that
+    also says OUT is unfinished (no prepare.json: nothing reads it as done) and how to go on."""
     how = f"{out} is unfinished: run the same command again to continue it, or remove {out}"
     try:
         yield
     except KeyboardInterrupt:
-        print(f"error: prepare.py interrupted (Ctrl-C); {how}", file=sys.stderr)
-        sys.exit(130)
+        raise KeyboardInterrupt(f"; {how}") from None  # the line script_main prints
     except (TextError, OutputError, WriteError) as e:
         raise SystemExit(f"error: {e}; {how}") from None
     except SystemExit as e:

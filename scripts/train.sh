@@ -29,23 +29,26 @@ if [ -z "$threads" ] && [[ "${NPROC:-1}" =~ ^[0-9]+$ ]] && [ "${NPROC:-1}" -gt 1
 fi
 compgen -G "$data/dict.*.txt" > /dev/null ||
     { echo "error: $data holds no fairseq-preprocess output (dict.*.txt); scripts/prepare.py makes it" >&2; exit 2; }
-tmp="$(mktemp -d)" launcher=""
+tmp="$(mktemp -d)" launcher="" stage=" before training started"
 exec 4>&2  # train.sh's own stderr, also inside stoppable's redirections
-stop_launcher() {  # the launcher's whole process group (its workers also die with it: scripts/with_parent.py)
+stop_launcher() {  # the running (unreaped) launcher and its process group (workers die with it: with_parent.py)
     [ -z "$launcher" ] || { kill -KILL -- "-$launcher" "$launcher"; wait "$launcher"; } 2> /dev/null || true
     launcher=""
 }
 stoppable() {  # CMD...: in a session of its own that dies with train.sh, so Ctrl-C reaches only train.sh
     WITH_PARENT_PID=$$ python "$root/scripts/with_parent.py" "$@" 3>&- 4>&- &
     launcher=$!
-    local rc=0
+    local rc=0 group
     wait "$launcher" || rc=$?
-    stop_launcher
+    group=$launcher launcher=""  # reaped: its pid is free for reuse, its group's id not while a member is left
+    kill -KILL -- "-$group" 2> /dev/null || true
     return "$rc"
 }
 interrupted() {  # $1: the signal, $2: the exit status
     stop_launcher
-    echo "error: interrupted ($1): training stopped; the same command resumes from $save/checkpoint_last.pt" >&4
+    local next="starts from the beginning"
+    [ ! -f "$save/checkpoint_last.pt" ] || next="resumes from $save/checkpoint_last.pt"
+    echo "error: interrupted ($1)$stage; the same command $next" >&4
     exit "$2"
 }
 trap 'stop_launcher; rm -rf "$tmp"' EXIT
@@ -67,7 +70,7 @@ start=$(stat -c %s "$save/train.log")
 touch "$tmp/start"
 exec 3> >(trap '' INT; exec tee -a "$save/train.log")  # Ctrl-C: the log keeps the last lines
 logger=$!
-rc=0
+rc=0 stage=": training stopped"
 stoppable "${launch[@]}" "${args[@]}" >&3 2>&1 || rc=$?
 exec 3>&-
 wait "$logger" || true
@@ -81,7 +84,7 @@ elif ! grep -qx -- --no-save "$tmp/args" &&
         [ -z "$(find "$save" -maxdepth 1 -name 'checkpoint*.pt' -newer "$tmp/start")" ]; then
     echo "error: training finished but wrote no checkpoint to $save: see $save/train.log" >&2
 else
-    cp "$tmp/args" "$save/.train.done.tmp" && mv -f "$save/.train.done.tmp" "$save/train.done"
+    stoppable python "$root/scripts/train_settings.py" --finished "$tmp/args" "$save" || exit 2
     exit 0
 fi
 exit $((rc == 0 ? 1 : rc))

@@ -1,9 +1,12 @@
 """The fairseq-train command scripts/train.sh runs, fitted to the data, the machine and the environment.
 
 Usage (train.sh runs it): python scripts/train_settings.py ARGS_FILE DATA_BIN SAVE_DIR [EXTRA...]
+                          python scripts/train_settings.py --finished ARGS_FILE SAVE_DIR
 Writes fairseq-train's arguments, one per line, to ARGS_FILE (the recipe's options, then the user's
 EXTRA, which win) and prints the plan; writes nothing to ARGS_FILE when the run in SAVE_DIR is
-already complete. Environment: AMP (0/1; unset: measured), PATIENCE, BUDGET_HOURS, NPROC, NNODES.
+already complete. ``--finished``: records ARGS_FILE as the command that finished in SAVE_DIR
+(SAVE_DIR/train.done, written atomically). Environment: AMP (0/1; unset: measured), PATIENCE,
+BUDGET_HOURS, NPROC, NNODES.
 
 * Options are read by fairseq-train's own parser (aliases, ``--opt=value``, the last of a
   repeated option, types, the components' and the plugin's options), and the printed plan is
@@ -19,7 +22,8 @@ already complete. Environment: AMP (0/1; unset: measured), PATIENCE, BUDGET_HOUR
   after PATIENCE (default 5) validations without a better BLEU. BUDGET_HOURS adds a wall-clock limit.
 * Resuming: SAVE_DIR/checkpoint_last.pt's updates, epochs and training time against the plan's
   limits (fairseq-train's own stopping rules), or SAVE_DIR/train.done (the same command finished
-  there), say the run is complete; a limit below what the checkpoint holds is refused.
+  there), say the run is complete; a limit below what the checkpoint holds is refused. This is
+  decided before the precision probe: a complete run is not probed.
 * Precision on a CPU: bfloat16 autocast only where a short probe (the model's kind of work,
   both precisions, alternating) finds it faster; the result is cached per CPU model, torch
   version and thread count in ~/.cache/fairseq-rnn-seq2seq/precision.json.
@@ -32,7 +36,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +47,7 @@ from omegaconf import OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
-from user_dir.files import atomic_write
+from user_dir.files import OutputError, WriteError, atomic_write, make_folder
 from user_dir.workflow import ROOT, USER_DIR, language_pair, prepared_record
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
@@ -56,7 +59,8 @@ MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs)
 SMALL = 10_000  # pairs below which the learning rate waits one more validation before it shrinks
 BF16_MARGIN = 1.05  # bfloat16 must be this much faster: float32 is exact, and probes are noisy
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fairseq-rnn-seq2seq" / "precision.json"
-DONE = "train.done"  # in SAVE_DIR: the arguments of the last run that finished there (train.sh writes it)
+DONE = "train.done"  # in SAVE_DIR: the arguments of the last run that finished there (train.sh: --finished)
+CPU_CHOICES = [["--cpu"], ["--cpu", "--amp"]]  # the precision options a CPU may get (precision())
 COMPONENTS = {"criterion": "criterion", "optimizer": "optimizer", "lr-scheduler": "lr_scheduler"}
 # the recipe's fixed options (section, field of configs/multi30k.yaml)
 FIXED = [("optimization", "lr"), ("optimization", "clip_norm"), ("dataset", "max_tokens"),
@@ -206,8 +210,9 @@ def probe(rounds: int = 3, repeats: int = 3) -> dict:
     return {"bf16_speedup": round(median[False] / median[True], 3)}
 
 
-def cpu_precision() -> tuple[bool, str]:
-    """(bfloat16 autocast?, why) from AMP or the cached probe."""
+def cpu_precision(measure: bool = True) -> tuple[bool | None, str]:
+    """(bfloat16 autocast?, why) from AMP or the cached probe; (None, why) when only a probe can tell
+    and MEASURE is false."""
     amp = os.environ.get("AMP", "")
     if amp not in ("", "0", "1"):
         raise SystemExit(f"error: AMP={amp!r}: 1 forces bfloat16 autocast, 0 float32, unset measures which is faster")
@@ -221,6 +226,8 @@ def cpu_precision() -> tuple[bool, str]:
     except (OSError, ValueError):
         cache = {}
     how = "cached"
+    if key not in cache and not measure:
+        return None, f"not measured yet on {key}"
     if key not in cache:
         cache[key], how = probe(), "measured now"
         try:
@@ -236,11 +243,9 @@ def cpu_precision() -> tuple[bool, str]:
 def writable_folder(save: Path) -> None:
     """SAVE_DIR made (with its parents) and writable, or one line saying why not."""
     try:
-        save.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=save).close()
-    except OSError as e:
-        what = "is a file, not a folder" if save.is_file() else f"cannot be written ({e.strerror})"
-        raise SystemExit(f"error: SAVE_DIR {save} {what}: give a writable folder for the checkpoints") from None
+        make_folder(save, "SAVE_DIR")
+    except OutputError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def saved_progress(plan: argparse.Namespace) -> dict | None:
@@ -262,9 +267,10 @@ def saved_progress(plan: argparse.Namespace) -> dict | None:
             "hours": extra.get("previous_training_time", 0) / 3600}
 
 
-def complete(plan: argparse.Namespace, argv: list[str]) -> str | None:
+def complete(plan: argparse.Namespace, argvs: list[list[str]]) -> str | None:
     """Why the run in SAVE_DIR is complete (fairseq-train's stopping rules against its checkpoint,
-    or this very command finished there), None when training is left; refuses limits below it."""
+    or this very command finished there: one of ARGVS, which differ only in a precision not yet
+    measured), None when training is left; refuses limits below it."""
     saved = saved_progress(plan)
     if saved is None:
         return None
@@ -278,7 +284,7 @@ def complete(plan: argparse.Namespace, argv: list[str]) -> str | None:
     if 0 < plan.stop_time_hours < saved["hours"]:
         done.append(f"{saved['hours']:.3f} training hours of --stop-time-hours {plan.stop_time_hours} (BUDGET_HOURS)")
     marker = path.parent / DONE
-    if (marker.is_file() and marker.read_text() == "".join(a + "\n" for a in argv)
+    if (marker.is_file() and marker.read_text() in [lines(argv) for argv in argvs]
             and path.stat().st_mtime_ns <= marker.stat().st_mtime_ns):
         done.append(f"{saved['updates']} updates, and this command finished there ({marker})")
     return f"{path} holds {done[0]}" if done else None
@@ -304,13 +310,22 @@ def schedule(plan: argparse.Namespace, epoch: int, total: int) -> list[str]:
     return ["--validate-interval", str(every), "--save-interval", str(every)]
 
 
-def precision() -> tuple[list[str], str]:
-    """fairseq-train's precision options for this machine and AMP, and why."""
+def precision(measure: bool = True) -> tuple[list[str] | None, str]:
+    """fairseq-train's precision options for this machine and AMP, and why; None when only a probe
+    can tell and MEASURE is false."""
     if torch.cuda.is_available():
         amp = os.environ.get("AMP", "1") != "0"
         return (["--fp16"], "GPU") if amp else ([], "AMP=0, GPU")
-    bf16, why = cpu_precision()
-    return ["--cpu"] + (["--amp"] if bf16 else []), why
+    bf16, why = cpu_precision(measure)
+    return (None if bf16 is None else CPU_CHOICES[bf16]), why
+
+
+def distributed(world: int) -> list[str]:
+    """fairseq-train's options for WORLD processes (none for one)."""
+    if world == 1:
+        return []
+    return ["--distributed-world-size", str(world), "--distributed-backend"] + (
+        ["nccl"] if torch.cuda.is_available() else ["gloo", "--ddp-backend", "legacy_ddp"])
 
 
 def precision_name(fp16: bool, amp: bool) -> str:
@@ -383,32 +398,51 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     warmup = min(int(recipe_scheduler["--warmup-updates"]), max(1, total // 10))
     args += components({kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
     args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
-    machine, why = precision()
-    args += machine
-    if nproc * nnodes > 1:
-        args += ["--distributed-world-size", str(nproc * nnodes), "--distributed-backend"] + (
-            ["nccl"] if torch.cuda.is_available() else ["gloo", "--ddp-backend", "legacy_ddp"])
-    argv = head + args + fixed + tail
-    plan = fairseq_options(argv)
+    machine, why = precision(measure=False)  # a complete run is not probed
+    choices = [machine] if machine is not None else CPU_CHOICES
+    argvs = [head + args + choice + distributed(nproc * nnodes) + fixed + tail for choice in choices]
+    plan = fairseq_options(argvs[0])
     check_counts(plan)
     check_ends(plan)
-    done = complete(plan, argv)
+    done = complete(plan, argvs)
     if done:
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch trains on)"]
+    if machine is None:
+        machine, why = precision()
+    argv = head + args + machine + distributed(nproc * nnodes) + fixed + tail
+    plan = plan if argv == argvs[0] else fairseq_options(argv)
     writable_folder(save)
     ours_name = precision_name("--fp16" in machine, "--amp" in machine)
     return argv, describe(plan, info, sized, why, ours_name, torchrun=nproc * nnodes > 1)
 
 
+def lines(argv: list[str]) -> str:
+    """ARGV one argument a line, as ARGS_FILE and SAVE_DIR/train.done hold it."""
+    return "".join(a + "\n" for a in argv)
+
+
+def record_finished(args_file: Path, save: Path) -> None:
+    """SAVE_DIR/train.done := ARGS_FILE (atomically: a planted link or a kill never leaves half a record)."""
+    try:
+        with atomic_write(save / DONE, "w") as f:
+            f.write(args_file.read_text())
+    except OSError as e:  # WriteError names the path itself
+        raise SystemExit(f"error: {e}" if isinstance(e, WriteError) else
+                         f"error: cannot write {save / DONE}: {e.strerror}") from None
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--finished"] and len(sys.argv) == 4:
+        record_finished(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     args_file, data, save, *extra = sys.argv[1:]
-    argv, lines = settings(Path(data).resolve(), Path(save), extra)
+    argv, plan_lines = settings(Path(data).resolve(), Path(save), extra)
     if argv is not None:
-        Path(args_file).write_text("".join(a + "\n" for a in argv))
-    print("".join(f"train.sh: {line}\n" for line in lines), end="")
+        Path(args_file).write_text(lines(argv))
+    print("".join(f"train.sh: {line}\n" for line in plan_lines), end="")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Optional
@@ -234,6 +235,21 @@ def remove_orphans(folder: str) -> list:
     return removed
 
 
+def _not_writable(folder: "str | Path", error: OSError, option: str) -> OutputError:
+    """The one message for a folder that cannot be made or written: OPTION, FOLDER, why, what to do."""
+    why = "it is not a folder" if os.path.lexists(folder) and not os.path.isdir(folder) else error.strerror
+    return OutputError(f"{option + ': ' if option else ''}cannot write in {folder}: {why}: choose another folder")
+
+
+def make_folder(folder: "str | Path", option: str = "") -> None:
+    """FOLDER made (with its parents) and writable; else OutputError naming ``option``, FOLDER and why."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise _not_writable(folder, e, option) from None
+
+
 def lock_folder(folder: str, owner: str) -> None:
     """Hold ``folder/.lock`` exclusively until this process ends (the system releases it then,
     even after a kill), creating ``folder`` if needed; raise FolderBusy naming the holder when
@@ -242,12 +258,11 @@ def lock_folder(folder: str, owner: str) -> None:
     folder = os.path.abspath(folder)
     if folder in _HELD:
         return
+    make_folder(folder)
     try:
-        os.makedirs(folder, exist_ok=True)
         fd = os.open(os.path.join(folder, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as e:
-        why = "it is not a folder" if os.path.lexists(folder) and not os.path.isdir(folder) else e.strerror
-        raise OutputError(f"cannot write in {folder}: {why}: choose another folder") from None
+        raise _not_writable(folder, e, "") from None
     lock = os.fdopen(fd, "r+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,11 +22,10 @@ def checked_sentences(sentences: Any, method: str) -> Union[str, list]:
 
 
 def checked_beam(beam: Any, method: str) -> int:
-    """``beam`` if it is a whole number of at least 1, else TypeError or ValueError naming it."""
+    """``beam`` if it is a whole number, else TypeError naming it (a value below 1 is refused by
+    the generation rules, :data:`user_dir.patches.decoding.GENERATION_RULES`, as on the CLIs)."""
     if isinstance(beam, bool) or not isinstance(beam, int):
         raise TypeError(f"{method}: beam is {type(beam).__name__} {beam!r}, expected a whole number >= 1")
-    if beam < 1:
-        raise ValueError(f"{method}: beam must be at least 1, got {beam}")
     return beam
 
 

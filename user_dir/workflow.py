@@ -110,6 +110,7 @@ def preprocess_command(src: str, tgt: str, prefixes: dict, destdir: Path, dictio
 
 
 RECORD, PENDING = "prepare.json", ".prepare-pending.json"  # a finished preparation; one under way
+REMOVING = "removing"  # PENDING's mark of a run that removes older outputs before it makes its own
 RECORD_FORMAT = 2  # 2: hashes of the raw files and dictionaries, the outputs by name; none: older records
 RECORD_KEYS = {"src": str, "tgt": str, "vocab_size": int, "sentencepiece": str, "inputs": dict,
                "tokenization": str, "pairs": dict, "raw": dict}
@@ -132,11 +133,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _record_problem(record, folder: Path) -> Optional[str]:
+def _record_problem(record: dict, folder: Path) -> Optional[str]:
     """What is wrong with prepare.json's content ``record`` of FOLDER (keys, types, paths that
     leave FOLDER, the language pair and dictionaries of FOLDER/bin), or None."""
-    if not isinstance(record, dict):
-        return "it is not a JSON object"
     keys = {**RECORD_KEYS, **(RECORD_KEYS_2 if "format" in record else {})}
     for key, kind in keys.items():
         if type(record.get(key)) is not kind:  # exact: True is not a size
@@ -176,14 +175,33 @@ def prepared_record_path(data_bin: Path) -> Path:
     return Path(data_bin).resolve().parent / RECORD
 
 
-def record_problem(path: Path) -> Optional[str]:
-    """What is wrong with the prepare.json at PATH: unreadable, against its schema, or against the
-    data beside it; None when it can be trusted."""
+UNREADABLE = "it cannot be read"
+
+
+def read_json(path: Path) -> "dict | str":
+    """The JSON object in a record at PATH, or why it cannot be read (a str starting with UNREADABLE)."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        return f"it cannot be read ({e})"
-    return _record_problem(record, path.parent)
+        return f"{UNREADABLE} ({e})"
+    return record if isinstance(record, dict) else f"{UNREADABLE} (it is not a JSON object)"
+
+
+def record_problem(path: Path) -> Optional[str]:
+    """What is wrong with the prepare.json at PATH: unreadable, against its schema, or against the
+    data beside it; None when it can be trusted."""
+    record = read_json(path)
+    return record if isinstance(record, str) else _record_problem(record, path.parent)
+
+
+def untrusted_record(path: Path, problem: str, otherwise: str) -> str:
+    """The one line for a prepare.json that cannot be trusted, with what works: prepare.py --overwrite
+    redoes a folder whose record it can read; one it cannot read names nothing it may delete."""
+    if problem.startswith(UNREADABLE):
+        how = f"prepare.py cannot tell what it made there: remove {path.parent} yourself and prepare it again"
+    else:
+        how = f"prepare {path.parent} again (prepare.py --overwrite)"
+    return f"error: {path} cannot be trusted: {problem}; {how}, or {otherwise}"
 
 
 def read_record(path: Path) -> dict:
@@ -192,8 +210,7 @@ def read_record(path: Path) -> dict:
     checks their content allows; :func:`verified_raw` asks to update them."""
     problem = record_problem(path)
     if problem:
-        raise SystemExit(f"error: {path} cannot be trusted: {problem}; prepare {path.parent} again "
-                         "(prepare.py --overwrite), or give the data without it")
+        raise SystemExit(untrusted_record(path, problem, "give the data without it"))
     return Prepared(json.loads(path.read_text(encoding="utf-8")), path.parent)
 
 
@@ -302,9 +319,12 @@ def generate_command(data_bin: Path, checkpoint: str, subset: str, beam: int, ex
 
 def script_main(main: Callable[[], None]) -> None:
     """Run a script's ``main``: Ctrl-C ends it with one ``error:`` line and exit status 130 (the
-    shell's for SIGINT), not a traceback; its outputs are written atomically, so none is half there."""
+    shell's for SIGINT), not a traceback; its outputs are written atomically, so none is half there.
+    A script that knows more re-raises the KeyboardInterrupt with the line's end (e.g. "; OUT is
+    unfinished: ...") as its argument."""
     try:
         main()
-    except KeyboardInterrupt:
-        print(f"error: {Path(sys.argv[0]).name} interrupted (Ctrl-C): nothing more was written", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        end = e.args[0] if e.args else ": nothing more was written"
+        print(f"error: {Path(sys.argv[0]).name} interrupted (Ctrl-C){end}", file=sys.stderr)
         sys.exit(130)

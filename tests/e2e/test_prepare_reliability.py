@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -97,6 +98,45 @@ def test_outputs_without_a_record_are_never_deleted_even_with_overwrite(raw, tmp
     assert (out / "bin" / "mine.txt").read_text() == "keep me\n"
 
 
+def test_an_overwrite_stopped_while_it_removes_is_redone_by_the_next_run(raw, prepared, tmp_path, monkeypatch):
+    """The removal of older outputs is recorded before it starts and prepare.json goes first: one
+    stopped half-way is never read as finished, and the next run redoes it, whatever its options."""
+    from scripts import prepare as script
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    made, removed = json.loads((out / "prepare.json").read_text()), []
+
+    def discard(path: Path) -> None:
+        if len(removed) == 2:
+            raise KeyboardInterrupt
+        removed.append(path.name)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    monkeypatch.setattr(script, "discard", discard)
+    with pytest.raises(KeyboardInterrupt):
+        script.begin(out, {**made, "vocab_size": 41}, made)
+    assert removed == ["prepare.json", "raw"] and (out / "bin").is_dir()
+    with pytest.raises(SystemExit, match="did not finish"):
+        prepared_record(out / "bin")
+    assert "redo: " in prepare(*splits(raw), "--out", out).stdout
+    assert verified_raw(prepared_record(out / "bin"), "test", "tgt") == out / "raw" / "test.en"
+
+
+def test_an_unreadable_record_gets_one_line_that_says_what_works(raw, prepared, tmp_path):
+    """train.sh, evaluate.py and prepare.py say the same, and prepare.py deletes nothing it cannot
+    know to be its own, even with --overwrite."""
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    (out / "prepare.json").write_text('{"src": "de",')
+    line = (rf"^error: {re.escape(str(out))}/prepare\.json cannot be trusted: it cannot be read \(.*\); prepare\.py "
+            rf"cannot tell what it made there: remove {re.escape(str(out))} yourself and prepare it again, or ")
+    with pytest.raises(SystemExit, match=line + "give the data without it$"):
+        prepared_record(out / "bin")
+    proc = prepare(*splits(raw), "--out", out, "--overwrite", check=False)
+    assert proc.returncode == 1 and re.match(line + "use another --out$", proc.stderr.strip()), proc.stderr[-3000:]
+    assert (out / "bin").is_dir() and (out / "raw" / "test.en").is_file()
+
+
 # E. the record is checked before it is trusted
 
 def edit_record(out: Path, change) -> None:
@@ -115,16 +155,13 @@ def edit_record(out: Path, change) -> None:
     (lambda r: r.update(src="d.e"), r"'src' 'd.e' and 'tgt' 'en' are not two language codes"),
     (lambda r: r["pairs"].update(extra=3), r"its split 'extra' is not in"),
     ("dictionary", r"dict\.en\.txt is not the dictionary prepare\.py made"),
-    ("not json", r"it cannot be read"),
-])
+])  # an unreadable record: test_an_unreadable_record_gets_one_line_that_says_what_works
 def test_a_record_that_contradicts_itself_or_its_data_is_refused(prepared, tmp_path, change, message):
     out = tmp_path / "out"
     shutil.copytree(prepared, out)
     if change == "dictionary":
         with open(out / "bin" / "dict.en.txt", "a") as f:
             f.write("extra 1\n")
-    elif change == "not json":
-        (out / "prepare.json").write_text('{"src": "de",')
     else:
         edit_record(out, change)
     with pytest.raises(SystemExit, match=rf"^error: {out}/prepare\.json cannot be trusted: .*{message}.*--overwrite"):

@@ -270,7 +270,7 @@ def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin
               "try:\n    RNNSeq2SeqModel.from_pretrained(sys.argv[2] + '-missing')\nexcept FileNotFoundError as e:\n"
               "    print(e)\n")
     out = run("python", "-c", script, ROOT, folder).stdout.splitlines()
-    assert out[0].endswith(", '', '']") and out[1] == "translate: beam must be at least 1, got 0"
+    assert out[0].endswith(", '', '']") and out[1] == "--beam must be at least 1, got 0"
     assert out[2] == f"from_pretrained: model folder {folder}-missing does not exist"
 
 

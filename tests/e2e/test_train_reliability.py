@@ -78,8 +78,8 @@ def test_exit_status_is_non_zero_when_no_checkpoint_was_saved(toy_bin, tmp_path)
 @pytest.mark.parametrize("case, message", [
     ("no arguments", "error: give DATA_BIN and SAVE_DIR"),
     ("missing data", "holds no fairseq-preprocess output (dict.*.txt)"),
-    ("save is a file", "is a file, not a folder: give a writable folder for the checkpoints"),
-    ("save under a file", "cannot be written (Not a directory)"),
+    ("save is a file", "error: SAVE_DIR: cannot write in {file}: it is not a folder: choose another folder"),
+    ("save under a file", "error: SAVE_DIR: cannot write in {file}/ckpt: Not a directory: choose another folder"),
     ("not a number", "error: fairseq-train argument --max-update: invalid int value: '1O'"),
     ("zero divisor", "error: --update-freq 0: give a number >= 1"),
     ("forever", "mean no limit to fairseq-train, and no early stopping"),
@@ -98,7 +98,7 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
             "not a number": [data, save, "--max-update", "1O"], "zero divisor": [data, save, *extra, "--update-freq=0"],
             "forever": [data, save, "--max-update", "0"], "unknown option": [data, save, "--max-updates", "5"],
             }.get(case, [data, save, *extra])
-    one_error_line(run("bash", TRAIN, *args, env=ENV, check=False), message)
+    one_error_line(run("bash", TRAIN, *args, env=ENV, check=False), message.format(file=tmp_path / "file"))
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
 
 
@@ -152,8 +152,28 @@ def test_stopping_train_sh_leaves_no_training_process(toy_bin, tmp_path, kill):
     time.sleep(2)
     assert files(save) == before  # nothing writes to the save folder any more
     if kill == "Ctrl-C":
-        assert proc.returncode == 130 and stderr == (
-            f"error: interrupted (SIGINT): training stopped; the same command resumes from {save}/checkpoint_last.pt\n")
+        last = save / "checkpoint_last.pt"  # none saved yet, unless an epoch ended before Ctrl-C
+        then = f"resumes from {last}" if last.exists() else "starts from the beginning"
+        assert proc.returncode == 130
+        assert stderr == f"error: interrupted (SIGINT): training stopped; the same command {then}\n"
         assert "Traceback" not in (tmp_path / "out").read_text()  # the processes did not see Ctrl-C
     elif kill.startswith("launcher"):
         assert proc.returncode != 0 and "error: training did not finish" in stderr
+
+
+def test_ctrl_c_while_planning_says_that_training_had_not_started(toy_bin, tmp_path):
+    """Ctrl-C during train_settings.py: its process is stopped, and the line says no training began
+    and, with no checkpoint yet, that the same command starts from the beginning."""
+    save = tmp_path / "ckpt"
+    cmd = ["bash", str(TRAIN), str(toy_bin), str(save), *TINY, "--max-update", "3"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **ENV, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not processes_naming(f"train_settings.py\0{tmp_path}/"):  # its ARGS_FILE: in train.sh's mktemp -d
+        assert proc.poll() is None and time.monotonic() < deadline, "train_settings.py did not start"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130 and stderr == (
+        "error: interrupted (SIGINT) before training started; the same command starts from the beginning\n")
+    assert not processes_naming(str(save)) and not (save / "checkpoint_last.pt").exists()

@@ -7,6 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from helpers import VARIANTS, batch, build, prev_tokens
+from user_dir.modules.graphs import MAX_GRAPHS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -82,11 +83,14 @@ def masked_loss(model, src, lengths, prev, weights):
     return (out * weights[: out.size(0), : out.size(1)]).masked_fill(padding, 0).sum()
 
 
+@pytest.mark.parametrize("cap", [MAX_GRAPHS, 1], ids=["graphs", "second-bucket-plain"])
 @pytest.mark.parametrize("cell, attention", GRAPH_VARIANTS)
-def test_decoder_graphs_train_as_the_step_by_step_decoder(task, cell, attention):
+def test_decoder_graphs_train_as_the_step_by_step_decoder(task, cell, attention, cap):
     """Loss and every gradient equal, accumulated over two batches of one bucket (one graph
-    captured, then replayed) and then a batch of another bucket, rows and lengths padded."""
+    captured, then replayed) and then a batch of another bucket, rows and lengths padded (or,
+    past a cap of 1 training graph, unpadded kernel by kernel)."""
     eager, graphed = graphed_pair(task, cell, attention)
+    graphed.decoder.graphs.cap = cap
     eager.train()
     graphed.train()
     weights = torch.randn(16, 16, len(task.target_dictionary), device="cuda")
@@ -105,7 +109,7 @@ def test_decoder_graphs_train_as_the_step_by_step_decoder(task, cell, attention)
                 assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
         eager.zero_grad()
         graphed.zero_grad()
-    assert len(graphed.decoder.graphs.graphs) == 2  # one per bucket
+    assert len(graphed.decoder.graphs.graphs) == min(cap, 2)  # one per bucket, up to the cap
 
 
 @pytest.mark.parametrize("cell, attention", GRAPH_VARIANTS)
@@ -125,3 +129,28 @@ def test_decoder_graphs_give_the_same_beam_hypotheses(task, cell, attention):
         assert_close(torch.stack([h["score"] for h in got]), torch.stack([h["score"] for h in want]),
                      rtol=1e-4, atol=1e-5)
     assert graphed.decoder.graphs.graphs  # the steps ran from graphs
+
+
+def decoder_twice(model, task, training: bool):
+    """The decoder's features for one batch, twice, in training or evaluation mode."""
+    src, lengths, prev = right_padded_batch(task, [5, 3, 1], [6, 4, 1])
+    model.train(training)
+    with torch.no_grad():
+        encoder_out = model.encoder(src, lengths)
+    return [model.decoder(prev, encoder_out, features_only=True)[0] for _ in range(2)]
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+@pytest.mark.parametrize("attention", ["none", "additive"])
+def test_decoder_graphs_draw_new_dropout_masks_at_each_replay(task, attention, layers):
+    """Dropout 0.3 inside the graph (between the layers and on the outputs; none on the embeddings,
+    which stay outside): training, the same batch twice gives different features; evaluating,
+    equal ones. 3 layers: cuDNN's dropout between the upper layers keeps training out of graphs."""
+    model = build(task, decoder_graphs="on", decoder_attention=attention, encoder_layers=layers,
+                  decoder_layers=layers, dropout=0.3, dropout_in=0.0, word_dropout=0.0).cuda()
+    first, second = decoder_twice(model, task, training=True)
+    assert not torch.equal(first, second)
+    assert len(model.decoder.graphs.graphs) == (0 if layers == 3 else 1)
+    first, second = decoder_twice(model, task, training=False)
+    assert torch.equal(first, second)
+    assert len(model.decoder.graphs.graphs) == (1 if layers == 3 else 2)

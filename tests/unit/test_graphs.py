@@ -1,6 +1,7 @@
 """--decoder-graphs' bucketing on a CPU: a batch padded to its bucket (graphs.run_bucketed, what
 every CUDA graph runs) gives the decoder's outputs and gradients unpadded, and the padding gets
-no gradient. The graphs themselves need CUDA (test_gpu.py)."""
+no gradient; which calls get a graph (a cap per mode, past it the plain unpadded call; cuDNN's
+RNN dropout kept out). The graphs themselves need CUDA (test_gpu.py)."""
 import copy
 import logging
 
@@ -10,7 +11,7 @@ from torch.testing import assert_close
 
 from helpers import batch, build, prev_tokens
 from user_dir.modules.beam import reorder
-from user_dir.modules.graphs import bucket, run_bucketed, tensors_of
+from user_dir.modules.graphs import DecoderGraphs, bucket, choose, mode_of, run_bucketed, tensors_of
 
 CELLS_ATTENTION_LAYERS = [(cell, attention, layers) for cell in ("lstm", "gru")
                           for attention in ("none", "additive", "multiplicative") for layers in (1, 2)]
@@ -125,3 +126,54 @@ def test_graphs_on_without_cuda_warn_and_change_nothing(task, caplog):
 @pytest.mark.parametrize("choice, graphs", [("auto", False), ("off", False), ("on", True)])
 def test_auto_leaves_graphs_off_until_the_gpu_check_turns_it_on(task, choice, graphs):
     assert (build(task, decoder_graphs=choice).decoder.graphs is not None) == graphs
+
+
+def test_each_mode_has_its_own_cap_and_past_it_calls_run_plain():
+    """Graphs of one mode (training buckets) never take another's (beam steps) share."""
+    graphs = {("train", 8): object()}
+    assert choose(("train", 8), graphs, cap=1) == "replay"
+    assert choose(("train", 12), graphs, cap=1) == "plain"
+    assert choose(("step", 8), graphs, cap=1) == choose(("forward", 8), graphs, cap=1) == "capture"
+    assert choose(("train", 12), graphs, cap=2) == "capture"
+    assert choose((None, 8), {}, cap=1) == "plain"  # decoding steps with gradients: never a graph
+
+
+def test_modes():
+    assert [mode_of(step, grad) for step in (False, True) for grad in (True, False)] == \
+        ["train", "forward", None, "step"]
+
+
+def test_past_the_cap_the_call_runs_unpadded_and_warns_once_per_mode(task, caplog):
+    """No graph left: the plain call on the batch as it is (not padded to a bucket), its outputs
+    and gradients the decoder's own; the warning once per mode, again after the graphs are dropped."""
+    model, src, src_lengths, prev = model_and_batch(task, "lstm", "additive", 2, [6, 4, 1])
+    graphs, seen = DecoderGraphs(cap=0), []
+
+    def fn(*args):
+        seen.append(args[0].shape)
+        return model.decoder.teacher_forced(*args)
+
+    encoder_out = model.encoder(src, src_lengths)
+    emb = model.decoder.embed(prev)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            x, attn = graphs(model.decoder, fn, emb, encoder_out)
+        assert caplog.text.count("train graphs captured") == 1
+        with torch.no_grad():
+            graphs(model.decoder, fn, emb, encoder_out)
+        assert caplog.text.count("forward graphs captured") == 1
+        weight = next(model.decoder.parameters())
+        weight.data = weight.data.clone()  # moved: graphs dropped
+        graphs(model.decoder, fn, emb, encoder_out)
+        assert caplog.text.count("train graphs captured") == 2
+    assert seen == [emb.shape] * 4 and not graphs.graphs
+    want_x, want_attn = model.decoder.teacher_forced(emb, encoder_out)
+    assert torch.equal(x, want_x) and torch.equal(attn, want_attn) and x.requires_grad
+
+
+@pytest.mark.parametrize("layers, dropout, training, plain", [(3, 0.3, True, True), (3, 0.3, False, False),
+                                                              (2, 0.3, True, False), (3, 0.0, True, False)])
+def test_cudnn_rnn_dropout_keeps_training_out_of_graphs(task, layers, dropout, training, plain):
+    """Only the upper layers' cuDNN dropout (3+ decoder layers, training) runs kernel by kernel."""
+    model = build(task, encoder_layers=layers, decoder_layers=layers, dropout=dropout).train(training)
+    assert model.decoder.cudnn_dropout() == plain

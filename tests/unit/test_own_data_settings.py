@@ -153,12 +153,59 @@ def test_an_unreadable_prepare_json_is_one_line(toy_bin, tmp_path, record):
 
 def test_save_dir_must_be_a_writable_folder(tmp_path):
     (tmp_path / "file").write_text("x")
-    for save, message in ((tmp_path / "file", "is a file, not a folder"),
-                          (tmp_path / "file" / "sub", "cannot be written (Not a directory)")):
-        with pytest.raises(SystemExit, match=f"^error: SAVE_DIR {re.escape(f'{save} {message}')}: give a writable"):
+    for save, message in ((tmp_path / "file", "it is not a folder"), (tmp_path / "file" / "sub", "Not a directory")):
+        with pytest.raises(SystemExit, match=f"^error: {re.escape(f'SAVE_DIR: cannot write in {save}: {message}')}: "
+                                             "choose another folder$"):
             writable_folder(save)
     writable_folder(tmp_path / "new" / "save")
     assert (tmp_path / "new" / "save").is_dir() and not list((tmp_path / "new" / "save").iterdir())
+
+
+@pytest.fixture
+def unmeasured(plan, tmp_path, monkeypatch):
+    """A CPU with bfloat16 whose precision is not cached (AMP unset): a probe here fails the test."""
+    monkeypatch.delenv("AMP")
+    monkeypatch.setattr(train_settings, "CACHE", tmp_path / "cache" / "precision.json")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def probe() -> dict:
+        raise AssertionError("probed")
+    monkeypatch.setattr(train_settings, "probe", probe)
+
+
+def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, monkeypatch, unmeasured):
+    """By the checkpoint's updates, or by train.done of this command with either precision (the
+    earlier run measured it); another command is probed."""
+    save, extra = tmp_path / "save", ["--max-update", "5"]
+    monkeypatch.setenv("AMP", "1")  # what the earlier run measured
+    argv, _ = settings(toy_bin, save, extra)
+    monkeypatch.delenv("AMP")
+    (save / "checkpoint_last.pt").write_bytes(b"")
+    (save / train_settings.DONE).write_text(train_settings.lines(argv))
+    progress = {"path": save / "checkpoint_last.pt", "updates": 5, "epochs": 1, "hours": 0.0}
+    monkeypatch.setattr(train_settings, "saved_progress", lambda plan: progress)
+    assert settings(toy_bin, save, extra)[1] == [
+        f"the run is complete: {save}/checkpoint_last.pt holds 5 updates of --max-update 5; nothing to do "
+        "(a larger --max-update or --max-epoch trains on)"]
+    progress["updates"] = 3  # stopped early
+    argv, lines = settings(toy_bin, save, extra)
+    assert argv is None and "this command finished there" in lines[0]
+    with pytest.raises(AssertionError, match="probed"):
+        settings(toy_bin, save, [*extra, "--log-interval", "1"])
+
+
+def test_the_finished_record_is_written_atomically_past_a_planted_link(tmp_path):
+    (tmp_path / "args").write_text("a\nb\n")
+    (tmp_path / "outside").write_text("keep\n")
+    (tmp_path / "save").mkdir()
+    (tmp_path / "save" / train_settings.DONE).symlink_to(tmp_path / "outside")
+    train_settings.record_finished(tmp_path / "args", tmp_path / "save")
+    done = tmp_path / "save" / train_settings.DONE
+    assert not done.is_symlink() and done.read_text() == "a\nb\n" and (tmp_path / "outside").read_text() == "keep\n"
+    assert sorted(p.name for p in (tmp_path / "save").iterdir()) == [train_settings.DONE]
+    with pytest.raises(SystemExit, match=rf"^error: cannot write {tmp_path}/none/{train_settings.DONE}: No such file"):
+        train_settings.record_finished(tmp_path / "args", tmp_path / "none")
 
 
 # the recipe: configs/multi30k.yaml is train_settings' source; each YAML spells out its arch preset

@@ -92,7 +92,9 @@ class RNNSeq2SeqConfig(FairseqDataclass):
         default="auto", metadata={"help": "on a GPU, run the decoder (training forward and backward, and each "
                                           "decoding step) as CUDA graphs, one per bucket of batch shapes: on; off: "
                                           "kernel by kernel; auto: off until lab/gpu_check.sh has shown them equal "
-                                          "and faster. The same model and checkpoints; never used on a CPU"}
+                                          "and faster. The same parameters; the value is saved in checkpoints "
+                                          "(decoding: --model-overrides \"{'decoder_graphs': 'off'}\"); never used on "
+                                          "a CPU"}
     )
     dropout: float = field(
         default=0.1,

@@ -90,7 +90,16 @@ class RNNDecoder(FairseqIncrementalDecoder):
     def run(self, fn, emb: Tensor, encoder_out: Cache, cache: Optional[Cache] = None):
         """``fn(emb, encoder_out[, cache])``, from CUDA graphs where --decoder-graphs has them (graphs.py)."""
         args = (emb, encoder_out) if cache is None else (emb, encoder_out, cache)
-        return fn(*args) if self.graphs is None or not emb.is_cuda else self.graphs(self, fn, *args)
+        if self.graphs is None or not emb.is_cuda or self.cudnn_dropout():
+            return fn(*args)
+        return self.graphs(self, fn, *args)
+
+    def cudnn_dropout(self) -> bool:
+        """Whether the upper layers' cuDNN RNN drops out (training, 3 or more layers): its dropout
+        state is a buffer outside any graph, reallocated after every reseeding (fairseq reseeds
+        each update), so a graph would replay into freed memory; such calls run kernel by kernel."""
+        upper = self.rnn.upper
+        return self.training and upper is not None and upper.rnn.dropout > 0
 
     def teacher_forced(self, emb: Tensor, encoder_out: Cache,
                        active: Optional[List[int]] = None) -> Tuple[Tensor, Optional[Tensor]]:

@@ -7,8 +7,8 @@ fixed shapes, so each batch is padded up to a bucket (:func:`bucket`: rows, targ
 lengths), run, and sliced back (:func:`run_bucketed`). The padding changes nothing the caller
 sees: extra target positions come last (the decoder is causal), extra source positions are
 masked from attention, extra rows are zeros sliced off before anything reads them, so they get
-no gradient. The model, its parameters and checkpoints are the same with graphs on or off; on
-a CPU the graphs are never entered.
+no gradient. The parameters are the same with graphs on or off (the choice itself is saved in
+a checkpoint's config); on a CPU the graphs are never entered.
 """
 import logging
 from dataclasses import dataclass
@@ -23,7 +23,8 @@ from .beam import PER_SENTENCE, Cache
 logger = logging.getLogger(__name__)
 
 MIN_BUCKET = 8
-MAX_GRAPHS = 64  # per decoder: past this many shapes, new ones run step by step (memory stays bounded)
+MAX_GRAPHS = 64  # per decoder and mode: past this many shapes, new ones run kernel by kernel (memory bounded)
+MODES = ("train", "forward", "step")  # teacher forcing with gradients, without, and a decoding step
 Outputs = Tuple[Optional[Tensor], ...]  # (B x T x C features, B x T x S weights or None[, K x L x B x H state])
 
 
@@ -202,45 +203,74 @@ class _Replay(torch.autograd.Function):
         return (None, *(None if g is None else g.clone() for g in captured.grads_in))
 
 
-class DecoderGraphs:
-    """A decoder's graphs, one per bucket and mode (training or not, gradients or not, autocast),
-    all in one memory pool; at most :data:`MAX_GRAPHS`, later shapes run step by step."""
+def mode_of(step: bool, grad: bool) -> Optional[str]:
+    """The mode of a call (:data:`MODES`): each has its own memory pool and its own :data:`MAX_GRAPHS`.
+    None for decoding steps with gradients: steps replay before any backward, which would read
+    saved activations that the next replay overwrote."""
+    if step:
+        return None if grad else "step"
+    return "train" if grad else "forward"
 
-    def __init__(self):
+
+def choose(key: tuple, graphs: Dict[tuple, object], cap: int) -> str:
+    """``replay`` the graph of ``key`` (its mode first), ``capture`` it while its mode has fewer
+    than ``cap`` graphs, else (or without a mode) run the ``plain`` unpadded call."""
+    if key in graphs:
+        return "replay"
+    return "capture" if key[0] is not None and sum(k[0] == key[0] for k in graphs) < cap else "plain"
+
+
+class DecoderGraphs:
+    """A decoder's graphs, one per bucket and mode (:data:`MODES`, training or not, autocast), one
+    memory pool per mode; at most ``cap`` per mode, later shapes run unpadded kernel by kernel."""
+
+    def __init__(self, cap: int = MAX_GRAPHS):
+        self.cap = cap
         self.graphs: Dict[tuple, Captured] = {}
-        self.pool = None
+        self.pools: dict = {}
         self.params: tuple = ()
-        self.full = False
+        self.full: set = set()  # the modes that reached the cap (warned once each)
 
     def __deepcopy__(self, memo) -> "DecoderGraphs":
-        return DecoderGraphs()  # graphs belong to one copy's parameters
+        return DecoderGraphs(self.cap)  # graphs belong to one copy's parameters
 
     def __call__(self, module: torch.nn.Module, fn: Callable[..., Outputs], emb: Tensor, encoder_out: Cache,
                  cache: Optional[Cache] = None) -> Outputs:
-        """:func:`run_bucketed` with ``fn`` replayed from this bucket's graph (captured on first use)."""
+        """:func:`run_bucketed` with ``fn`` replayed from this bucket's graph (captured on first
+        use), or ``fn`` unpadded when its mode has no graph left."""
         params = [p for p in module.parameters() if p.requires_grad]
         if tuple(p.data_ptr() for p in params) != self.params:  # moved, cast or replaced: capture anew
             self.graphs.clear()
+            self.full.clear()
             self.params = tuple(p.data_ptr() for p in params)
+        args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
+        autocast = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+        key = (mode_of(cache is not None, torch.is_grad_enabled()),
+               bucket_shape(emb, encoder_out, teacher_forcing=cache is None), module.training,
+               torch.is_grad_enabled(), autocast, tuple((x.dtype, x.requires_grad) for x in tensors_of(args)[0]))
+        action = choose(key, self.graphs, self.cap)
+        if action == "plain":
+            if key[0] is not None:
+                self.warn_full(key[0])
+            return fn(*args)
 
-        def call(shape: Shape, fn: Callable, *args):
-            autocast = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-            key = (cache is None, shape, module.training, torch.is_grad_enabled(), autocast,
-                   tuple((x.dtype, x.requires_grad) for x in tensors_of(args)[0]))
+        def call(shape: Shape, fn: Callable, *padded):
             # no autocast cache: a cast weight cached outside the graph would be read at a stale address
             with torch.autocast("cuda", enabled=autocast[0], dtype=autocast[1], cache_enabled=False):
-                graph = self.graphs.get(key) or self.capture(key, fn, list(args), params)
-                return fn(*args) if graph is None else graph(list(args))
+                if action == "capture":
+                    self.capture(key, fn, list(padded), params)
+                return self.graphs[key](list(padded))
 
         return run_bucketed(fn, emb, encoder_out, cache, call)
 
-    def capture(self, key: tuple, fn: Callable, args: list, params: List[Tensor]) -> Optional[Captured]:
-        """A new graph for ``key``, or None past :data:`MAX_GRAPHS` (warned once)."""
-        if len(self.graphs) >= MAX_GRAPHS:
-            if not self.full:
-                logger.warning(f"--decoder-graphs: {MAX_GRAPHS} shapes captured; new shapes run step by step")
-            self.full = True
-            return None
-        self.pool = self.pool or torch.cuda.graph_pool_handle()
-        self.graphs[key] = Captured(fn, args, params, self.pool)
-        return self.graphs[key]
+    def warn_full(self, mode: str) -> None:
+        """Say once per mode that its new shapes run without graphs."""
+        if mode not in self.full:
+            logger.warning(f"--decoder-graphs: {self.cap} {mode} graphs captured; new shapes run kernel by kernel")
+            self.full.add(mode)
+
+    def capture(self, key: tuple, fn: Callable, args: list, params: List[Tensor]) -> None:
+        """A new graph for ``key``, in its mode's memory pool."""
+        if key[0] not in self.pools:
+            self.pools[key[0]] = torch.cuda.graph_pool_handle()
+        self.graphs[key] = Captured(fn, args, params, self.pools[key[0]])
