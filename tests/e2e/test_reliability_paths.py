@@ -248,6 +248,8 @@ def test_interactive_with_alignments_answers_an_empty_line_with_nothing(toy_bin,
                                                                      r"allowed \(3:"),
     ("fairseq-generate", ["--sampling-topk", "4"], r"--sampling-topk needs --sampling"),
     ("fairseq-interactive", ["--max-len-a", "-1"], r"--max-len-a \(-1.0\), .* must not be negative"),
+    ("fairseq-generate", ["--sampling", "--beam", "2"], r"--sampling returns every one of --beam samples"),
+    ("fairseq-interactive", ["--sampling", "--beam", "3", "--nbest", "2"], r"--sampling returns every one"),
 ])
 def test_generation_options_fairseq_asserts_on_are_one_line(toy_bin, trained, command, options, message):
     """H: what fairseq would assert on (or obey silently: fewer hypotheses than --nbest) is named."""

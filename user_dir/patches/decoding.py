@@ -28,6 +28,8 @@ from fairseq import utils
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks import FairseqTask
 from fairseq.tasks.translation import TranslationTask
+from fairseq_cli import generate as fairseq_generate
+from fairseq_cli import interactive as fairseq_interactive
 
 from ..dictionaries import PIECE_START, check_post_process, check_spm_model, uses_sentencepiece
 from . import replace
@@ -83,6 +85,16 @@ def _valid_generation_options(build_generator):
         return build_generator(self, models, args, *rest, **kwargs)
 
     return build_generator_checked
+
+
+def _valid_generation_options_first(main):
+    """fairseq-generate's and fairseq-interactive's ``main`` assert on ``--sampling`` with ``--nbest``
+    other than ``--beam`` before any generator is built: the same rules run first, by name."""
+    def main_checked(cfg, *args, **kwargs):
+        check_generation(getattr(cfg, "generation", cfg), [])  # a Namespace, or the DictConfig's group
+        return main(cfg, *args, **kwargs)
+
+    return main_checked
 
 
 def _pieces_match_dictionaries(build_bpe):
@@ -173,6 +185,8 @@ def _empty_answers(generate):
 
 
 replace(FairseqTask, "build_generator", _valid_generation_options)
+replace(fairseq_generate, "main", _valid_generation_options_first)
+replace(fairseq_interactive, "main", _valid_generation_options_first)
 replace(FairseqTask, "build_bpe", _pieces_match_dictionaries)
 replace(utils, "post_process_prediction", _post_process_fits)
 replace(FairseqTask, "get_interactive_tokens_and_lengths", _typed_text_in_pieces)
