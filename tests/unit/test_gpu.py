@@ -131,6 +131,18 @@ def test_decoder_graphs_give_the_same_beam_hypotheses(task, cell, attention):
     assert graphed.decoder.graphs.graphs  # the steps ran from graphs
 
 
+def test_decoder_graphs_refuse_the_backward_of_a_call_replayed_over(task):
+    """Two training calls of one bucket before the first one's backward: the second replay
+    overwrote the activations that backward reads, so it is refused (never wrong gradients)."""
+    model = build(task, decoder_graphs="on", decoder_attention="additive").cuda().train()
+    src, lengths, prev = right_padded_batch(task, [5, 3, 1], [6, 4, 1])
+    first, second = (model(src, lengths, prev)[0].sum() for _ in range(2))
+    with pytest.raises(RuntimeError, match="ran again before the backward of its previous call"):
+        first.backward()
+    second.backward()  # the latest call's backward is its own
+    assert all(p.grad is not None for p in model.decoder.rnn.parameters())
+
+
 def decoder_twice(model, task, training: bool):
     """The decoder's features for one batch, twice, in training or evaluation mode."""
     src, lengths, prev = right_padded_batch(task, [5, 3, 1], [6, 4, 1])

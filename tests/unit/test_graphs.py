@@ -1,7 +1,8 @@
 """--decoder-graphs' bucketing on a CPU: a batch padded to its bucket (graphs.run_bucketed, what
 every CUDA graph runs) gives the decoder's outputs and gradients unpadded, and the padding gets
-no gradient; which calls get a graph (a cap per mode, past it the plain unpadded call; cuDNN's
-RNN dropout kept out). The graphs themselves need CUDA (test_gpu.py)."""
+no gradient; a graph's inputs hold what padding gives, and a tensor already there unchanged is
+not copied again; which calls get a graph (a cap per mode, past it the plain unpadded call;
+cuDNN's RNN dropout kept out). The graphs themselves need CUDA (test_gpu.py)."""
 import copy
 import logging
 
@@ -11,7 +12,21 @@ from torch.testing import assert_close
 
 from helpers import batch, build, prev_tokens
 from user_dir.modules.beam import reorder
-from user_dir.modules.graphs import DecoderGraphs, bucket, choose, mode_of, run_bucketed, tensors_of
+from user_dir.modules.graphs import (
+    EMBEDDINGS,
+    PADDING_MASK,
+    PER_SENTENCE_TENSOR,
+    STATE,
+    WEIGHTS,
+    DecoderGraphs,
+    Shape,
+    StaticInputs,
+    bucket,
+    choose,
+    mode_of,
+    run_bucketed,
+    tensors_of,
+)
 
 CELLS_ATTENTION_LAYERS = [(cell, attention, layers) for cell in ("lstm", "gru")
                           for attention in ("none", "additive", "multiplicative") for layers in (1, 2)]
@@ -42,7 +57,7 @@ def outputs_and_gradients(model, src, src_lengths, prev, padded: bool, retained:
     encoder_out = model.encoder(src, src_lengths)
     emb = model.decoder.embed(prev)
 
-    def call(shape, fn, *args):
+    def call(fn, *args):
         for original, grown in zip(tensors_of([emb, encoder_out])[0], tensors_of(args)[0]):
             if grown.requires_grad:
                 grown.retain_grad()
@@ -177,3 +192,72 @@ def test_cudnn_rnn_dropout_keeps_training_out_of_graphs(task, layers, dropout, t
     """Only the upper layers' cuDNN dropout (3+ decoder layers, training) runs kernel by kernel."""
     model = build(task, encoder_layers=layers, decoder_layers=layers, dropout=dropout).train(training)
     assert model.decoder.cudnn_dropout() == plain
+
+
+BUCKET = Shape(rows=12, sentences=4, target=8, source=12)
+
+
+@pytest.mark.parametrize("pad, sizes", [
+    (EMBEDDINGS, [(9, 5, 3), (12, 8, 3), (2, 1, 3)]),
+    (STATE, [(2, 1, 9, 3), (2, 1, 12, 3), (2, 1, 2, 3)]),
+    (PER_SENTENCE_TENSOR, [(3, 7, 2), (4, 12, 2), (1, 2, 2)]),
+    (WEIGHTS, [(9, 5, 7), (12, 8, 12), (2, 1, 1)]),
+])
+def test_writing_into_a_bucket_tensor_gives_what_padding_gives(pad, sizes):
+    """Also after a larger call left its values in what is now padding."""
+    static = torch.full(pad.grow(torch.zeros(sizes[1]), BUCKET).shape, 7.0)
+    for size in sizes:
+        x = torch.randn(size)
+        pad.load(static, x)
+        assert torch.equal(static, pad.grow(x, BUCKET))
+        actual = Shape(**{"rows": 0, "sentences": 0, "target": 0, "source": 0,
+                          **{name: x.size(dim) for dim, name, _ in pad.steps}})
+        assert torch.equal(pad.block(static, actual), x)  # what a call reads back
+
+
+def test_a_padding_mask_written_into_its_bucket_marks_the_new_positions():
+    static = torch.ones(4, 12, dtype=torch.bool)
+    mask = torch.tensor([[False, False, True], [False, False, False]])
+    PADDING_MASK.load(static, mask)
+    assert torch.equal(static, PADDING_MASK.grow(mask, BUCKET))
+    assert static[:, 3:].all() and not static[2:, :3].any()  # new sentences read 3 positions: finite attention
+
+
+def test_a_graph_input_is_copied_again_only_when_its_tensor_changed():
+    """A sentence's encoder outputs, read at every decoding step, are written into the graph once;
+    a new tensor, or the same one changed in place, is written again."""
+    held = torch.randn(3, 7, 2)
+    inputs = StaticInputs([held], [PER_SENTENCE_TENSOR], BUCKET)
+    static = inputs.tensors[0]
+
+    def copied(x) -> bool:
+        static.fill_(-1.0)
+        inputs.load([x])
+        return bool(torch.equal(static, PER_SENTENCE_TENSOR.grow(x, BUCKET)))
+
+    assert copied(held)
+    assert not copied(held)  # the same tensor, unchanged: left as it was
+    held.mul_(2)
+    assert copied(held)
+    same_values = held.clone()
+    assert copied(same_values) and not copied(same_values)
+    with torch.inference_mode():
+        inference = torch.randn(3, 7, 2)
+    assert copied(inference) and copied(inference)  # no change counter: always written
+
+
+def test_the_call_arguments_map_each_tensor_to_how_it_grows(task):
+    model, src, src_lengths, prev = model_and_batch(task, "lstm", "additive", 2, [6, 4, 1])
+    with torch.no_grad():
+        encoder_out = model.encoder(src, src_lengths)
+        cache = model.decoder.initial_cache(encoder_out)
+    tensors, pads, rebuild = tensors_of([prev, encoder_out, cache])
+    pad_of = {id(x): pad for x, pad in zip(tensors, pads)}
+    assert pad_of[id(prev)] is EMBEDDINGS
+    assert pad_of[id(encoder_out["state"])] is pad_of[id(cache["state"])] is STATE
+    assert pad_of[id(encoder_out["per_sentence"]["padding_mask"])] is PADDING_MASK
+    per_sentence = [encoder_out["per_sentence"]["outputs"], *cache["per_sentence"].values()]
+    assert {pad_of[id(x)] for x in per_sentence} == {PER_SENTENCE_TENSOR}
+    assert len(pads) == len(tensors)
+    rebuilt = rebuild([x.clone() for x in tensors])
+    assert rebuilt[1].keys() == encoder_out.keys() and rebuilt[2]["per_sentence"].keys() == cache["per_sentence"].keys()

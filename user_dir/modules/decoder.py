@@ -68,7 +68,8 @@ class RNNDecoder(FairseqIncrementalDecoder):
         if incremental_state is not None:
             cache = self.get_incremental_state(incremental_state, "rnn")
             cache = self.initial_cache(encoder_out) if cache is None else cache
-            x, attn, state = self.run(self.step, self.embed(prev_output_tokens[:, -1:]), encoder_out, cache)
+            source = {k: v for k, v in encoder_out.items() if k == PER_SENTENCE}  # what a step reads of it
+            x, attn, state = self.run(self.step, self.embed(prev_output_tokens[:, -1:]), source, cache)
             self.set_incremental_state(incremental_state, "rnn", {**cache, "state": state})
             return x, attn
         order, active = None, None
@@ -110,7 +111,8 @@ class RNNDecoder(FairseqIncrementalDecoder):
         return x, attn
 
     def step(self, emb: Tensor, encoder_out: Cache, cache: Cache) -> Tuple[Tensor, Optional[Tensor], Tensor]:
-        """One decoding step from ``cache`` (B x 1 x E embeddings) -> (features, weights, new state)."""
+        """One decoding step from ``cache`` (B x 1 x E embeddings; of the encoder's output only its
+        per-sentence tensors, for attention) -> (features, weights, new state)."""
         return self.decode(emb, encoder_out, cache, fused=False, active=None)
 
     def decode(self, emb: Tensor, encoder_out: Cache, cache: Cache, fused: bool,

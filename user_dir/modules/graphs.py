@@ -3,20 +3,26 @@
 On a GPU the step-by-step decoder spends its time launching ~20 small kernels per step from
 Python (docs/design.md, "On a GPU"). A CUDA graph replays a whole captured call (the
 teacher-forced decoder with its backward, or one beam-search step) as one launch. A graph has
-fixed shapes, so each batch is padded up to a bucket (:func:`bucket`: rows, target and source
-lengths), run, and sliced back (:func:`run_bucketed`). The padding changes nothing the caller
-sees: extra target positions come last (the decoder is causal), extra source positions are
-masked from attention, extra rows are zeros sliced off before anything reads them, so they get
-no gradient. The parameters are the same with graphs on or off (the choice itself is saved in
-a checkpoint's config); on a CPU the graphs are never entered.
+fixed shapes, so each call is written into its bucket's input tensors (:func:`bucket`: rows,
+target and source lengths; :class:`Pad`), replayed, and its block of the outputs copied out
+(:func:`run_bucketed` does the same kernel by kernel). A tensor already in a graph's inputs,
+unchanged, is not written again: a decoding step copies in its embeddings and state, not the
+sentences' encoder outputs. The padding changes nothing the caller sees: extra target positions
+come last (the decoder is causal), extra source positions are masked from attention, extra rows
+are zeros sliced off before anything reads them, so they get no gradient. The parameters are
+the same with graphs on or off (the choice itself is saved in a checkpoint's config); on a CPU
+the graphs are never entered.
 """
+import gc
 import logging
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
 
 from .beam import PER_SENTENCE, Cache
 
@@ -25,7 +31,6 @@ logger = logging.getLogger(__name__)
 MIN_BUCKET = 8
 MAX_GRAPHS = 64  # per decoder and mode: past this many shapes, new ones run kernel by kernel (memory bounded)
 MODES = ("train", "forward", "step")  # teacher forcing with gradients, without, and a decoding step
-Outputs = Tuple[Optional[Tensor], ...]  # (B x T x C features, B x T x S weights or None[, K x L x B x H state])
 
 
 def graphs_wanted(choice: str) -> bool:
@@ -47,8 +52,8 @@ def bucket(n: int) -> int:
 
 @dataclass(frozen=True)
 class Shape:
-    """A bucket: ``sentences`` source sentences of ``source`` positions (0 without attention),
-    ``rows`` = sentences x hypotheses per sentence, ``target`` steps."""
+    """A call's sizes, or its bucket's: ``sentences`` source sentences of ``source`` positions (0
+    without attention), ``rows`` = sentences x hypotheses per sentence, ``target`` steps."""
 
     rows: int
     sentences: int
@@ -56,15 +61,21 @@ class Shape:
     source: int
 
 
-def bucket_shape(emb: Tensor, encoder_out: Cache, teacher_forcing: bool) -> Shape:
-    """The bucket of B x T x E target embeddings: rows by source sentence (a beam's hypotheses
-    stay together), the target length when teacher forcing (a decoding step is one position)."""
+def call_shape(emb: Tensor, encoder_out: Cache) -> Shape:
+    """The sizes of a call on B x T x E target embeddings."""
     per_sentence = encoder_out.get(PER_SENTENCE)
     rows = emb.size(0)
     sentences, source = (rows, 0) if per_sentence is None else per_sentence["padding_mask"].shape
-    n = bucket(sentences)
-    return Shape(rows=n * (rows // sentences), sentences=n, source=bucket(source) if source else 0,
-                 target=bucket(emb.size(1)) if teacher_forcing else emb.size(1))
+    return Shape(rows=rows, sentences=sentences, target=emb.size(1), source=source)
+
+
+def bucket_shape(actual: Shape, teacher_forcing: bool) -> Shape:
+    """The bucket of a call: rows by source sentence (a beam's hypotheses stay together), the
+    target length when teacher forcing (a decoding step is one position)."""
+    sentences = bucket(actual.sentences)
+    return Shape(rows=sentences * (actual.rows // actual.sentences), sentences=sentences,
+                 source=bucket(actual.source) if actual.source else 0,
+                 target=bucket(actual.target) if teacher_forcing else actual.target)
 
 
 def grow(x: Tensor, dim: int, size: int, value=0) -> Tensor:
@@ -76,78 +87,154 @@ def grow(x: Tensor, dim: int, size: int, value=0) -> Tensor:
     return torch.cat([x, x.new_full(extra, value)], dim=dim)
 
 
-def pad_per_sentence(name: str, x: Tensor, shape: Shape) -> Tensor:
-    """N x S x ... per-sentence tensors to the bucket. The padding mask marks the new positions
-    of real sentences as padding; new sentences get none (zeros everywhere: finite attention)."""
-    if name == "padding_mask":
-        return grow(grow(x, 0, shape.sentences, False), 1, shape.source, True)
-    return grow(grow(x, 0, shape.sentences), 1, shape.source)
+@dataclass(frozen=True)
+class Pad:
+    """How a tensor grows to its bucket: along each ``(dim, Shape field, fill value)`` in turn."""
+
+    steps: Tuple[Tuple[int, str, object], ...]
+
+    def grow(self, x: Tensor, shape: Shape) -> Tensor:
+        for dim, size, value in self.steps:
+            x = grow(x, dim, getattr(shape, size), value)
+        return x
+
+    def block(self, padded: Tensor, shape: Shape) -> Tensor:
+        """The part of a bucket-shaped tensor that belongs to a call of ``shape``."""
+        index = [slice(None)] * padded.dim()
+        for dim, size, _ in self.steps:
+            index[dim] = slice(0, getattr(shape, size))
+        return padded[tuple(index)]
+
+    def load(self, padded: Tensor, x: Tensor) -> None:
+        """Write :meth:`grow`'s result for ``x`` into ``padded`` (its bucket's shape) in place."""
+        index = [slice(0, n) for n in x.shape]
+        padded[tuple(index)].copy_(x)
+        for dim, _, value in self.steps:
+            if x.size(dim) < padded.size(dim):
+                index[dim] = slice(x.size(dim), None)
+                padded[tuple(index)].fill_(value)
+            index[dim] = slice(None)
 
 
-def pad_cache(cache: Cache, shape: Shape) -> Cache:
-    """An encoder output or decoder cache to the bucket, by the layout :func:`~.beam.reorder`
-    reads: ``state`` K x L x B x H, per-sentence tensors N x S x ..., other tensors B x ..."""
-    out = {}
-    for key, value in cache.items():
-        if key == PER_SENTENCE:
-            out[key] = {name: pad_per_sentence(name, x, shape) for name, x in value.items()}
-        elif value is not None:
-            out[key] = grow(value, 2 if key == "state" else 0, shape.rows)
-        else:
-            out[key] = None
-    return out
+ROWS = Pad(((0, "rows", 0),))  # B x ...
+STATE = Pad(((2, "rows", 0),))  # K x L x B x H
+EMBEDDINGS = FEATURES = Pad(((0, "rows", 0), (1, "target", 0)))  # B x T x ...
+WEIGHTS = Pad(((0, "rows", 0), (1, "target", 0), (2, "source", 0)))  # B x T x S
+PER_SENTENCE_TENSOR = Pad(((0, "sentences", 0), (1, "source", 0)))  # N x S x ...
+# new positions are padding; new sentences read the real ones (zeros there: finite attention)
+PADDING_MASK = Pad(((0, "sentences", False), (1, "source", True)))
+OUTPUTS = (FEATURES, WEIGHTS, STATE)  # of a call: features, weights or None[, a step's state]
+Outputs = Tuple[Optional[Tensor], ...]
 
 
-def restore(outputs: Outputs, rows: int, target: int, source: int) -> Outputs:
-    """The bucket's outputs cut back to the batch: features, weights and (a step's) state."""
-    x, attn, *state = outputs
-    x = x[:rows, :target]
-    attn = None if attn is None else attn[:rows, :target, :source]
-    return (x, attn, *(s[:, :, :rows] for s in state))
+def pad_of(path: tuple) -> Pad:
+    """How the tensor at ``path`` in a call's ``[emb, encoder_out(, cache)]`` grows, by the layout
+    :func:`~.beam.reorder` reads: ``state`` K x L x B x H, per-sentence tensors N x S x ...,
+    other tensors B x ..."""
+    if len(path) == 1:
+        return EMBEDDINGS
+    if path[1].key == PER_SENTENCE:
+        return PADDING_MASK if path[2].key == "padding_mask" else PER_SENTENCE_TENSOR
+    return STATE if path[1].key == "state" else ROWS
+
+
+def tensors_of(args: list) -> Tuple[List[Tensor], List[Pad], Callable[[List[Tensor]], list]]:
+    """A call's tensors, how each grows, and a function that rebuilds the call's arguments around
+    other tensors in their places (Nones kept)."""
+    leaves, spec = tree_flatten_with_path(args)
+    where = [i for i, (_, x) in enumerate(leaves) if isinstance(x, Tensor)]
+
+    def rebuild(tensors: List[Tensor]) -> list:
+        full = [x for _, x in leaves]
+        for i, x in zip(where, tensors):
+            full[i] = x
+        return tree_unflatten(full, spec)
+
+    return [leaves[i][1] for i in where], [pad_of(leaves[i][0]) for i in where], rebuild
+
+
+def restore(outputs: Outputs, actual: Shape) -> Outputs:
+    """A bucket's outputs cut back to the call's sizes."""
+    return tuple(None if o is None else pad.block(o, actual) for pad, o in zip(OUTPUTS, outputs))
 
 
 def run_bucketed(fn: Callable[..., Outputs], emb: Tensor, encoder_out: Cache, cache: Optional[Cache] = None,
                  call: Optional[Callable] = None) -> Outputs:
     """``fn(emb, encoder_out[, cache])`` (B x T x E target embeddings; a cache: one decoding
-    step) run on the batch padded to its bucket (by ``call(shape, fn, *padded)`` when given: a
-    graph's replay), its outputs cut back to the batch."""
-    shape = bucket_shape(emb, encoder_out, teacher_forcing=cache is None)
-    padded = [grow(grow(emb, 0, shape.rows), 1, shape.target), pad_cache(encoder_out, shape)]
-    if cache is not None:
-        padded.append(pad_cache(cache, shape))
-    source = encoder_out[PER_SENTENCE]["padding_mask"].size(1) if PER_SENTENCE in encoder_out else 0
-    outputs = fn(*padded) if call is None else call(shape, fn, *padded)
-    return restore(outputs, emb.size(0), emb.size(1), source)
+    step) on the call padded to its bucket (by ``call(fn, *padded)`` when given), its outputs cut
+    back: what a graph computes, kernel by kernel."""
+    args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
+    actual = call_shape(emb, encoder_out)
+    shape = bucket_shape(actual, teacher_forcing=cache is None)
+    tensors, pads, rebuild = tensors_of(args)
+    padded = rebuild([pad.grow(x, shape) for x, pad in zip(tensors, pads)])
+    return restore(fn(*padded) if call is None else call(fn, *padded), actual)
 
 
-def tensors_of(tree) -> Tuple[List[Tensor], Callable[[List[Tensor]], object]]:
-    """The tensors of a nest of lists, tuples and dicts, and a function that rebuilds the nest
-    around other tensors in their places (Nones kept)."""
-    leaves, spec = tree_flatten(tree)
-    where = [i for i, x in enumerate(leaves) if isinstance(x, Tensor)]
+def version(x: Tensor) -> Optional[int]:
+    """``x``'s in-place change counter (None for inference tensors, which have none)."""
+    return None if x.is_inference() else x._version
 
-    def rebuild(tensors: List[Tensor]):
-        full = list(leaves)
-        for i, x in zip(where, tensors):
-            full[i] = x
-        return tree_unflatten(full, spec)
 
-    return [leaves[i] for i in where], rebuild
+class StaticInputs:
+    """A graph's inputs: bucket-shaped tensors that each call's tensors are written into (padding
+    filled as :meth:`Pad.grow` would), unless the same tensor, unchanged, is there already (a
+    sentence's encoder outputs, read at every decoding step: no copy per step)."""
+
+    def __init__(self, tensors: List[Tensor], pads: List[Pad], shape: Shape):
+        self.pads = pads
+        self.tensors = [pad.grow(x, shape).detach().clone().requires_grad_(x.requires_grad)
+                        for x, pad in zip(tensors, pads)]
+        self.held: List[Optional[tuple]] = [None] * len(tensors)  # (weak reference, (version, address)) of each
+
+    def load(self, tensors: List[Tensor]) -> None:
+        for i, (static, pad, x) in enumerate(zip(self.tensors, self.pads, tensors)):
+            held, now = self.held[i], (version(x), x.data_ptr())
+            if held is not None and held[0]() is x and now[0] is not None and held[1] == now:
+                continue
+            pad.load(static, x)
+            self.held[i] = weakref.ref(x), now
+
+
+class Pool:
+    """A mode's graph memory, and the training replay whose backward is due. A graph captured later
+    in the pool may use the memory that an earlier graph's backward reads (its saved activations),
+    so no graph of the pool may replay between a forward and its backward: checked, not assumed."""
+
+    def __init__(self):
+        self.handle = torch.cuda.graph_pool_handle()
+        self.due: Optional[object] = None  # the token of the forward replay whose backward comes next
+
+
+@contextmanager
+def capturing(graph: "torch.cuda.CUDAGraph", pool: Pool):
+    """``torch.cuda.graph`` into ``pool``, refusing only this thread's unsafe calls (fairseq's data
+    thread pins memory meanwhile), with no garbage collection inside (its frees would be captured)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(graph, pool=pool.handle, capture_error_mode="thread_local"):
+            yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 class Captured:
-    """One CUDA graph of ``fn`` over fixed-shape arguments, and of its backward when its outputs
-    need gradients (wrt the tensor arguments that need them and ``params``)."""
+    """One CUDA graph of ``fn`` over a bucket's shapes, and of its backward when its outputs need
+    gradients (wrt the tensor arguments that need them and ``params``)."""
 
-    def __init__(self, fn: Callable, args: list, params: List[Tensor], pool):
-        tensors, rebuild = tensors_of(args)
-        self.inputs = [x.detach().clone().requires_grad_(x.requires_grad) for x in tensors]
-        self.params = params
-        wrt = [x for x in self.inputs + params if x.requires_grad]
+    def __init__(self, fn: Callable, args: list, shape: Shape, params: List[Tensor], pool: Pool):
+        tensors, pads, rebuild = tensors_of(args)
+        self.inputs = StaticInputs(tensors, pads, shape)
+        self.params, self.pool = params, pool
+        wrt = [x for x in self.inputs.tensors + params if x.requires_grad]
 
         def call() -> List[Tensor]:
-            outputs, self.rebuild_outputs = tensors_of(fn(*rebuild(self.inputs)))
-            return outputs
+            outputs = fn(*rebuild(self.inputs.tensors))
+            self.present = [o is not None for o in outputs]
+            self.output_pads = [pad for pad, o in zip(OUTPUTS, outputs) if o is not None]
+            return [o for o in outputs if o is not None]
 
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -156,51 +243,72 @@ class Captured:
                 gradients(call(), wrt)
         torch.cuda.current_stream().wait_stream(stream)
         self.forward_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.forward_graph, pool=pool):
+        with capturing(self.forward_graph, pool):
             self.outputs = call()
         self.grads_out = [torch.empty_like(o) for o in self.outputs if o.requires_grad]
         self.backward_graph, self.grads_in = None, []
         if self.grads_out:
             self.backward_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.backward_graph, pool=pool):
+            with capturing(self.backward_graph, pool):
                 grads = iter(gradients(self.outputs, wrt, self.grads_out))
-            self.grads_in = [next(grads) if x.requires_grad else None for x in self.inputs + params]
+            self.grads_in = [next(grads) if x.requires_grad else None for x in self.inputs.tensors + params]
 
-    def __call__(self, args: list):
-        tensors = tensors_of(args)[0]
-        return self.rebuild_outputs(list(_Replay.apply(self, *tensors, *self.params)))
+    def __call__(self, tensors: List[Tensor], actual: Shape) -> Outputs:
+        """The graph on a call's tensors (in :func:`tensors_of`'s order) of ``actual`` sizes, within
+        the bucket: its outputs, as ``fn``'s."""
+        outputs = iter(_Replay.apply(self, actual, *tensors, *self.params))
+        return tuple(next(outputs) if present else None for present in self.present)
 
 
 def gradients(outputs: List[Tensor], wrt: List[Tensor], grads: Optional[List[Tensor]] = None) -> tuple:
-    """Gradients of the ``outputs`` that need them (given ``grads``, else ones) wrt ``wrt``."""
+    """Gradients of the ``outputs`` that need them (given ``grads``, else ones) wrt ``wrt``, outside
+    autocast, as fairseq runs every backward."""
     differentiable = [o for o in outputs if o.requires_grad]
     if not differentiable or not wrt:
         return ()
     grads = grads or [torch.ones_like(o) for o in differentiable]
-    return torch.autograd.grad(differentiable, wrt, grads, allow_unused=True)
+    with torch.autocast("cuda", enabled=False):
+        return torch.autograd.grad(differentiable, wrt, grads, allow_unused=True)
+
+
+def leading(x: Tensor, shape: torch.Size) -> Tensor:
+    """The leading ``shape`` block of ``x``."""
+    return x[tuple(slice(0, n) for n in shape)]
 
 
 class _Replay(torch.autograd.Function):
-    """A :class:`Captured` graph as one autograd node. Outputs and gradients are copies, so nothing
-    the caller keeps (features, ``.grad`` accumulated over several batches) aliases the graph's
-    memory, which the next replay overwrites."""
+    """A :class:`Captured` graph as one autograd node, on the call's own tensors: they are written
+    into the graph's inputs, and the call's blocks of its outputs and gradients are copied out, so
+    nothing the caller keeps (features, ``.grad`` accumulated over several batches) aliases the
+    graph's memory, which the next replay overwrites."""
 
     @staticmethod
-    def forward(ctx, captured: Captured, *tensors: Tensor):
-        for static, x in zip(captured.inputs, tensors):
-            static.copy_(x)
+    def forward(ctx, captured: Captured, actual: Shape, *tensors: Tensor):
+        inputs = tensors[: len(captured.inputs.tensors)]
+        captured.inputs.load(list(inputs))
         captured.forward_graph.replay()
-        ctx.captured = captured
-        return tuple(o.clone() for o in captured.outputs)
+        ctx.captured, ctx.shapes, ctx.token = captured, [x.shape for x in tensors], object()
+        if captured.backward_graph is not None:
+            captured.pool.due = ctx.token
+        return tuple(pad.block(o, actual).clone() for pad, o in zip(captured.output_pads, captured.outputs))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: Tensor):
         captured: Captured = ctx.captured
-        for static, g in zip(captured.grads_out, [g for o, g in zip(captured.outputs, grads) if o.requires_grad]):
-            static.copy_(g)
+        if captured.backward_graph is None:  # nothing inside the graph needs a gradient
+            return (None,) * (2 + len(ctx.shapes))
+        if captured.pool.due is not ctx.token:
+            raise RuntimeError("--decoder-graphs: the decoder ran again before the backward of its previous "
+                               "call (a criterion that runs the model twice per backward?): the graph's saved "
+                               "activations are gone; train with --decoder-graphs off")
+        captured.pool.due = None
+        needed = [(pad, g) for pad, o, g in zip(captured.output_pads, captured.outputs, grads) if o.requires_grad]
+        for static, (pad, g) in zip(captured.grads_out, needed):
+            pad.load(static, g)  # zeros for the padding
         captured.backward_graph.replay()
-        return (None, *(None if g is None else g.clone() for g in captured.grads_in))
+        return (None, None, *(None if g is None else leading(g, shape).clone()
+                              for g, shape in zip(captured.grads_in, ctx.shapes)))
 
 
 def mode_of(step: bool, grad: bool) -> Optional[str]:
@@ -227,7 +335,7 @@ class DecoderGraphs:
     def __init__(self, cap: int = MAX_GRAPHS):
         self.cap = cap
         self.graphs: Dict[tuple, Captured] = {}
-        self.pools: dict = {}
+        self.pools: Dict[str, Pool] = {}
         self.params: tuple = ()
         self.full: set = set()  # the modes that reached the cap (warned once each)
 
@@ -236,7 +344,7 @@ class DecoderGraphs:
 
     def __call__(self, module: torch.nn.Module, fn: Callable[..., Outputs], emb: Tensor, encoder_out: Cache,
                  cache: Optional[Cache] = None) -> Outputs:
-        """:func:`run_bucketed` with ``fn`` replayed from this bucket's graph (captured on first
+        """``fn(emb, encoder_out[, cache])`` replayed from its bucket's graph (captured on first
         use), or ``fn`` unpadded when its mode has no graph left."""
         params = [p for p in module.parameters() if p.requires_grad]
         if tuple(p.data_ptr() for p in params) != self.params:  # moved, cast or replaced: capture anew
@@ -244,24 +352,21 @@ class DecoderGraphs:
             self.full.clear()
             self.params = tuple(p.data_ptr() for p in params)
         args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
+        actual = call_shape(emb, encoder_out)
         autocast = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-        key = (mode_of(cache is not None, torch.is_grad_enabled()),
-               bucket_shape(emb, encoder_out, teacher_forcing=cache is None), module.training,
-               torch.is_grad_enabled(), autocast, tuple((x.dtype, x.requires_grad) for x in tensors_of(args)[0]))
+        tensors = tensors_of(args)[0]
+        key = (mode_of(cache is not None, torch.is_grad_enabled()), bucket_shape(actual, cache is None),
+               module.training, torch.is_grad_enabled(), autocast, tuple((x.dtype, x.requires_grad) for x in tensors))
         action = choose(key, self.graphs, self.cap)
         if action == "plain":
             if key[0] is not None:
                 self.warn_full(key[0])
             return fn(*args)
-
-        def call(shape: Shape, fn: Callable, *padded):
-            # no autocast cache: a cast weight cached outside the graph would be read at a stale address
-            with torch.autocast("cuda", enabled=autocast[0], dtype=autocast[1], cache_enabled=False):
-                if action == "capture":
-                    self.capture(key, fn, list(padded), params)
-                return self.graphs[key](list(padded))
-
-        return run_bucketed(fn, emb, encoder_out, cache, call)
+        # no autocast cache: a cast weight cached outside the graph would be read at a stale address
+        with torch.autocast("cuda", enabled=autocast[0], dtype=autocast[1], cache_enabled=False):
+            if action == "capture":
+                self.capture(key, fn, args, params)
+            return self.graphs[key](tensors, actual)
 
     def warn_full(self, mode: str) -> None:
         """Say once per mode that its new shapes run without graphs."""
@@ -272,5 +377,5 @@ class DecoderGraphs:
     def capture(self, key: tuple, fn: Callable, args: list, params: List[Tensor]) -> None:
         """A new graph for ``key``, in its mode's memory pool."""
         if key[0] not in self.pools:
-            self.pools[key[0]] = torch.cuda.graph_pool_handle()
-        self.graphs[key] = Captured(fn, args, params, self.pools[key[0]])
+            self.pools[key[0]] = Pool()
+        self.graphs[key] = Captured(fn, args, key[1], params, self.pools[key[0]])

@@ -1,0 +1,73 @@
+# Sourced by lab/gpu_check.sh and lab/gpu_recipes.sh: the environment of a short visit to a GPU
+# machine with no network, and each stage's time limit and log.
+#   gpu_setup NAME LOG_DIR     fairseq from lab/wheels (WHEELS) where python3 lacks it, `python`
+#                              running python3, the plugin on PYTHONPATH; without CUDA, or with
+#                              GPU_CHECK_CPU=1, .venv instead (cpu=1: the callers run tiny stages).
+#                              LOG_DIR (default runs/NAME) gets summary.txt and one log per stage.
+#   stage NAME SECONDS CMD...  CMD with a time limit, its output in LOG_DIR/NAME.log; afterwards the
+#                              whole LOG_DIR is packed into $OUT/NAME.tar.gz and summary.txt copied to
+#                              $OUT/NAME.summary.txt, where $OUT is set (a device call returns at most
+#                              8 files), so that a run stopped by the call's limit still returns them.
+# Sets root, out (LOG_DIR), work (a temporary folder, removed at exit) and cpu.
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+start_all=$SECONDS
+
+gpu_setup() {
+    run_name="$1" out="${2:-$root/runs/$1}"
+    mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 1
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    : > "$out/summary.txt"
+    cpu="${GPU_CHECK_CPU:-}"
+    if [ -z "$cpu" ]; then
+        python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2> /dev/null && cpu=0 || cpu=1
+    fi
+    if [ "$cpu" = 1 ]; then
+        echo "no CUDA (or GPU_CHECK_CPU=1): the stages run tiny on the CPU, in .venv" | tee -a "$out/summary.txt"
+        source "$root/scripts/env.sh" || exit 1
+        export OMP_NUM_THREADS="${GPU_CHECK_THREADS:-1}" AMP=0  # AMP=0: train.sh skips its precision probe
+    else
+        install_wheels
+        mkdir -p "$work/bin" && printf '#!/bin/sh\nexec python3 "$@"\n' > "$work/bin/python" && chmod +x "$work/bin/python"
+        export PATH="$work/bin:$PATH"  # python is python3: a script, as a link would lose python3's environment
+        export VENV=0 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # the plugin, as pip install -e . would give it
+        source "$root/scripts/env.sh" || exit 1
+        nvidia-smi -L | tee -a "$out/summary.txt"
+    fi
+    python -c 'import torch, fairseq; print("torch", torch.__version__, "fairseq", fairseq.__version__,
+        torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")' | tee -a "$out/summary.txt"
+    cd "$root" || exit 1
+}
+
+install_wheels() {  # fairseq and what a CUDA image lacks, from the wheels folder, unless python3 has them
+    python3 -c 'import fairseq' 2> /dev/null && return
+    local wheels="${WHEELS:-$root/lab/wheels}" site="$work/site"
+    compgen -G "$wheels/*.whl" > /dev/null ||
+        { echo "error: no wheels in $wheels: run 'bash lab/gpu_wheels.sh $wheels' where PyPI is reachable" >&2; exit 2; }
+    stage install 40 python3 -m pip install --no-index --no-deps --target "$site" "$wheels"/*.whl || exit 1
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
+    python3 -c 'import fairseq' > "$out/import.log" 2>&1 || {
+        echo "error: fairseq does not import after installing $wheels: $(tail -n 1 "$out/import.log")" \
+             "(add that package's wheel to $wheels; log $out/import.log)" >&2; exit 1; }
+}
+
+stage() {  # stage NAME SECONDS COMMAND...
+    local name="$1" limit="$2" start=$SECONDS rc=0; shift 2
+    timeout -k 5 "$limit" "$@" > "$out/$name.log" 2>&1 || rc=$?
+    echo "$name: exit $rc after $((SECONDS - start)) s (limit $limit s; log $out/$name.log)" | tee -a "$out/summary.txt"
+    pack
+    return "$rc"
+}
+
+pack() {  # LOG_DIR into $OUT/NAME.tar.gz, written whole or not at all
+    [ -n "${OUT:-}" ] && [ -d "$OUT" ] || return 0
+    tar czf "$work/pack.tar.gz" -C "$out" . && mv "$work/pack.tar.gz" "$OUT/$run_name.tar.gz"
+    cp "$out/summary.txt" "$OUT/$run_name.summary.txt"
+}
+
+finish() {  # the closing line: stages passed, seconds, where the logs are
+    echo "$run_name: $(grep -c 'exit 0 ' "$out/summary.txt") of $(grep -c ': exit ' "$out/summary.txt") stages" \
+         "passed in $((SECONDS - start_all)) s; logs in $out" | tee -a "$out/summary.txt"
+    pack
+}

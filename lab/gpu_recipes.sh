@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The README's Multi30k recipes on a GPU, by the same updates as on the CPU: each recipe trains
+# with scripts/train.sh (on a GPU its precision is --fp16) and is scored by scripts/evaluate.py on
+# the validation and test splits (beam 5; the no-attention pair as an ensemble, beam 10). The
+# recipes run one after another, so each one's training time is its own.
+#   attn          rnn_seq2seq_attention_multi30k, 2,563 updates
+#   pair          rnn_seq2seq_multi30k, seeds 1 and 2, 2,300 updates each: seed 1 alone and the ensemble
+#   lstm          fairseq lstm with attention at matched sizes, 2,411 updates
+#   transformer   fairseq transformer_iwslt_de_en, 3+3 layers, 256 wide, lr 1e-3, 2,563 updates
+#
+# Usage: bash lab/gpu_recipes.sh PREPARED [RECIPE...]      (default: all four)
+#   bash lab/gpu_recipes.sh runs/multi30k/de-en attn       # PREPARED: made by scripts/prepare.py
+#   GPU_CHECK_CPU=1 bash lab/gpu_recipes.sh ""             # a dry run on this CPU: the toy corpus, 3 updates
+# LOG_DIR (env; default runs/gpu_recipes) gets summary.txt, one log per stage, NAME_{valid,test}.json
+# and NAME_test.hyp; where $OUT is set (the device tool), $OUT/gpu_recipes.tar.gz holds them all.
+# Env: LOG_DIR, RECIPES_UPDATES (every recipe stops there instead: a dry run), WHEELS, and lab/gpu_env.sh's.
+set -uo pipefail
+case "${1-}" in -h|--help) sed -n '2,17p' "$0"; exit 0;; esac
+[ $# -ge 1 ] || { echo "error: give PREPARED (\"\" for the toy corpus): bash $0 PREPARED [RECIPE...] (--help: more)" >&2; exit 2; }
+source "$(dirname "$0")/gpu_env.sh"
+data="$1"; shift
+recipes=("$@")
+[ ${#recipes[@]} -gt 0 ] || recipes=(attn pair lstm transformer)
+declare -A train_args=(
+    [attn]="--arch rnn_seq2seq_attention_multi30k --max-update 2563"
+    [s1]="--max-update 2300"
+    [s2]="--max-update 2300 --seed 2"
+    [lstm]="--arch lstm --criterion label_smoothed_cross_entropy --encoder-embed-dim 256 --encoder-hidden-size 512
+            --decoder-embed-dim 256 --decoder-hidden-size 512 --decoder-out-embed-dim 512 --max-update 2411"
+    [transformer]="--arch transformer_iwslt_de_en --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256
+                   --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024
+                   --share-decoder-input-output-embed --lr 1e-3 --max-update 2563"
+)
+for name in "${recipes[@]}"; do
+    case "$name" in attn|pair|lstm|transformer) ;;
+        *) echo "error: unknown recipe '$name': choose from attn, pair, lstm, transformer" >&2; exit 2;; esac
+done
+gpu_setup gpu_recipes "${LOG_DIR:-}"
+
+updates=() decode=()
+if [ "$cpu" = 1 ]; then
+    updates=(--max-update "${RECIPES_UPDATES:-3}")
+    decode=(-- --max-len-b 10)  # an untrained model: short hypotheses
+elif [ -n "${RECIPES_UPDATES:-}" ]; then
+    updates=(--max-update "$RECIPES_UPDATES")
+fi
+if [ -z "$data" ]; then  # the toy corpus, prepared here
+    data="$work/toy"
+    stage prepare 60 python scripts/prepare.py --raw-dir data/toy --src src --tgt tgt --vocab-size 60 \
+        --splits train=train valid=valid test=test --out "$data" ||
+        exit 1
+fi
+[ -f "$data/prepare.json" ] || { echo "error: $data has no prepare.json: give a folder made by scripts/prepare.py" >&2; exit 2; }
+echo "data: $data; recipes: ${recipes[*]}; ${updates[*]:---max-update as in each recipe}" | tee -a "$out/summary.txt"
+
+train() {  # train NAME SECONDS: train.sh with the recipe's options, checkpoints in the work folder
+    # shellcheck disable=SC2086  # the recipe's options, split on whitespace
+    stage "train_$1" "$2" bash scripts/train.sh "$data/bin" "$work/$1" ${train_args[$1]} "${updates[@]}"
+}
+
+evaluate() {  # evaluate NAME CHECKPOINTS BEAM: valid and test scores, the test hypotheses
+    local subset
+    for subset in valid test; do
+        stage "eval_${1}_$subset" 90 python scripts/evaluate.py "$data/bin" "$2" --subset "$subset" --beam "$3" \
+            --json "$out/${1}_$subset.json" --hyp-out "$out/${1}_$subset.hyp" "${decode[@]}"
+    done
+}
+
+for name in "${recipes[@]}"; do
+    case "$name" in
+        pair)
+            train s1 270 && evaluate s1 "$work/s1/checkpoint_best.pt" 5
+            train s2 270 && evaluate ensemble "$work/s1/checkpoint_best.pt:$work/s2/checkpoint_best.pt" 10;;
+        *)
+            train "$name" 330 && evaluate "$name" "$work/$name/checkpoint_best.pt" 5;;
+    esac
+done
+
+for log in "$out"/train_*.log; do
+    echo "$(basename "$log" .log): $(grep -ho 'done training in [0-9.]* seconds' "$log" | tail -n 1)"
+done | tee -a "$out/summary.txt"
+for scores in "$out"/*_test.json "$out"/*_valid.json; do
+    [ -f "$scores" ] || continue
+    python -c 'import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[2], "BLEU", s["bleu"], "chrF2", s["chrf"])' \
+        "$scores" "$(basename "$scores" .json)"
+done | tee -a "$out/summary.txt"
+finish
