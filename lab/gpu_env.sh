@@ -1,23 +1,28 @@
 # Sourced by lab/gpu_check.sh and lab/gpu_recipes.sh: the environment of a short visit to a GPU
 # machine with no network, and each stage's time limit and log.
-#   gpu_setup NAME LOG_DIR     fairseq from lab/wheels (WHEELS) where python3 lacks it, `python`
-#                              running python3, the plugin on PYTHONPATH; without CUDA, or with
-#                              GPU_CHECK_CPU=1, .venv instead (cpu=1: the callers run tiny stages).
-#                              LOG_DIR (default runs/NAME) gets summary.txt and one log per stage.
-#   stage NAME SECONDS CMD...  CMD with a time limit, its output in LOG_DIR/NAME.log; afterwards the
-#                              whole LOG_DIR is packed into $OUT/NAME.tar.gz and summary.txt copied to
-#                              $OUT/NAME.summary.txt, where $OUT is set (a device call returns at most
-#                              8 files), so that a run stopped by the call's limit still returns them.
+#   gpu_setup NAME LOG_DIR     fairseq from lab/wheels (WHEELS) where python3 lacks it (installed
+#                              once into runs/gpu_site, git-ignored, reused while its wheels are the
+#                              same), `python` running python3, the plugin on PYTHONPATH; without
+#                              CUDA, or with GPU_CHECK_CPU=1, .venv instead (cpu=1: the callers run
+#                              tiny stages). LOG_DIR (default runs/NAME/DATE-TIME), new or empty,
+#                              gets summary.txt and one log per stage.
+#   stage NAME SECONDS CMD...  CMD with a time limit, its output in LOG_DIR/NAME.log; no stage runs
+#                              past GPU_DEADLINE_S seconds after the start (0: no deadline), so a run
+#                              ends inside the device call that started it. After each stage, and at
+#                              exit, LOG_DIR is packed into $OUT/NAME.tar.gz with $OUT/NAME.summary.txt
+#                              beside it, where $OUT is set (a device call returns at most 8 files).
 # Sets root, out (LOG_DIR), work (a temporary folder, removed at exit) and cpu.
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 start_all=$SECONDS
 
 gpu_setup() {
-    run_name="$1" out="${2:-$root/runs/$1}"
-    mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 1
-    work="$(mktemp -d)"
-    trap 'rm -rf "$work"' EXIT
+    run_name="$1" out="${2:-$root/runs/$1/$(date +%Y%m%d-%H%M%S)}"
+    if [ -d "$out" ] && [ -n "$(ls -A "$out")" ]; then
+        echo "error: $out is not empty: give a new or empty folder for the logs" >&2; exit 2
+    fi
+    mkdir -p "$out" && out="$(cd "$out" && pwd)" && work="$(mktemp -d)" || exit 1
+    trap 'pack; rm -rf "$work"' EXIT
     : > "$out/summary.txt"
     cpu="${GPU_CHECK_CPU:-}"
     if [ -z "$cpu" ]; then
@@ -42,10 +47,17 @@ gpu_setup() {
 
 install_wheels() {  # fairseq and what a CUDA image lacks, from the wheels folder, unless python3 has them
     python3 -c 'import fairseq' 2> /dev/null && return
-    local wheels="${WHEELS:-$root/lab/wheels}" site="$work/site"
+    local wheels="${WHEELS:-$root/lab/wheels}" site="$root/runs/gpu_site"
     compgen -G "$wheels/*.whl" > /dev/null ||
         { echo "error: no wheels in $wheels: run 'bash lab/gpu_wheels.sh $wheels' where PyPI is reachable" >&2; exit 2; }
-    stage install 40 python3 -m pip install --no-index --no-deps --target "$site" "$wheels"/*.whl || exit 1
+    if [ -e "$site" ] && [ ! -f "$site/.wheels" ]; then
+        echo "error: $site was not made by lab/gpu_env.sh (no .wheels in it): move it away" >&2; exit 2
+    fi
+    if [ "$(cat "$site/.wheels" 2> /dev/null)" != "$(cd "$wheels" && ls ./*.whl)" ]; then
+        rm -rf "$site" && mkdir -p "$site" && echo "installing" > "$site/.wheels" || exit 1
+        stage install 40 python3 -m pip install --no-index --no-deps --target "$site" "$wheels"/*.whl || exit 1
+        (cd "$wheels" && ls ./*.whl) > "$site/.wheels"
+    fi
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
     python3 -c 'import fairseq' > "$out/import.log" 2>&1 || {
         echo "error: fairseq does not import after installing $wheels: $(tail -n 1 "$out/import.log")" \
@@ -53,7 +65,14 @@ install_wheels() {  # fairseq and what a CUDA image lacks, from the wheels folde
 }
 
 stage() {  # stage NAME SECONDS COMMAND...
-    local name="$1" limit="$2" start=$SECONDS rc=0; shift 2
+    local name="$1" limit="$2" start=$SECONDS rc=0 deadline="${GPU_DEADLINE_S:-0}"; shift 2
+    if [ "$deadline" -gt 0 ] && [ $((start_all + deadline - SECONDS)) -lt "$limit" ]; then
+        limit=$((start_all + deadline - SECONDS))
+    fi
+    if [ "$limit" -lt 5 ]; then
+        echo "$name: not run: the run's deadline (GPU_DEADLINE_S $deadline s) is reached" | tee -a "$out/summary.txt"
+        return 124
+    fi
     timeout -k 5 "$limit" "$@" > "$out/$name.log" 2>&1 || rc=$?
     echo "$name: exit $rc after $((SECONDS - start)) s (limit $limit s; log $out/$name.log)" | tee -a "$out/summary.txt"
     pack
@@ -61,13 +80,12 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 
 pack() {  # LOG_DIR into $OUT/NAME.tar.gz, written whole or not at all
-    [ -n "${OUT:-}" ] && [ -d "$OUT" ] || return 0
-    tar czf "$work/pack.tar.gz" -C "$out" . && mv "$work/pack.tar.gz" "$OUT/$run_name.tar.gz"
+    [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ -n "${out:-}" ] || return 0
+    tar czf "$OUT/.$run_name.part" -C "$out" . && mv "$OUT/.$run_name.part" "$OUT/$run_name.tar.gz"
     cp "$out/summary.txt" "$OUT/$run_name.summary.txt"
 }
 
 finish() {  # the closing line: stages passed, seconds, where the logs are
-    echo "$run_name: $(grep -c 'exit 0 ' "$out/summary.txt") of $(grep -c ': exit ' "$out/summary.txt") stages" \
-         "passed in $((SECONDS - start_all)) s; logs in $out" | tee -a "$out/summary.txt"
-    pack
+    echo "$run_name: $(grep -c 'exit 0 ' "$out/summary.txt") of $(grep -c -e ': exit ' -e ': not run' "$out/summary.txt")" \
+         "stages passed in $((SECONDS - start_all)) s; logs in $out" | tee -a "$out/summary.txt"
 }

@@ -8,20 +8,17 @@
 #   lstm          fairseq lstm with attention at matched sizes, 2,411 updates
 #   transformer   fairseq transformer_iwslt_de_en, 3+3 layers, 256 wide, lr 1e-3, 2,563 updates
 #
-# Usage: bash lab/gpu_recipes.sh PREPARED [RECIPE...]      (default: all four)
+# Usage: bash lab/gpu_recipes.sh PREPARED RECIPE...
 #   bash lab/gpu_recipes.sh runs/multi30k/de-en attn       # PREPARED: made by scripts/prepare.py
-#   GPU_CHECK_CPU=1 bash lab/gpu_recipes.sh ""             # a dry run on this CPU: the toy corpus, 3 updates
-# LOG_DIR (env; default runs/gpu_recipes) gets summary.txt, one log per stage, NAME_{valid,test}.json
-# and NAME_test.hyp; where $OUT is set (the device tool), $OUT/gpu_recipes.tar.gz holds them all.
-# Env: LOG_DIR, RECIPES_UPDATES (every recipe stops there instead: a dry run), WHEELS, and lab/gpu_env.sh's.
+#   GPU_CHECK_CPU=1 bash lab/gpu_recipes.sh "" attn pair   # a dry run on this CPU: the toy corpus, 3 updates
+#   bash lab/gpu_recipes.sh --list                         # each training's train.sh options
+# LOG_DIR (env; new or empty, default runs/gpu_recipes/DATE-TIME) gets summary.txt, one log per
+# stage, NAME_{valid,test}.json and NAME_{valid,test}.hyp; where $OUT is set (the device tool),
+# $OUT/gpu_recipes.tar.gz holds them all and $OUT/gpu_recipes.summary.txt the summary.
+# Env: LOG_DIR, RECIPES_UPDATES (every recipe stops there instead: a dry run), GPU_DEADLINE_S
+# (default 560: inside one 600-second device call; 0: none), WHEELS, GPU_CHECK_CPU.
 set -uo pipefail
-case "${1-}" in -h|--help) sed -n '2,17p' "$0"; exit 0;; esac
-[ $# -ge 1 ] || { echo "error: give PREPARED (\"\" for the toy corpus): bash $0 PREPARED [RECIPE...] (--help: more)" >&2; exit 2; }
-source "$(dirname "$0")/gpu_env.sh"
-data="$1"; shift
-recipes=("$@")
-[ ${#recipes[@]} -gt 0 ] || recipes=(attn pair lstm transformer)
-declare -A train_args=(
+declare -A train_args=(  # results.md, "Reproducing the headline"
     [attn]="--arch rnn_seq2seq_attention_multi30k --max-update 2563"
     [s1]="--max-update 2300"
     [s2]="--max-update 2300 --seed 2"
@@ -31,10 +28,25 @@ declare -A train_args=(
                    --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024
                    --share-decoder-input-output-embed --lr 1e-3 --max-update 2563"
 )
+case "${1-}" in
+    -h|--help) sed -n '2,19p' "$0"; exit 0;;
+    # shellcheck disable=SC2086  # the options, one line
+    --list) for name in attn s1 s2 lstm transformer; do echo "$name:" ${train_args[$name]}; done; exit 0;;
+esac
+[ $# -ge 2 ] || { echo "error: give PREPARED (\"\" for the toy corpus) and one or more recipes (attn, pair, lstm," \
+                       "transformer): bash $0 PREPARED RECIPE... (--help: more)" >&2; exit 2; }
+data="$1"; shift
+recipes=("$@")
 for name in "${recipes[@]}"; do
     case "$name" in attn|pair|lstm|transformer) ;;
         *) echo "error: unknown recipe '$name': choose from attn, pair, lstm, transformer" >&2; exit 2;; esac
 done
+if [ -n "$data" ]; then
+    [ -f "$data/prepare.json" ] && data="$(cd "$data" && pwd)" ||
+        { echo "error: $data has no prepare.json: give a folder made by scripts/prepare.py" >&2; exit 2; }
+fi
+source "$(dirname "$0")/gpu_env.sh"
+: "${GPU_DEADLINE_S:=560}"
 gpu_setup gpu_recipes "${LOG_DIR:-}"
 
 updates=() decode=()
@@ -47,10 +59,8 @@ fi
 if [ -z "$data" ]; then  # the toy corpus, prepared here
     data="$work/toy"
     stage prepare 60 python scripts/prepare.py --raw-dir data/toy --src src --tgt tgt --vocab-size 60 \
-        --splits train=train valid=valid test=test --out "$data" ||
-        exit 1
+        --splits train=train valid=valid test=test --out "$data" || exit 1
 fi
-[ -f "$data/prepare.json" ] || { echo "error: $data has no prepare.json: give a folder made by scripts/prepare.py" >&2; exit 2; }
 echo "data: $data; recipes: ${recipes[*]}; ${updates[*]:---max-update as in each recipe}" | tee -a "$out/summary.txt"
 
 train() {  # train NAME SECONDS: train.sh with the recipe's options, checkpoints in the work folder
@@ -58,7 +68,7 @@ train() {  # train NAME SECONDS: train.sh with the recipe's options, checkpoints
     stage "train_$1" "$2" bash scripts/train.sh "$data/bin" "$work/$1" ${train_args[$1]} "${updates[@]}"
 }
 
-evaluate() {  # evaluate NAME CHECKPOINTS BEAM: valid and test scores, the test hypotheses
+evaluate() {  # evaluate NAME CHECKPOINTS BEAM: valid and test scores and hypotheses
     local subset
     for subset in valid test; do
         stage "eval_${1}_$subset" 90 python scripts/evaluate.py "$data/bin" "$2" --subset "$subset" --beam "$3" \
@@ -70,13 +80,15 @@ for name in "${recipes[@]}"; do
     case "$name" in
         pair)
             train s1 270 && evaluate s1 "$work/s1/checkpoint_best.pt" 5
-            train s2 270 && evaluate ensemble "$work/s1/checkpoint_best.pt:$work/s2/checkpoint_best.pt" 10;;
+            train s2 270 && [ -f "$work/s1/checkpoint_best.pt" ] &&
+                evaluate ensemble "$work/s1/checkpoint_best.pt:$work/s2/checkpoint_best.pt" 10;;
         *)
             train "$name" 330 && evaluate "$name" "$work/$name/checkpoint_best.pt" 5;;
     esac
 done
 
 for log in "$out"/train_*.log; do
+    [ -f "$log" ] || continue
     echo "$(basename "$log" .log): $(grep -ho 'done training in [0-9.]* seconds' "$log" | tail -n 1)"
 done | tee -a "$out/summary.txt"
 for scores in "$out"/*_test.json "$out"/*_valid.json; do

@@ -1,11 +1,20 @@
 """lab/gpu_recipes.sh (and lab/gpu_env.sh, which lab/gpu_check.sh shares) as a dry run on the CPU:
 what a visit to a GPU machine runs, so that the visit does not find a broken script."""
 import json
+import re
 import tarfile
+
+import pytest
 
 from helpers import ROOT, run
 
 RECIPES = ROOT / "lab" / "gpu_recipes.sh"
+ENV = ROOT / "lab" / "gpu_env.sh"
+
+
+def packed(tarball) -> set:
+    with tarfile.open(tarball) as archive:
+        return {name.removeprefix("./") for name in archive.getnames()}
 
 
 def test_a_recipe_trains_scores_and_packs_its_logs_into_out(tmp_path):
@@ -21,9 +30,8 @@ def test_a_recipe_trains_scores_and_packs_its_logs_into_out(tmp_path):
     assert f"attn_test BLEU {scores['bleu']} chrF2 {scores['chrf']}" in proc.stdout
     # what the device tool returns: at most 8 files; the logs travel packed
     assert sorted(p.name for p in out.iterdir()) == ["gpu_recipes.summary.txt", "gpu_recipes.tar.gz"]
-    with tarfile.open(out / "gpu_recipes.tar.gz") as packed:
-        names = {name.removeprefix("./") for name in packed.getnames()}
-    assert {"summary.txt", "train_attn.log", "attn_valid.json", "attn_test.json", "attn_test.hyp"} <= names
+    assert {"summary.txt", "train_attn.log", "attn_valid.json", "attn_test.json", "attn_test.hyp"} <= \
+        packed(out / "gpu_recipes.tar.gz")
     assert (out / "gpu_recipes.summary.txt").read_text() == (logs / "summary.txt").read_text()
 
 
@@ -32,3 +40,48 @@ def test_an_unknown_recipe_is_one_line_before_anything_runs(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "error: unknown recipe 'lstn': choose from attn, pair, lstm, transformer\n"
     assert not (tmp_path / "logs").exists()
+
+
+def test_the_logs_reach_out_after_every_stage_even_if_the_run_is_killed(tmp_path):
+    """A device call stopped at its limit kills the script: what ran is in $OUT already."""
+    out = tmp_path / "out"
+    out.mkdir()
+    script = f'source {ENV}; gpu_setup probe {tmp_path / "logs"}; stage first 10 echo ran; kill -9 $$'
+    proc = run("bash", "-c", script, check=False, env={"GPU_CHECK_CPU": "1", "OUT": str(out)})
+    assert proc.returncode == -9 or proc.returncode == 137
+    assert {"summary.txt", "first.log"} <= packed(out / "probe.tar.gz")
+    assert "first: exit 0" in (out / "probe.summary.txt").read_text()
+
+
+def test_a_stage_past_the_deadline_does_not_run(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = (f'source {ENV}; run_name=probe out={logs}; : > {logs}/summary.txt; stage slow 60 sleep 30; '
+              'stage late 60 echo late; finish')
+    proc = run("bash", "-c", script, check=False, env={"GPU_DEADLINE_S": "6"})
+    summary = (logs / "summary.txt").read_text()
+    limit = re.search(r"slow: exit 124 after \d+ s \(limit (\d+) s;", summary)
+    assert limit and 5 <= int(limit.group(1)) <= 6  # cut to the time left
+    assert "late: not run: the run's deadline (GPU_DEADLINE_S 6 s) is reached" in summary
+    assert "probe: 0 of 2 stages passed" in proc.stdout
+    assert not (tmp_path / "logs" / "late.log").exists()
+
+
+def test_logs_never_go_into_a_folder_that_holds_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = run("bash", RECIPES, "", "attn", check=False, env={"GPU_CHECK_CPU": "1", "LOG_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {tmp_path} is not empty: give a new or empty folder for the logs\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("recipe", ["attn", "s1", "s2", "lstm", "transformer"])
+def test_each_recipe_is_a_command_fairseq_train_accepts(toy_bin, tmp_path, recipe):
+    """The recipes' options, read by fairseq-train's own parser as train.sh runs it (a typo would
+    otherwise show only on the GPU machine)."""
+    listed = dict(line.split(": ", 1) for line in run("bash", RECIPES, "--list").stdout.splitlines())
+    options = listed[recipe].split()
+    run("python", ROOT / "scripts" / "train_settings.py", tmp_path / "args", toy_bin, tmp_path / "save", *options,
+        env={"AMP": "0"})
+    args = (tmp_path / "args").read_text().split("\n")
+    assert args[args.index("--max-update") + 1] == options[options.index("--max-update") + 1]

@@ -6,6 +6,7 @@ cuDNN's RNN dropout kept out). The graphs themselves need CUDA (test_gpu.py)."""
 import copy
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
@@ -244,6 +245,11 @@ def test_a_graph_input_is_copied_again_only_when_its_tensor_changed():
     with torch.inference_mode():
         inference = torch.randn(3, 7, 2)
     assert copied(inference) and copied(inference)  # no change counter: always written
+    memory = np.zeros((3, 7, 2), dtype=np.float32)
+    first, second = torch.from_numpy(memory), torch.from_numpy(memory)  # one address, two counters
+    assert copied(first)
+    memory += 1
+    assert copied(second)  # another tensor, though at the same address with the same count
 
 
 def test_the_call_arguments_map_each_tensor_to_how_it_grows(task):
@@ -251,13 +257,13 @@ def test_the_call_arguments_map_each_tensor_to_how_it_grows(task):
     with torch.no_grad():
         encoder_out = model.encoder(src, src_lengths)
         cache = model.decoder.initial_cache(encoder_out)
+    cache = {**cache, "state": cache["state"].clone()}  # a step's state, not the encoder's
     tensors, pads, rebuild = tensors_of([prev, encoder_out, cache])
     pad_of = {id(x): pad for x, pad in zip(tensors, pads)}
     assert pad_of[id(prev)] is EMBEDDINGS
-    assert pad_of[id(encoder_out["state"])] is pad_of[id(cache["state"])] is STATE
+    assert pad_of[id(encoder_out["state"])] is STATE and pad_of[id(cache["state"])] is STATE
     assert pad_of[id(encoder_out["per_sentence"]["padding_mask"])] is PADDING_MASK
     per_sentence = [encoder_out["per_sentence"]["outputs"], *cache["per_sentence"].values()]
     assert {pad_of[id(x)] for x in per_sentence} == {PER_SENTENCE_TENSOR}
-    assert len(pads) == len(tensors)
     rebuilt = rebuild([x.clone() for x in tensors])
     assert rebuilt[1].keys() == encoder_out.keys() and rebuilt[2]["per_sentence"].keys() == cache["per_sentence"].keys()

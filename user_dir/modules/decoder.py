@@ -68,7 +68,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
         if incremental_state is not None:
             cache = self.get_incremental_state(incremental_state, "rnn")
             cache = self.initial_cache(encoder_out) if cache is None else cache
-            source = {k: v for k, v in encoder_out.items() if k == PER_SENTENCE}  # what a step reads of it
+            source = {PER_SENTENCE: encoder_out[PER_SENTENCE]} if PER_SENTENCE in encoder_out else {}
             x, attn, state = self.run(self.step, self.embed(prev_output_tokens[:, -1:]), source, cache)
             self.set_incremental_state(incremental_state, "rnn", {**cache, "state": state})
             return x, attn

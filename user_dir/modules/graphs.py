@@ -1,7 +1,7 @@
 """``--decoder-graphs``: the decoder on a GPU as CUDA graphs, one per shape bucket.
 
-On a GPU the step-by-step decoder spends its time launching ~20 small kernels per step from
-Python (docs/design.md, "On a GPU"). A CUDA graph replays a whole captured call (the
+On a GPU the step-by-step decoder spends its time launching some 20-30 small kernels per step
+from Python (docs/design.md, "On a GPU"). A CUDA graph replays a whole captured call (the
 teacher-forced decoder with its backward, or one beam-search step) as one launch. A graph has
 fixed shapes, so each call is written into its bucket's input tensors (:func:`bucket`: rows,
 target and source lengths; :class:`Pad`), replayed, and its block of the outputs copied out
@@ -18,7 +18,7 @@ import logging
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -161,8 +161,8 @@ def restore(outputs: Outputs, actual: Shape) -> Outputs:
 def run_bucketed(fn: Callable[..., Outputs], emb: Tensor, encoder_out: Cache, cache: Optional[Cache] = None,
                  call: Optional[Callable] = None) -> Outputs:
     """``fn(emb, encoder_out[, cache])`` (B x T x E target embeddings; a cache: one decoding
-    step) on the call padded to its bucket (by ``call(fn, *padded)`` when given), its outputs cut
-    back: what a graph computes, kernel by kernel."""
+    step) on the call padded to its bucket, its outputs cut back: what a graph computes, kernel by
+    kernel (the tests' reference; ``call(fn, *padded)``, when given, runs ``fn``: their hook)."""
     args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
     actual = call_shape(emb, encoder_out)
     shape = bucket_shape(actual, teacher_forcing=cache is None)
@@ -179,7 +179,9 @@ def version(x: Tensor) -> Optional[int]:
 class StaticInputs:
     """A graph's inputs: bucket-shaped tensors that each call's tensors are written into (padding
     filled as :meth:`Pad.grow` would), unless the same tensor, unchanged, is there already (a
-    sentence's encoder outputs, read at every decoding step: no copy per step)."""
+    sentence's encoder outputs, read at every decoding step: no copy per step). Unchanged means
+    the same object, in-place change counter and address: writes that bypass the counter
+    (``x.data.add_``, another tensor over the same memory) are not seen; nothing here makes them."""
 
     def __init__(self, tensors: List[Tensor], pads: List[Pad], shape: Shape):
         self.pads = pads
@@ -203,11 +205,11 @@ class Pool:
 
     def __init__(self):
         self.handle = torch.cuda.graph_pool_handle()
-        self.due: Optional[object] = None  # the token of the forward replay whose backward comes next
+        self.due: object = None  # the token of the forward replay whose backward comes next
 
 
 @contextmanager
-def capturing(graph: "torch.cuda.CUDAGraph", pool: Pool):
+def capturing(graph: "torch.cuda.CUDAGraph", pool: Pool) -> Iterator[None]:
     """``torch.cuda.graph`` into ``pool``, refusing only this thread's unsafe calls (fairseq's data
     thread pins memory meanwhile), with no garbage collection inside (its frees would be captured)."""
     collecting = gc.isenabled()
@@ -230,11 +232,8 @@ class Captured:
         self.params, self.pool = params, pool
         wrt = [x for x in self.inputs.tensors + params if x.requires_grad]
 
-        def call() -> List[Tensor]:
-            outputs = fn(*rebuild(self.inputs.tensors))
-            self.present = [o is not None for o in outputs]
-            self.output_pads = [pad for pad, o in zip(OUTPUTS, outputs) if o is not None]
-            return [o for o in outputs if o is not None]
+        def call() -> Outputs:
+            return fn(*rebuild(self.inputs.tensors))
 
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -244,7 +243,10 @@ class Captured:
         torch.cuda.current_stream().wait_stream(stream)
         self.forward_graph = torch.cuda.CUDAGraph()
         with capturing(self.forward_graph, pool):
-            self.outputs = call()
+            outputs = call()
+        self.present = [o is not None for o in outputs]
+        self.output_pads = [pad for pad, o in zip(OUTPUTS, outputs) if o is not None]
+        self.outputs = [o for o in outputs if o is not None]
         self.grads_out = [torch.empty_like(o) for o in self.outputs if o.requires_grad]
         self.backward_graph, self.grads_in = None, []
         if self.grads_out:
@@ -260,10 +262,10 @@ class Captured:
         return tuple(next(outputs) if present else None for present in self.present)
 
 
-def gradients(outputs: List[Tensor], wrt: List[Tensor], grads: Optional[List[Tensor]] = None) -> tuple:
+def gradients(outputs: List[Optional[Tensor]], wrt: List[Tensor], grads: Optional[List[Tensor]] = None) -> tuple:
     """Gradients of the ``outputs`` that need them (given ``grads``, else ones) wrt ``wrt``, outside
     autocast, as fairseq runs every backward."""
-    differentiable = [o for o in outputs if o.requires_grad]
+    differentiable = [o for o in outputs if o is not None and o.requires_grad]
     if not differentiable or not wrt:
         return ()
     grads = grads or [torch.ones_like(o) for o in differentiable]
