@@ -47,7 +47,8 @@ def test_the_logs_reach_out_after_every_stage_even_if_the_run_is_killed(tmp_path
     out = tmp_path / "out"
     out.mkdir()
     script = f'source {ENV}; gpu_setup probe {tmp_path / "logs"}; stage first 10 echo ran; kill -9 $$'
-    proc = run("bash", "-c", script, check=False, env={"GPU_CHECK_CPU": "1", "OUT": str(out)})
+    proc = run("bash", "-c", script, check=False,
+               env={"GPU_CHECK_CPU": "1", "OUT": str(out), "TMPDIR": str(tmp_path)})  # its work folder stays
     assert proc.returncode == -9 or proc.returncode == 137
     assert {"summary.txt", "first.log"} <= packed(out / "probe.tar.gz")
     assert "first: exit 0" in (out / "probe.summary.txt").read_text()
