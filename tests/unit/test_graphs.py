@@ -25,6 +25,7 @@ from user_dir.modules.graphs import (
     bucket,
     choose,
     mode_of,
+    pads_of,
     run_bucketed,
     tensors_of,
 )
@@ -258,7 +259,9 @@ def test_the_call_arguments_map_each_tensor_to_how_it_grows(task):
         encoder_out = model.encoder(src, src_lengths)
         cache = model.decoder.initial_cache(encoder_out)
     cache = {**cache, "state": cache["state"].clone()}  # a step's state, not the encoder's
-    tensors, pads, rebuild = tensors_of([prev, encoder_out, cache])
+    tensors, rebuild = tensors_of([prev, encoder_out, cache])
+    pads = pads_of([prev, encoder_out, cache])
+    assert len(pads) == len(tensors)  # one rule per tensor, in the same order
     pad_of = {id(x): pad for x, pad in zip(tensors, pads)}
     assert pad_of[id(prev)] is EMBEDDINGS
     assert pad_of[id(encoder_out["state"])] is STATE and pad_of[id(cache["state"])] is STATE

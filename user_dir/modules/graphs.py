@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_flatten_with_path, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_flatten_with_path, tree_unflatten
 
 from .beam import PER_SENTENCE, Cache
 
@@ -87,6 +87,11 @@ def grow(x: Tensor, dim: int, size: int, value=0) -> Tensor:
     return torch.cat([x, x.new_full(extra, value)], dim=dim)
 
 
+def leading(x: Tensor, shape: torch.Size) -> Tensor:
+    """The leading ``shape`` block of ``x``."""
+    return x[tuple(slice(0, n) for n in shape)]
+
+
 @dataclass(frozen=True)
 class Pad:
     """How a tensor grows to its bucket: along each ``(dim, Shape field, fill value)`` in turn."""
@@ -107,8 +112,8 @@ class Pad:
 
     def load(self, padded: Tensor, x: Tensor) -> None:
         """Write :meth:`grow`'s result for ``x`` into ``padded`` (its bucket's shape) in place."""
+        leading(padded, x.shape).copy_(x)
         index = [slice(0, n) for n in x.shape]
-        padded[tuple(index)].copy_(x)
         for dim, _, value in self.steps:
             if x.size(dim) < padded.size(dim):
                 index[dim] = slice(x.size(dim), None)
@@ -138,19 +143,24 @@ def pad_of(path: tuple) -> Pad:
     return STATE if path[1].key == "state" else ROWS
 
 
-def tensors_of(args: list) -> Tuple[List[Tensor], List[Pad], Callable[[List[Tensor]], list]]:
-    """A call's tensors, how each grows, and a function that rebuilds the call's arguments around
-    other tensors in their places (Nones kept)."""
-    leaves, spec = tree_flatten_with_path(args)
-    where = [i for i, (_, x) in enumerate(leaves) if isinstance(x, Tensor)]
+def tensors_of(args: list) -> Tuple[List[Tensor], Callable[[List[Tensor]], list]]:
+    """A call's tensors, and a function that rebuilds the call's arguments around other tensors
+    in their places (Nones kept); at every call, so the plain flatten (no key paths)."""
+    leaves, spec = tree_flatten(args)
+    where = [i for i, x in enumerate(leaves) if isinstance(x, Tensor)]
 
     def rebuild(tensors: List[Tensor]) -> list:
-        full = [x for _, x in leaves]
+        full = list(leaves)
         for i, x in zip(where, tensors):
             full[i] = x
         return tree_unflatten(full, spec)
 
-    return [leaves[i][1] for i in where], [pad_of(leaves[i][0]) for i in where], rebuild
+    return [leaves[i] for i in where], rebuild
+
+
+def pads_of(args: list) -> List[Pad]:
+    """How each of a call's tensors (in :func:`tensors_of`'s order) grows: once per capture."""
+    return [pad_of(path) for path, x in tree_flatten_with_path(args)[0] if isinstance(x, Tensor)]
 
 
 def restore(outputs: Outputs, actual: Shape) -> Outputs:
@@ -166,8 +176,8 @@ def run_bucketed(fn: Callable[..., Outputs], emb: Tensor, encoder_out: Cache, ca
     args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
     actual = call_shape(emb, encoder_out)
     shape = bucket_shape(actual, teacher_forcing=cache is None)
-    tensors, pads, rebuild = tensors_of(args)
-    padded = rebuild([pad.grow(x, shape) for x, pad in zip(tensors, pads)])
+    tensors, rebuild = tensors_of(args)
+    padded = rebuild([pad.grow(x, shape) for x, pad in zip(tensors, pads_of(args))])
     return restore(fn(*padded) if call is None else call(fn, *padded), actual)
 
 
@@ -227,8 +237,8 @@ class Captured:
     gradients (wrt the tensor arguments that need them and ``params``)."""
 
     def __init__(self, fn: Callable, args: list, shape: Shape, params: List[Tensor], pool: Pool):
-        tensors, pads, rebuild = tensors_of(args)
-        self.inputs = StaticInputs(tensors, pads, shape)
+        tensors, rebuild = tensors_of(args)
+        self.inputs = StaticInputs(tensors, pads_of(args), shape)
         self.params, self.pool = params, pool
         wrt = [x for x in self.inputs.tensors + params if x.requires_grad]
 
@@ -271,11 +281,6 @@ def gradients(outputs: List[Optional[Tensor]], wrt: List[Tensor], grads: Optiona
     grads = grads or [torch.ones_like(o) for o in differentiable]
     with torch.autocast("cuda", enabled=False):
         return torch.autograd.grad(differentiable, wrt, grads, allow_unused=True)
-
-
-def leading(x: Tensor, shape: torch.Size) -> Tensor:
-    """The leading ``shape`` block of ``x``."""
-    return x[tuple(slice(0, n) for n in shape)]
 
 
 class _Replay(torch.autograd.Function):
