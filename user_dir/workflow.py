@@ -159,8 +159,9 @@ def _bin_problem(record: dict, data_bin: Path) -> Optional[str]:
     src, tgt = record["src"], record["tgt"]
     if not list(data_bin.glob("*.*-*.*.idx")):
         return f"{data_bin} holds no fairseq-preprocess output"
-    if language_pair(data_bin) != (src, tgt):
-        return f"it says {src}->{tgt}, but {data_bin} holds {'->'.join(language_pair(data_bin))}"
+    pair = language_pair(data_bin)
+    if pair != (src, tgt):
+        return f"it says {src}->{tgt}, but {data_bin} holds {'->'.join(pair)}"
     for split in record["pairs"]:
         if not (data_bin / f"{split}.{src}-{tgt}.{tgt}.idx").is_file():
             return f"its split {split!r} is not in {data_bin}"
@@ -187,11 +188,18 @@ def read_json(path: Path) -> "dict | str":
     return record if isinstance(record, dict) else f"{UNREADABLE} (it is not a JSON object)"
 
 
-def record_problem(path: Path) -> Optional[str]:
-    """What is wrong with the prepare.json at PATH: unreadable, against its schema, or against the
-    data beside it; None when it can be trusted."""
+def checked_record(path: Path) -> tuple[dict, Optional[str]]:
+    """The prepare.json at PATH read once ({} if unreadable), and what is wrong with it: unreadable,
+    against its schema, or against the data beside it; None when it can be trusted."""
     record = read_json(path)
-    return record if isinstance(record, str) else _record_problem(record, path.parent)
+    if isinstance(record, str):
+        return {}, record
+    return record, _record_problem(record, path.parent)
+
+
+def record_problem(path: Path) -> Optional[str]:
+    """What is wrong with the prepare.json at PATH (:func:`checked_record`), or None."""
+    return checked_record(path)[1]
 
 
 def untrusted_record(path: Path, problem: str, otherwise: str) -> str:
@@ -205,13 +213,13 @@ def untrusted_record(path: Path, problem: str, otherwise: str) -> str:
 
 
 def read_record(path: Path) -> dict:
-    """prepare.json at PATH, checked by :func:`record_problem` (SystemExit, one line, naming what is
+    """prepare.json at PATH, checked by :func:`checked_record` (SystemExit, one line, naming what is
     wrong otherwise). Records of older prepare.py versions (no 'format') are accepted with the
     checks their content allows; :func:`verified_raw` asks to update them."""
-    problem = record_problem(path)
+    record, problem = checked_record(path)
     if problem:
         raise SystemExit(untrusted_record(path, problem, "give the data without it"))
-    return Prepared(json.loads(path.read_text(encoding="utf-8")), path.parent)
+    return Prepared(record, path.parent)
 
 
 def prepared_record(data_bin: Path) -> dict:
