@@ -29,6 +29,8 @@ precision on a GPU, for every model. --graphs adds the plugin's models with --de
 model with graphs first runs the timed batches and sentences once untimed (their shapes' graphs
 captured; that pass's training seconds are recorded as first_pass_train_s).
 Prints a table with ratios to fairseq lstm (attention), writes OUT/benchmark.json and OUT/benchmark.png.
+A worker that fails or outlives --worker-timeout is listed under "failed" and not run again; the
+others go on (exit 1 at the end); OUT/runs.jsonl gets each worker's outcome as it ends.
 --pair M instead trains M and fairseq lstm in one process, in turns on the same batches, and
 gives the ratio of their training speeds for each pair of turns (OUT/pair.json).
 """
@@ -353,8 +355,9 @@ def plot(summary: dict, path: Path) -> bool:
         ax.set_xticks(range(len(models)), [m.replace(" ", "\n", 1) for m in models], fontsize=6)
         ax.set_title(key.replace("_", " "), fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"{summary['device']}, {summary['precision']}: rnn_seq2seq / fairseq lstm = " +
-                 ", ".join(f"{summary['ratios']['rnn_seq2seq'][k]:.2f}" for k in keys), fontsize=9)
+    ratio = summary["ratios"].get("rnn_seq2seq")
+    fig.suptitle(f"{summary['device']}, {summary['precision']}" + (": rnn_seq2seq / fairseq lstm = " + ", ".join(
+        f"{ratio[k]:.2f}" for k in keys) if ratio else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return True
@@ -374,6 +377,8 @@ def main() -> None:
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--decode-len", type=int, default=20, help="tokens generated per sentence")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker-timeout", type=float, default=0, metavar="S",
+                   help="stop a model's worker after S seconds and record it as failed (0: no limit)")
     p.add_argument("--criterion", choices=["masked_ce", "cross_entropy"],
                    help="train every model with this loss (default: each its own, masked_ce for the plugin's models, "
                         "cross_entropy for fairseq's): separates what the loss gains from what the model gains")
@@ -412,44 +417,89 @@ def main() -> None:
         print(f"{args.pair} / {REFERENCE}, training: median {record['median_ratio']:.3f}x, quartiles "
               + ", ".join(f"{q:.3f}" for q in record["quartiles"]) + f"; wrote {args.out / 'pair.json'}")
         return
-    passthrough = [a for a in sys.argv[1:] if a not in ("--data", args.data)] + ["--data", args.data]
-    names = models_of(args)
-    runs = {m: [] for m in names}
-    for r in range(args.repeats):
-        for m in names:  # alternate, so drift in machine load hits both
-            proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", m],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"{m} worker failed:\n{proc.stderr[-4000:]}")
-            runs[m].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(f"repeat {r + 1}/{args.repeats} {m}: {runs[m][-1]}", file=sys.stderr)
+    runs, failed = measure(args)
     import torch
 
-    device = runs[REFERENCE][0]["device"]
     precision = precision_of(args)[0]
     peak = matmul_peak_gflops("cuda" if torch.cuda.is_available() else "cpu", precision)
+    summary = {**summarize(runs, failed, peak, precision), **setting(args)}
+    (args.out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plotted = bool(summary["models"]) and plot(summary, args.out / "benchmark.png")
+    print_table(summary, args.data)
+    print(f"wrote {args.out / 'benchmark.json'}" + (f" and {args.out / 'benchmark.png'}" if plotted
+                                                     else " (no plot: no model measured, or no matplotlib)"))
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(models_of(args))} models failed: {', '.join(failed)} "
+                         f"(their errors above; runs.jsonl and benchmark.json hold the others)")
+
+
+def measure(args) -> tuple:
+    """Each model in its own worker process, the models alternating within each repeat. A worker that
+    fails or outlives --worker-timeout is recorded with its error and not run again; the others go on.
+    Every worker's outcome is appended to OUT/runs.jsonl at once, so a run stopped midway keeps them."""
+    passthrough = [a for a in sys.argv[1:] if a not in ("--data", args.data)] + ["--data", args.data]
+    runs, failed = {m: [] for m in models_of(args)}, {}
+    log = args.out / "runs.jsonl"
+    log.write_text("")
+    for r in range(args.repeats):
+        for m in [m for m in runs if m not in failed]:  # alternate, so drift in machine load hits both
+            result, error = run_worker(passthrough, m, args.worker_timeout)
+            if error:
+                failed[m] = error
+            else:
+                runs[m].append(result)
+            with log.open("a") as f:
+                f.write(json.dumps({"model": m, "repeat": r + 1, **({"error": error} if error else result)}) + "\n")
+            print(f"repeat {r + 1}/{args.repeats} {m}: {error or result}", file=sys.stderr)
+    return {m: rs for m, rs in runs.items() if m not in failed}, failed
+
+
+def run_worker(passthrough: list, model: str, timeout: float) -> tuple:
+    """(the worker's JSON, None), or (None, its error in one line) with its stderr's end printed."""
+    try:
+        proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", model],
+                              capture_output=True, text=True, timeout=timeout or None)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""  # bytes, or None
+        print(f"{model} worker's stderr:\n{err[-4000:]}" if err.strip() else "", file=sys.stderr)
+        return None, f"timed out after {timeout:g} s (--worker-timeout)"
+    if proc.returncode != 0:
+        print(f"{model} worker's stderr:\n{proc.stderr[-4000:]}", file=sys.stderr)
+        last = [line for line in proc.stderr.splitlines() if line.strip()] or [""]
+        return None, f"exit {proc.returncode}: {last[-1].strip()}"
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+
+
+def summarize(runs: dict, failed: dict, peak: float, precision: str) -> dict:
+    """Medians over the repeats, FLOP/s as a share of the matmul peak, ratios to fairseq lstm
+    (none when it failed), and the failed models with their errors."""
     models = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("device", "criterion")}
               for m, rs in runs.items()}
     for m in models.values():
         m["train_gflops_per_s"] = m["train_tokens_per_s"] * m["train_flops_per_token"] / 1e9
         m["share_of_matmul_peak"] = m["train_gflops_per_s"] / peak
-    ref = models[REFERENCE]
-    summary = {
-        "device": device, **setting(args), "matmul_peak_gflops": peak, "matmul_peak_precision": precision,
-        "repeats": args.repeats, "criteria": {m: rs[0]["criterion"] for m, rs in runs.items()}, "models": models,
-        "ratios": {m: {k: v / ref[k] for k, v in r.items() if k in ref} for m, r in models.items() if m != REFERENCE},
+    ref = models.get(REFERENCE, {})
+    return {
+        "device": next((rs[0]["device"] for rs in runs.values()), None), "matmul_peak_gflops": peak,
+        "matmul_peak_precision": precision, "repeats": max((len(rs) for rs in runs.values()), default=0),
+        "criteria": {m: rs[0]["criterion"] for m, rs in runs.items()}, "models": models, "failed": failed,
+        "ratios": {m: {k: v / ref[k] for k, v in r.items() if k in ref} for m, r in models.items()
+                   if ref and m != REFERENCE},
     }
-    (args.out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plotted = plot(summary, args.out / "benchmark.png")
-    print(f"device: {device}, threads {summary['threads']}, matmul peak {peak:.0f} GFLOP/s, data {args.data}")
-    print(f"{'metric':26s}" + "".join(f"{m:>31s}" for m in names) + "   (x fairseq lstm)")
-    for k in dict.fromkeys(key for m in models.values() for key in m):
-        cells = [f"{models[m][k]:21.4g}" + (f" ({summary['ratios'][m][k]:5.2f}x)" if m != REFERENCE and k in ref
-                                            else " " * 10) if k in models[m] else " " * 31 for m in names]
-        print(f"{k:26s}" + "".join(cells))
-    print(f"wrote {args.out / 'benchmark.json'}" + (f" and {args.out / 'benchmark.png'}" if plotted
-                                                     else " (no plot: matplotlib is not installed)"))
 
+
+def print_table(summary: dict, data: str) -> None:
+    """The medians, a column a model, each with its ratio to fairseq lstm; then the failed models."""
+    models, ratios = summary["models"], summary["ratios"]
+    print(f"device: {summary['device']}, threads {summary['threads']}, "
+          f"matmul peak {summary['matmul_peak_gflops']:.0f} GFLOP/s, data {data}")
+    print(f"{'metric':26s}" + "".join(f"{m:>31s}" for m in models) + "   (x fairseq lstm)")
+    for k in dict.fromkeys(key for m in models.values() for key in m):
+        cells = [f"{models[m][k]:21.4g}" + (f" ({ratios[m][k]:5.2f}x)" if k in ratios.get(m, {}) else " " * 10)
+                 if k in models[m] else " " * 31 for m in models]
+        print(f"{k:26s}" + "".join(cells))
+    for m, error in summary["failed"].items():
+        print(f"failed: {m}: {error}")
 
 if __name__ == "__main__":
     main()

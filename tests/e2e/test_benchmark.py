@@ -16,6 +16,10 @@ def test_benchmark_runs_every_model_and_writes_record(toy_bin, tmp_path, precisi
     record = json.loads((tmp_path / "benchmark.json").read_text())
     assert set(record["models"]) == {"rnn_seq2seq", "rnn_seq2seq attention", "fairseq lstm",
                                      "fairseq lstm no attention"}
+    assert record["failed"] == {}
+    outcomes = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [o["model"] for o in outcomes] == list(record["models"])  # each as its worker ended
+    assert [o["train_tokens_per_s"] for o in outcomes] == [m["train_tokens_per_s"] for m in record["models"].values()]
     assert record["precision"] == ("bfloat16 autocast" if precision else "float32")
     # each model with its own loss, or every model with --criterion's
     assert record["criteria"] == {"rnn_seq2seq": "masked_ce", "rnn_seq2seq attention": "masked_ce",
@@ -43,3 +47,18 @@ def test_benchmark_pair_trains_model_and_reference_in_turns(toy_bin, tmp_path):
     assert record["median_ratio"] == sorted(record["ratios"])[1]
     assert out.count("pair ") == 3 and f"median {record['median_ratio']:.3f}x" in out
     assert not (tmp_path / "benchmark.json").exists()
+
+
+def test_a_failing_worker_is_recorded_and_the_others_still_run(toy_bin, tmp_path):
+    """Every worker outlives --worker-timeout (importing torch alone takes longer): each model is
+    tried once, not again in the second repeat, and the record names each failure."""
+    proc = run("python", ROOT / "lab" / "benchmark.py", "--data", toy_bin, "--out", tmp_path, "--repeats", "2",
+               "--worker-timeout", "0.5", check=False)
+    assert proc.returncode == 1
+    models = ["rnn_seq2seq", "rnn_seq2seq attention", "fairseq lstm", "fairseq lstm no attention"]
+    assert proc.stderr.splitlines()[-1].startswith(f"4 of 4 models failed: {', '.join(models)}")
+    outcomes = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert outcomes == [{"model": m, "repeat": 1, "error": "timed out after 0.5 s (--worker-timeout)"} for m in models]
+    record = json.loads((tmp_path / "benchmark.json").read_text())
+    assert record["models"] == {} and record["ratios"] == {} and list(record["failed"]) == models
+    assert "failed: fairseq lstm: timed out after 0.5 s" in proc.stdout
