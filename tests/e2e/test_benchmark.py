@@ -1,5 +1,6 @@
 """Smoke test of scripts/benchmark.py at tiny sizes (speed goals live in the benchmark, not here)."""
 import json
+import re
 
 import pytest
 
@@ -62,3 +63,11 @@ def test_a_failing_worker_is_recorded_and_the_others_still_run(toy_bin, tmp_path
     record = json.loads((tmp_path / "benchmark.json").read_text())
     assert record["models"] == {} and record["ratios"] == {} and list(record["failed"]) == models
     assert "failed: fairseq lstm: timed out after 0.5 s" in proc.stdout
+
+
+def test_graph_memory_estimates_shared_slots_below_a_buffer_per_graph(toy_bin):
+    out = run("python", "-m", "lab.graph_memory", "--data", toy_bin, "--batches", "8", "--emb", "16",
+              "--hidden", "32", "--max-tokens", "300", cwd=ROOT).stdout
+    buckets = int(re.search(r"(\d+) buckets", out).group(1))
+    own, shared = map(float, re.search(r"in all +([\d.]+) MB; in the pool's shared slots: ([\d.]+) MB", out).groups())
+    assert buckets >= 2 and 0 < shared < own

@@ -87,14 +87,16 @@ def masked_loss(model, src, lengths, prev, weights):
 @pytest.mark.parametrize("cell, attention", GRAPH_VARIANTS)
 def test_decoder_graphs_train_as_the_step_by_step_decoder(task, cell, attention, cap):
     """Loss and every gradient equal, accumulated over two batches of one bucket (one graph
-    captured, then replayed) and then a batch of another bucket, rows and lengths padded (or,
-    past a cap of 1 training graph, unpadded kernel by kernel)."""
+    captured, then replayed), then a batch of another bucket, rows and lengths padded (or, past a
+    cap of 1 training graph, unpadded kernel by kernel), then the first bucket again (its graph
+    shares its inputs, outputs and gradients with the other's)."""
     eager, graphed = graphed_pair(task, cell, attention)
     graphed.decoder.graphs.cap = cap
     eager.train()
     graphed.train()
     weights = torch.randn(16, 16, len(task.target_dictionary), device="cuda")
-    batches = [([5, 3, 1], [6, 4, 1]), ([7, 2], [5, 5]), ([9, 9, 4, 2, 8, 3, 3, 1, 5], [12, 9, 3, 3, 1, 2, 4, 5, 6])]
+    batches = [([5, 3, 1], [6, 4, 1]), ([7, 2], [5, 5]), ([9, 9, 4, 2, 8, 3, 3, 1, 5], [12, 9, 3, 3, 1, 2, 4, 5, 6]),
+               ([4, 3, 2], [3, 5, 2])]
     for i, (src_lengths, tgt_lengths) in enumerate(batches):
         src, lengths, prev = right_padded_batch(task, src_lengths, tgt_lengths)
         losses = [masked_loss(m, src, lengths, prev, weights) for m in (eager, graphed)]
@@ -141,6 +143,25 @@ def test_decoder_graphs_refuse_the_backward_of_a_call_replayed_over(task):
         first.backward()
     second.backward()  # the latest call's backward is its own
     assert all(p.grad is not None for p in model.decoder.rnn.parameters())
+
+
+def test_decoder_graphs_keep_allocated_only_their_shared_slots(task):
+    """More graphs of buckets no larger than the first keep no more memory allocated: each graph's
+    outputs and gradients are copied into the pool's slots, and its own memory is the pool's to
+    reuse; a graph that kept its parameter gradients alone would keep one copy more each."""
+    model = build(task, decoder_graphs="on", decoder_attention="additive").cuda().train()
+    largest_first = [([9, 9, 4, 2, 8, 3, 3, 1, 5], [12, 9, 3, 3, 1, 2, 4, 5, 6]), ([5, 3, 1], [6, 4, 1]),
+                     ([9, 2], [3, 2]), ([4, 3], [11, 2])]
+    allocated = []
+    for src_lengths, tgt_lengths in largest_first:
+        src, lengths, prev = right_padded_batch(task, src_lengths, tgt_lengths)
+        model(src, lengths, prev)[0].sum().backward()
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        allocated.append(torch.cuda.memory_allocated())
+    assert len(model.decoder.graphs.graphs) == 4
+    one_copy = sum(p.numel() * p.element_size() for p in model.decoder.parameters())
+    assert allocated[-1] - allocated[0] < one_copy, allocated
 
 
 def decoder_twice(model, task, training: bool):

@@ -21,6 +21,7 @@ from user_dir.modules.graphs import (
     WEIGHTS,
     DecoderGraphs,
     Shape,
+    Slots,
     StaticInputs,
     bucket,
     choose,
@@ -229,15 +230,17 @@ def test_a_graph_input_is_copied_again_only_when_its_tensor_changed():
     """A sentence's encoder outputs, read at every decoding step, are written into the graph once;
     a new tensor, or the same one changed in place, is written again."""
     held = torch.randn(3, 7, 2)
-    inputs = StaticInputs([held], [PER_SENTENCE_TENSOR], BUCKET)
+    inputs = StaticInputs([held], [PER_SENTENCE_TENSOR], BUCKET, Slots())
     static = inputs.tensors[0]
+    assert torch.equal(static, PER_SENTENCE_TENSOR.grow(held, BUCKET))  # the capturing call's, written at once
 
     def copied(x) -> bool:
         static.fill_(-1.0)
         inputs.load([x])
         return bool(torch.equal(static, PER_SENTENCE_TENSOR.grow(x, BUCKET)))
 
-    assert copied(held)
+    assert not copied(held)  # nor again at its first replay
+    assert copied(torch.zeros(3, 7, 2)) and copied(held)
     assert not copied(held)  # the same tensor, unchanged: left as it was
     held.mul_(2)
     assert copied(held)
@@ -251,6 +254,41 @@ def test_a_graph_input_is_copied_again_only_when_its_tensor_changed():
     assert copied(first)
     memory += 1
     assert copied(second)  # another tensor, though at the same address with the same count
+
+
+def test_graphs_of_a_pool_share_their_input_slots_and_reload_after_each_other():
+    """Two buckets' graphs read one slot through views of their own shapes: a tensor written by
+    one is written again for the other, and again for the first after the other wrote."""
+    slots, held = Slots(), torch.randn(3, 7, 2)
+    small = StaticInputs([held], [PER_SENTENCE_TENSOR], Shape(rows=8, sentences=8, target=1, source=8), slots)
+    large = StaticInputs([held], [PER_SENTENCE_TENSOR], BUCKET, slots)
+    assert small.tensors[0].data_ptr() == large.tensors[0].data_ptr()  # one buffer (the larger, grown)
+    assert small.tensors[0].shape == (8, 8, 2) and large.tensors[0].shape == (BUCKET.sentences, BUCKET.source, 2)
+
+    def holds(inputs: StaticInputs, shape: Shape) -> bool:
+        return bool(torch.equal(inputs.tensors[0], PER_SENTENCE_TENSOR.grow(held, shape)))
+
+    small_shape = Shape(rows=8, sentences=8, target=1, source=8)
+    for inputs, shape in ((small, small_shape), (large, BUCKET), (small, small_shape)):
+        inputs.load([held])  # the same tensor, unchanged: written only where the other graph wrote last
+        assert holds(inputs, shape)
+    twin = StaticInputs([torch.zeros(3, 7, 2)], [PER_SENTENCE_TENSOR], small_shape, slots)  # same view, same slot
+    twin.load([held])
+    small.load([held])
+    assert holds(small, small_shape)
+
+
+def test_a_slot_grows_to_at_least_twice_its_size_and_older_views_keep_theirs():
+    slots, like = Slots(), torch.zeros(1)
+    first, small = slots.view(("output", 0), torch.Size([4, 5]), like)
+    small.fill_(1.0)
+    second, large = slots.view(("output", 0), torch.Size([6, 5]), like)
+    assert second is not first and second.buffer.numel() == 40  # twice 20, more than 30
+    assert small.eq(1.0).all()  # the older graph's view is over the older buffer, untouched
+    third, smaller = slots.view(("output", 0), torch.Size([3, 5]), like)
+    assert third is second and smaller.data_ptr() == large.data_ptr()
+    assert slots.view(("output", 0), torch.Size([3, 5]), torch.zeros(1, dtype=torch.half))[0] is not second  # by dtype
+    assert slots.view(("output", 1), torch.Size([3, 5]), like)[0] is not second  # by role
 
 
 def test_the_call_arguments_map_each_tensor_to_how_it_grows(task):

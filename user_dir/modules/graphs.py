@@ -7,7 +7,9 @@ fixed shapes, so each call is written into its bucket's input tensors (:func:`bu
 target and source lengths; :class:`Pad`), replayed, and its block of the outputs copied out
 (:func:`run_bucketed` does the same kernel by kernel). A tensor already in a graph's inputs,
 unchanged, is not written again: a decoding step copies in its embeddings and state, not the
-sentences' encoder outputs. The padding changes nothing the caller sees: extra target positions
+sentences' encoder outputs. The graphs of a memory pool keep their inputs, outputs and gradients
+in buffers they share (:class:`Slots`), so memory grows with the largest bucket, not with the
+number of graphs. The padding changes nothing the caller sees: extra target positions
 come last (the decoder is causal), extra source positions are masked from attention, extra rows
 are zeros sliced off before anything reads them, so they get no gradient. The parameters are
 the same with graphs on or off (the choice itself is saved in a checkpoint's config); on a CPU
@@ -15,6 +17,7 @@ the graphs are never entered.
 """
 import gc
 import logging
+import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +106,13 @@ class Pad:
             x = grow(x, dim, getattr(shape, size), value)
         return x
 
+    def size(self, x: Tensor, shape: Shape) -> torch.Size:
+        """The size of :meth:`grow`'s result."""
+        size = list(x.shape)
+        for dim, field, _ in self.steps:
+            size[dim] = getattr(shape, field)
+        return torch.Size(size)
+
     def block(self, padded: Tensor, shape: Shape) -> Tensor:
         """The part of a bucket-shaped tensor that belongs to a call of ``shape``."""
         index = [slice(None)] * padded.dim()
@@ -186,26 +196,66 @@ def version(x: Tensor) -> Optional[int]:
     return None if x.is_inference() else x._version
 
 
-class StaticInputs:
-    """A graph's inputs: bucket-shaped tensors that each call's tensors are written into (padding
-    filled as :meth:`Pad.grow` would), unless the same tensor, unchanged, is there already (a
-    sentence's encoder outputs, read at every decoding step: no copy per step). Unchanged means
-    the same object, in-place change counter and address: writes that bypass the counter
-    (``x.data.add_``, another tensor over the same memory) are not seen; nothing here makes them."""
+class Slot:
+    """A buffer that the graphs of one pool share for one role (their i-th input, output or
+    gradient), each through a view of its own shape; ``held`` records what was last written into
+    it as an input, and in which view."""
 
-    def __init__(self, tensors: List[Tensor], pads: List[Pad], shape: Shape):
+    def __init__(self, numel: int, dtype: torch.dtype, device: torch.device):
+        self.buffer = torch.empty(numel, dtype=dtype, device=device)
+        self.held: Optional[tuple] = None  # (weak reference to the tensor, (view size, version, address))
+
+    def view(self, size: torch.Size) -> Tensor:
+        return self.buffer[: math.prod(size)].view(size)
+
+
+class Slots:
+    """A pool's slots by role and dtype. A slot too small for a new graph is replaced by one of at
+    least twice its size (the graphs that use the old one keep it), so the memory held is at most
+    a few times the largest bucket's, however many graphs there are. Sharing is safe because no
+    graph of a pool runs between another's forward and backward (:class:`Pool`): what a call
+    writes into a slot is read before any other graph writes there."""
+
+    def __init__(self):
+        self.slots: Dict[tuple, Slot] = {}
+
+    def view(self, role: tuple, size: torch.Size, like: Tensor) -> Tuple[Slot, Tensor]:
+        """The slot of ``role`` for ``like``'s dtype, and its view of ``size``."""
+        key, numel = (role, like.dtype), math.prod(size)
+        slot = self.slots.get(key)
+        if slot is None or slot.buffer.numel() < numel:
+            slot = self.slots[key] = Slot(max(numel, 2 * slot.buffer.numel()) if slot else numel,
+                                          like.dtype, like.device)
+        return slot, slot.view(size)
+
+
+class StaticInputs:
+    """A graph's inputs: bucket-shaped views of the pool's slots that each call's tensors are
+    written into (padding filled as :meth:`Pad.grow` would), unless the same tensor, unchanged, is
+    in that view already (a sentence's encoder outputs, read at every decoding step: no copy per
+    step). Unchanged means the same object, in-place change counter and address, and no other
+    graph's write since: writes that bypass the counter (``x.data.add_``, another tensor over the
+    same memory) are not seen; nothing here makes them."""
+
+    def __init__(self, tensors: List[Tensor], pads: List[Pad], shape: Shape, slots: Slots):
         self.pads = pads
-        self.tensors = [pad.grow(x, shape).detach().clone().requires_grad_(x.requires_grad)
-                        for x, pad in zip(tensors, pads)]
-        self.held: List[Optional[tuple]] = [None] * len(tensors)  # (weak reference, (version, address)) of each
+        self.slots, self.tensors = [], []
+        for i, (x, pad) in enumerate(zip(tensors, pads)):
+            slot, view = slots.view(("input", i, pad), pad.size(x, shape), x)
+            self.slots.append(slot)
+            self.tensors.append(view)
+        with torch.no_grad():
+            self.load(tensors)
+        for view, x in zip(self.tensors, tensors):
+            view.requires_grad_(x.requires_grad)
 
     def load(self, tensors: List[Tensor]) -> None:
-        for i, (static, pad, x) in enumerate(zip(self.tensors, self.pads, tensors)):
-            held, now = self.held[i], (version(x), x.data_ptr())
-            if held is not None and held[0]() is x and now[0] is not None and held[1] == now:
+        for static, slot, pad, x in zip(self.tensors, self.slots, self.pads, tensors):
+            now = (static.shape, version(x), x.data_ptr())
+            if slot.held is not None and slot.held[0]() is x and now[1] is not None and slot.held[1] == now:
                 continue
             pad.load(static, x)
-            self.held[i] = weakref.ref(x), now
+            slot.held = weakref.ref(x), now
 
 
 class Pool:
@@ -216,6 +266,8 @@ class Pool:
     def __init__(self):
         self.handle = torch.cuda.graph_pool_handle()
         self.due: object = None  # the token of the forward replay whose backward comes next
+        self.slots = Slots()  # the graphs' inputs, outputs and gradients
+        self.stream = torch.cuda.Stream()  # the captures' warm-up: cuBLAS keeps a workspace for each stream
 
 
 @contextmanager
@@ -234,42 +286,60 @@ def capturing(graph: "torch.cuda.CUDAGraph", pool: Pool) -> Iterator[None]:
 
 class Captured:
     """One CUDA graph of ``fn`` over a bucket's shapes, and of its backward when its outputs need
-    gradients (wrt the tensor arguments that need them and ``params``)."""
+    gradients (wrt the tensor arguments that need them and ``params``). Both graphs copy what they
+    compute into views of the pool's slots; what they compute into is the pool's to reuse."""
 
     def __init__(self, fn: Callable, args: list, shape: Shape, params: List[Tensor], pool: Pool):
         tensors, rebuild = tensors_of(args)
-        self.inputs = StaticInputs(tensors, pads_of(args), shape)
+        self.inputs = StaticInputs(tensors, pads_of(args), shape, pool.slots)
         self.params, self.pool = params, pool
         wrt = [x for x in self.inputs.tensors + params if x.requires_grad]
 
         def call() -> Outputs:
             return fn(*rebuild(self.inputs.tensors))
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up outside the capture: lazy initialisation, cuDNN plans
+        pool.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(pool.stream):  # warm-up outside the capture: lazy initialisation, cuDNN plans
             for _ in range(2):
-                gradients(call(), wrt)
-        torch.cuda.current_stream().wait_stream(stream)
+                outputs = call()
+                grads = gradients(outputs, wrt)
+        torch.cuda.current_stream().wait_stream(pool.stream)
+        self.present = [o is not None for o in outputs]  # the slots' views, made outside the captures
+        self.output_pads = [pad for pad, o in zip(OUTPUTS, outputs) if o is not None]
+        present = [o for o in outputs if o is not None]
+        self.differentiable = [o.requires_grad for o in present]  # of the outputs: their views need none
+        self.outputs = view_slots(pool.slots, "output", present)
+        self.grads_out = view_slots(pool.slots, "output gradient", [o for o in present if o.requires_grad])
+        grads_wrt = view_slots(pool.slots, "gradient", list(grads) or [None] * len(wrt))
         self.forward_graph = torch.cuda.CUDAGraph()
         with capturing(self.forward_graph, pool):
             outputs = call()
-        self.present = [o is not None for o in outputs]
-        self.output_pads = [pad for pad, o in zip(OUTPUTS, outputs) if o is not None]
-        self.outputs = [o for o in outputs if o is not None]
-        self.grads_out = [torch.empty_like(o) for o in self.outputs if o.requires_grad]
-        self.backward_graph, self.grads_in = None, []
+            copy_into(self.outputs, [o.detach() for o in outputs if o is not None])
+        self.backward_graph = None
         if self.grads_out:
             self.backward_graph = torch.cuda.CUDAGraph()
             with capturing(self.backward_graph, pool):
-                grads = iter(gradients(self.outputs, wrt, self.grads_out))
-            self.grads_in = [next(grads) if x.requires_grad else None for x in self.inputs.tensors + params]
+                copy_into(grads_wrt, gradients(outputs, wrt, self.grads_out))
+        grads_wrt = iter(grads_wrt)
+        self.grads_in = [next(grads_wrt) if x.requires_grad else None for x in self.inputs.tensors + params]
 
     def __call__(self, tensors: List[Tensor], actual: Shape) -> Outputs:
         """The graph on a call's tensors (in :func:`tensors_of`'s order) of ``actual`` sizes, within
         the bucket: its outputs, as ``fn``'s."""
         outputs = iter(_Replay.apply(self, actual, *tensors, *self.params))
         return tuple(next(outputs) if present else None for present in self.present)
+
+
+def view_slots(slots: Slots, role: str, like: List[Optional[Tensor]]) -> List[Optional[Tensor]]:
+    """A view of the ``role`` slots for each tensor of ``like`` (its shape and dtype; None: none)."""
+    return [None if x is None else slots.view((role, i), x.shape, x)[1] for i, x in enumerate(like)]
+
+
+def copy_into(views: List[Optional[Tensor]], tensors) -> None:
+    """Each tensor into its view (a graph's results into the pool's slots); None: nothing to copy."""
+    for view, x in zip(views, tensors):
+        if view is not None and x is not None:
+            view.copy_(x)
 
 
 def gradients(outputs: List[Optional[Tensor]], wrt: List[Tensor], grads: Optional[List[Tensor]] = None) -> tuple:
@@ -310,7 +380,7 @@ class _Replay(torch.autograd.Function):
                                "call (a criterion that runs the model twice per backward?): the graph's saved "
                                "activations are gone; train with --decoder-graphs off")
         captured.pool.due = None
-        needed = [(pad, g) for pad, o, g in zip(captured.output_pads, captured.outputs, grads) if o.requires_grad]
+        needed = [(pad, g) for pad, wanted, g in zip(captured.output_pads, captured.differentiable, grads) if wanted]
         for static, (pad, g) in zip(captured.grads_out, needed):
             pad.load(static, g)  # zeros for the padding
         captured.backward_graph.replay()
@@ -385,4 +455,6 @@ class DecoderGraphs:
         """A new graph for ``key``, in its mode's memory pool."""
         if key[0] not in self.pools:
             self.pools[key[0]] = Pool()
-        self.graphs[key] = Captured(fn, args, key[1], params, self.pools[key[0]])
+        pool = self.pools[key[0]]
+        pool.due = None  # a capture reuses the pool's memory: a backward still due would read it changed
+        self.graphs[key] = Captured(fn, args, key[1], params, pool)
