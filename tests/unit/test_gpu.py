@@ -1,6 +1,7 @@
 """The GPU path, where CUDA is available (skipped on a machine without one): the model on CUDA
 computes what it computes on CPU, on both decoder paths (fairseq-train on the GPU: e2e/test_gpu_cli.py)."""
 import copy
+import gc
 
 import pytest
 import torch
@@ -10,6 +11,15 @@ from helpers import VARIANTS, batch, build, prev_tokens
 from user_dir.modules.graphs import MAX_GRAPHS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _graphs_freed_after_each_test():
+    """A test's models and their graphs are freed before the next test captures (the decoder and
+    its graphs reference each other, so only the garbage collector frees them)."""
+    yield
+    gc.collect()
+    torch.cuda.synchronize()
 
 
 @pytest.fixture(autouse=True)
@@ -149,6 +159,7 @@ def test_decoder_graphs_keep_allocated_only_their_shared_slots(task):
     """More graphs of buckets no larger than the first keep no more memory allocated: each graph's
     outputs and gradients are copied into the pool's slots, and its own memory is the pool's to
     reuse; a graph that kept its parameter gradients alone would keep one copy more each."""
+    gc.collect()
     model = build(task, decoder_graphs="on", decoder_attention="additive").cuda().train()
     largest_first = [([9, 9, 4, 2, 8, 3, 3, 1, 5], [12, 9, 3, 3, 1, 2, 4, 5, 6]), ([5, 3, 1], [6, 4, 1]),
                      ([9, 2], [3, 2]), ([4, 3], [11, 2])]

@@ -261,23 +261,26 @@ class StaticInputs:
 class Pool:
     """A mode's graph memory, and the training replay whose backward is due. A graph captured later
     in the pool may use the memory that an earlier graph's backward reads (its saved activations),
-    so no graph of the pool may replay between a forward and its backward: checked, not assumed."""
+    and the pool's graphs share their input slots, so no graph of the pool may replay between a
+    forward and its backward: checked, not assumed. ``stream``: the decoder's, where its graphs are
+    warmed up and captured."""
 
-    def __init__(self):
+    def __init__(self, stream: "torch.cuda.Stream"):
         self.handle = torch.cuda.graph_pool_handle()
         self.due: object = None  # the token of the forward replay whose backward comes next
         self.slots = Slots()  # the graphs' inputs, outputs and gradients
-        self.stream = torch.cuda.Stream()  # the captures' warm-up: cuBLAS keeps a workspace for each stream
+        self.stream = stream
 
 
 @contextmanager
 def capturing(graph: "torch.cuda.CUDAGraph", pool: Pool) -> Iterator[None]:
-    """``torch.cuda.graph`` into ``pool``, refusing only this thread's unsafe calls (fairseq's data
-    thread pins memory meanwhile), with no garbage collection inside (its frees would be captured)."""
+    """``torch.cuda.graph`` into ``pool`` on its stream, refusing only this thread's unsafe calls
+    (fairseq's data thread pins memory meanwhile), with no garbage collection inside (its frees
+    would be captured)."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        with torch.cuda.graph(graph, pool=pool.handle, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=pool.handle, stream=pool.stream, capture_error_mode="thread_local"):
             yield
     finally:
         if collecting:
@@ -311,6 +314,7 @@ class Captured:
         self.outputs = view_slots(pool.slots, "output", present)
         self.grads_out = view_slots(pool.slots, "output gradient", [o for o in present if o.requires_grad])
         grads_wrt = view_slots(pool.slots, "gradient", list(grads) or [None] * len(wrt))
+        del outputs, grads  # the warm-up's: not kept through the captures
         self.forward_graph = torch.cuda.CUDAGraph()
         with capturing(self.forward_graph, pool):
             outputs = call()
@@ -365,8 +369,8 @@ class _Replay(torch.autograd.Function):
         captured.inputs.load(list(inputs))
         captured.forward_graph.replay()
         ctx.captured, ctx.shapes, ctx.token = captured, [x.shape for x in tensors], object()
-        if captured.backward_graph is not None:
-            captured.pool.due = ctx.token
+        # the replay wrote the pool's input slots: a backward due before it would read them changed
+        captured.pool.due = ctx.token if captured.backward_graph is not None else None
         return tuple(pad.block(o, actual).clone() for pad, o in zip(captured.output_pads, captured.outputs))
 
     @staticmethod
@@ -413,6 +417,7 @@ class DecoderGraphs:
         self.cap = cap
         self.graphs: Dict[tuple, Captured] = {}
         self.pools: Dict[str, Pool] = {}
+        self.stream: Optional[torch.cuda.Stream] = None  # made at the first capture (CUDA may be absent before)
         self.params: tuple = ()
         self.full: set = set()  # the modes that reached the cap (warned once each)
 
@@ -426,6 +431,7 @@ class DecoderGraphs:
         params = [p for p in module.parameters() if p.requires_grad]
         if tuple(p.data_ptr() for p in params) != self.params:  # moved, cast or replaced: capture anew
             self.graphs.clear()
+            self.pools.clear()
             self.full.clear()
             self.params = tuple(p.data_ptr() for p in params)
         args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
@@ -453,8 +459,11 @@ class DecoderGraphs:
 
     def capture(self, key: tuple, fn: Callable, args: list, params: List[Tensor]) -> None:
         """A new graph for ``key``, in its mode's memory pool."""
+        if self.stream is None:  # the decoder's own, not torch's shared capture stream: destroying a graph
+            # frees its stream's cuBLAS workspace, which other graphs on that stream use (pytorch#193402)
+            self.stream = torch.cuda.Stream()
         if key[0] not in self.pools:
-            self.pools[key[0]] = Pool()
+            self.pools[key[0]] = Pool(self.stream)
         pool = self.pools[key[0]]
-        pool.due = None  # a capture reuses the pool's memory: a backward still due would read it changed
+        pool.due = None  # the capture writes the pool's input slots: a backward still due would read them changed
         self.graphs[key] = Captured(fn, args, key[1], params, pool)
