@@ -348,10 +348,10 @@ def plot(summary: dict, path: Path) -> bool:
     keys = ["train_tokens_per_s", "beam5_sentences_per_s", "greedy_sentences_per_s", "peak_memory_mb"]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
     models = list(summary["models"])
-    colors = ["tab:blue", "tab:cyan", "tab:gray", "silver", "tab:green", "tab:olive"]
+    colors = dict(zip({**MODELS, **GRAPHED}, ["tab:blue", "tab:cyan", "tab:gray", "silver", "tab:green", "tab:olive"]))
     for ax, key in zip(axes, keys):
         vals = [summary["models"][m][key] for m in models]
-        ax.bar(range(len(models)), vals, color=colors[: len(models)])
+        ax.bar(range(len(models)), vals, color=[colors[m] for m in models])
         ax.set_xticks(range(len(models)), [m.replace(" ", "\n", 1) for m in models], fontsize=6)
         ax.set_title(key.replace("_", " "), fontsize=9)
         ax.tick_params(labelsize=7)
@@ -378,7 +378,7 @@ def main() -> None:
     p.add_argument("--decode-len", type=int, default=20, help="tokens generated per sentence")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--worker-timeout", type=float, default=0, metavar="S",
-                   help="stop a model's worker after S seconds and record it as failed (0: no limit)")
+                   help="the table: stop a model's worker after S seconds and record it as failed (0: no limit)")
     p.add_argument("--criterion", choices=["masked_ce", "cross_entropy"],
                    help="train every model with this loss (default: each its own, masked_ce for the plugin's models, "
                         "cross_entropy for fairseq's): separates what the loss gains from what the model gains")
@@ -401,6 +401,8 @@ def main() -> None:
     args = p.parse_args()
     if args.profile and not args.worker:
         p.error("--profile needs --worker MODEL")
+    if args.worker_timeout < 0:
+        p.error(f"--worker-timeout must be 0 (no limit) or more, not {args.worker_timeout:g}")
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -435,8 +437,9 @@ def main() -> None:
 
 def measure(args) -> tuple:
     """Each model in its own worker process, the models alternating within each repeat. A worker that
-    fails or outlives --worker-timeout is recorded with its error and not run again; the others go on.
-    Every worker's outcome is appended to OUT/runs.jsonl at once, so a run stopped midway keeps them."""
+    fails or outlives --worker-timeout is recorded with its error and not run again; the others go on,
+    and the model's earlier repeats are left out of the medians too. Every worker's outcome is
+    appended to OUT/runs.jsonl at once, so a run stopped midway keeps them."""
     passthrough = [a for a in sys.argv[1:] if a not in ("--data", args.data)] + ["--data", args.data]
     runs, failed = {m: [] for m in models_of(args)}, {}
     log = args.out / "runs.jsonl"
@@ -461,13 +464,27 @@ def run_worker(passthrough: list, model: str, timeout: float) -> tuple:
                               capture_output=True, text=True, timeout=timeout or None)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""  # bytes, or None
-        print(f"{model} worker's stderr:\n{err[-4000:]}" if err.strip() else "", file=sys.stderr)
+        show_stderr(model, err)
         return None, f"timed out after {timeout:g} s (--worker-timeout)"
     if proc.returncode != 0:
-        print(f"{model} worker's stderr:\n{proc.stderr[-4000:]}", file=sys.stderr)
-        last = [line for line in proc.stderr.splitlines() if line.strip()] or [""]
-        return None, f"exit {proc.returncode}: {last[-1].strip()}"
-    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+        show_stderr(model, proc.stderr)
+        return None, f"exit {proc.returncode}: {last_line(proc.stderr)}"
+    try:
+        return json.loads(last_line(proc.stdout)), None
+    except json.JSONDecodeError:
+        show_stderr(model, proc.stderr)
+        return None, f"no JSON result; its last line: {last_line(proc.stdout)!r}"
+
+
+def last_line(text: str) -> str:
+    """The last line of ``text`` that is not blank ("" if none)."""
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
+def show_stderr(model: str, stderr: str) -> None:
+    """A failed worker's stderr, its end, where the run's log shows it."""
+    if stderr.strip():
+        print(f"{model} worker's stderr:\n{stderr[-4000:]}", file=sys.stderr)
 
 
 def summarize(runs: dict, failed: dict, peak: float, precision: str) -> dict:

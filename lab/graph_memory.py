@@ -9,24 +9,42 @@ Usage, from the repository root:
 """
 import argparse
 from types import SimpleNamespace
+from typing import Dict, List
 
 import torch
 
-from lab.benchmark import build
+from lab.benchmark import GRAPHED, MODELS, build
 from user_dir.modules import graphs
 
 MB = 2**20
 
 
 def half_bytes(x: torch.Tensor) -> int:
+    """``x``'s bytes in float16 (train.sh's precision on a GPU); other dtypes as they are."""
     return x.numel() * (2 if x.is_floating_point() else x.element_size())
+
+
+def bucket_tensors(decoder, encoder_out, emb: torch.Tensor, shape: graphs.Shape, params: List) -> Dict[tuple, list]:
+    """A training graph's tensors of ``shape``, by slot role (as graphs.Captured keys them)."""
+    args = [emb, encoder_out]
+    tensors, rebuild = graphs.tensors_of(args)
+    pads = graphs.pads_of(args)
+    padded = [pad.grow(x, shape).detach().requires_grad_(x.requires_grad) for x, pad in zip(tensors, pads)]
+    outputs = [o for o in decoder.teacher_forced(*rebuild(padded)) if o is not None]
+    wrt = [x for x in padded + params if x.requires_grad]
+    grads = torch.autograd.grad(outputs, wrt, [torch.ones_like(o) for o in outputs], allow_unused=True)
+    return {**{("input", i, pad): x for i, (x, pad) in enumerate(zip(padded, pads))},
+            **{("output", i): o for i, o in enumerate(outputs)},
+            **{("output gradient", i): o for i, o in enumerate(outputs)},
+            **{("gradient", i): g for i, g in enumerate(grads) if g is not None}}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="fairseq-preprocess output")
-    p.add_argument("--batches", type=int, default=20, help="training batches (warm-up ones not counted)")
-    p.add_argument("--model", default="rnn_seq2seq attention", help="a lab/benchmark.py model")
+    p.add_argument("--batches", type=int, default=20, help="training batches read")
+    p.add_argument("--model", default="rnn_seq2seq attention", choices=[m for m in {**MODELS, **GRAPHED}
+                                                                          if m.startswith("rnn_seq2seq")])
     for name, default in (("--emb", 256), ("--hidden", 512), ("--layers", 1), ("--max-tokens", 4096)):
         p.add_argument(name, type=int, default=default)
     args = p.parse_args()
@@ -34,36 +52,25 @@ def main() -> None:
                                 half=False, bf16=False, fp16=False, graphs=True), args.model)
     model, decoder = run["model"], run["model"].decoder
     params = [p for p in decoder.parameters() if p.requires_grad]
-    slots, own, shapes = graphs.Slots(), {}, set()
-    made = {}  # every slot buffer made: the older ones stay with the graphs that use them
+    slots, made, own, shapes = graphs.Slots(), [], {}, set()  # made: every slot buffer, older ones kept by graphs
     for sample in run["samples"]:
         net = sample["net_input"]
         encoder_out = model.encoder(net["src_tokens"], net["src_lengths"])
         emb = decoder.embed(net["prev_output_tokens"])
-        args_ = [emb, encoder_out]
         shape = graphs.bucket_shape(graphs.call_shape(emb, encoder_out), teacher_forcing=True)
         if shape in shapes:
             continue
         shapes.add(shape)
-        tensors, rebuild = graphs.tensors_of(args_)
-        padded = [pad.grow(x, shape).detach().requires_grad_(x.requires_grad)
-                  for x, pad in zip(tensors, graphs.pads_of(args_))]
-        outputs = [o for o in decoder.teacher_forced(*rebuild(padded)) if o is not None]
-        wrt = [x for x in padded + params if x.requires_grad]
-        grads = torch.autograd.grad(outputs, wrt, [torch.ones_like(o) for o in outputs], allow_unused=True)
-        roles = {"input": padded, "output": outputs, "output gradient": outputs, "gradient": grads}
-        for role, tensors_of_role in roles.items():
-            for i, x in enumerate(tensors_of_role):
-                if x is None:
-                    continue
-                own[role] = own.get(role, 0) + half_bytes(x)
-                slot = slots.view((role, i), x.shape, torch.empty(0, dtype=x.dtype, device="meta"))[0]
-                made[id(slot)] = half_bytes(slot.buffer)
+        for role, x in bucket_tensors(decoder, encoder_out, emb, shape, params).items():
+            own[role[0]] = own.get(role[0], 0) + half_bytes(x)
+            slot = slots.view(role, x.shape, torch.empty(0, dtype=x.dtype, device="meta"))[0]
+            if all(slot is not m for m in made):
+                made.append(slot)
     print(f"{args.model}, emb {args.emb}, hidden {args.hidden}, --max-tokens {args.max_tokens}: "
           f"{len(run['samples'])} batches, {len(shapes)} buckets (training graphs)")
     for role, size in own.items():
         print(f"  {role + 's':18s} {size / MB:8.1f} MB if each graph kept its own")
-    shared = sum(made.values()) / MB
+    shared = sum(half_bytes(slot.buffer) for slot in made) / MB
     print(f"  {'in all':18s} {sum(own.values()) / MB:8.1f} MB; in the pool's shared slots: {shared:.1f} MB")
 
 

@@ -32,3 +32,8 @@ def test_a_worker_that_exits_with_an_error_gives_its_last_line():
     result, error = run_worker(["--data", "unused"], "no such model", timeout=60)
     assert result is None
     assert error.startswith("exit 2: ") and "argument --worker: invalid choice: 'no such model'" in error
+
+
+def test_a_worker_that_prints_no_result_is_a_failure_not_a_crash():
+    result, error = run_worker(["--help"], "rnn_seq2seq", timeout=60)  # argparse's help, exit 0
+    assert result is None and error.startswith("no JSON result; its last line: ")

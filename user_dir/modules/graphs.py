@@ -206,6 +206,7 @@ class Slot:
         self.held: Optional[tuple] = None  # (weak reference to the tensor, (view size, version, address))
 
     def view(self, size: torch.Size) -> Tensor:
+        """The buffer's leading elements as a tensor of ``size``."""
         return self.buffer[: math.prod(size)].view(size)
 
 
@@ -309,12 +310,12 @@ class Captured:
         torch.cuda.current_stream().wait_stream(pool.stream)
         self.present = [o is not None for o in outputs]  # the slots' views, made outside the captures
         self.output_pads = [pad for pad, o in zip(OUTPUTS, outputs) if o is not None]
-        present = [o for o in outputs if o is not None]
-        self.differentiable = [o.requires_grad for o in present]  # of the outputs: their views need none
-        self.outputs = view_slots(pool.slots, "output", present)
-        self.grads_out = view_slots(pool.slots, "output gradient", [o for o in present if o.requires_grad])
+        returned = [o for o in outputs if o is not None]
+        self.differentiable = [o.requires_grad for o in returned]  # of the outputs: their views need none
+        self.outputs = view_slots(pool.slots, "output", returned)
+        self.grads_out = view_slots(pool.slots, "output gradient", [o for o in returned if o.requires_grad])
         grads_wrt = view_slots(pool.slots, "gradient", list(grads) or [None] * len(wrt))
-        del outputs, grads  # the warm-up's: not kept through the captures
+        del outputs, returned, grads  # the warm-up's: not kept through the captures
         self.forward_graph = torch.cuda.CUDAGraph()
         with capturing(self.forward_graph, pool):
             outputs = call()
@@ -464,6 +465,4 @@ class DecoderGraphs:
             self.stream = torch.cuda.Stream()
         if key[0] not in self.pools:
             self.pools[key[0]] = Pool(self.stream)
-        pool = self.pools[key[0]]
-        pool.due = None  # the capture writes the pool's input slots: a backward still due would read them changed
-        self.graphs[key] = Captured(fn, args, key[1], params, pool)
+        self.graphs[key] = Captured(fn, args, key[1], params, self.pools[key[0]])
