@@ -14,7 +14,7 @@ from typing import Dict, List
 import torch
 
 from lab.benchmark import GRAPHED, MODELS, build
-from user_dir.modules import graphs
+from user_dir.modules import buckets, graphs
 
 MB = 2**20
 
@@ -24,11 +24,12 @@ def half_bytes(x: torch.Tensor) -> int:
     return x.numel() * (2 if x.is_floating_point() else x.element_size())
 
 
-def bucket_tensors(decoder, encoder_out, emb: torch.Tensor, shape: graphs.Shape, params: List) -> Dict[tuple, list]:
+def bucket_tensors(decoder, encoder_out, emb: torch.Tensor, shape: buckets.Shape,
+                   params: List) -> Dict[tuple, list]:
     """A training graph's tensors of ``shape``, by slot role (as graphs.Captured keys them)."""
     args = [emb, encoder_out]
-    tensors, rebuild = graphs.tensors_of(args)
-    pads = graphs.pads_of(args)
+    tensors, rebuild = buckets.tensors_of(args)
+    pads = buckets.pads_of(args)
     padded = [pad.grow(x, shape).detach().requires_grad_(x.requires_grad) for x, pad in zip(tensors, pads)]
     outputs = [o for o in decoder.teacher_forced(*rebuild(padded)) if o is not None]
     wrt = [x for x in padded + params if x.requires_grad]
@@ -57,7 +58,7 @@ def main() -> None:
         net = sample["net_input"]
         encoder_out = model.encoder(net["src_tokens"], net["src_lengths"])
         emb = decoder.embed(net["prev_output_tokens"])
-        shape = graphs.bucket_shape(graphs.call_shape(emb, encoder_out), teacher_forcing=True)
+        shape = buckets.bucket_shape(buckets.call_shape(emb, encoder_out), teacher_forcing=True)
         if shape in shapes:
             continue
         shapes.add(shape)

@@ -1,4 +1,4 @@
-"""--decoder-graphs' bucketing on a CPU: a batch padded to its bucket (graphs.run_bucketed, what
+"""--decoder-graphs' bucketing on a CPU: a batch padded to its bucket (buckets.run_bucketed, what
 every CUDA graph runs) gives the decoder's outputs and gradients unpadded, and the padding gets
 no gradient; a graph's inputs hold what padding gives, and a tensor already there unchanged is
 not copied again; which calls get a graph (a cap per mode, past it the plain unpadded call;
@@ -13,23 +13,19 @@ from torch.testing import assert_close
 
 from helpers import batch, build, prev_tokens
 from user_dir.modules.beam import reorder
-from user_dir.modules.graphs import (
+from user_dir.modules.buckets import (
     EMBEDDINGS,
     PADDING_MASK,
     PER_SENTENCE_TENSOR,
     STATE,
     WEIGHTS,
-    DecoderGraphs,
     Shape,
-    Slots,
-    StaticInputs,
     bucket,
-    choose,
-    mode_of,
     pads_of,
     run_bucketed,
     tensors_of,
 )
+from user_dir.modules.graphs import DecoderGraphs, Slots, StaticInputs, choose, mode_of
 
 CELLS_ATTENTION_LAYERS = [(cell, attention, layers) for cell in ("lstm", "gru")
                           for attention in ("none", "additive", "multiplicative") for layers in (1, 2)]
