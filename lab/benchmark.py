@@ -518,5 +518,6 @@ def print_table(summary: dict, data: str) -> None:
     for m, error in summary["failed"].items():
         print(f"failed: {m}: {error}")
 
+
 if __name__ == "__main__":
     main()
