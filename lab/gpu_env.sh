@@ -79,10 +79,13 @@ stage() {  # stage NAME SECONDS COMMAND...
     return "$rc"
 }
 
-pack() {  # LOG_DIR into $OUT/NAME.tar.gz, written whole or not at all
+pack() {  # LOG_DIR into $OUT/NAME.tar.gz, each file written whole or not at all (also by stages run at once)
     [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ -n "${out:-}" ] || return 0
-    tar czf "$OUT/.$run_name.part" -C "$out" . && mv "$OUT/.$run_name.part" "$OUT/$run_name.tar.gz"
-    cp "$out/summary.txt" "$OUT/$run_name.summary.txt"
+    local part="$OUT/.$run_name.$BASHPID" rc=0
+    # tar's exit 1: a log grew while it was read (stages running at once); the archive holds what was read
+    tar czf "$part.tar.gz" --warning=no-file-changed -C "$out" . || rc=$?
+    if [ "$rc" -le 1 ]; then mv "$part.tar.gz" "$OUT/$run_name.tar.gz"; else rm -f "$part.tar.gz"; fi
+    cp "$out/summary.txt" "$part.txt" && mv "$part.txt" "$OUT/$run_name.summary.txt"
 }
 
 finish() {  # the closing line: stages passed, seconds, where the logs are

@@ -2,7 +2,9 @@
 # The README's Multi30k recipes on a GPU, by the same updates as on the CPU: each recipe trains
 # with scripts/train.sh (on a GPU its precision is --fp16) and is scored by scripts/evaluate.py on
 # the validation and test splits (beam 5; the no-attention pair as an ensemble, beam 10). The
-# recipes run one after another, so each one's training time is its own.
+# recipes run one after another, so each one's training time is its own; RECIPES_PARALLEL=1 trains
+# them all at once instead (each uses a few percent of a GPU: one visit gets every row's scores, and
+# each training's seconds, taken under the others' load, are an upper bound of its own).
 #   attn          rnn_seq2seq_attention_multi30k, 2,563 updates
 #   pair          rnn_seq2seq_multi30k, seeds 1 and 2, 2,300 updates each: seed 1 alone and the ensemble
 #   lstm          fairseq lstm with attention at matched sizes, 2,411 updates
@@ -15,8 +17,8 @@
 # LOG_DIR (env; new or empty, default runs/gpu_recipes/DATE-TIME) gets summary.txt, one log per
 # stage, NAME_{valid,test}.json and NAME_{valid,test}.hyp; where $OUT is set (the device tool),
 # $OUT/gpu_recipes.tar.gz holds them all and $OUT/gpu_recipes.summary.txt the summary.
-# Env: LOG_DIR, RECIPES_UPDATES (every recipe stops there instead: a dry run), GPU_DEADLINE_S
-# (default 560: inside one 600-second device call; 0: none), WHEELS, GPU_CHECK_CPU.
+# Env: LOG_DIR, RECIPES_UPDATES (every recipe stops there instead: a dry run), RECIPES_PARALLEL=1,
+# GPU_DEADLINE_S (default 560: inside one 600-second device call; 0: none), WHEELS, GPU_CHECK_CPU.
 set -uo pipefail
 declare -A train_args=(  # results.md, "Reproducing the headline"
     [attn]="--arch rnn_seq2seq_attention_multi30k --max-update 2563"
@@ -29,7 +31,7 @@ declare -A train_args=(  # results.md, "Reproducing the headline"
                    --share-decoder-input-output-embed --lr 1e-3 --max-update 2563"
 )
 case "${1-}" in
-    -h|--help) sed -n '2,19p' "$0"; exit 0;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0;;
     # shellcheck disable=SC2086  # the options, one line
     --list) for name in attn s1 s2 lstm transformer; do echo "$name:" ${train_args[$name]}; done; exit 0;;
 esac
@@ -41,6 +43,9 @@ for name in "${recipes[@]}"; do
     case "$name" in attn|pair|lstm|transformer) ;;
         *) echo "error: unknown recipe '$name': choose from attn, pair, lstm, transformer" >&2; exit 2;; esac
 done
+case "${RECIPES_PARALLEL:-0}" in 0|1) ;;
+    *) echo "error: RECIPES_PARALLEL=${RECIPES_PARALLEL}: 1 trains the recipes at once, 0 one after another" >&2
+       exit 2;; esac
 if [ -n "$data" ]; then
     [ -f "$data/prepare.json" ] && data="$(cd "$data" && pwd)" ||
         { echo "error: $data has no prepare.json: give a folder made by scripts/prepare.py" >&2; exit 2; }
@@ -76,16 +81,31 @@ evaluate() {  # evaluate NAME CHECKPOINTS BEAM: valid and test scores and hypoth
     done
 }
 
-for name in "${recipes[@]}"; do
-    case "$name" in
+recipe() {  # recipe NAME: its training(s) and scores
+    case "$1" in
         pair)
-            train s1 270 && evaluate s1 "$work/s1/checkpoint_best.pt" 5
-            train s2 270 && [ -f "$work/s1/checkpoint_best.pt" ] &&
+            { train s1 270 && evaluate s1 "$work/s1/checkpoint_best.pt" 5; } & local s1=$!
+            [ "$parallel" = 1 ] || wait "$s1"
+            train s2 270
+            wait "$s1"
+            [ -f "$work/s1/checkpoint_best.pt" ] && [ -f "$work/s2/checkpoint_best.pt" ] &&
                 evaluate ensemble "$work/s1/checkpoint_best.pt:$work/s2/checkpoint_best.pt" 10;;
         *)
-            train "$name" 330 && evaluate "$name" "$work/$name/checkpoint_best.pt" 5;;
+            train "$1" 330 && evaluate "$1" "$work/$1/checkpoint_best.pt" 5;;
     esac
+}
+
+parallel="${RECIPES_PARALLEL:-0}"
+if [ "$parallel" = 1 ]; then
+    trainings=$(( ${#recipes[@]} + $(grep -o pair <<< "${recipes[*]}" | wc -l) ))  # pair: two
+    [ "$cpu" = 1 ] || export OMP_NUM_THREADS=$(( $(nproc) / trainings > 0 ? $(nproc) / trainings : 1 ))
+    echo "trained together: $trainings trainings at once, $OMP_NUM_THREADS threads each; each one's seconds" \
+         "include the others' load" | tee -a "$out/summary.txt"
+fi
+for name in "${recipes[@]}"; do
+    if [ "$parallel" = 1 ]; then recipe "$name" & else recipe "$name"; fi
 done
+wait
 
 for log in "$out"/train_*.log; do
     [ -f "$log" ] || continue

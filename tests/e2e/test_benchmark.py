@@ -73,3 +73,21 @@ def test_graph_memory_estimates_shared_slots_below_a_buffer_per_graph(toy_bin):
     buckets = int(re.search(r"(\d+) buckets", out).group(1))
     own, shared = map(float, re.search(r"in all +([\d.]+) MB; in the pool's shared slots: ([\d.]+) MB", out).groups())
     assert buckets >= 5 and 0 < shared < own
+
+
+def test_step_ops_splits_each_decoding_step_into_its_parts(toy_bin, tmp_path):
+    """The parts add up to the whole; the search is fairseq's, the same for models of one kind; the
+    attention model's reorders wait for the device once a step (beam.sentences_kept)."""
+    proc = run("python", "-m", "lab.step_ops", "--data", toy_bin, "--decode-sentences", "8", "--decode-len", "4",
+               "--emb", "16", "--hidden", "32", "--out", tmp_path, cwd=ROOT)
+    per_step = json.loads((tmp_path / "step_ops.json").read_text())["per_step"]
+    assert set(per_step) == {"rnn_seq2seq", "rnn_seq2seq attention", "fairseq lstm", "fairseq lstm no attention"}
+    for name, counts in per_step.items():
+        assert counts["ops"]["all"] == pytest.approx(sum(v for k, v in counts["ops"].items() if k != "all"))
+        assert counts["ops"]["search"] > 0 and counts["ops"]["decoder rest"] > 0, name
+        assert f"{name} " in proc.stdout
+    ours, lstm = per_step["rnn_seq2seq attention"], per_step["fairseq lstm"]
+    assert ours["ops"]["search"] == lstm["ops"]["search"]
+    assert ours["ops"]["decoder step"] > 0 == lstm["ops"]["decoder step"]  # fairseq's has no step of the plugin's
+    # one wait a step, and the first step's expansion to the beam (checked at both reorders: about six)
+    assert 1 <= ours["syncs"]["reorders"] < 2

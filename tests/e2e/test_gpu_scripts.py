@@ -35,10 +35,40 @@ def test_a_recipe_trains_scores_and_packs_its_logs_into_out(tmp_path):
     assert (out / "gpu_recipes.summary.txt").read_text() == (logs / "summary.txt").read_text()
 
 
+def fairseq_times(log) -> list:
+    """The timestamps of a fairseq log's lines, in order."""
+    return re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \|", log.read_text(), re.MULTILINE)
+
+
+def test_recipes_run_at_once_and_the_pair_is_scored_when_both_are_trained(tmp_path):
+    """RECIPES_PARALLEL=1 (one visit, every row): the pair's two trainings overlap, the ensemble
+    waits for both, and the packed logs stay whole while stages write at once."""
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    out.mkdir()
+    proc = run("bash", RECIPES, "", "pair", env={"GPU_CHECK_CPU": "1", "RECIPES_UPDATES": "1",
+                                                 "RECIPES_PARALLEL": "1", "OUT": str(out), "LOG_DIR": str(logs)})
+    assert "trained together: 2 trainings at once" in proc.stdout
+    assert "gpu_recipes: 7 of 7 stages passed" in proc.stdout  # prepare, 2 trainings, s1 and ensemble scores
+    s1_log = logs / "train_s1.log"
+    s1, s2 = fairseq_times(s1_log), fairseq_times(logs / "train_s2.log")
+    assert s2[0] <= s1[-1] and s1[0] <= s2[-1]  # the two trainings overlap
+    assert "'seed': 2," in (logs / "train_s2.log").read_text() and "'max_update': 1," in s1_log.read_text()
+    for name in ("s1_test", "ensemble_test", "ensemble_valid"):
+        assert json.loads((logs / f"{name}.json").read_text())["sentences"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_recipes.summary.txt", "gpu_recipes.tar.gz"]
+    assert {"train_s1.log", "train_s2.log", "ensemble_test.json"} <= packed(out / "gpu_recipes.tar.gz")
+    assert (out / "gpu_recipes.summary.txt").read_text() == (logs / "summary.txt").read_text()
+
+
 def test_an_unknown_recipe_is_one_line_before_anything_runs(tmp_path):
     proc = run("bash", RECIPES, "", "attn", "lstn", check=False, env={"LOG_DIR": str(tmp_path / "logs")})
     assert proc.returncode == 2
     assert proc.stderr == "error: unknown recipe 'lstn': choose from attn, pair, lstm, transformer\n"
+    assert not (tmp_path / "logs").exists()
+    proc = run("bash", RECIPES, "", "attn", check=False, env={"RECIPES_PARALLEL": "yes",
+                                                              "LOG_DIR": str(tmp_path / "logs")})
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: RECIPES_PARALLEL=yes: 1 trains the recipes at once, 0 one after another\n")
     assert not (tmp_path / "logs").exists()
 
 

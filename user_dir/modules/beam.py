@@ -1,4 +1,6 @@
 """Reordering what the model keeps between decoder steps when beam search reorders its rows."""
+import threading
+import weakref
 from typing import Dict, Optional
 
 import torch
@@ -18,13 +20,36 @@ def reorder(cache: Cache, new_order: Tensor) -> Cache:
            for k, v in cache.items() if k != PER_SENTENCE}
     per_sentence: Optional[Dict[str, Tensor]] = cache.get(PER_SENTENCE)
     if per_sentence:
-        num_sentences = next(iter(per_sentence.values())).size(0)
-        sentences = torch.div(new_order, cache["state"].size(2) // num_sentences, rounding_mode="floor")
-        # on a GPU the next lines wait for the device, as fairseq's search does at every step
+        kept = sentences_kept(new_order, cache["state"].size(2), next(iter(per_sentence.values())).size(0))
+        out[PER_SENTENCE] = per_sentence if kept is None else {k: v.index_select(0, kept)
+                                                               for k, v in per_sentence.items()}
+    return out
+
+
+_last = threading.local()  # per thread: ``entry``, the last order checked (weak reference, key) and its answer
+
+
+def sentences_kept(new_order: Tensor, rows: int, num_sentences: int) -> Optional[Tensor]:
+    """The per-sentence tensors' new order for ``new_order`` over ``rows`` rows of
+    ``num_sentences`` sentences: None when it keeps them all in place (beam search's usual step:
+    one check), else the sentences kept in order, or each row's sentence where rows of one
+    sentence are apart or in unequal numbers. Beam search reorders the encoder's output and the
+    decoder's cache by the same order at every step, so the second call reuses the first's
+    answer (the same tensor, unchanged: on a GPU each check waits for the device)."""
+    key = None if new_order.is_inference() else (new_order._version, rows, num_sentences)
+    last = getattr(_last, "entry", None)
+    if key is not None and last is not None and last[0]() is new_order and last[1] == key:
+        return last[2]
+    k = rows // num_sentences
+    sentences = torch.div(new_order, k, rounding_mode="floor")
+    identity = torch.arange(num_sentences, device=sentences.device)
+    kept = None
+    if new_order.numel() != rows or not bool((sentences.view(num_sentences, k) == identity[:, None]).all()):
+        # rows change sentence or number: on a GPU this waits for the device again
         kept, counts = torch.unique_consecutive(sentences, return_counts=True)
         if bool((counts != counts[:1]).any()):
             kept = sentences
-        identity = torch.arange(num_sentences, device=kept.device)
-        unchanged = kept.numel() == num_sentences and bool((kept == identity).all())
-        out[PER_SENTENCE] = per_sentence if unchanged else {k: v.index_select(0, kept) for k, v in per_sentence.items()}
-    return out
+        elif kept.numel() == num_sentences and bool((kept == identity).all()):
+            kept = None  # each sentence's rows together, as many as before or more (the first step)
+    _last.entry = weakref.ref(new_order), key, kept
+    return kept
