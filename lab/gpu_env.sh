@@ -11,7 +11,8 @@
 #                              ends inside the device call that started it. After each stage, and at
 #                              exit, LOG_DIR is packed into $OUT/NAME.tar.gz with $OUT/NAME.summary.txt
 #                              beside it, where $OUT is set (a device call returns at most 8 files).
-# Sets root, out (LOG_DIR), work (a temporary folder, removed at exit) and cpu.
+# Sets root, out (LOG_DIR), work (a temporary folder, removed at exit once every stage still running in
+# the background, and what it started, is stopped: stop_jobs) and cpu.
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 start_all=$SECONDS
@@ -22,7 +23,7 @@ gpu_setup() {
         echo "error: $out is not empty: give a new or empty folder for the logs" >&2; exit 2
     fi
     mkdir -p "$out" && out="$(cd "$out" && pwd)" && work="$(mktemp -d)" || exit 1
-    trap 'pack; rm -rf "$work"' EXIT
+    trap 'stop_jobs; pack; rm -rf "$work"' EXIT
     : > "$out/summary.txt"
     cpu="${GPU_CHECK_CPU:-}"
     if [ -z "$cpu" ]; then
@@ -79,13 +80,42 @@ stage() {  # stage NAME SECONDS COMMAND...
     return "$rc"
 }
 
-pack() {  # LOG_DIR into $OUT/NAME.tar.gz, each file written whole or not at all (also by stages run at once)
+pack() {  # LOG_DIR into $OUT/NAME.tar.gz, whole or not at all; stages run at once take turns (a lock on $OUT)
     [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ -n "${out:-}" ] || return 0
-    local part="$OUT/.$run_name.$BASHPID" rc=0
-    # tar's exit 1: a log grew while it was read (stages running at once); the archive holds what was read
-    tar czf "$part.tar.gz" --warning=no-file-changed -C "$out" . || rc=$?
-    if [ "$rc" -le 1 ]; then mv "$part.tar.gz" "$OUT/$run_name.tar.gz"; else rm -f "$part.tar.gz"; fi
-    cp "$out/summary.txt" "$part.txt" && mv "$part.txt" "$OUT/$run_name.summary.txt"
+    (
+        ! command -v flock > /dev/null || flock 9
+        part="$OUT/.$run_name.$BASHPID" rc=0
+        # tar's exit 1: a log grew while it was read (a stage still running); the archive holds what was read
+        tar czf "$part.tar.gz" --warning=no-file-changed -C "$out" . || rc=$?
+        if [ "$rc" -le 1 ]; then mv "$part.tar.gz" "$OUT/$run_name.tar.gz"; else rm -f "$part.tar.gz"; fi
+        cp "$out/summary.txt" "$part.txt" && mv "$part.txt" "$OUT/$run_name.summary.txt"
+    ) 9< "$OUT"
+}
+
+stop_jobs() {  # at exit: the recipes still running in the background (RECIPES_PARALLEL), and every process
+    # they started (each stage's `timeout` leads a process group of its own): stopped, then up to 10 s to end
+    local pids="" pid
+    for pid in $(jobs -p); do pids+=" $pid $(descendants "$pid")"; done
+    [ -n "${pids// /}" ] || return 0
+    # shellcheck disable=SC2086  # the pids, one word each; a recipe first, so it starts no next stage
+    kill -TERM $pids 2> /dev/null
+    wait
+    for _ in $(seq 50); do
+        # shellcheck disable=SC2086
+        any_alive $pids || return 0
+        sleep 0.2
+    done
+}
+
+any_alive() {  # any_alive PID...: whether one of them still runs
+    local pid
+    for pid in "$@"; do kill -0 "$pid" 2> /dev/null && return 0; done
+    return 1
+}
+
+descendants() {  # descendants PID: its children, theirs and so on, parents first
+    local child
+    for child in $(pgrep -P "$1"); do echo "$child"; descendants "$child"; done
 }
 
 finish() {  # the closing line: stages passed, seconds, where the logs are

@@ -81,14 +81,23 @@ evaluate() {  # evaluate NAME CHECKPOINTS BEAM: valid and test scores and hypoth
     done
 }
 
+seed1() {  # the pair's first seed, trained and scored alone
+    train s1 270 && evaluate s1 "$work/s1/checkpoint_best.pt" 5
+}
+
 recipe() {  # recipe NAME: its training(s) and scores
     case "$1" in
         pair)
-            { train s1 270 && evaluate s1 "$work/s1/checkpoint_best.pt" 5; } & local s1=$!
-            [ "$parallel" = 1 ] || wait "$s1"
-            train s2 270
-            wait "$s1"
-            [ -f "$work/s1/checkpoint_best.pt" ] && [ -f "$work/s2/checkpoint_best.pt" ] &&
+            local s2=0 first
+            if [ "$parallel" = 1 ]; then
+                seed1 & first=$!
+                train s2 270 || s2=$?
+                wait "$first"
+            else
+                seed1
+                train s2 270 || s2=$?
+            fi
+            [ "$s2" = 0 ] && [ -f "$work/s1/checkpoint_best.pt" ] &&
                 evaluate ensemble "$work/s1/checkpoint_best.pt:$work/s2/checkpoint_best.pt" 10;;
         *)
             train "$1" 330 && evaluate "$1" "$work/$1/checkpoint_best.pt" 5;;
@@ -103,7 +112,7 @@ if [ "$parallel" = 1 ]; then
          "include the others' load" | tee -a "$out/summary.txt"
 fi
 for name in "${recipes[@]}"; do
-    if [ "$parallel" = 1 ]; then recipe "$name" & else recipe "$name"; fi
+    if [ "$parallel" = 1 ]; then recipe "$name" & else recipe "$name"; fi  # stopped at exit: stop_jobs
 done
 wait
 

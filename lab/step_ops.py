@@ -7,7 +7,8 @@ the aten operations (views excluded) of fairseq's beam search per step, split in
 itself, the encoder, the reordering of states, the plugin's decoder step (what --decoder-graphs
 replays as one graph) and the rest of the decoder (embedding, output layer, log-softmax; all of
 it for fairseq's models), and the host synchronisations among them
-(``.item()``, ``nonzero``, ``masked_select``, ``unique``: a GPU waits for the device at each).
+(``.item()``, ``nonzero``, ``masked_select``, ``unique``: a GPU waits for the device at each; a
+lower bound, as waits that are no operation on a CPU, copies to the host, are not seen).
 
 Usage, from the repository root:
     python -m lab.step_ops --data runs/multi30k/de-en-v4k/bin [--beam 5] [--out runs/step_ops]
@@ -38,11 +39,13 @@ class Counts(TorchDispatchMode):
         super().__init__()
         self.part = ["search"]  # innermost last
         self.ops, self.syncs = Counter(), Counter()
+        self.total = 0  # every operation counted, whatever its part: the parts must add up to it
         self.names: Dict[str, Counter] = {part: Counter() for part in PARTS}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if name not in VIEWS:
+            self.total += 1
             self.ops[self.part[-1]] += 1
             self.names[self.part[-1]][name] += 1
             self.syncs[self.part[-1]] += name in SYNCS
@@ -87,6 +90,7 @@ def count(args, name: str) -> Dict[str, Dict[str, float]]:
     for kind in per_step.values():
         kind["all"] = sum(kind.values())
     per_step["names"] = {p: {op: n / steps for op, n in counts.names[p].most_common()} for p in PARTS}
+    per_step["counted"] = counts.total / steps
     return per_step
 
 
@@ -107,7 +111,7 @@ def main() -> None:
           "(host synchronisations)")
     print(f"{'':28s}" + "".join(f"{part:>15s}" for part in (*PARTS, "all")))
     for name, per_step in record.items():
-        print(f"{name:28s}" + "".join(f"{per_step['ops'][part]:8.1f} ({per_step['syncs'][part]:3.1f})"
+        print(f"{name:28s}" + "".join(f"{per_step['ops'][part]:8.1f} ({per_step['syncs'][part]:4.1f})"
                                       for part in (*PARTS, "all")))
         for part, names in per_step["names"].items():
             if args.top and names:

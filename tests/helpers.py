@@ -33,6 +33,18 @@ def run(*cmd, check: bool = True, env: dict | None = None, **kwargs) -> subproce
     return proc
 
 
+def processes_naming(text: str) -> list[int]:
+    """Pids of the live processes whose command line holds TEXT."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            pass
+    return found
+
+
 def preprocess_args(src_prefix: Path, dest: Path, extra=()) -> list[str]:
     """fairseq-preprocess's arguments: {train,valid,test}.{src,tgt} under ``src_prefix``, one joined dictionary."""
     return [str(a) for a in ("--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",

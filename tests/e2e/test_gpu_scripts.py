@@ -1,12 +1,16 @@
 """lab/gpu_recipes.sh (and lab/gpu_env.sh, which lab/gpu_check.sh shares) as a dry run on the CPU:
 what a visit to a GPU machine runs, so that the visit does not find a broken script."""
 import json
+import os
 import re
+import signal
+import subprocess
 import tarfile
+import time
 
 import pytest
 
-from helpers import ROOT, run
+from helpers import ROOT, processes_naming, run
 
 RECIPES = ROOT / "lab" / "gpu_recipes.sh"
 ENV = ROOT / "lab" / "gpu_env.sh"
@@ -58,6 +62,33 @@ def test_recipes_run_at_once_and_the_pair_is_scored_when_both_are_trained(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["gpu_recipes.summary.txt", "gpu_recipes.tar.gz"]
     assert {"train_s1.log", "train_s2.log", "ensemble_test.json"} <= packed(out / "gpu_recipes.tar.gz")
     assert (out / "gpu_recipes.summary.txt").read_text() == (logs / "summary.txt").read_text()
+
+
+def test_stopping_recipes_run_at_once_stops_every_training(tmp_path):
+    """SIGTERM to the script alone (a device call at its limit): each recipe's processes stop with
+    it, its work folder goes, and the logs so far reach OUT."""
+    out, logs, scratch = tmp_path / "out", tmp_path / "logs", tmp_path / "scratch"  # scratch: its work folder's
+    out.mkdir()
+    scratch.mkdir()
+    env = {**os.environ, "GPU_CHECK_CPU": "1", "RECIPES_PARALLEL": "1", "RECIPES_UPDATES": "100000",
+           "OUT": str(out), "LOG_DIR": str(logs), "TMPDIR": str(scratch)}
+    proc = subprocess.Popen(["bash", str(RECIPES), "", "attn", "lstm"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started = [logs / "train_attn.log", logs / "train_lstm.log"]
+    deadline = time.monotonic() + 180
+    while not all(log.exists() and "Start iterating over samples" in log.read_text() for log in started):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.5)
+    assert len([pid for pid in processes_naming(str(scratch)) if b"fairseq-train" in
+                open(f"/proc/{pid}/cmdline", "rb").read()]) >= 2
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while processes_naming(str(scratch)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_naming(str(scratch)), "a process of the recipes is left"
+    assert not list(scratch.glob("tmp.*"))  # the work folder (mktemp -d), checkpoints and all, and train.sh's
+    assert {"train_attn.log", "train_lstm.log", "summary.txt"} <= packed(out / "gpu_recipes.tar.gz")
 
 
 def test_an_unknown_recipe_is_one_line_before_anything_runs(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import user_dir  # noqa: F401  (the plugin's safe checkpoint loading)
-from helpers import ROOT, run
+from helpers import ROOT, processes_naming, run
 
 TRAIN = ROOT / "scripts" / "train.sh"
 TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
@@ -100,18 +100,6 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
             }.get(case, [data, save, *extra])
     one_error_line(run("bash", TRAIN, *args, env=ENV, check=False), message.format(file=tmp_path / "file"))
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
-
-
-def processes_naming(text: str) -> list[int]:
-    """Pids of the live processes whose command line holds TEXT."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                found.append(int(entry.name))
-        except OSError:  # ended meanwhile
-            pass
-    return found
 
 
 def launcher_of(save: Path) -> int:

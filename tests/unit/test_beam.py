@@ -34,9 +34,11 @@ def cache(rows: int, sentences: int) -> dict:
     ([4, 5, 0, 1, 2, 3], 6, 3, [2, 0, 1]),  # sentences swapped
     ([0, 1, 2, 4, 5], 6, 3, [0, 0, 1, 2, 2]),  # unequal numbers: per row
     ([0, 2, 0, 2], 6, 3, [0, 1, 0, 1]),  # rows of one sentence apart: per row
+    ([0, 1, 2, 3, 3], 5, 2, [0, 0, 1, 1, 1]),  # rows not a multiple of the sentences: per row
+    ([], 6, 3, []),  # every sentence finished
 ])
 def test_the_sentences_kept(order, rows, sentences, kept):
-    got = sentences_kept(torch.tensor(order), rows, sentences)
+    got = sentences_kept(torch.tensor(order, dtype=torch.long), rows, sentences)
     assert (got is None and kept is None) or got.tolist() == kept
 
 

@@ -35,7 +35,9 @@ def sentences_kept(new_order: Tensor, rows: int, num_sentences: int) -> Optional
     one check), else the sentences kept in order, or each row's sentence where rows of one
     sentence are apart or in unequal numbers. Beam search reorders the encoder's output and the
     decoder's cache by the same order at every step, so the second call reuses the first's
-    answer (the same tensor, unchanged: on a GPU each check waits for the device)."""
+    answer (on a GPU each check waits for the device) when given the same tensor, unchanged by
+    its in-place change counter: writes that bypass the counter (``x.data``, a numpy view) are not
+    seen; fairseq's search makes none."""
     key = None if new_order.is_inference() else (new_order._version, rows, num_sentences)
     last = getattr(_last, "entry", None)
     if key is not None and last is not None and last[0]() is new_order and last[1] == key:
@@ -44,7 +46,8 @@ def sentences_kept(new_order: Tensor, rows: int, num_sentences: int) -> Optional
     sentences = torch.div(new_order, k, rounding_mode="floor")
     identity = torch.arange(num_sentences, device=sentences.device)
     kept = None
-    if new_order.numel() != rows or not bool((sentences.view(num_sentences, k) == identity[:, None]).all()):
+    usual = new_order.numel() == rows == k * num_sentences
+    if not usual or not bool((sentences.view(num_sentences, k) == identity[:, None]).all()):
         # rows change sentence or number: on a GPU this waits for the device again
         kept, counts = torch.unique_consecutive(sentences, return_counts=True)
         if bool((counts != counts[:1]).any()):
