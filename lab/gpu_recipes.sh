@@ -43,7 +43,8 @@ for name in "${recipes[@]}"; do
     case "$name" in attn|pair|lstm|transformer) ;;
         *) echo "error: unknown recipe '$name': choose from attn, pair, lstm, transformer" >&2; exit 2;; esac
 done
-case "${RECIPES_PARALLEL:-0}" in 0|1) ;;
+parallel="${RECIPES_PARALLEL:-0}"
+case "$parallel" in 0|1) ;;
     *) echo "error: RECIPES_PARALLEL=${RECIPES_PARALLEL}: 1 trains the recipes at once, 0 one after another" >&2
        exit 2;; esac
 if [ -n "$data" ]; then
@@ -104,7 +105,6 @@ recipe() {  # recipe NAME: its training(s) and scores
     esac
 }
 
-parallel="${RECIPES_PARALLEL:-0}"
 if [ "$parallel" = 1 ]; then
     trainings=$(( ${#recipes[@]} + $(grep -o pair <<< "${recipes[*]}" | wc -l) ))  # pair: two
     [ "$cpu" = 1 ] || export OMP_NUM_THREADS=$(( $(nproc) / trainings > 0 ? $(nproc) / trainings : 1 ))

@@ -45,10 +45,11 @@ class Counts(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if name not in VIEWS:
+            part = self.part[-1]
             self.total += 1
-            self.ops[self.part[-1]] += 1
-            self.names[self.part[-1]][name] += 1
-            self.syncs[self.part[-1]] += name in SYNCS
+            self.ops[part] += 1
+            self.names[part][name] += 1
+            self.syncs[part] += name in SYNCS
         return func(*args, **(kwargs or {}))
 
     def within(self, part: str, fn: Callable) -> Callable:

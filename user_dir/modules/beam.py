@@ -26,6 +26,11 @@ def reorder(cache: Cache, new_order: Tensor) -> Cache:
     return out
 
 
+def version(x: Tensor) -> Optional[int]:
+    """``x``'s in-place change counter (None for inference tensors, which have none)."""
+    return None if x.is_inference() else x._version
+
+
 _last = threading.local()  # per thread: ``entry``, the last order checked (weak reference, key) and its answer
 
 
@@ -38,7 +43,8 @@ def sentences_kept(new_order: Tensor, rows: int, num_sentences: int) -> Optional
     answer (on a GPU each check waits for the device) when given the same tensor, unchanged by
     its in-place change counter: writes that bypass the counter (``x.data``, a numpy view) are not
     seen; fairseq's search makes none."""
-    key = None if new_order.is_inference() else (new_order._version, rows, num_sentences)
+    count = version(new_order)
+    key = None if count is None else (count, rows, num_sentences)
     last = getattr(_last, "entry", None)
     if key is not None and last is not None and last[0]() is new_order and last[1] == key:
         return last[2]

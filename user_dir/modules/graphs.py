@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .beam import Cache
+from .beam import Cache, version
 from .buckets import OUTPUTS, Outputs, Pad, Shape, bucket_shape, call_shape, leading, pads_of, tensors_of
 
 logger = logging.getLogger(__name__)
@@ -37,11 +37,6 @@ def graphs_wanted(choice: str) -> bool:
     if choice == "on" and not torch.cuda.is_available():
         logger.warning("--decoder-graphs on: no CUDA here, so the decoder runs step by step (the same model)")
     return choice == "on"
-
-
-def version(x: Tensor) -> Optional[int]:
-    """``x``'s in-place change counter (None for inference tensors, which have none)."""
-    return None if x.is_inference() else x._version
 
 
 class Slot:
