@@ -84,7 +84,8 @@ elif ! grep -qx -- --no-save "$tmp/args" &&
         [ -z "$(find "$save" -maxdepth 1 -name 'checkpoint*.pt' -newer "$tmp/start")" ]; then
     echo "error: training finished but wrote no checkpoint to $save: see $save/train.log" >&2
 else
-    stoppable python "$root/scripts/train_settings.py" --finished "$tmp/args" "$save" || exit 2
+    stoppable python -c 'import sys; from user_dir.workflow import record_finished; record_finished(*sys.argv[1:])' \
+        "$tmp/args" "$save" || exit 2
     exit 0
 fi
 exit $((rc == 0 ? 1 : rc))

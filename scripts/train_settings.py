@@ -1,11 +1,10 @@
 """The fairseq-train command scripts/train.sh runs, fitted to the data, the machine and the environment.
 
 Usage (train.sh runs it): python scripts/train_settings.py ARGS_FILE DATA_BIN SAVE_DIR [EXTRA...]
-                          python scripts/train_settings.py --finished ARGS_FILE SAVE_DIR
 Writes fairseq-train's arguments, one per line, to ARGS_FILE (the recipe's options, then the user's
 EXTRA, which win) and prints the plan; writes nothing to ARGS_FILE when the run in SAVE_DIR is
-already complete. ``--finished``: records ARGS_FILE as the command that finished in SAVE_DIR
-(SAVE_DIR/train.done, written atomically). Environment: AMP (0/1; unset: measured), PATIENCE,
+already complete. Once training finished, train.sh records ARGS_FILE as SAVE_DIR/train.done
+(``user_dir.workflow.record_finished``). Environment: AMP (0/1; unset: measured), PATIENCE,
 BUDGET_HOURS, NPROC, NNODES.
 
 * Options are read by fairseq-train's own parser (aliases, ``--opt=value``, the last of a
@@ -47,8 +46,8 @@ from omegaconf import OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
-from user_dir.files import OutputError, WriteError, atomic_write, make_folder
-from user_dir.workflow import ROOT, USER_DIR, language_pair, prepared_record
+from user_dir.files import OutputError, atomic_write, make_folder
+from user_dir.workflow import DONE, ROOT, USER_DIR, language_pair, lines, prepared_record
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
 ARCH = "rnn_seq2seq_multi30k"
@@ -59,7 +58,6 @@ MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs)
 SMALL = 10_000  # pairs below which the learning rate waits one more validation before it shrinks
 BF16_MARGIN = 1.05  # bfloat16 must be this much faster: float32 is exact, and probes are noisy
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fairseq-rnn-seq2seq" / "precision.json"
-DONE = "train.done"  # in SAVE_DIR: the arguments of the last run that finished there (train.sh: --finished)
 CPU_CHOICES = [["--cpu"], ["--cpu", "--amp"]]  # the precision options a CPU may get (precision())
 COMPONENTS = {"criterion": "criterion", "optimizer": "optimizer", "lr-scheduler": "lr_scheduler"}
 # the recipe's fixed options (section, field of configs/multi30k.yaml)
@@ -416,25 +414,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     return argv, describe(plan, info, sized, why, ours_name, torchrun=nproc * nnodes > 1)
 
 
-def lines(argv: list[str]) -> str:
-    """ARGV one argument a line, as ARGS_FILE and SAVE_DIR/train.done hold it."""
-    return "".join(a + "\n" for a in argv)
-
-
-def record_finished(args_file: Path, save: Path) -> None:
-    """SAVE_DIR/train.done := ARGS_FILE (atomically: a planted link or a kill never leaves half a record)."""
-    try:
-        with atomic_write(save / DONE, "w") as f:
-            f.write(args_file.read_text())
-    except OSError as e:  # WriteError names the path itself
-        raise SystemExit(f"error: {e}" if isinstance(e, WriteError) else
-                         f"error: cannot write {save / DONE}: {e.strerror}") from None
-
-
 def main() -> None:
-    if sys.argv[1:2] == ["--finished"] and len(sys.argv) == 4:
-        record_finished(Path(sys.argv[2]), Path(sys.argv[3]))
-        return
     if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)

@@ -12,7 +12,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from fairseq_cli import preprocess as fairseq_preprocess
 
 import user_dir  # noqa: F401  (registers the plugin and applies its patches, as --user-dir does)
-from helpers import TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, preprocess_args, run
+from helpers import TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, built_once, preprocess_args, run
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +25,11 @@ def toy_bin(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(toy_bin, tmp_path_factory) -> Path:
-    """checkpoint_best.pt of a tiny model trained 400 updates on the toy task (end-to-end tests only)."""
-    save_dir = tmp_path_factory.mktemp("ckpt")
-    run("fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS,
-        "--max-update", "400", "--save-dir", save_dir, "--no-epoch-checkpoints")
+    """checkpoint_best.pt of a tiny model trained 400 updates on the toy task (end-to-end tests only;
+    one training for all workers, on the first worker's toy_bin: the same files in each)."""
+    save_dir = built_once(tmp_path_factory, "trained", lambda folder: run(
+        "fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--max-update", "400",
+        "--save-dir", folder, "--no-epoch-checkpoints"))
     return save_dir / "checkpoint_best.pt"
 
 

@@ -5,10 +5,14 @@ Imported as ``helpers`` (``pythonpath`` in setup.cfg's [tool:pytest]); fixtures 
 import json
 import math
 import os
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
+import pytest
 import torch
+from filelock import FileLock
 
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, RNNSeq2SeqModel
 
@@ -31,6 +35,23 @@ def run(*cmd, check: bool = True, env: dict | None = None, **kwargs) -> subproce
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """FOLDER, made by ``build(FOLDER)`` once in a test run: the first xdist worker to ask builds it,
+    the others wait and reuse it (an expensive fixture is not made again in each worker)."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the run's folder, which holds each worker's
+    folder, done = root / "built" / name, root / "built" / f"{name}.done"
+    folder.parent.mkdir(exist_ok=True)
+    with FileLock(root / "built" / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 def processes_naming(text: str) -> list[int]:

@@ -3,8 +3,9 @@
 They live in the package rather than beside the scripts so that a script imports them like any
 client of the plugin: ``from user_dir.workflow import ...``, with the package installed
 (``pip install -e .``: scripts/env.sh does it). That is the one way scripts find the plugin.
-Importing this module defines names only; like every ``user_dir`` module it loads the plugin
-(``user_dir/__init__.py``: fairseq's repairs and registrations), which the scripts need anyway.
+Importing this module defines names only and does not import fairseq (seconds): the functions that
+need it import it when called, and the plugin registers itself then (``user_dir/__init__.py``), so a
+script that never needs fairseq in its own process (``prepare.py``) starts, and refuses, at once.
 """
 import argparse
 import hashlib
@@ -16,11 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from fairseq import options
-from fairseq.data import data_utils
-from fairseq.tasks import TASK_REGISTRY
-
-from .files import not_a_file
+from .files import WriteError, atomic_write, not_a_file
 
 USER_DIR = Path(__file__).resolve().parent  # what fairseq's CLIs get as --user-dir
 ROOT = USER_DIR.parent  # the checkout: default places of runs/ and data next to it
@@ -271,6 +268,9 @@ def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path) -> No
 def _generate_options() -> dict:
     """fairseq-generate's option strings -> their destination (aliases share one, e.g. -s and
     --source-lang, --remove-bpe and --post-process)."""
+    from fairseq import options
+    from fairseq.tasks import TASK_REGISTRY
+
     parser = options.get_generation_parser(default_task="translation")
     TASK_REGISTRY["translation"].add_args(parser)  # the task's own options: -s, -t, ...
     return {option: action.dest for action in parser._actions for option in action.option_strings}
@@ -305,6 +305,8 @@ def language_pair(data_bin: Path) -> tuple[str, str]:
 
 def split_size(data_bin: Path, subset: str) -> int:
     """Number of sentences of a binarized split, read from its index."""
+    from fairseq.data import data_utils
+
     src, tgt = language_pair(data_bin)
     prefix = Path(data_bin) / f"{subset}.{src}-{tgt}.{src}"
     dataset = data_utils.load_indexed_dataset(str(prefix), None)
@@ -336,3 +338,23 @@ def script_main(main: Callable[[], None]) -> None:
         end = e.args[0] if e.args else ": nothing more was written"
         print(f"error: {Path(sys.argv[0]).name} interrupted (Ctrl-C){end}", file=sys.stderr)
         sys.exit(130)
+
+
+DONE = "train.done"  # in SAVE_DIR: the arguments of the last train.sh run that finished there
+
+
+def lines(argv: list[str]) -> str:
+    """ARGV one argument a line, as train.sh's arguments file and SAVE_DIR/train.done hold it."""
+    return "".join(a + "\n" for a in argv)
+
+
+def record_finished(args_file: "str | Path", save: "str | Path") -> None:
+    """SAVE_DIR/train.done := ARGS_FILE (atomically: a planted link or a kill never leaves half a
+    record). train.sh calls it once training finished: this module loads without fairseq."""
+    done = Path(save) / DONE
+    try:
+        with atomic_write(done, "w") as f:
+            f.write(Path(args_file).read_text())
+    except OSError as e:  # WriteError names the path itself
+        raise SystemExit(f"error: {e}" if isinstance(e, WriteError) else f"error: cannot write {done}: {e.strerror}") \
+            from None

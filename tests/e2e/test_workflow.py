@@ -9,7 +9,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from helpers import ROOT, USER_DIR, run
+from helpers import ROOT, USER_DIR, built_once, run
 
 SCRIPTS = ROOT / "scripts"
 TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
@@ -20,10 +20,9 @@ TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "64", "--decoder-embed-d
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     """A few hundred raw sentence pairs written by the test (reverse + translate words)."""
-    folder = tmp_path_factory.mktemp("raw")
-    run("python", SCRIPTS / "make_toy_data.py", folder, "--train", "2000", "--valid", "60", "--test", "77",
-        "--seed", "5")
-    return folder
+    return built_once(tmp_path_factory, "workflow-raw", lambda folder: run(
+        "python", SCRIPTS / "make_toy_data.py", folder, "--train", "2000", "--valid", "60", "--test", "77",
+        "--seed", "5"))
 
 
 def prepare(raw, out, *extra):
@@ -34,18 +33,17 @@ def prepare(raw, out, *extra):
 
 @pytest.fixture(scope="module")
 def prepared(raw, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(raw, out)
-    return out
+    return built_once(tmp_path_factory, "workflow-prepared", lambda out: prepare(raw, out))
 
 
 @pytest.fixture(scope="module")
-def trained_dir(prepared):
+def trained_dir(prepared, tmp_path_factory):
     """scripts/train.sh with tiny sizes; the model directory then holds spm.model, bin/, ckpt/."""
     # no early stopping: the toy's BLEU in the first epochs is noise, and stopping on it made the
     # model's quality hang on rounding (a change in the loss's last bit once stopped it at 196 updates)
-    run("bash", SCRIPTS / "train.sh", prepared / "bin", prepared / "ckpt", *TINY, "--max-update", "600",
-        env={"BUDGET_HOURS": "0.1", "PATIENCE": "0"})
+    built_once(tmp_path_factory, "workflow-trained", lambda _: run(
+        "bash", SCRIPTS / "train.sh", prepared / "bin", prepared / "ckpt", *TINY, "--max-update", "600",
+        env={"BUDGET_HOURS": "0.1", "PATIENCE": "0"}))
     return prepared
 
 

@@ -22,6 +22,7 @@ from scripts.train_settings import (
     settings,
     writable_folder,
 )
+from user_dir import workflow
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
 from user_dir.patches.distributed import config_allowed
 
@@ -182,7 +183,7 @@ def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, m
     argv, _ = settings(toy_bin, save, extra)
     monkeypatch.delenv("AMP")
     (save / "checkpoint_last.pt").write_bytes(b"")
-    (save / train_settings.DONE).write_text(train_settings.lines(argv))
+    (save / workflow.DONE).write_text(workflow.lines(argv))
     progress = {"path": save / "checkpoint_last.pt", "updates": 5, "epochs": 1, "hours": 0.0}
     monkeypatch.setattr(train_settings, "saved_progress", lambda plan: progress)
     assert settings(toy_bin, save, extra)[1] == [
@@ -199,13 +200,13 @@ def test_the_finished_record_is_written_atomically_past_a_planted_link(tmp_path)
     (tmp_path / "args").write_text("a\nb\n")
     (tmp_path / "outside").write_text("keep\n")
     (tmp_path / "save").mkdir()
-    (tmp_path / "save" / train_settings.DONE).symlink_to(tmp_path / "outside")
-    train_settings.record_finished(tmp_path / "args", tmp_path / "save")
-    done = tmp_path / "save" / train_settings.DONE
+    (tmp_path / "save" / workflow.DONE).symlink_to(tmp_path / "outside")
+    workflow.record_finished(tmp_path / "args", tmp_path / "save")
+    done = tmp_path / "save" / workflow.DONE
     assert not done.is_symlink() and done.read_text() == "a\nb\n" and (tmp_path / "outside").read_text() == "keep\n"
-    assert sorted(p.name for p in (tmp_path / "save").iterdir()) == [train_settings.DONE]
-    with pytest.raises(SystemExit, match=rf"^error: cannot write {tmp_path}/none/{train_settings.DONE}: No such file"):
-        train_settings.record_finished(tmp_path / "args", tmp_path / "none")
+    assert sorted(p.name for p in (tmp_path / "save").iterdir()) == [workflow.DONE]
+    with pytest.raises(SystemExit, match=rf"^error: cannot write {tmp_path}/none/{workflow.DONE}: No such file"):
+        workflow.record_finished(tmp_path / "args", tmp_path / "none")
 
 
 # the recipe: configs/multi30k.yaml is train_settings' source; each YAML spells out its arch preset

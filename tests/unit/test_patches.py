@@ -77,7 +77,7 @@ def test_minimal_loads_checkpoints_holding_fairseqs_non_tensor_objects_under_wei
     (validation metrics), which torch >= 2.6 refuses unless allow-listed: minimal keeps that."""
     torch.save({"args": Namespace(arch="lstm"), "model": {"w": torch.ones(2)},
                 "extra_state": {"best": np.float64(3.5), "counts": np.arange(3)}}, tmp_path / "c.pt")
-    load = ("import sys; sys.path.insert(0, sys.argv[1]); import user_dir, torch; "
+    load = ("import sys; sys.path.insert(0, sys.argv[1]); import user_dir, fairseq, torch; "
             "print(torch.load(sys.argv[2], weights_only=True)['extra_state']['best'])")
     assert run("python", "-c", load, ROOT, tmp_path / "c.pt", env={"RNN_SEQ2SEQ_PATCHES": "minimal"}).stdout == "3.5\n"
 
@@ -88,12 +88,45 @@ def test_the_summary_is_logged_once_per_process_however_often_reloaded():
 
 
 def test_an_unknown_level_is_one_line_naming_the_variable_and_the_values():
-    proc = run("python", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import user_dir", ROOT,
+    proc = run("python", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import fairseq, user_dir", ROOT,
                env={"RNN_SEQ2SEQ_PATCHES": "some"}, check=False)
     assert proc.returncode != 0
     assert proc.stderr.splitlines()[-1] == ("user_dir.patches.PatchLevelError: RNN_SEQ2SEQ_PATCHES='some': allowed "
                                             "values are 'all' (the default: every repair) and 'minimal' (only those "
                                             "fairseq 0.12 needs to run on current torch)")
+
+
+# G. importing the package: registering waits for fairseq, so the scripts' helpers start without it
+
+def imported(code: str) -> str:
+    return run("python", "-c", f"import sys; sys.path.insert(0, sys.argv[1]); {code}", ROOT).stdout
+
+
+def test_the_scripts_helpers_load_without_fairseq_or_torch():
+    loaded = imported("import user_dir.files, user_dir.text, user_dir.workflow, user_dir.checkpoint_files; "
+                      "print(sorted(m for m in ('fairseq', 'torch') if m in sys.modules))")
+    assert loaded == "[]\n"
+
+
+REGISTERED = ("from fairseq.models import ARCH_MODEL_REGISTRY; from fairseq.criterions import CRITERION_REGISTRY; "
+              "from user_dir import patches; "
+              "print('rnn_seq2seq' in ARCH_MODEL_REGISTRY, 'masked_ce' in CRITERION_REGISTRY, len(patches.APPLIED))")
+
+
+@pytest.mark.parametrize("first", ["import fairseq; import user_dir", "import user_dir; import fairseq",
+                                   "import user_dir.workflow; from fairseq.data import Dictionary",
+                                   "from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel"])
+def test_the_plugin_registers_and_patches_once_fairseq_is_imported_in_any_order(first):
+    assert imported(f"{first}; {REGISTERED}") == f"True True {len(ALL)}\n"
+
+
+def test_fairseqs_user_dir_finds_the_plugin_after_a_script_loaded_its_helpers():
+    """fairseq skips a --user-dir already in sys.modules: the plugin registered when fairseq came."""
+    parsed = imported("import user_dir.workflow; from fairseq import options; "
+                      "args = options.parse_args_and_arch(options.get_training_parser(), ['bin', '--user-dir', "
+                      "sys.argv[1] + '/user_dir', '--arch', 'rnn_seq2seq', '--criterion', 'masked_ce']); "
+                      "print(args.arch, args.criterion)")
+    assert parsed == "rnn_seq2seq masked_ce\n"
 
 
 # H. generation options fairseq asserts on, one line each
