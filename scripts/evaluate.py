@@ -39,7 +39,6 @@ from pathlib import Path
 
 import sacrebleu
 import sentencepiece as spm
-from fairseq.data import Dictionary
 
 from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble
 from user_dir.dictionaries import (
@@ -156,6 +155,8 @@ def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
 
 def check_tokenization(args: argparse.Namespace) -> None:
     """The sentencepiece options against DATA_BIN's dictionaries, in both directions."""
+    from fairseq.data import Dictionary  # here: refusals before this need no fairseq (seconds to import)
+
     src, tgt = language_pair(Path(args.data_bin))
     dicts = {side: Dictionary.load(str(Path(args.data_bin) / f"dict.{lang}.txt"))
              for side, lang in (("source", src), ("target", tgt))}

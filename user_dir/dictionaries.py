@@ -1,9 +1,16 @@
-"""What a model needs to know about its dictionaries to be used with the right data and tools."""
+"""What a model needs to know about its dictionaries to be used with the right data and tools.
+
+A dictionary is read through its ``symbols`` and ``nspecial`` only, so this module does not import
+fairseq (evaluate.py refuses bad input before fairseq's import, which takes seconds)."""
+from __future__ import annotations
+
 import hashlib
-from typing import Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 import torch
-from fairseq.data import Dictionary
+
+if TYPE_CHECKING:
+    from fairseq.data import Dictionary
 
 PIECE_START = "\u2581"  # sentencepiece marks word-initial pieces with it
 FINGERPRINT_KEYS = ("source_dictionary_fingerprint", "target_dictionary_fingerprint")

@@ -281,7 +281,7 @@ def check_pass_through(extra: list[str], owned: dict[str, str]) -> list[str]:
     sets or records itself (``owned``: destination -> what to use instead); else SystemExit
     naming the option. fairseq's parser takes no abbreviations, so exact names and NAME=VALUE
     are all there is to match."""
-    known = _generate_options()
+    known = _generate_options() if extra else {}  # fairseq's parser: only for options to check
     for arg in extra:
         dest = known.get(arg.split("=", 1)[0]) if arg.startswith("-") else None
         if dest in owned:

@@ -21,46 +21,38 @@ def packed(tarball) -> set:
         return {name.removeprefix("./") for name in archive.getnames()}
 
 
-def test_a_recipe_trains_scores_and_packs_its_logs_into_out(tmp_path):
-    out, logs = tmp_path / "out", tmp_path / "logs"
-    out.mkdir()
-    proc = run("bash", RECIPES, "", "attn",
-               env={"GPU_CHECK_CPU": "1", "RECIPES_UPDATES": "1", "OUT": str(out), "LOG_DIR": str(logs)})
-    assert "gpu_recipes: 4 of 4 stages passed" in proc.stdout  # prepare, train, valid and test scores
-    assert "'max_update': 1" in (logs / "train_attn.log").read_text()
-    assert "'model': {'_name': 'rnn_seq2seq_attention_multi30k'" in (logs / "train_attn.log").read_text()
-    scores = json.loads((logs / "attn_test.json").read_text())
-    assert scores["sentences"] == len((logs / "attn_test.hyp").read_text().splitlines()) > 0
-    assert f"attn_test BLEU {scores['bleu']} chrF2 {scores['chrf']}" in proc.stdout
-    # what the device tool returns: at most 8 files; the logs travel packed
-    assert sorted(p.name for p in out.iterdir()) == ["gpu_recipes.summary.txt", "gpu_recipes.tar.gz"]
-    assert {"summary.txt", "train_attn.log", "attn_valid.json", "attn_test.json", "attn_test.hyp"} <= \
-        packed(out / "gpu_recipes.tar.gz")
-    assert (out / "gpu_recipes.summary.txt").read_text() == (logs / "summary.txt").read_text()
-
-
 def fairseq_times(log) -> list:
     """The timestamps of a fairseq log's lines, in order."""
     return re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \|", log.read_text(), re.MULTILINE)
 
 
-def test_recipes_run_at_once_and_the_pair_is_scored_when_both_are_trained(tmp_path):
-    """RECIPES_PARALLEL=1 (one visit, every row): the pair's two trainings overlap, the ensemble
-    waits for both, and the packed logs stay whole while stages write at once."""
+def test_recipes_train_at_once_score_and_pack_their_logs_into_out(tmp_path):
+    """RECIPES_PARALLEL=1 (one visit, every row): each recipe is trained by train.sh with its own
+    options and scored on both splits; the pair's two trainings overlap and its ensemble waits for
+    both; the logs travel packed (at most 8 files come back from a device call) and stay whole
+    while stages write at once."""
     out, logs = tmp_path / "out", tmp_path / "logs"
     out.mkdir()
-    proc = run("bash", RECIPES, "", "pair", env={"GPU_CHECK_CPU": "1", "RECIPES_UPDATES": "1",
-                                                 "RECIPES_PARALLEL": "1", "OUT": str(out), "LOG_DIR": str(logs)})
-    assert "trained together: 2 trainings at once" in proc.stdout
-    assert "gpu_recipes: 7 of 7 stages passed" in proc.stdout  # prepare, 2 trainings, s1 and ensemble scores
+    proc = run("bash", RECIPES, "", "attn", "pair", env={"GPU_CHECK_CPU": "1", "RECIPES_UPDATES": "1",
+                                                         "RECIPES_PARALLEL": "1", "OUT": str(out),
+                                                         "LOG_DIR": str(logs)})
+    assert "trained together: 3 trainings at once" in proc.stdout
+    # prepare; 3 trainings; valid and test scores of attn, s1 and the ensemble
+    assert "gpu_recipes: 10 of 10 stages passed" in proc.stdout
+    attn_log = (logs / "train_attn.log").read_text()
+    assert "'max_update': 1" in attn_log and "'model': {'_name': 'rnn_seq2seq_attention_multi30k'" in attn_log
+    scores = json.loads((logs / "attn_test.json").read_text())
+    assert scores["sentences"] == len((logs / "attn_test.hyp").read_text().splitlines()) > 0
+    assert f"attn_test BLEU {scores['bleu']} chrF2 {scores['chrf']}" in proc.stdout
     s1_log = logs / "train_s1.log"
     s1, s2 = fairseq_times(s1_log), fairseq_times(logs / "train_s2.log")
     assert s2[0] <= s1[-1] and s1[0] <= s2[-1]  # the two trainings overlap
     assert "'seed': 2," in (logs / "train_s2.log").read_text() and "'max_update': 1," in s1_log.read_text()
-    for name in ("s1_test", "ensemble_test", "ensemble_valid"):
+    for name in ("s1_test", "ensemble_test", "ensemble_valid", "attn_valid"):
         assert json.loads((logs / f"{name}.json").read_text())["sentences"] > 0
     assert sorted(p.name for p in out.iterdir()) == ["gpu_recipes.summary.txt", "gpu_recipes.tar.gz"]
-    assert {"train_s1.log", "train_s2.log", "ensemble_test.json"} <= packed(out / "gpu_recipes.tar.gz")
+    assert {"summary.txt", "train_attn.log", "attn_valid.json", "attn_test.json", "attn_test.hyp",
+            "train_s1.log", "train_s2.log", "ensemble_test.json"} <= packed(out / "gpu_recipes.tar.gz")
     assert (out / "gpu_recipes.summary.txt").read_text() == (logs / "summary.txt").read_text()
 
 

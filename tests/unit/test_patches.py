@@ -104,8 +104,19 @@ def imported(code: str) -> str:
 
 def test_the_scripts_helpers_load_without_fairseq_or_torch():
     loaded = imported("import user_dir.files, user_dir.text, user_dir.workflow, user_dir.checkpoint_files; "
-                      "print(sorted(m for m in ('fairseq', 'torch') if m in sys.modules))")
-    assert loaded == "[]\n"
+                      "print(sorted(m for m in ('fairseq', 'torch') if m in sys.modules)); "
+                      "import user_dir.dictionaries; print('fairseq' in sys.modules)")
+    assert loaded == "[]\nFalse\n"
+
+
+@pytest.mark.parametrize("script, args, refusal", [
+    ("prepare.py", ["--raw-dir", "/nonexistent"], "error: raw data folder /nonexistent does not exist"),
+    ("evaluate.py", ["/nonexistent", "x.pt"], "error: DATA_BIN /nonexistent does not exist"),
+])
+def test_scripts_refuse_bad_input_before_importing_fairseq(script, args, refusal):
+    proc = run("python", "-X", "importtime", ROOT / "scripts" / script, *args, check=False)
+    assert proc.returncode != 0 and refusal in proc.stderr, proc.stderr[-1000:]
+    assert not [line for line in proc.stderr.splitlines() if line.rstrip().endswith("| fairseq")]
 
 
 REGISTERED = ("from fairseq.models import ARCH_MODEL_REGISTRY; from fairseq.criterions import CRITERION_REGISTRY; "
