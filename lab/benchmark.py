@@ -47,7 +47,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # not from user_dir.workflow: the parent process stays torch-free
+from user_dir.workflow import ROOT  # fairseq-free: the parent process stays torch-free
+
 USER_DIR = str(ROOT / "user_dir")
 OURS, THEIRS = ["--criterion", "masked_ce"], ["--criterion", "cross_entropy"]  # each model with its own loss
 MODELS = {  # name -> fairseq-train args (attention is lstm's default)

@@ -19,7 +19,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # not from user_dir.workflow: this process only starts others
+from user_dir.workflow import ROOT  # fairseq-free: this process only starts others
+
 PLUGIN, REFERENCE = ROOT / "user_dir", ROOT / "lab" / "d2l_reference"
 VARIANTS = {  # name -> (user dir, fairseq-train arguments)
     "preset before (--init uniform, dropout everywhere)":

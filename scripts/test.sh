@@ -18,17 +18,27 @@ tier() {  # pytest exits 5 when it collects no test: a tier that lost its tests 
     return "$rc"
 }
 
-workers() {  # one per CPU this shell may use (affinity, cgroup quota), at least 2, at most one per 2 GiB free
+workers() {  # one per CPU this shell may use (affinity, cgroup quota), at least 2, at most one per 2 GiB available
     python -c '
 import os
+from pathlib import Path
+
+def read(path):
+    try:
+        return Path(path).read_text().split()
+    except OSError:
+        return []
+
 cpus = len(os.sched_getaffinity(0))
-try:
-    quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
-    cpus = cpus if quota == "max" else min(cpus, -(-int(quota) // int(period)))
-except (OSError, ValueError):
-    pass
-free_gib = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-print(max(2, min(cpus, int(free_gib // 2))))'
+quota = read("/sys/fs/cgroup/cpu.max") or read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") + read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+if len(quota) == 2 and quota[0] not in ("max", "-1"):
+    cpus = min(cpus, -(-int(quota[0]) // int(quota[1])))
+meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+available = int(meminfo["MemAvailable"].split()[0]) * 1024
+limit, used = read("/sys/fs/cgroup/memory.max"), read("/sys/fs/cgroup/memory.current")
+if limit and limit[0] != "max" and used:
+    available = min(available, int(limit[0]) - int(used[0]))
+print(max(2, min(cpus, available // 2**31)))'
 }
 
 if [ $# -gt 0 ]; then

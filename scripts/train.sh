@@ -84,7 +84,9 @@ elif ! grep -qx -- --no-save "$tmp/args" &&
         [ -z "$(find "$save" -maxdepth 1 -name 'checkpoint*.pt' -newer "$tmp/start")" ]; then
     echo "error: training finished but wrote no checkpoint to $save: see $save/train.log" >&2
 else
-    stoppable python -c 'import sys; from user_dir.workflow import record_finished; record_finished(*sys.argv[1:])' \
+    # del sys.path[0]: the working folder's, where a user_dir/ of another checkout could hide the plugin's
+    stoppable python -c 'import sys; del sys.path[0]; from user_dir.workflow import record_finished
+record_finished(*sys.argv[1:])' \
         "$tmp/args" "$save" || exit 2
     exit 0
 fi

@@ -5,7 +5,6 @@ Imported as ``helpers`` (``pythonpath`` in setup.cfg's [tool:pytest]); fixtures 
 import json
 import math
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -39,17 +38,23 @@ def run(*cmd, check: bool = True, env: dict | None = None, **kwargs) -> subproce
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
     """FOLDER, made by ``build(FOLDER)`` once in a test run: the first xdist worker to ask builds it,
-    the others wait and reuse it (an expensive fixture is not made again in each worker)."""
+    the others wait and reuse it (an expensive fixture is not made again in each worker); a build
+    that failed fails the others' fixtures at once, not after building again."""
     root = tmp_path_factory.getbasetemp()
     if "PYTEST_XDIST_WORKER" in os.environ:
         root = root.parent  # the run's folder, which holds each worker's
-    folder, done = root / "built" / name, root / "built" / f"{name}.done"
+    folder, done, failed = (root / "built" / f"{name}{end}" for end in ("", ".done", ".failed"))
     folder.parent.mkdir(exist_ok=True)
     with FileLock(root / "built" / f"{name}.lock"):
+        if failed.exists():
+            pytest.fail(f"building {name} failed in another worker: {failed.read_text()}")
         if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
             folder.mkdir()
-            build(folder)
+            try:
+                build(folder)
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {e}"[:3000])
+                raise
             done.touch()
     return folder
 

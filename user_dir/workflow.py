@@ -348,7 +348,7 @@ def lines(argv: list[str]) -> str:
     return "".join(a + "\n" for a in argv)
 
 
-def record_finished(args_file: "str | Path", save: "str | Path") -> None:
+def record_finished(args_file: str | Path, save: str | Path) -> None:
     """SAVE_DIR/train.done := ARGS_FILE (atomically: a planted link or a kill never leaves half a
     record). train.sh calls it once training finished: this module loads without fairseq."""
     done = Path(save) / DONE
@@ -356,5 +356,5 @@ def record_finished(args_file: "str | Path", save: "str | Path") -> None:
         with atomic_write(done, "w") as f:
             f.write(Path(args_file).read_text())
     except OSError as e:  # WriteError names the path itself
-        raise SystemExit(f"error: {e}" if isinstance(e, WriteError) else f"error: cannot write {done}: {e.strerror}") \
-            from None
+        why = str(e) if isinstance(e, WriteError) else f"cannot write {done}: {e.strerror}"
+        raise SystemExit(f"error: {why}") from None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import user_dir  # noqa: F401  (the checkpoint allow-list, to read checkpoints with weights_only)
+import user_dir  # noqa: F401  (the checkpoint allow-list for weights_only reads; applied: conftest imported fairseq)
 from helpers import ROOT, run
 
 SCRIPTS = ROOT / "scripts"

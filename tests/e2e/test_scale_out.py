@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-import user_dir  # noqa: F401  (the checkpoint allow-list, to read checkpoints with weights_only)
+import user_dir  # noqa: F401  (the checkpoint allow-list for weights_only reads; applied: conftest imported fairseq)
 from helpers import ROOT, TOY, preprocess, run
 
 SCRIPTS = ROOT / "scripts"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-import user_dir  # noqa: F401  (the plugin's safe checkpoint loading)
+import user_dir  # noqa: F401  (the plugin's safe checkpoint loading; applied: conftest imported fairseq)
 from helpers import ROOT, processes_naming, run
 
 TRAIN = ROOT / "scripts" / "train.sh"

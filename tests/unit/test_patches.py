@@ -96,51 +96,6 @@ def test_an_unknown_level_is_one_line_naming_the_variable_and_the_values():
                                             "fairseq 0.12 needs to run on current torch)")
 
 
-# G. importing the package: registering waits for fairseq, so the scripts' helpers start without it
-
-def imported(code: str) -> str:
-    return run("python", "-c", f"import sys; sys.path.insert(0, sys.argv[1]); {code}", ROOT).stdout
-
-
-def test_the_scripts_helpers_load_without_fairseq_or_torch():
-    loaded = imported("import user_dir.files, user_dir.text, user_dir.workflow, user_dir.checkpoint_files; "
-                      "print(sorted(m for m in ('fairseq', 'torch') if m in sys.modules)); "
-                      "import user_dir.dictionaries; print('fairseq' in sys.modules)")
-    assert loaded == "[]\nFalse\n"
-
-
-@pytest.mark.parametrize("script, args, refusal", [
-    ("prepare.py", ["--raw-dir", "/nonexistent"], "error: raw data folder /nonexistent does not exist"),
-    ("evaluate.py", ["/nonexistent", "x.pt"], "error: DATA_BIN /nonexistent does not exist"),
-])
-def test_scripts_refuse_bad_input_before_importing_fairseq(script, args, refusal):
-    proc = run("python", "-X", "importtime", ROOT / "scripts" / script, *args, check=False)
-    assert proc.returncode != 0 and refusal in proc.stderr, proc.stderr[-1000:]
-    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "sentencepiece" in imported and "fairseq" not in imported
-
-
-REGISTERED = ("from fairseq.models import ARCH_MODEL_REGISTRY; from fairseq.criterions import CRITERION_REGISTRY; "
-              "from user_dir import patches; "
-              "print('rnn_seq2seq' in ARCH_MODEL_REGISTRY, 'masked_ce' in CRITERION_REGISTRY, len(patches.APPLIED))")
-
-
-@pytest.mark.parametrize("first", ["import fairseq; import user_dir", "import user_dir; import fairseq",
-                                   "import user_dir.workflow; from fairseq.data import Dictionary",
-                                   "from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel"])
-def test_the_plugin_registers_and_patches_once_fairseq_is_imported_in_any_order(first):
-    assert imported(f"{first}; {REGISTERED}") == f"True True {len(ALL)}\n"
-
-
-def test_fairseqs_user_dir_finds_the_plugin_after_a_script_loaded_its_helpers():
-    """fairseq skips a --user-dir already in sys.modules: the plugin registered when fairseq came."""
-    parsed = imported("import user_dir.workflow; from fairseq import options; "
-                      "args = options.parse_args_and_arch(options.get_training_parser(), ['bin', '--user-dir', "
-                      "sys.argv[1] + '/user_dir', '--arch', 'rnn_seq2seq', '--criterion', 'masked_ce']); "
-                      "print(args.arch, args.criterion)")
-    assert parsed == "rnn_seq2seq masked_ce\n"
-
-
 # H. generation options fairseq asserts on, one line each
 
 @pytest.mark.parametrize("options, message", [
