@@ -47,9 +47,9 @@ import sys
 import time
 from pathlib import Path
 
-from user_dir.workflow import ROOT  # fairseq-free: the parent process stays torch-free
+from user_dir import workflow  # fairseq-free: the parent process stays torch-free
 
-USER_DIR = str(ROOT / "user_dir")
+ROOT, USER_DIR = workflow.ROOT, str(workflow.USER_DIR)
 OURS, THEIRS = ["--criterion", "masked_ce"], ["--criterion", "cross_entropy"]  # each model with its own loss
 MODELS = {  # name -> fairseq-train args (attention is lstm's default)
     "rnn_seq2seq": ["--arch", "rnn_seq2seq", *OURS],

@@ -20,8 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from user_dir.workflow import ROOT  # fairseq-free: this process only starts others
+from user_dir.workflow import USER_DIR as PLUGIN
 
-PLUGIN, REFERENCE = ROOT / "user_dir", ROOT / "lab" / "d2l_reference"
+REFERENCE = ROOT / "lab" / "d2l_reference"
 VARIANTS = {  # name -> (user dir, fairseq-train arguments)
     "preset before (--init uniform, dropout everywhere)":
         (PLUGIN, ["--arch", "rnn_seq2seq_d2l", "--init", "uniform", "--dropout-in", "0.1", "--dropout-out", "0.1"]),

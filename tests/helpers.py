@@ -36,6 +36,12 @@ def run(*cmd, check: bool = True, env: dict | None = None, **kwargs) -> subproce
     return proc
 
 
+def python_with_plugin(code: str, *args, **kwargs) -> subprocess.CompletedProcess:
+    """``code`` in a new interpreter that finds the plugin as fairseq's --user-dir does (the
+    checkout on sys.path, as sys.argv[1]; ``args`` follow it), run by :func:`run`."""
+    return run("python", "-c", f"import sys; sys.path.insert(0, sys.argv[1]); {code}", ROOT, *args, **kwargs)
+
+
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
     """FOLDER, made by ``build(FOLDER)`` once in a test run: the first xdist worker to ask builds it,
     the others wait and reuse it (an expensive fixture is not made again in each worker); a build

@@ -4,11 +4,7 @@ modules load without fairseq, so prepare.py and evaluate.py refuse bad input bef
 import pytest
 
 from helpers import ROOT, run
-
-
-def python(code: str, env: dict | None = None, check: bool = True):
-    """``code`` in a new interpreter that finds the plugin as fairseq's --user-dir does (its parent on sys.path)."""
-    return run("python", "-c", f"import sys; sys.path.insert(0, sys.argv[1]); {code}", ROOT, env=env, check=check)
+from helpers import python_with_plugin as python
 
 
 def test_the_scripts_helpers_load_without_fairseq_or_torch():

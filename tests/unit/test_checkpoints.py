@@ -9,7 +9,7 @@ from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
-from helpers import DATA, ROOT, run
+from helpers import DATA, ROOT, python_with_plugin, run
 from user_dir.checkpoint_files import CheckpointError, check_file
 from user_dir.patches.checkpoints import safe_globals
 
@@ -219,9 +219,9 @@ def test_second_writer_of_a_save_dir_is_refused_and_orphans_removed(tmp_path):
     checkpoint_utils.verify_checkpoint_directory(str(tmp_path))
     assert not (tmp_path / ".checkpoint_last.pt.abc123.tmp").exists() and not (tmp_path / "dummy").exists()
     assert (tmp_path / ".notes.abc123.tmp").read_text() == "mine"
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import user_dir; from fairseq import checkpoint_utils;"
+    probe = ("import user_dir; from fairseq import checkpoint_utils; "
              "checkpoint_utils.verify_checkpoint_directory(sys.argv[2])")
-    second = run("python", "-c", probe, ROOT, tmp_path, check=False)
+    second = python_with_plugin(probe, tmp_path, check=False)
     assert second.returncode != 0
     assert f"FolderBusy: --save-dir {tmp_path} is in use by fairseq-train (pid {os.getpid()})" in second.stderr
-    assert run("python", "-c", probe, ROOT, tmp_path / "other").returncode == 0
+    assert python_with_plugin(probe, tmp_path / "other").returncode == 0

@@ -10,7 +10,7 @@ from fairseq.data import Dictionary
 from fairseq.dataclass.configs import GenerationConfig
 from omegaconf import OmegaConf
 
-from helpers import ROOT, build, run
+from helpers import ROOT, build, python_with_plugin, run
 from user_dir import patches
 from user_dir.dictionaries import TokenizationError, check_post_process
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
@@ -77,9 +77,8 @@ def test_minimal_loads_checkpoints_holding_fairseqs_non_tensor_objects_under_wei
     (validation metrics), which torch >= 2.6 refuses unless allow-listed: minimal keeps that."""
     torch.save({"args": Namespace(arch="lstm"), "model": {"w": torch.ones(2)},
                 "extra_state": {"best": np.float64(3.5), "counts": np.arange(3)}}, tmp_path / "c.pt")
-    load = ("import sys; sys.path.insert(0, sys.argv[1]); import user_dir, fairseq, torch; "
-            "print(torch.load(sys.argv[2], weights_only=True)['extra_state']['best'])")
-    assert run("python", "-c", load, ROOT, tmp_path / "c.pt", env={"RNN_SEQ2SEQ_PATCHES": "minimal"}).stdout == "3.5\n"
+    load = "import user_dir, fairseq, torch; print(torch.load(sys.argv[2], weights_only=True)['extra_state']['best'])"
+    assert python_with_plugin(load, tmp_path / "c.pt", env={"RNN_SEQ2SEQ_PATCHES": "minimal"}).stdout == "3.5\n"
 
 
 def test_the_summary_is_logged_once_per_process_however_often_reloaded():
@@ -88,8 +87,7 @@ def test_the_summary_is_logged_once_per_process_however_often_reloaded():
 
 
 def test_an_unknown_level_is_one_line_naming_the_variable_and_the_values():
-    proc = run("python", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import fairseq, user_dir", ROOT,
-               env={"RNN_SEQ2SEQ_PATCHES": "some"}, check=False)
+    proc = python_with_plugin("import fairseq, user_dir", env={"RNN_SEQ2SEQ_PATCHES": "some"}, check=False)
     assert proc.returncode != 0
     assert proc.stderr.splitlines()[-1] == ("user_dir.patches.PatchLevelError: RNN_SEQ2SEQ_PATCHES='some': allowed "
                                             "values are 'all' (the default: every repair) and 'minimal' (only those "
