@@ -41,9 +41,8 @@ from user_dir.workflow import (
 OWNED = {"path": "give the teacher as TEACHER", "beam": "use distill.py's --beam", "gen_subset": "the training split",
          "post_process": "the training targets must stay in the dictionary's units (pieces)",
          "source_lang": "the languages are DATA_BIN's", "target_lang": "the languages are DATA_BIN's",
-         "user_dir": "distill.py passes the plugin", "score_reference": "it scores the references instead of "
-         "translating", "results_path": "leave it out", "quiet": "leave it out", "nbest": "the best hypothesis is "
-         "the target", "replace_unk": "the targets must stay in the dictionary's units"}
+         "user_dir": "distill.py passes the plugin", "results_path": "leave it out", "quiet": "leave it out",
+         "nbest": "the best hypothesis is the target", "replace_unk": "the targets must stay in the dictionary's units"}
 
 
 def translate_train(data_bin: Path, teacher: str, beam: int, extra: list[str]) -> tuple[list[str], list[str]]:

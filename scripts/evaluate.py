@@ -74,8 +74,7 @@ OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's
          "gen_subset": "use evaluate.py's --subset", "post_process": "use evaluate.py's --post-process",
          "source_lang": "the languages are DATA_BIN's", "target_lang": "the languages are DATA_BIN's",
          "batch_size": "use evaluate.py's --batch-size", "user_dir": "evaluate.py passes the plugin",
-         "score_reference": "it scores the references instead of translating", "results_path": "leave it out",
-         "quiet": "leave it out"}
+         "results_path": "leave it out", "quiet": "leave it out"}
 
 
 def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_process: str,
@@ -149,12 +148,55 @@ def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
         check_output(args.hyp_out, "--hyp-out", inputs, earlier_hypotheses)
     if args.json:
         check_output(args.json, "--json", inputs, earlier_scores)
-    check_tokenization(args)
+    target_dictionary = check_tokenization(args)
+    if args.generate_log:
+        check_reference(refs, targets(read_lines(args.generate_log)), f"the sentences of {args.generate_log}")
+    elif sources is None:
+        check_reference(refs, split_targets(Path(args.data_bin), args.subset, target_dictionary, args.post_process),
+                        f"split '{args.subset}' of {args.data_bin}")
     return refs, sources
 
 
-def check_tokenization(args: argparse.Namespace) -> None:
-    """The sentencepiece options against DATA_BIN's dictionaries, in both directions."""
+def targets(generate_output: list[str]) -> list[str]:
+    """The reference of each sentence of fairseq-generate's output (its T- lines), in corpus order."""
+    found = {int(line[2:].split("\t", 1)[0]): line.split("\t", 1)[1]
+             for line in generate_output if line.startswith("T-") and "\t" in line}
+    return [found[i] for i in sorted(found)]
+
+
+def split_targets(data_bin: Path, subset: str, dictionary, post_process: str) -> list[str]:
+    """The target side of DATA_BIN's SUBSET as fairseq-generate prints it (T- lines); [] when it has none."""
+    from fairseq.data import data_utils
+
+    src, tgt = language_pair(data_bin)
+    dataset = data_utils.load_indexed_dataset(str(data_bin / f"{subset}.{src}-{tgt}.{tgt}"), dictionary)
+    return [] if dataset is None else [dictionary.string(dataset[i], post_process or None) for i in range(len(dataset))]
+
+
+def trigrams(text: str) -> set[str]:
+    """The letter trigrams of TEXT, lower-cased, without white space, <unk>, pieces' marks or '@@':
+    what a raw reference and its binarized, tokenized form share."""
+    text = "".join(text.replace("<unk>", " ").replace(PIECE_START, " ").replace("@@", "").lower().split())
+    return {text[i:i + 3] for i in range(max(1, len(text) - 2))}
+
+
+def check_reference(refs: list[str], sentences: list[str], what: str) -> None:
+    """Refuse a reference that is not the target side of what is scored (another split or language
+    of the same length, lines in another order): at least half its lines must share 30% of their
+    letter trigrams with their sentence's target. On Multi30k's test set the right reference passes
+    with 40% of the words <unk> (84% of the lines), another split or the source has no such line."""
+    if not sentences:  # a split without a target side: nothing to compare with
+        return
+    pairs = ((trigrams(ref), trigrams(target)) for ref, target in zip(refs, sentences))
+    alike = sum(len(a & b) >= 0.3 * len(a | b) for a, b in pairs)
+    if alike < len(refs) / 2:
+        raise SystemExit(f"error: the reference does not match {what}: {alike} of its {len(refs)} lines resemble "
+                         f"their sentence's target (line 1: {refs[0][:50]!r} against {sentences[0][:50]!r}); "
+                         "give the reference of the sentences scored")
+
+
+def check_tokenization(args: argparse.Namespace):
+    """The sentencepiece options against DATA_BIN's dictionaries, in both directions; returns the target one."""
     from fairseq.data import Dictionary  # here: refusals before this need no fairseq (seconds to import)
 
     src, tgt = language_pair(Path(args.data_bin))
@@ -169,6 +211,7 @@ def check_tokenization(args: argparse.Namespace) -> None:
     elif args.src_raw and uses_sentencepiece(dicts["source"]):
         raise SystemExit("error: the model reads sentencepiece pieces: pass --spm with the sentencepiece model "
                          "the data was prepared with (prepare.py's OUT/spm.model)")
+    return dicts["target"]
 
 
 def binarize_raw(data_bin: Path, sources: list[str], refs: list[str], spm_model: Path | None, work: Path) -> str:

@@ -9,6 +9,7 @@
 # What it picks from the data (tokenization, size), the machine and the environment is printed
 # at the start (scripts/train_settings.py; docs/training.md), as fairseq-train reads the options.
 # An explicit --max-update or --max-epoch is honoured exactly. Later EXTRA args override the defaults.
+# EXTRA's options: fairseq-train --user-dir user_dir --arch rnn_seq2seq --help.
 # Env: PATIENCE stop after this many validations without a better BLEU (0: never; default 5,
 # none when EXTRA sizes the run), BUDGET_HOURS wall-clock limit in hours (default none),
 # AMP=0/1 float32 / bfloat16 autocast on a CPU (default: the faster one, measured), AMP=0 for
@@ -19,7 +20,7 @@
 # Ctrl-C 130. Stopping train.sh in any way (even SIGKILL) stops every training process it started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-case "${1:-}" in -h|--help) sed -n '2,20p' "$0"; exit 0 ;; esac
+for arg in "$@"; do case "$arg" in -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;; esac; done
 [ $# -ge 2 ] || { echo "error: give DATA_BIN and SAVE_DIR: bash $0 DATA_BIN SAVE_DIR [EXTRA...] (--help: more)" >&2; exit 2; }
 threads="${OMP_NUM_THREADS:-}"
 source "$root/scripts/env.sh" || exit 2

@@ -36,17 +36,20 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
-from fairseq import checkpoint_utils, options
+from fairseq import checkpoint_utils, options, tasks
 from fairseq.data import Dictionary, data_utils
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.registry import REGISTRIES
 from omegaconf import OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.files import OutputError, atomic_write, make_folder
+from user_dir.patches.checkpoints import misfit, option_differences
 from user_dir.workflow import DONE, ROOT, USER_DIR, language_pair, lines, prepared_record
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
@@ -115,7 +118,7 @@ def fairseq_options(argv: list[str], given_only: bool = False) -> argparse.Names
         with contextlib.redirect_stderr(stderr):
             return options.parse_args_and_arch(options.get_training_parser(), argv, suppress_defaults=given_only)
     except SystemExit:
-        why = (stderr.getvalue().strip().splitlines() or ["its options cannot be read"])[-1]
+        why = (stderr.getvalue().strip().splitlines() or ["cannot read these options"])[-1]
         raise SystemExit(f"error: fairseq-train {why.split(': error: ', 1)[-1]}") from None
 
 
@@ -129,6 +132,13 @@ def check_counts(plan: argparse.Namespace) -> None:
             raise SystemExit(f"error: --{dest.replace('_', '-')} {shown}: give a number >= {least}{meaning}")
 
 
+def check_device(plan: argparse.Namespace) -> None:
+    """Refuses float16 training where no CUDA is (fairseq-train fails deep inside instead)."""
+    if (plan.fp16 or plan.memory_efficient_fp16) and not torch.cuda.is_available():
+        raise SystemExit("error: --fp16 trains on a CUDA GPU and there is none here: leave it out (train.sh "
+                         "chooses float32 or bfloat16 autocast on a CPU; --amp forces bfloat16)")
+
+
 def check_ends(plan: argparse.Namespace) -> None:
     """Refuses a plan that nothing stops: fairseq reads --max-update 0 and --max-epoch 0 as no limit."""
     early = plan.patience > 0 and not plan.disable_validation
@@ -139,11 +149,13 @@ def check_ends(plan: argparse.Namespace) -> None:
 
 
 def env_number(name: str, kind: type, minimum: float, meaning: str) -> float | None:
+    """The environment variable NAME as a KIND >= MINIMUM (None: unset), in ASCII digits as train.sh's
+    bash reads it too (Python alone would take "2_0" as 20), else one line with MEANING."""
     text = os.environ.get(name, "")
     if not text:
         return None
     try:
-        value = kind(text)
+        value = kind(text) if text.isascii() and "_" not in text and text.strip() == text else None
     except ValueError:
         value = None
     if value is None or value < minimum or (kind is float and not math.isfinite(value)):
@@ -208,12 +220,29 @@ def probe(rounds: int = 3, repeats: int = 3) -> dict:
     return {"bf16_speedup": round(median[False] / median[True], 3)}
 
 
+def amp_setting() -> str:
+    """AMP: "1", "0" or "" (unset), anything else refused in one line, on every device."""
+    amp = os.environ.get("AMP", "")
+    if amp not in ("", "0", "1"):
+        raise SystemExit(f"error: AMP={amp!r}: 1 forces bfloat16 autocast on a CPU (float16 on a GPU), 0 float32, "
+                         "unset chooses (measured on a CPU, float16 on a GPU)")
+    return amp
+
+
+def resumed_precision(common) -> list[str] | None:
+    """The precision options of a checkpoint's COMMON config that this machine can train with (None: none)."""
+    gpu = torch.cuda.is_available()
+    if common.get("fp16") or common.get("memory_efficient_fp16"):
+        return ["--fp16"] if gpu else None
+    if common.get("bf16"):
+        return None
+    return (["--amp"] if common.get("amp") else []) if gpu else CPU_CHOICES[bool(common.get("amp"))]
+
+
 def cpu_precision(measure: bool = True) -> tuple[bool | None, str]:
     """(bfloat16 autocast?, why) from AMP or the cached probe; (None, why) when only a probe can tell
     and MEASURE is false."""
-    amp = os.environ.get("AMP", "")
-    if amp not in ("", "0", "1"):
-        raise SystemExit(f"error: AMP={amp!r}: 1 forces bfloat16 autocast, 0 float32, unset measures which is faster")
+    amp = amp_setting()
     if amp:
         return amp == "1", f"AMP={amp}"
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -256,22 +285,71 @@ def saved_progress(plan: argparse.Namespace) -> dict | None:
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
     except CheckpointError as e:
-        raise SystemExit(f"error: {e} (train.sh resumes from it: remove it to start again, or give another "
-                         "SAVE_DIR)") from None
+        raise SystemExit(f"error: {e} (train.sh resumes from it: give another SAVE_DIR for a new run)") from None
     extra = state.get("extra_state") or {}
     # the iterator's epoch is the next one to train once an epoch ended, else the one under way
     return {"path": path, "updates": state["optimizer_history"][-1]["num_updates"],
             "epochs": extra.get("train_iterator", {}).get("epoch", 1) - 1,
-            "hours": extra.get("previous_training_time", 0) / 3600}
+            "hours": extra.get("previous_training_time", 0) / 3600, "cfg": state["cfg"], "model": state["model"]}
 
 
-def complete(plan: argparse.Namespace, argvs: list[list[str]]) -> str | None:
-    """Why the run in SAVE_DIR is complete (fairseq-train's stopping rules against its checkpoint,
-    or this very command finished there: one of ARGVS, which differ only in a precision not yet
-    measured), None when training is left; refuses limits below it."""
-    saved = saved_progress(plan)
+def check_new_run(plan: argparse.Namespace) -> None:
+    """Refuses a run that does not resume SAVE_DIR/checkpoint_last.pt in a folder holding another
+    run's checkpoints: fairseq would keep the highest-numbered epoch checkpoints (the old run's;
+    scripts/average_checkpoints.py would average those) and replace checkpoint_best.pt."""
+    save = Path(plan.save_dir)
+    earlier = sorted(p.name for p in save.glob("checkpoint*.pt")) if save.is_dir() else []
+    last = save / "checkpoint_last.pt"
+    why = ("it holds no checkpoint_last.pt" if not last.is_file() else
+           f"--restore-file {plan.restore_file}" if plan.restore_file != "checkpoint_last.pt" else
+           "--reset-dataloader" if plan.reset_dataloader else None)
+    if earlier and why:
+        shown = ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise SystemExit(f"error: {save} holds checkpoints of an earlier run ({shown}) and this run would not "
+                         f"resume it ({why}): its checkpoints would mix with them; give another SAVE_DIR")
+
+
+# what a resume keeps from the checkpoint (section: its fields; None: all but the learning rate): the
+# optimizer's state, and what fairseq-train resumes only with (it asserts the criterion's and optimizer's class)
+KEPT_ON_RESUME = {"criterion": ["_name"], "optimizer": None, "common": ["fp16", "amp", "bf16", "memory_efficient_fp16"]}
+
+
+def check_resume(plan: argparse.Namespace, saved: dict) -> None:
+    """Refuses resuming SAVE_DIR/checkpoint_last.pt with options it cannot resume with or would not
+    apply: another model or data (fairseq-train's own check, :func:`misfit`), criterion,
+    optimizer or precision (fairseq-train asserts), optimizer options (restored from its state) or,
+    with reduce_lr_on_plateau past its warmup, --lr (the rate continues from the checkpoint's)."""
+    with warnings.catch_warnings():  # hydra's deprecation notes on fairseq 0.12's use of it
+        warnings.simplefilter("ignore")
+        path, cfg = saved["path"], convert_namespace_to_omegaconf(plan)
+    task = tasks.setup_task(cfg.task)
+    try:
+        task.build_model(cfg.model).load_state_dict(saved["model"], strict=True, model_cfg=cfg.model)
+    except Exception as e:
+        raise SystemExit(f"error: {misfit(str(path), e, cfg.model, task, saved['cfg']['model'])}") from None
+    differ = []
+    for section, keys in KEPT_ON_RESUME.items():
+        keys = keys or [k for k in saved["cfg"][section] if k != "lr"]
+        differ += [d.replace("--name ", f"--{section} ") for d in option_differences(saved["cfg"][section],
+                                                                                     cfg[section], keys)]
+    plateau = plan.lr_scheduler == "reduce_lr_on_plateau" and saved["updates"] > plan.warmup_updates
+    if plateau:
+        differ += option_differences(saved["cfg"]["optimization"], cfg.optimization, ["lr"])
+    if differ:
+        raise SystemExit(f"error: {path} was trained with {', '.join(differ)}: resuming it keeps the checkpoint's "
+                         "criterion, optimizer state and precision" + (" (and learning rate)" if plateau else "")
+                         + "; give its values, or another SAVE_DIR for a new run")
+
+
+def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict | None) -> str | None:
+    """Why the run in SAVE_DIR is complete (fairseq-train's stopping rules against its checkpoint
+    SAVED, or this very command finished there: one of ARGVS, which differ only in a precision not
+    yet measured), None when training is left; refuses limits below it, and a checkpoint this
+    command could not resume (:func:`check_resume`): complete or not, it is another run's."""
     if saved is None:
+        check_new_run(plan)
         return None
+    check_resume(plan, saved)
     path, done = saved["path"], []
     for option, limit, held, unit in (("--max-update", plan.max_update, saved["updates"], "updates"),
                                       ("--max-epoch", plan.max_epoch, saved["epochs"], "finished epochs")):
@@ -308,12 +386,15 @@ def schedule(plan: argparse.Namespace, epoch: int, total: int) -> list[str]:
     return ["--validate-interval", str(every), "--save-interval", str(every)]
 
 
-def precision(measure: bool = True) -> tuple[list[str] | None, str]:
+def precision(measure: bool = True, saved: dict | None = None) -> tuple[list[str] | None, str]:
     """fairseq-train's precision options for this machine and AMP, and why; None when only a probe
-    can tell and MEASURE is false."""
+    can tell and MEASURE is false. Without AMP, a resumed run (SAVED) keeps its checkpoint's."""
+    amp = amp_setting()
+    kept = resumed_precision(saved["cfg"]["common"]) if saved and not amp else None
+    if kept is not None:
+        return kept, f"as {saved['path']} was trained"
     if torch.cuda.is_available():
-        amp = os.environ.get("AMP", "1") != "0"
-        return (["--fp16"], "GPU") if amp else ([], "AMP=0, GPU")
+        return ([], "AMP=0, GPU") if amp == "0" else (["--fp16"], "GPU")
     bf16, why = cpu_precision(measure)
     return (None if bf16 is None else CPU_CHOICES[bf16]), why
 
@@ -396,17 +477,19 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     warmup = min(int(recipe_scheduler["--warmup-updates"]), max(1, total // 10))
     args += components({kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
     args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
-    machine, why = precision(measure=False)  # a complete run is not probed
+    saved = saved_progress(pre)
+    machine, why = precision(measure=False, saved=saved)  # a complete run is not probed
     choices = [machine] if machine is not None else CPU_CHOICES
     argvs = [head + args + choice + distributed(nproc * nnodes) + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
     check_counts(plan)
     check_ends(plan)
-    done = complete(plan, argvs)
+    check_device(plan)
+    done = complete(plan, argvs, saved)
     if done:
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch trains on)"]
     if machine is None:
-        machine, why = precision()
+        machine, why = precision(saved=saved)
     argv = head + args + machine + distributed(nproc * nnodes) + fixed + tail
     plan = plan if argv == argvs[0] else fairseq_options(argv)
     writable_folder(save)

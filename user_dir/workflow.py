@@ -276,17 +276,28 @@ def _generate_options() -> dict:
     return {option: action.dest for action in parser._actions for option in action.option_strings}
 
 
+# fairseq-generate options that no script passes on (destination -> why): they would show the
+# references to the model, decode its pieces a second time, or print help instead of translating
+NEVER_PASSED = {"prefix_size": "it copies each reference's first tokens into the hypothesis",
+                "score_reference": "it scores the references instead of translating",
+                "bpe": "the script's --post-process joins the pieces; --bpe would decode the text a second time",
+                "help": "fairseq-generate --user-dir user_dir --help lists its options"}
+
+
 def check_pass_through(extra: list[str], owned: dict[str, str]) -> list[str]:
     """``extra`` (fairseq-generate arguments after ``--``) if none of them sets what the script
-    sets or records itself (``owned``: destination -> what to use instead); else SystemExit
-    naming the option. fairseq's parser takes no abbreviations, so exact names and NAME=VALUE
-    are all there is to match."""
+    sets or records itself (``owned``: destination -> what to use instead) or is one of
+    :data:`NEVER_PASSED`; else SystemExit naming the option. fairseq's parser takes no
+    abbreviations, so exact names and NAME=VALUE are all there is to match."""
     known = _generate_options() if extra else {}  # fairseq's parser: only for options to check
     for arg in extra:
         dest = known.get(arg.split("=", 1)[0]) if arg.startswith("-") else None
         if dest in owned:
             raise SystemExit(f"error: {arg.split('=', 1)[0]} after -- would contradict what this script sets "
                              f"and records: {owned[dest]}")
+        if dest in NEVER_PASSED:
+            raise SystemExit(f"error: {arg.split('=', 1)[0]} after -- is not passed to fairseq-generate: "
+                             f"{NEVER_PASSED[dest]}")
     return extra
 
 

@@ -209,6 +209,26 @@ def test_evaluate_refuses_bad_files_with_one_line(toy_bin, trained, tmp_path, ca
     one_error_line(proc, {"corrupt gzip reference": r"ref\.gz: cannot be read"}.get(case, r"cannot write"))
 
 
+@pytest.mark.parametrize("case", ["lines in another order", "the source side", "another split's lines",
+                                  "a generate log against lines in another order"])
+def test_evaluate_refuses_a_reference_that_is_not_the_scored_sentences_target(toy_bin, trained, tmp_path, case):
+    """The line count alone would pass each of these and score a BLEU near zero, silently."""
+    lines = (TOY / "test.tgt").read_text().splitlines(keepends=True)
+    ref = tmp_path / "ref.txt"
+    ref.write_text({"lines in another order": "".join(lines[::-1]), "the source side": (TOY / "test.src").read_text(),
+                    "another split's lines": "".join((TOY / "train.tgt").read_text().splitlines(keepends=True)
+                                                     [:len(lines)])}.get(case, "".join(lines[::-1])))
+    if case.startswith("a generate log"):
+        log = tmp_path / "generate.log"
+        log.write_text(run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--gen-subset",
+                           "test", "--beam", "2").stdout)
+        assert "sentences = 203" in evaluate(toy_bin, "--generate-log", log, "--ref", TOY / "test.tgt").stdout
+        proc, what = evaluate(toy_bin, "--generate-log", log, "--ref", ref), f"the sentences of {log}"
+    else:
+        proc, what = evaluate(toy_bin, trained, "--ref", ref), f"split 'test' of {toy_bin}"
+    one_error_line(proc, rf"^error: the reference does not match {re.escape(what)}: \d+ of its 203 lines resemble")
+
+
 def interrupt_while_decoding(cmd: list, tmp_path: Path) -> subprocess.CompletedProcess:
     """Start ``cmd``, send it SIGINT once its fairseq-generate runs, and return how it ended; the
     child must be gone too."""

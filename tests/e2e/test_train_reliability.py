@@ -15,7 +15,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import user_dir  # noqa: F401  (the plugin's safe checkpoint loading; applied: conftest imported fairseq)
-from helpers import ROOT, processes_naming, run
+from helpers import ROOT, TOY, preprocess, processes_naming, run
 
 TRAIN = ROOT / "scripts" / "train.sh"
 TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
@@ -100,6 +100,62 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
             }.get(case, [data, save, *extra])
     one_error_line(run("bash", TRAIN, *args, env=ENV, check=False), message.format(file=tmp_path / "file"))
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
+
+
+@pytest.fixture(scope="module")
+def earlier_run(toy_bin, tmp_path_factory) -> Path:
+    """A finished run of 3 updates (the learning rate's warmup is 1 update): what the next runs meet."""
+    save = tmp_path_factory.mktemp("earlier") / "ckpt"
+    train(toy_bin, save, "--max-update", "3")
+    return save
+
+
+@pytest.mark.parametrize("case, extra, env, message", [
+    ("complete, another model", ["--decoder-attention", "additive"], {},
+     "does not fit the model of this command: it was trained with --decoder-attention none (this command: additive)"),
+    ("complete, other data", [], {}, "ckpt/checkpoint_last.pt: the checkpoint was trained with a source dictionary of"),
+    ("resume, another criterion", ["--max-update", "5", "--criterion", "cross_entropy"], {},
+     "was trained with --criterion masked_ce (this command: cross_entropy): resuming it keeps"),
+    ("resume, another learning rate", ["--max-update", "5", "--lr", "0.5"], {},
+     "was trained with --lr 0.002 (this command: 0.5): resuming it keeps the checkpoint's criterion, optimizer "
+     "state and precision (and learning rate); give its values, or another SAVE_DIR for a new run"),
+    ("resume, other optimizer options", ["--max-update", "5", "--weight-decay", "0.1"], {},
+     "was trained with --weight-decay 0.0 (this command: 0.1)"),
+    ("resume, another precision", ["--max-update", "5"], {"AMP": "1"},
+     "was trained with --amp False (this command: True)"),
+    ("new run among its checkpoints", [], {}, "holds checkpoints of an earlier run (checkpoint"),
+    ("restore another file", ["--max-update", "5", "--restore-file", "x.pt"], {},
+     "and this run would not resume it (--restore-file x.pt): its checkpoints would mix with them"),
+])
+def test_a_run_is_refused_where_it_would_meet_another_runs_checkpoints(toy_bin, tmp_path, earlier_run, case, extra,
+                                                                       env, message):
+    """A complete run is still checked against the command (another model or data is another run,
+    not a complete one); a resume names what fairseq-train could not resume with or would not
+    apply; a run that would not resume the folder's checkpoints does not start among them. The
+    folder is left as it was."""
+    save, data = shutil.copytree(earlier_run, tmp_path / "ckpt"), toy_bin
+    if case == "complete, other data":
+        data = preprocess(TOY, tmp_path / "other", ["--nwordssrc", "16"])
+    if case == "new run among its checkpoints":
+        (save / "checkpoint_last.pt").unlink()
+    before = files(save)
+    proc = train(data, save, *(extra if "--max-update" in extra else [*extra, "--max-update", "3"]), env=env,
+                 check=False)
+    one_error_line(proc, message.format(save=save))
+    assert files(save) == before
+    if case == "resume, another precision":  # AMP unset: the checkpoint's precision, not a measured one
+        resumed = train(toy_bin, save, "--max-update", "4", env={"AMP": ""}).stdout
+        assert f"precision: float32, as {save}/checkpoint_last.pt was trained" in resumed and "done training" in resumed
+
+
+@pytest.mark.parametrize("env, extra, message", [
+    ({}, ["--fp16"], "error: --fp16 trains on a CUDA GPU and there is none here"),
+    ({"NPROC": "2_0"}, [], "error: NPROC='2_0': the number of processes"),
+    ({"AMP": "yes"}, [], "error: AMP='yes': 1 forces bfloat16 autocast"),
+])
+def test_settings_a_cpu_cannot_train_with_are_refused_before_training(toy_bin, tmp_path, env, extra, message):
+    one_error_line(train(toy_bin, tmp_path / "ckpt", "--max-update", "3", *extra, env=env, check=False), message)
+    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
 
 
 def launcher_of(save: Path) -> int:

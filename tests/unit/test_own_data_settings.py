@@ -176,24 +176,31 @@ def unmeasured(plan, tmp_path, monkeypatch):
 
 
 def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, monkeypatch, unmeasured):
-    """By the checkpoint's updates, or by train.done of this command with either precision (the
-    earlier run measured it); another command is probed."""
+    """By the checkpoint's updates, or by train.done of this command (a resumed run keeps its
+    checkpoint's precision: nothing to measure); a new run is probed. The checkpoint's fit to the
+    command: tests/e2e/test_train_reliability.py."""
     save, extra = tmp_path / "save", ["--max-update", "5"]
     monkeypatch.setenv("AMP", "1")  # what the earlier run measured
     argv, _ = settings(toy_bin, save, extra)
     monkeypatch.delenv("AMP")
     (save / "checkpoint_last.pt").write_bytes(b"")
     (save / workflow.DONE).write_text(workflow.lines(argv))
-    progress = {"path": save / "checkpoint_last.pt", "updates": 5, "epochs": 1, "hours": 0.0}
+    progress = {"path": save / "checkpoint_last.pt", "updates": 5, "epochs": 1, "hours": 0.0,
+                "cfg": {"common": {"amp": True, "fp16": False}}}
     monkeypatch.setattr(train_settings, "saved_progress", lambda plan: progress)
+    monkeypatch.setattr(train_settings, "check_resume", lambda plan, saved: None)
     assert settings(toy_bin, save, extra)[1] == [
         f"the run is complete: {save}/checkpoint_last.pt holds 5 updates of --max-update 5; nothing to do "
         "(a larger --max-update or --max-epoch trains on)"]
     progress["updates"] = 3  # stopped early
     argv, lines = settings(toy_bin, save, extra)
     assert argv is None and "this command finished there" in lines[0]
+    argv, lines = settings(toy_bin, save, [*extra, "--log-interval", "1"])  # trains on, as the checkpoint was
+    assert "--amp" in argv
+    assert f"precision: bfloat16 autocast (--amp), as {save}/checkpoint_last.pt was trained" in lines
+    monkeypatch.setattr(train_settings, "saved_progress", lambda plan: None)
     with pytest.raises(AssertionError, match="probed"):
-        settings(toy_bin, save, [*extra, "--log-interval", "1"])
+        settings(toy_bin, tmp_path / "new", extra)
 
 
 def test_the_finished_record_is_written_atomically_past_a_planted_link(tmp_path):

@@ -134,8 +134,13 @@ def option_differences(saved, current, keys: Optional[Iterable[str]] = None) -> 
     the two configs give differently."""
     saved, current = _as_dict(saved), _as_dict(current)
     differ = {key for key in saved.keys() & current.keys() if saved[key] != current[key]}
-    return [f"--{key.lstrip('_').replace('_', '-')} {saved[key]} (this command: {current[key]})"
+    return [f"--{key.lstrip('_').replace('_', '-')} {_shown(saved[key])} (this command: {_shown(current[key])})"
             for key in sorted(differ if keys is None else differ & set(keys))]
+
+
+def _shown(value):
+    """An option's value as it is given on the command line: a list of one (--lr) as its item."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
 def _parameter_shapes(model_cfg, task) -> Optional[dict]:
@@ -163,6 +168,21 @@ def model_changing(saved, current, task) -> list[str]:
     return changing
 
 
+def misfit(filename: str, cause: Exception, model_cfg, task, saved=None) -> CheckpointError:
+    """Why the checkpoint ``filename`` (its model config ``saved``, read when None) does not load into
+    the model of ``model_cfg``: the model's own check (dictionaries, direction), else the options that
+    differ and change its parameters, else ``cause``. Resuming (Trainer) and train.sh's check of a
+    complete run (scripts/train_settings.py) both say it in these words."""
+    if isinstance(cause, ValueError):  # the model's own check (dictionaries) says what differs
+        return CheckpointError(f"checkpoint {filename}: {cause}")
+    if saved is None:
+        saved = checkpoint_utils.load_checkpoint_to_cpu(filename)["cfg"]["model"]
+    differ = option_differences(saved, model_cfg, model_changing(saved, model_cfg, task))
+    what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause)
+    return CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; "
+                           "use the checkpoint's options, or another --save-dir for a new model")
+
+
 def _name_what_differs(load_checkpoint):
     def load_checkpoint_naming_differences(self, filename, *args, **kwargs):
         try:
@@ -173,13 +193,7 @@ def _name_what_differs(load_checkpoint):
             cause = e.__cause__ or e.__context__
             if type(e) is not Exception or cause is None:
                 raise
-            if isinstance(cause, ValueError):  # the model's own check (dictionaries) says what differs
-                raise CheckpointError(f"checkpoint {filename}: {cause}") from None
-            saved = checkpoint_utils.load_checkpoint_to_cpu(filename)["cfg"]["model"]
-            differ = option_differences(saved, self.cfg.model, model_changing(saved, self.cfg.model, self.task))
-            what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause)
-            raise CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; "
-                                  "use the checkpoint's options, or another --save-dir for a new model") from None
+            raise misfit(filename, cause, self.cfg.model, self.task) from None
 
     return load_checkpoint_naming_differences
 
