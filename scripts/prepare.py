@@ -143,7 +143,21 @@ def read_pair(prefix: Path, src: str, tgt: str) -> Pairs:
     if sides[0] == sides[1]:
         raise SystemExit(f"error: {paths[0]} and {paths[1]} hold the same text: give the {src} and the {tgt} "
                          "text of the pairs")
+    for path, lines in zip(paths, sides):
+        check_not_empty_to_the_model(path, lines)
     return sides[0], sides[1]
+
+
+def check_not_empty_to_the_model(path: Path, lines: list[str]) -> None:
+    """Refuse a line that sentencepiece's normalisation leaves empty (user_dir/text.py refuses blank
+    lines; U+FFFD, the mark of text decoded wrongly before, and U+2581 pass it but vanish here):
+    the model would learn from a pair with an empty side."""
+    for number, seen in enumerate(as_the_model_sees(lines), start=1):
+        if not seen.strip("\u2581"):  # sentencepiece's mark of a space
+            shown = lines[number - 1][:20]
+            why = " (U+FFFD: the text was decoded wrongly before it was saved)" if "\ufffd" in shown else ""
+            raise SystemExit(f"error: {path} line {number}: nothing is left of {shown!r} once sentencepiece "
+                             f"normalises it{why}: remove or mend the pair")
 
 
 def as_the_model_sees(lines: list[str]) -> list[str]:
@@ -183,6 +197,24 @@ def hold_out(corpus: Pairs, valid_size: int | None, test_size: int | None, seed:
           + (f"; {removed} more copies of held-out pairs (the same once normalised) left out of train"
              if removed else ""))
     return {split: ([s for s, _ in rows], [t for _, t in rows]) for split, rows in splits.items()}
+
+
+def without_held_out_copies(data: dict[str, Pairs]) -> dict[str, Pairs]:
+    """Given splits, the training pairs that are also validation or test pairs (as the model sees
+    them) leave train, as with --corpus, and a line says how many; none left is refused."""
+    if "train" not in data:
+        return data
+    held = {key for split, sides in data.items() if split != "train" for key in zip(*map(as_the_model_sees, sides))}
+    kept = [i for i, key in enumerate(zip(*map(as_the_model_sees, data["train"]))) if key not in held]
+    removed = len(data["train"][0]) - len(kept)
+    if removed and not kept:
+        raise SystemExit("error: every training pair is also a validation or test pair (the same text given as "
+                         "two splits?): give the training split its own pairs")
+    if removed:
+        print(f"{removed} training pairs that are also validation or test pairs (the same once normalised) "
+              "left out of train")
+    data["train"] = tuple([side[i] for i in kept] for side in data["train"])
+    return data
 
 
 def file_text(lines: list[str]) -> bytes:
@@ -431,22 +463,23 @@ def prepare(args: argparse.Namespace) -> None:
     langs = (args.src, args.tgt)
     paths = {(split, lang): raw_path(prefix, lang) for split, prefix in prefixes.items() for lang in langs}
     check_out(out, list(paths.values()))
-    try:
-        lock_folder(str(out), "prepare.py")
-    except OutputError as e:
-        raise SystemExit(f"error: --out: {e}") from None
-    remove_orphans(str(out))
     if args.corpus:
         data = hold_out(read_pair(args.corpus, args.src, args.tgt), args.valid_size, args.test_size, args.seed)
         sources = {"corpus": str(paths["corpus", args.src].resolve()), "valid_size": args.valid_size,
                    "test_size": args.test_size, "seed": args.seed}
     else:
-        data = {split: read_pair(prefix, args.src, args.tgt) for split, prefix in prefixes.items()}
+        data = without_held_out_copies({split: read_pair(prefix, args.src, args.tgt)
+                                        for split, prefix in prefixes.items()})
         sources = {split: str(paths[split, args.src].resolve()) for split in prefixes}
         if name:  # --raw-dir and --splits: recorded as before, so that earlier preparations stay valid
             sources = {split: prefix.name for split, prefix in prefixes.items()}
     for split, (src_lines, _) in data.items():
         print(f"{split}: {len(src_lines)} sentence pairs")
+    try:  # only now: a refused input leaves no trace in OUT
+        lock_folder(str(out), "prepare.py")
+    except OutputError as e:
+        raise SystemExit(f"error: --out: {e}") from None
+    remove_orphans(str(out))
     wanted = recipe(args, sources, data)
     made = claim(out, wanted, args.overwrite)
     with unfinished(out):

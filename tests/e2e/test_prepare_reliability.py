@@ -63,6 +63,38 @@ def test_a_corpus_whose_two_sides_are_one_file_is_refused(raw, tmp_path, how, me
     assert not (tmp_path / "out" / "bin").exists()
 
 
+@pytest.mark.parametrize("line, message", [
+    ("\ufffd", "line 3: nothing is left of '\ufffd' once sentencepiece normalises it (U+FFFD: the text was decoded"),
+    ("\u2581 \u2581", "line 3: nothing is left of '\u2581 \u2581' once sentencepiece normalises it: remove or mend"),
+    ("\ufffd \ufffd", "line 3: nothing is left of '\ufffd \ufffd'"),
+])
+def test_a_line_empty_to_the_model_is_refused_and_nothing_is_written(raw, tmp_path, line, message):
+    """Blank lines are refused when read (user_dir/text.py); these pass that check and vanish in
+    sentencepiece's normalisation. A refused input leaves no trace in OUT (not even its lock)."""
+    lines = (raw / "train.de").read_text().splitlines()
+    (tmp_path / "c.de").write_text("\n".join(lines[:2] + [line] + lines[3:]) + "\n")
+    shutil.copyfile(raw / "train.en", tmp_path / "c.en")
+    fails_with(prepare("--corpus", tmp_path / "c", "--out", tmp_path / "out", check=False), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_pairs_that_are_also_held_out_leave_train_and_a_split_given_twice_is_refused(raw, tmp_path):
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            lines = (raw / f"{split}.{lang}").read_text().splitlines()
+            if split == "valid":  # 5 validation pairs that are training pairs, one with other white space
+                lines[:5] = (raw / f"train.{lang}").read_text().splitlines()[10:15]
+                lines[0] = " " + lines[0] + "  "
+            (tmp_path / f"{split}.{lang}").write_text("\n".join(lines) + "\n")
+    given = ["--train", tmp_path / "train", "--valid", tmp_path / "valid", "--test", tmp_path / "test"]
+    out = prepare(*given, "--out", tmp_path / "out").stdout
+    assert "5 training pairs that are also validation or test pairs (the same once normalised) left out of " \
+           "train" in out and "train: 295 sentence pairs" in out
+    fails_with(prepare("--train", tmp_path / "train", "--valid", tmp_path / "train", "--out", tmp_path / "twice",
+                       check=False), "error: every training pair is also a validation or test pair")
+    assert not (tmp_path / "twice").exists()
+
+
 # B. never delete what the script did not make
 
 KILLED_PREPROCESS = '#!/bin/sh\nwhile [ "$1" != --destdir ]; do shift; done\necho half > "$2/half.bin"\nkill -9 $PPID\n'

@@ -3,6 +3,7 @@ tokenization tied to the dictionary, empty answers, divergence, load errors, bou
 import gzip
 import math
 import os
+import random
 import re
 
 import pytest
@@ -122,6 +123,24 @@ def test_sentencepiece_model_is_checked_against_the_dictionary_in_every_directio
         words.add_symbol(w)
     with pytest.raises(TokenizationError, match=r"dictionary holds words, not sentencepiece pieces"):
         check_pieces(words, piece_vocabulary(sp), "spm.model", "target")
+
+
+def test_a_larger_sentencepiece_model_of_the_same_text_is_refused(tmp_path):
+    """Every entry of the small model's dictionary is a piece of the large one too; most of the
+    large one's pieces would be <unk> to the model."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(400)]
+    text = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(3000)]
+    (tmp_path / "small").mkdir()
+    (tmp_path / "large").mkdir()
+    small, small_dict = spm_and_dictionary(tmp_path / "small", text, size=100)
+    large, _ = spm_and_dictionary(tmp_path / "large", text, size=400)
+    check_pieces(small_dict, piece_vocabulary(small), "small.model", "source")
+    assert all(w in piece_vocabulary(large) for w in small_dict.symbols[small_dict.nspecial:]
+               if not w.startswith("madeupword"))  # the first check alone would accept it
+    with pytest.raises(TokenizationError, match=r"^large\.model is not the sentencepiece model that made the model's "
+                       r"source dictionary: \d+ of its \d+ longer pieces are not in the dictionary"):
+        check_pieces(small_dict, piece_vocabulary(large), "large.model", "source")
 
 
 # D/G. what differs between a checkpoint and a command line is named
