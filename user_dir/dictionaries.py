@@ -109,19 +109,22 @@ def _share(test: Callable[[str], bool]) -> Callable[[list], bool]:
 
 
 class Units(NamedTuple):
-    """What a ``--post-process`` scheme joins, and whether a dictionary's entries (no specials) are such units."""
+    """What a ``--post-process`` scheme joins, whether a dictionary's entries (no specials) are such
+    units, and whether the scheme leaves text without them as it is (``only_its_marks``: it removes
+    its marks, not the spaces between words)."""
     name: str
     fits: Callable[[list], bool]
+    only_its_marks: bool = False
 
 
 _PIECES = Units("sentencepiece pieces", _share(lambda w: w.startswith(PIECE_START)))
-_SUBWORD_NMT = Units("subword-nmt units (entries ending in '@@')", _share(lambda w: w.endswith("@@")))
+_SUBWORD_NMT = Units("subword-nmt units (entries ending in '@@')", _share(lambda w: w.endswith("@@")), True)
 # fairseq 0.12's --post-process schemes (fairseq.data.data_utils.post_process)
 POST_PROCESS: dict[str, Units] = {
     "sentencepiece": _PIECES,
     "wordpiece": Units("wordpiece units (entries starting with '_')", _share(lambda w: w.startswith("_"))),
     "letter": Units("letters (with the word boundary '|')", lambda words: "|" in words),
-    "silence": Units("units with the silence token '<SIL>'", lambda words: "<SIL>" in words),
+    "silence": Units("units with the silence token '<SIL>'", lambda words: "<SIL>" in words, True),
     "_EOW": Units("units ending words with '_EOW'", _share(lambda w: w.endswith("_EOW"))),
     "subword_nmt": _SUBWORD_NMT, "@@ ": _SUBWORD_NMT, "@@": _SUBWORD_NMT,
 }
@@ -129,7 +132,9 @@ POST_PROCESS: dict[str, Units] = {
 
 def check_post_process(dictionary: Dictionary, scheme: Optional[str]) -> None:
     """Refuse a ``--post-process`` scheme fairseq does not know, or one whose units ``dictionary``
-    (the model's target side) does not hold: it would join the words wrongly, silently."""
+    (the model's target side) does not hold: it would join the words wrongly, silently. On a
+    dictionary of words, a scheme that only removes marks it never writes changes nothing and is
+    accepted."""
     if scheme in (None, "", "none"):
         return
     if scheme not in POST_PROCESS:
@@ -139,6 +144,8 @@ def check_post_process(dictionary: Dictionary, scheme: Optional[str]) -> None:
     if POST_PROCESS[scheme].fits(words):
         return
     fitting = next((s for s, units in POST_PROCESS.items() if units.fits(words)), None)
+    if POST_PROCESS[scheme].only_its_marks and fitting is None:
+        return  # words, none of its marks: the text stays as it is (fairseq's --remove-bpe on word-level data)
     held = POST_PROCESS[fitting].name if fitting else "words"
     advice = f"use --post-process {fitting}" if fitting else "leave it out"
     raise TokenizationError(f"--post-process {scheme}: the model's target dictionary holds {held}, not "

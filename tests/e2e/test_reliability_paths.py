@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from helpers import ROOT, TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, run
+from helpers import ROOT, TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, generate_lines, run
 
 SCRIPTS = ROOT / "scripts"
 
@@ -221,7 +221,7 @@ def test_interactive_answers_empty_unknown_and_over_long_lines_and_keeps_going(t
 @pytest.mark.parametrize("command, scheme, units", [
     ("fairseq-interactive", "sentencepiece", "sentencepiece pieces"),
     ("fairseq-generate", "sentencepiece", "sentencepiece pieces"),
-    ("fairseq-generate", "subword_nmt", r"subword-nmt units \(entries ending in '@@'\)"),
+    ("fairseq-generate", "wordpiece", r"wordpiece units \(entries starting with '_'\)"),
     ("fairseq-interactive", "letter", r"letters \(with the word boundary '\|'\)"),
 ])
 def test_post_processing_a_word_level_models_output_is_refused(toy_bin, trained, command, scheme, units):
@@ -230,6 +230,13 @@ def test_post_processing_a_word_level_models_output_is_refused(toy_bin, trained,
                input="one two\n", check=False)
     fails_with(proc, rf"TokenizationError: --post-process {scheme}: the model's target dictionary holds words, "
                      rf"not {units}; leave it out")
+
+
+def test_remove_bpe_on_a_word_level_model_changes_nothing_as_in_fairseq(toy_bin, trained):
+    """fairseq's --remove-bpe (subword-nmt's '@@ ') on words that hold no '@@': accepted, the same output."""
+    short = ["--beam", "2", "--max-len-b", "5"]
+    plain = generate_lines(toy_bin, trained, *short, prefixes=("H-",))
+    assert plain and generate_lines(toy_bin, trained, *short, "--remove-bpe", prefixes=("H-",)) == plain
 
 
 def test_interactive_with_alignments_answers_an_empty_line_with_nothing(toy_bin, tmp_path):

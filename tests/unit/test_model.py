@@ -3,6 +3,8 @@ import math
 
 import pytest
 import torch
+from fairseq.dataclass.configs import FairseqConfig
+from omegaconf import OmegaConf
 from torch import nn
 from torch.testing import assert_close
 
@@ -480,3 +482,23 @@ def test_step_sums_equal_a_bmm_per_step_in_values_and_gradients(autocast):
     assert_close(deferred[0], plain[0], **tol)
     for got, want in zip(deferred[1], plain[1]):
         assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("modules, changed", [(None, {"encoder", "decoder"}), (["RNNDecoder"], {"decoder"}),
+                                               (["RNNEncoder"], {"encoder", "decoder"}), ([], set())])
+def test_retain_dropout_keeps_the_dropouts_of_the_modules_it_names_when_decoding(task, modules, changed):
+    """fairseq-generate --retain-dropout [--retain-dropout-modules ...]: prepare_for_inference_
+    switches fairseq's dropout modules on in evaluation mode (Monte Carlo dropout); the rest stays
+    deterministic. (Encoder dropout changes the decoder's input too.)"""
+    model = build(task, dropout=0.3, decoder_attention="additive", encoder_layers=2, decoder_layers=2).eval()
+    retain = bool(modules is None or modules)
+    cfg = OmegaConf.structured(FairseqConfig())
+    cfg.generation.retain_dropout, cfg.generation.retain_dropout_modules = retain, modules
+    model.prepare_for_inference_(cfg)
+    src, lengths = batch(task, [5, 3, 1])
+    prev = prev_tokens(task, 3, 6)
+    with torch.no_grad():
+        runs = [(model.encoder(src, lengths), model(src, lengths, prev)[0]) for _ in range(2)]
+    differ = {"encoder": not torch.equal(runs[0][0]["state"], runs[1][0]["state"]),
+              "decoder": not torch.equal(runs[0][1], runs[1][1])}
+    assert {part for part, d in differ.items() if d} == changed

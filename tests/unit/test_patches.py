@@ -138,23 +138,25 @@ EOW = dictionary(["one_EOW", "tw", "o_EOW"])
 @pytest.mark.parametrize("units, scheme", [
     (WORDS, None), (WORDS, "none"), (PIECES, "sentencepiece"), (SUBWORDS, "subword_nmt"), (SUBWORDS, "@@ "),
     (SUBWORDS, "@@"), (LETTERS, "letter"), (EOW, "_EOW"), (dictionary(["a", "<SIL>", "b"]), "silence"),
-    (dictionary(["_one", "_tw", "o"]), "wordpiece"),
+    (dictionary(["_one", "_tw", "o"]), "wordpiece"), (WORDS, "subword_nmt"), (WORDS, "@@ "), (WORDS, "silence"),
 ])
-def test_a_post_process_scheme_that_fits_the_dictionary_passes(units, scheme):
+def test_a_post_process_scheme_that_fits_the_dictionary_or_changes_nothing_passes(units, scheme):
+    """Words and a scheme that only removes marks they never hold (fairseq-generate --remove-bpe on
+    word-level data): the text stays as it is."""
     check_post_process(units, scheme)
 
 
 @pytest.mark.parametrize("units, scheme, message", [
     (WORDS, "sentencepiece", "--post-process sentencepiece: the model's target dictionary holds words, not "
                              "sentencepiece pieces; leave it out, or the words are joined wrongly"),
-    (WORDS, "subword_nmt", "--post-process subword_nmt: the model's target dictionary holds words, not subword-nmt "
-                           "units (entries ending in '@@'); leave it out"),
+    (WORDS, "wordpiece", "--post-process wordpiece: the model's target dictionary holds words, not wordpiece "
+                         "units (entries starting with '_'); leave it out"),
     (PIECES, "@@ ", "--post-process @@ : the model's target dictionary holds sentencepiece pieces, not subword-nmt "
                     "units (entries ending in '@@'); use --post-process sentencepiece"),
     (SUBWORDS, "sentencepiece", "holds subword-nmt units (entries ending in '@@'), not sentencepiece pieces; use "
                                 "--post-process subword_nmt"),
     (PIECES, "letter", "holds sentencepiece pieces, not letters (with the word boundary '|')"),
-    (WORDS, "silence", "holds words, not units with the silence token '<SIL>'"),
+    (SUBWORDS, "silence", "holds subword-nmt units (entries ending in '@@'), not units with the silence token"),
     (LETTERS, "_EOW", "holds letters (with the word boundary '|'), not units ending words with '_EOW'"),
     (WORDS, "bpe", "--post-process 'bpe' is not a scheme fairseq knows: use one of 'sentencepiece', "),
 ])

@@ -31,7 +31,7 @@ class RNNDecoder(FairseqIncrementalDecoder):
         self.max_positions_ = cfg.max_target_positions
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
-        self.dropout_in, self.dropout_out = dropout_layer(cfg, "in"), dropout_layer(cfg, "out")
+        self.dropout_in, self.dropout_out = (dropout_layer(cfg, where, type(self).__name__) for where in ("in", "out"))
         self.word_dropout = cfg.word_dropout
         self.rnn = ContextRNN(cfg.cell, cfg.decoder_embed_dim, context_dim, cfg.decoder_hidden_size,
                               cfg.decoder_layers, cfg.dropout, cfg.init)

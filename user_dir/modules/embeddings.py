@@ -1,6 +1,7 @@
 """Token embeddings and the dropouts around the recurrences."""
 import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.modules import FairseqDropout
 from torch import Tensor
 
 
@@ -17,7 +18,7 @@ def embedding(num: int, dim: int, padding_idx: int, init: str, output: bool = Fa
     return m
 
 
-def embed_words(tokens: Tensor, embed: nn.Embedding, word_dropout: float, dropout: nn.Dropout) -> Tensor:
+def embed_words(tokens: Tensor, embed: nn.Embedding, word_dropout: float, dropout: FairseqDropout) -> Tensor:
     """B x T tokens -> B x T x E embeddings; in training (``dropout.training``) each token's whole
     embedding is zeroed with probability ``word_dropout`` (one mask entry per token), then ``dropout``."""
     x = embed(tokens)
@@ -26,7 +27,8 @@ def embed_words(tokens: Tensor, embed: nn.Embedding, word_dropout: float, dropou
     return dropout(x)
 
 
-def dropout_layer(cfg, where: str) -> nn.Dropout:
-    """``--dropout-in`` or ``--dropout-out`` (``where``), which default to ``--dropout``."""
+def dropout_layer(cfg, where: str, owner: str) -> FairseqDropout:
+    """``--dropout-in`` or ``--dropout-out`` (``where``), which default to ``--dropout``; fairseq's
+    dropout module, so that ``--retain-dropout [--retain-dropout-modules OWNER]`` keeps it when decoding."""
     p = getattr(cfg, f"dropout_{where}", None)
-    return nn.Dropout(cfg.dropout if p is None else p)
+    return FairseqDropout(cfg.dropout if p is None else p, module_name=owner)

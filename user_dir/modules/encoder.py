@@ -22,7 +22,7 @@ class RNNEncoder(FairseqEncoder):
         self.max_positions_ = cfg.max_source_positions
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
-        self.dropout_in, self.dropout_out = dropout_layer(cfg, "in"), dropout_layer(cfg, "out")
+        self.dropout_in, self.dropout_out = (dropout_layer(cfg, where, type(self).__name__) for where in ("in", "out"))
         self.word_dropout = cfg.word_dropout
         self.rnn = RNN(cfg.cell, cfg.encoder_embed_dim, cfg.encoder_hidden_size, cfg.encoder_layers,
                        cfg.dropout, cfg.init, cfg.encoder_bidirectional)

@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.modules import FairseqDropout
 from torch import Tensor
 
 State = Tuple[Tensor, ...]  # one B x H tensor per state part
@@ -163,7 +164,7 @@ class ContextRNN(nn.Module):
         gates = self.cell.gates * hidden_size
         self.input_proj = ContextLinear(input_size, context_size, gates)  # W_ih, b_ih
         self.hidden_proj = nn.Linear(hidden_size, gates)                  # W_hh, b_hh
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)  # --retain-dropout keeps it too
         self.upper = RNN(cell, hidden_size, hidden_size, layers - 1, dropout, init) if layers > 1 else None
         init_rnn_(self, hidden_size, init)
 
