@@ -10,15 +10,20 @@ weights (fairseq's per-hypothesis ``attention``: rows are target pieces, columns
 and the end-of-sentence token) are drawn as they are; each row sums to 1.
 """
 import argparse
-import sys
 from pathlib import Path
 
-from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+from user_dir.checkpoint_files import CheckpointError
+from user_dir.workflow import check_figure, positive, save_figure, script_main
 
 
 def attention(model_dir: Path, checkpoint: Path, sentence: str, beam: int):
     """(source pieces, target pieces, T x S weights) of the best hypothesis."""
-    hub = RNNSeq2SeqModel.from_pretrained(str(model_dir), checkpoint_file=str(checkpoint.resolve()))
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel  # here: refusals before it need no fairseq
+
+    try:
+        hub = RNNSeq2SeqModel.from_pretrained(str(model_dir), checkpoint_file=str(checkpoint.resolve()))
+    except (CheckpointError, FileNotFoundError, ValueError) as e:  # from_pretrained names what is wrong
+        raise SystemExit(f"error: {e}") from None
     if hub.models[0].decoder.attention is None:
         raise SystemExit(f"error: {checkpoint} has no attention (--decoder-attention none): nothing to draw")
     tokens = hub.encode(sentence)
@@ -33,9 +38,12 @@ def main() -> None:
     p.add_argument("model_dir", type=Path)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("sentence")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("attention.png"))
+    p.add_argument("--beam", type=positive, default=5)
+    p.add_argument("--out", type=Path, default=Path("attention.png"), help="a .png, .pdf, .svg or .jpg file")
     args = p.parse_args()
+    if not args.sentence.strip():
+        raise SystemExit("error: the sentence is empty: nothing to translate")
+    check_figure(args.out, [args.model_dir, args.checkpoint])
     src, tgt, weights = attention(args.model_dir, args.checkpoint, args.sentence, args.beam)
 
     import matplotlib
@@ -50,9 +58,9 @@ def main() -> None:
     ax.set_xlabel("source pieces")
     ax.set_ylabel("translation pieces")
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    save_figure(fig, args.out, dpi=110)
     print(f"{' '.join(tgt)}\nwrote {args.out}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main(main)

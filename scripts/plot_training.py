@@ -11,25 +11,35 @@ validation included; CPU-minutes for a one-thread run) and y its validation BLEU
 
 Reads fairseq's end-of-epoch lines (``| train | epoch 003 | loss 5.1 | ...`` and
 ``| valid | epoch 003 | valid on 'valid' subset | loss ... | bleu 21.3 | ...``), in simple or
-tqdm/none log formats. A resumed run's repeated epochs keep their last values.
+tqdm/none log formats. A resumed run's repeated epochs keep their last values; a log that holds
+several runs (train.log appended by a new run from epoch 1) is plotted from its last run, and
+says so.
 """
 import argparse
 import re
 from pathlib import Path
 
+from user_dir.files import not_a_file
+from user_dir.workflow import check_figure, save_figure, script_main
+
 LINE = re.compile(r"\| (train|valid) \| epoch (\d+) \|(.*)")
-FIELD = re.compile(r"\| (\w+) ([-\d.]+)")
+FIELD = re.compile(r"\| (\w+) (-?inf|nan|[-\d.]+)")
 
 
-def parse(log: str) -> dict[str, dict[int, dict[str, float]]]:
-    """{"train"|"valid": {epoch: {metric: value}}} from end-of-epoch log lines."""
+def parse(log: str) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
+    """{"train"|"valid": {epoch: {metric: value}}} from the end-of-epoch lines of the log's last run,
+    and the number of runs (a run starts where a training epoch comes before the previous one)."""
+    runs, last = 1, 0
     curves: dict[str, dict[int, dict[str, float]]] = {"train": {}, "valid": {}}
     for line in log.splitlines():
         m = LINE.search(line)
         if m:
             split, epoch, rest = m.group(1), int(m.group(2)), "|" + m.group(3)
+            if split == "train" and epoch < last:
+                runs, curves = runs + 1, {"train": {}, "valid": {}}
+            last = epoch if split == "train" else last
             curves[split][epoch] = {k: float(v) for k, v in FIELD.findall(rest)}
-    return curves
+    return curves, runs
 
 
 def plot(curves: dict, out: Path, title: str) -> None:
@@ -53,7 +63,7 @@ def plot(curves: dict, out: Path, title: str) -> None:
     ax.legend(loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
 
 
 def plot_bleu_vs_minutes(runs: dict[str, dict], out: Path, title: str) -> None:
@@ -73,30 +83,47 @@ def plot_bleu_vs_minutes(runs: dict[str, dict], out: Path, title: str) -> None:
     ax.legend(loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
 
 
 def read_curves(log: Path) -> dict:
-    if not log.is_file():
-        raise SystemExit(f"error: {log} does not exist")
-    curves = parse(log.read_text(encoding="utf-8", errors="replace"))
+    if not_a_file(log):
+        raise SystemExit(f"error: {log} {not_a_file(log)}")
+    curves, runs = parse(log.read_text(encoding="utf-8", errors="replace"))
     if not curves["train"] or not curves["valid"]:
         raise SystemExit(f"error: no end-of-epoch train/valid lines in {log}")
+    if runs > 1:
+        print(f"{log} holds {runs} runs (each new one from an earlier epoch): plotting the last")
     return curves
+
+
+def default_labels(logs: list[Path]) -> list[str]:
+    """Each log's folder name, or as many of its last folders as tell the logs apart (runs/a/ckpt, runs/b/ckpt)."""
+    parents = [log.resolve().parent.parts for log in logs]
+    for depth in range(1, max(map(len, parents)) + 1):
+        labels = ["/".join(parts[-depth:]) for parts in parents]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(log) for log in logs]  # logs of one folder: their own names
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("log", type=Path, nargs="+")
-    p.add_argument("--labels", nargs="+", help="one per log (default: each log's folder name)")
-    p.add_argument("--out", type=Path, help="PNG path (default: the first log's name with .png)")
+    p.add_argument("--labels", nargs="+", help="one per log (default: each log's folder name, or as much of "
+                                                "its path as tells the logs apart)")
+    p.add_argument("--out", type=Path, help="a .png, .pdf, .svg or .jpg file (default: the first log's name with "
+                                            ".png)")
     p.add_argument("--title", default="")
     args = p.parse_args()
-    labels = args.labels or [log.parent.name for log in args.log]
+    labels = args.labels or default_labels(args.log)
     if len(labels) != len(args.log):
         raise SystemExit(f"error: {len(labels)} --labels for {len(args.log)} logs")
-    runs = {label: read_curves(log) for label, log in zip(labels, args.log)}
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"error: --labels {' '.join(labels)}: give each log its own label")
     out = args.out or args.log[0].with_suffix(".png")
+    check_figure(out, args.log)
+    runs = {label: read_curves(log) for label, log in zip(labels, args.log)}
     if len(runs) == 1:
         plot(runs[labels[0]], out, args.title or labels[0])
     else:
@@ -105,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

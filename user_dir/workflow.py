@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from .files import WriteError, atomic_write, not_a_file
+from .files import OutputError, WriteError, atomic_write, check_output, not_a_file
 
 USER_DIR = Path(__file__).resolve().parent  # what fairseq's CLIs get as --user-dir
 ROOT = USER_DIR.parent  # the checkout: default places of runs/ and data next to it
@@ -349,6 +349,36 @@ def script_main(main: Callable[[], None]) -> None:
         end = e.args[0] if e.args else ": nothing more was written"
         print(f"error: {Path(sys.argv[0]).name} interrupted (Ctrl-C){end}", file=sys.stderr)
         sys.exit(130)
+
+
+# the figure formats the plotting scripts write, by file name suffix, with how their files begin
+FIGURES = {".png": (b"\x89PNG",), ".pdf": (b"%PDF",), ".svg": (b"<?xml", b"<svg"), ".jpg": (b"\xff\xd8",),
+           ".jpeg": (b"\xff\xd8",)}
+
+
+def check_figure(path: Path, inputs: list[Path]) -> None:
+    """Refuse, before any work, a figure --out with no known format suffix, one that would replace
+    an input or a file that is not a figure of its format, or in a missing folder."""
+    starts = FIGURES.get(path.suffix.lower())
+    if starts is None:
+        raise SystemExit(f"error: --out {path}: name a figure file ending in {', '.join(FIGURES)}")
+
+    def earlier(existing: Path) -> bool:
+        with open(existing, "rb") as f:
+            return f.read(8).startswith(starts)
+    try:
+        check_output(path, "--out", inputs, earlier)
+    except OutputError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """Write a matplotlib figure atomically (never half a file) in the format of its suffix."""
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format=path.suffix[1:].lower(), dpi=dpi)
+    except WriteError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 DONE = "train.done"  # in SAVE_DIR: the arguments of the last train.sh run that finished there

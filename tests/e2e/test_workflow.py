@@ -164,6 +164,58 @@ def test_plot_training_curve(trained_dir, tmp_path):
     assert proc.returncode != 0 and "1 --labels for 2 logs" in proc.stderr
 
 
+def epoch_lines(epochs, loss="2.5") -> str:
+    """fairseq's end-of-epoch train and valid lines (simple log format) for EPOCHS."""
+    return "".join(f"2026-01-01 | INFO | train | epoch {e:03d} | loss {loss} | wall {60 * e}\n"
+                   f"2026-01-01 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 3.0 | bleu {e}.5\n"
+                   for e in epochs)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not a figure suffix", "error: --out {tmp}/plot.txt: name a figure file ending in .png, .pdf, .svg"),
+    ("no suffix", "error: --out {tmp}/plot: name a figure file ending in"),
+    ("missing folder", "error: --out: cannot write {tmp}/no/plot.png: folder {tmp}/no does not exist"),
+    ("the log itself", "error: --out: cannot write {tmp}/a/run.png: it is an input of this run"),
+    ("a file that is not a figure", "error: --out: cannot write {tmp}/notes.png: it exists and is not an earlier"),
+    ("a folder as the log", "error: {tmp}/a is a folder"),
+    ("one label twice", "error: --labels x x: give each log its own label"),
+])
+def test_plot_training_refuses_in_one_line_and_writes_nothing(tmp_path, case, message):
+    for run_dir in ("a", "b"):
+        (tmp_path / run_dir).mkdir()
+        (tmp_path / run_dir / "train.log").write_text(epoch_lines(range(1, 4)))
+    (tmp_path / "a" / "run.png").write_text(epoch_lines(range(1, 4)))  # a log named like a figure
+    (tmp_path / "notes.png").write_text("my notes\n")
+    logs = [tmp_path / "a" / "train.log"]
+    args = {"not a figure suffix": [*logs, "--out", tmp_path / "plot.txt"],
+            "no suffix": [*logs, "--out", tmp_path / "plot"],
+            "missing folder": [*logs, "--out", tmp_path / "no" / "plot.png"],
+            "the log itself": [tmp_path / "a" / "run.png"],
+            "a file that is not a figure": [*logs, "--out", tmp_path / "notes.png"],
+            "a folder as the log": [tmp_path / "a"],
+            "one label twice": [*logs, tmp_path / "b" / "train.log", "--labels", "x", "x"]}[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    proc = run("python", SCRIPTS / "plot_training.py", *args, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith(message.format(tmp=tmp_path)), proc.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_plot_training_tells_runs_apart(tmp_path):
+    """Logs in folders of one name get labels that tell them apart; a log appended by a new run is
+    plotted from its last run and says so; an infinite loss is drawn, not a KeyError."""
+    for name in ("x", "y"):
+        (tmp_path / name / "ckpt").mkdir(parents=True)
+    (tmp_path / "x" / "ckpt" / "train.log").write_text(epoch_lines(range(1, 6)) + epoch_lines(range(1, 3)))
+    (tmp_path / "y" / "ckpt" / "train.log").write_text(epoch_lines(range(1, 4), loss="inf"))
+    out = run("python", SCRIPTS / "plot_training.py", tmp_path / "x" / "ckpt" / "train.log",
+              tmp_path / "y" / "ckpt" / "train.log", "--out", tmp_path / "c.svg").stdout
+    assert f"{tmp_path}/x/ckpt/train.log holds 2 runs (each new one from an earlier epoch): plotting the last" in out
+    assert "(x/ckpt: 2 epochs, y/ckpt: 3 epochs)" in out and (tmp_path / "c.svg").read_bytes().startswith(b"<?xml")
+    out = run("python", SCRIPTS / "plot_training.py", tmp_path / "y" / "ckpt" / "train.log").stdout
+    assert (tmp_path / "y" / "ckpt" / "train.png").read_bytes()[:4] == b"\x89PNG" and "3 epochs" in out
+
+
 @pytest.mark.parametrize("config, arch", [("multi30k", "rnn_seq2seq_multi30k"),
                                           ("multi30k_attention", "rnn_seq2seq_attention_multi30k")])
 def test_multi30k_hydra_config_trains_the_preset_it_spells_out(prepared, tmp_path, config, arch):
@@ -244,6 +296,15 @@ def test_plot_attention_draws_the_weights_of_an_attention_model(prepared, traine
                "--out", tmp_path / "b.png", check=False)
     assert proc.returncode != 0 and "has no attention (--decoder-attention none)" in proc.stderr
     assert not (tmp_path / "b.png").exists()
+    for args, message in (([sentence, "--out", tmp_path / "b.txt"], "name a figure file ending in .png"),
+                          (["  ", "--out", tmp_path / "b.png"], "the sentence is empty: nothing to translate"),
+                          ([sentence, "--beam", "0"], "argument --beam: takes a whole number >= 1, got '0'"),
+                          ([sentence, "--out", tmp_path / "no" / "b.png"], f"folder {tmp_path / 'no'} does not exist")):
+        proc = run("python", script, prepared, save / "checkpoint_last.pt", *args, check=False)
+        assert proc.returncode != 0 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "b.png").exists()
+    proc = run("python", script, tmp_path / "nowhere", save, sentence, "--out", tmp_path / "b.png", check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("extra, expect", [
