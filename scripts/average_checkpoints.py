@@ -9,10 +9,11 @@ Usage:
 ``--last N`` takes the N epoch checkpoints ``checkpointEPOCH.pt`` of SAVE_DIR with the highest
 epoch numbers (scripts/train.sh keeps the last 5). Checkpoints are read through fairseq's
 ``checkpoint_utils.load_checkpoint_to_cpu`` with the plugin's safe loading; they must hold the
-same parameters (names, shapes), the same dictionaries and direction: identities such as the
-dictionary fingerprints and the direction (SRC-TGT) are compared, never averaged, and a mix is
-refused naming the files; an identity that some inputs lack (checkpoints saved before it was
-recorded, e.g. the direction in a run resumed across that change) is left out of the output.
+same parameters (names, shapes), the same dictionaries and direction, and come from runs of one
+seed: identities such as the dictionary fingerprints and the direction (SRC-TGT) are compared,
+never averaged, and a mix is refused naming the files; an identity that some inputs lack
+(checkpoints saved before it was recorded, e.g. the direction in a run resumed across that
+change) is left out of the output.
 Floating-point parameters are averaged in float64; buffers that are equal in every input are
 copied. ``--ema`` writes the EMA weights of one checkpoint (refused, by name, when it holds none). The output keeps
 the newest input's configuration and drops the optimizer state: it is for
@@ -59,6 +60,7 @@ def average(paths: list[Path]) -> dict:
         if ours.keys() != first_parameters.keys() or any(v.shape != first_parameters[k].shape for k, v in ours.items()):
             raise SystemExit(f"error: {path} holds other parameters than {paths[0]}: not checkpoints of one model")
     same_identity(list(zip(paths, models)))
+    same_seed(paths, states)
     averaged = {}
     for key, first in models[0].items():
         if not all(key in m for m in models):  # an identity that older checkpoints lack: left out
@@ -75,6 +77,18 @@ def average(paths: list[Path]) -> dict:
 def parameters(model: dict) -> dict:
     """``model`` without its identities (compared by :func:`same_identity`, absent from older checkpoints)."""
     return {k: v for k, v in model.items() if k not in IDENTITY_KEYS}
+
+
+def same_seed(paths: list[Path], states: list[dict]) -> None:
+    """Refuse checkpoints of runs with other seeds: two runs' parameters, however alike in shape,
+    average to no model (their units are not in the same places); they decode as an ensemble."""
+    seeds = [(path, (state.get("cfg") or {}).get("common", {}).get("seed")) for path, state in zip(paths, states)]
+    (first, seed), *rest = seeds
+    for path, other in rest:
+        if other != seed:
+            raise SystemExit(f"error: {path} was trained with --seed {other} but {first} with --seed {seed}: not "
+                             "checkpoints of one run (an average of two runs is no model); decode them together "
+                             f"as an ensemble instead: {first}:{path}")
 
 
 def same_identity(named: list[tuple["Path | str", dict]]) -> None:

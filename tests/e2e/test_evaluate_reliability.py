@@ -92,6 +92,18 @@ def test_a_checkpoint_records_its_direction_and_averaging_refuses_a_mix(trained,
     assert not (tmp_path / "avg.pt").exists()
 
 
+def test_averaging_refuses_checkpoints_of_runs_with_other_seeds(trained, tmp_path):
+    """Same shapes, data and direction, another run: no model to average into; an ensemble instead."""
+    state = torch.load(trained, map_location="cpu", weights_only=False)
+    state["cfg"]["common"]["seed"] = 2
+    torch.save(state, tmp_path / "seed2.pt")
+    proc = run(sys.executable, SCRIPTS / "average_checkpoints.py", "--inputs", trained, tmp_path / "seed2.pt",
+               "--out", tmp_path / "avg.pt", check=False)
+    one_error_line(proc, r"seed2\.pt was trained with --seed 2 but .*checkpoint_best\.pt with --seed 1: not "
+                         r"checkpoints of one run .* as an ensemble instead: .*checkpoint_best\.pt:.*seed2\.pt$")
+    assert not (tmp_path / "avg.pt").exists()
+
+
 def test_averaging_takes_epoch_checkpoints_saved_before_the_direction_was_recorded(trained, tmp_path):
     """A run resumed across that change: its oldest epoch checkpoint holds no direction. --last
     averages it with the newer ones (the output holds no direction: not every input has one), and
