@@ -6,7 +6,8 @@ the same way everywhere, so a pair can never be shifted or emptied on its way to
 * lines end at ``\\n`` (a ``\\r\\n`` ending counts as one); any other character that some tool
   takes as a line break (a lone ``\\r``, U+0085, U+2028, U+2029, vertical tab, form feed,
   U+001C-U+001E) is refused, as is every other control character but the tab;
-* bytes that are not UTF-8 are refused (UTF-16 is named as such);
+* bytes that are not UTF-8 are refused (UTF-16 is named as such, with or without its byte order
+  mark); gzip files are read whether or not their name ends in .gz;
 * invisible format characters (byte order marks, zero-width spaces, direction marks and
   embeddings, soft hyphens, word joiners) are removed; zero-width (non-)joiners, which change
   how some scripts are written, are kept;
@@ -58,15 +59,27 @@ def decode(raw: bytes, where: str) -> str:
                         "convert the file, e.g. iconv -f latin1 -t utf-8") from None
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def gzipped(path: Path) -> bool:
+    """Whether ``path`` is gzip-compressed: it ends in .gz, or begins as gzip files do (a corpus saved
+    compressed under a plain name is read, not refused as bytes that are not UTF-8)."""
+    if path.suffix == ".gz":
+        return True
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
 def raw_lines(path: Path) -> list[bytes]:
-    """The lines of a regular file (gunzipped if it ends in .gz) without their ``\\n``, each at most
-    :data:`MAX_LINE_BYTES` long, or TextError naming the file."""
+    """The lines of a regular file (gunzipped if it is gzip, :func:`gzipped`) without their ``\\n``,
+    each at most :data:`MAX_LINE_BYTES` long, or TextError naming the file."""
     why = not_a_file(path)
     if why is not None:
         raise TextError(f"{path} {why}")
     rows = []
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with (gzip.open(path, "rb") if gzipped(path) else open(path, "rb")) as f:
             while row := f.readline(MAX_LINE_BYTES + 1):
                 if len(row) > MAX_LINE_BYTES:
                     raise TextError(f"{path} line {len(rows) + 1}: longer than {MAX_LINE_BYTES} bytes "
@@ -78,11 +91,14 @@ def raw_lines(path: Path) -> list[bytes]:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Every line of a UTF-8 text file (gzip if it ends in .gz), cleaned by :func:`clean_line`."""
+    """Every line of a UTF-8 text file (gzip-compressed or not), cleaned by :func:`clean_line`."""
     path = Path(path)
     rows = raw_lines(path)
     if rows and rows[0].startswith((b"\xff\xfe", b"\xfe\xff")):
         raise TextError(f"{path} is UTF-16 (it starts with a UTF-16 byte order mark): convert it to UTF-8")
+    if rows and rows[0].count(0) * 3 > len(rows[0]):  # Latin text in UTF-16: every other byte zero
+        raise TextError(f"{path} looks like UTF-16 (a third or more of its first line's bytes are zero): convert "
+                        "it to UTF-8, e.g. iconv -f utf-16le -t utf-8")
     if not rows:
         raise TextError(f"{path} is empty")
     lines = []
