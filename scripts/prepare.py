@@ -258,6 +258,10 @@ def train_spm(out: Path, train_text: list[str], vocab_size: int) -> Path:
                                            hard_vocab_limit=False, minloglevel=2)  # tiny corpora: at most vocab_size
         except RuntimeError as e:
             raise SystemExit(f"error: {spm_refusal(e, vocab_size)}") from None
+        pieces = spm.SentencePieceProcessor(model_file=str(work / "spm.model")).get_piece_size()
+        if pieces < vocab_size:
+            print(f"sentencepiece made {pieces} pieces, fewer than --vocab-size {vocab_size}: the training text "
+                  "holds no more")
         os.replace(work / "spm.vocab", out / "spm.vocab")
         os.replace(work / "spm.model", model)  # last: its presence marks the step done
     return model

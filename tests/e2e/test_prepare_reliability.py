@@ -272,11 +272,14 @@ def test_an_out_that_is_a_file_or_read_only_is_one_line(raw, tmp_path):
         fails_with(prepare(*splits(raw), "--out", "/sys/kernel/prep", check=False), "cannot write in /sys/kernel/prep")
 
 
-def test_a_vocabulary_sentencepiece_refuses_names_the_option(raw, tmp_path):
+def test_a_vocabulary_sentencepiece_refuses_names_the_option_and_a_smaller_one_is_said(raw, tmp_path):
     fails_with(prepare(*splits(raw), "--out", tmp_path / "out", "--vocab-size", "8", check=False),
                "--vocab-size 8 is smaller than the")
     proc = prepare(*splits(raw), "--out", tmp_path / "out", "--vocab-size", "8", check=False)
     assert "is unfinished: run the same command again to continue it, or remove" in proc.stderr.splitlines()[-1]
+    out = prepare(*splits(raw), "--out", tmp_path / "big", "--vocab-size", "4000").stdout
+    assert re.search(r"sentencepiece made (\d+) pieces, fewer than --vocab-size 4000: the training text holds no more",
+                     out), out
 
 
 def test_spm_refusals_name_the_option():
