@@ -8,6 +8,9 @@ from argparse import Namespace
 
 import pytest
 import torch
+from fairseq import tasks
+from fairseq.data.iterators import GroupedIterator
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import ARCH_CONFIG_REGISTRY
 from omegaconf import OmegaConf
 
@@ -93,7 +96,7 @@ def plan(toy_bin, tmp_path, monkeypatch):
 @pytest.mark.parametrize("extra, expect, line", [
     (["--max-update=7", "--max-update", "9"], {"max_update": 9}, "stop: --max-update 9 as given; no early"),
     (["--max-sentences", "16"], {"batch_size": 16}, "3000 training pairs, about 188 updates an epoch"),  # alias
-    (["--update-freq=2", "--max-tokens", "600"], {"update_freq": [2], "max_tokens": 600}, "about 19 updates"),
+    (["--update-freq=2", "--max-tokens", "600"], {"update_freq": [2], "max_tokens": 600}, "about 14 updates"),
     (["--max-epoch", "30", "--max-tokens", "300"], {"max_epoch": 30, "validate_interval": 3}, "every 3 epoch(s)"),
     (["--patience", "2", "--max-update", "50"], {"patience": 2}, "early stopping after 2 validations"),
     (["--max-update", "0", "--max-epoch", "3"], {"max_update": 0, "max_epoch": 3}, "stop: --max-epoch 3 as given"),
@@ -107,6 +110,21 @@ def test_the_plan_is_fairseqs_own_reading_of_the_options(plan, toy_bin, extra, e
     assert {k: getattr(args, k) for k in expect} == expect
     assert line in "\n".join(lines), lines
     assert f"about {per_epoch(train_settings.corpus(toy_bin), args)} updates an epoch" in lines[0]
+
+
+@pytest.mark.parametrize("extra", [["--max-tokens", "600", "--update-freq", "2"], ["--batch-size", "16"],
+                                   ["--max-tokens", "1000", "--required-batch-size-multiple", "8"],
+                                   ["--max-tokens", "300", "--update-freq", "3"]])
+def test_the_updates_an_epoch_are_fairseqs_own_count(plan, toy_bin, extra):
+    """The plan's updates an epoch are the batches fairseq's iterator makes of the training split,
+    grouped by --update-freq (docs: an estimate 20% high chose the validation interval)."""
+    args, lines = plan(*extra, "--max-update", "5")
+    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)  # as fairseq-train sets it up
+    task.load_dataset("train")
+    batches = task.get_batch_iterator(task.dataset("train"), max_tokens=args.max_tokens, max_sentences=args.batch_size,
+                                      required_batch_size_multiple=args.required_batch_size_multiple, seed=1)
+    updates = len(GroupedIterator(batches.next_epoch_itr(shuffle=True), args.update_freq[0]))
+    assert f"about {updates} updates an epoch" in lines[0]
 
 
 def test_unsized_runs_get_a_length_and_early_stopping_and_unlimited_ones_need_an_end(plan):
