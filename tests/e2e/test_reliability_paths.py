@@ -230,6 +230,7 @@ def test_post_processing_a_word_level_models_output_is_refused(toy_bin, trained,
                input="one two\n", check=False)
     fails_with(proc, rf"TokenizationError: --post-process {scheme}: the model's target dictionary holds words, "
                      rf"not {units}; leave it out")
+    assert "Traceback" not in proc.stderr
 
 
 def test_remove_bpe_on_a_word_level_model_changes_nothing_as_in_fairseq(toy_bin, trained):
@@ -261,16 +262,18 @@ def test_interactive_with_alignments_answers_an_empty_line_with_nothing(toy_bin,
     ("fairseq-interactive", ["--sampling", "--beam", "3", "--nbest", "2"], r"--sampling returns every one"),
 ])
 def test_generation_options_fairseq_asserts_on_are_one_line(toy_bin, trained, command, options, message):
-    """H: what fairseq would assert on (or obey silently: fewer hypotheses than --nbest) is named."""
+    """H: what fairseq would assert on (or obey silently: fewer hypotheses than --nbest) is named in
+    one line, no traceback."""
     proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, *options, input="one two\n", check=False)
-    fails_with(proc, rf"ValueError: {message}")
-    assert proc.stderr.splitlines()[-1].startswith("ValueError: --") and "AssertionError" not in proc.stderr
+    fails_with(proc, rf"GenerationOptionError: {message}")
+    assert proc.stderr.splitlines()[-1].startswith("GenerationOptionError: --") and "Traceback" not in proc.stderr
 
 
 def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin, trained, tmp_path):
     proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--beam", "0",
                input="one\n", check=False)
-    fails_with(proc, r"ValueError: --beam must be at least 1, got 0")
+    fails_with(proc, r"GenerationOptionError: --beam must be at least 1, got 0")
+    assert "Traceback" not in proc.stderr
     folder = tmp_path / "model"
     shutil.copytree(toy_bin, folder / "bin")
     (folder / "ckpt").mkdir()

@@ -31,7 +31,8 @@ from fairseq.tasks.translation import TranslationTask
 from fairseq_cli import generate as fairseq_generate
 from fairseq_cli import interactive as fairseq_interactive
 
-from ..dictionaries import PIECE_START, check_post_process, check_spm_model, uses_sentencepiece
+from ..checkpoint_files import CheckpointError
+from ..dictionaries import PIECE_START, TokenizationError, check_post_process, check_spm_model, uses_sentencepiece
 from . import replace
 
 logger = logging.getLogger("user_dir.decoding")
@@ -69,6 +70,10 @@ def _longest(options: dict, models: list) -> float:
     return min(limit, options["max_len_b"]) if options["max_len_a"] == 0 else limit
 
 
+class GenerationOptionError(ValueError):
+    """A generation option that fairseq would assert on, or obey silently wrongly."""
+
+
 def check_generation(args, models: list) -> None:
     """Refuse generation options that fairseq would assert on (or obey silently wrongly), naming them."""
     options = {name: default if getattr(args, name, None) is None else getattr(args, name)
@@ -76,7 +81,7 @@ def check_generation(args, models: list) -> None:
     options["longest"] = _longest(options, models)
     for refused, message in GENERATION_RULES:
         if refused(options):
-            raise ValueError(message.format(**options))
+            raise GenerationOptionError(message.format(**options))
 
 
 def _valid_generation_options(build_generator):
@@ -87,12 +92,20 @@ def _valid_generation_options(build_generator):
     return build_generator_checked
 
 
+# the plugin's refusals of bad input: fairseq-generate and fairseq-interactive end with their one line
+REFUSALS = (GenerationOptionError, TokenizationError, CheckpointError)
+
+
 def _valid_generation_options_first(main):
     """fairseq-generate's and fairseq-interactive's ``main`` assert on ``--sampling`` with ``--nbest``
-    other than ``--beam`` before any generator is built: the same rules run first, by name."""
+    other than ``--beam`` before any generator is built: the same rules run first, by name. A
+    refusal of the plugin's (:data:`REFUSALS`) ends the command with its one line, no traceback."""
     def main_checked(cfg, *args, **kwargs):
-        check_generation(getattr(cfg, "generation", cfg), [])  # a Namespace, or the DictConfig's group
-        return main(cfg, *args, **kwargs)
+        try:
+            check_generation(getattr(cfg, "generation", cfg), [])  # a Namespace, or the DictConfig's group
+            return main(cfg, *args, **kwargs)
+        except REFUSALS as e:
+            raise SystemExit(f"{type(e).__name__}: {e}") from None
 
     return main_checked
 
@@ -129,8 +142,9 @@ def _typed_text_in_pieces(get_tokens):
         def encode_checked(line: str) -> str:
             encoded = encode_fn(line)
             if encoded.strip() and not encoded.split()[0].startswith(PIECE_START):
-                raise ValueError("the model reads sentencepiece pieces but the input is not encoded: start "
-                                 "fairseq-interactive with --bpe sentencepiece --sentencepiece-model OUT/spm.model")
+                raise TokenizationError("the model reads sentencepiece pieces but the input is not encoded: "
+                                        "start fairseq-interactive with --bpe sentencepiece --sentencepiece-model "
+                                        "OUT/spm.model")
             return encoded
 
         return get_tokens(self, lines, encode_checked)
