@@ -19,16 +19,19 @@ silently smaller test set. Extra arguments after ``--`` go to fairseq-generate; 
 are, exactly one hypothesis per sentence is scored, the best.
 
 Everything is checked before decoding starts: the paths (relative ones against the current
-folder), the reference text (read by user_dir/text.py), its line count against the split, the
-outputs (never an input, a training run's checkpoint, or an existing file that is not an earlier
-output of the same kind), the arguments after ``--`` (none may set what evaluate.py sets and
-records: checkpoint, beam, subset, post-processing, languages, batch size), and the
-sentencepiece options against the model's dictionary (``--spm`` must be the model that made
-it). Without ``--ref``, the reference is the raw text prepare.py kept, refused when it changed
-since (the SHA-256 in OUT/prepare.json). A checkpoint is refused over data of the other direction.
-The JSON records the options that ran, the arguments after ``--`` included, and the reference
-scored against with its SHA-256. A long decode reports its progress on stderr (stdout is
-unchanged); Ctrl-C ends it with one line and exit status 130.
+folder), the reference text (read by user_dir/text.py), its line count against the split and its
+lines against the split's target side (:func:`check_reference`: another split, language or order
+of the same length is refused), the outputs (never an input, a training run's checkpoint, or an
+existing file that is not an earlier output of the same kind), the arguments after ``--`` (none
+may set what evaluate.py sets and records: checkpoint, beam, subset, post-processing, languages,
+batch size; none may show the model the references, decode the pieces twice or ask for help),
+and the sentencepiece options against the model's dictionary (``--spm`` must be the model that
+made it, and leave the --src-raw text's pieces known). Without ``--ref``, the reference is the
+raw text prepare.py kept, refused when it changed since (the SHA-256 in OUT/prepare.json). A
+checkpoint is refused over data of the other direction. The JSON records the options that ran,
+the arguments after ``--`` included, and the reference scored against with its SHA-256. A long
+decode reports its progress on stderr (stdout is unchanged); Ctrl-C ends it with one line and
+exit status 130.
 """
 import argparse
 import hashlib
@@ -46,6 +49,7 @@ from user_dir.dictionaries import (
     TokenizationError,
     check_post_process,
     check_spm_model,
+    unknown_share,
     uses_sentencepiece,
 )
 from user_dir.files import OutputError, WriteError, atomic_write, check_distinct, check_output, not_a_file
@@ -67,6 +71,7 @@ from user_dir.workflow import (
     verified_raw,
 )
 
+MAX_UNKNOWN = 0.2  # of --src-raw's pieces unknown to the dictionary: the right model's are about none
 # options that would take fairseq-generate's hypotheses away from its standard output
 UNREADABLE = ("--quiet", "--results-path")
 # fairseq-generate destinations that evaluate.py sets and records itself -> what to use instead
@@ -85,13 +90,20 @@ def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_proces
     return hypotheses(run_fairseq(cmd, progress(sentences, "evaluate.py: translated", "D-")).splitlines())
 
 
+def by_sentence(generate_output: list[str], kind: str) -> dict[int, str]:
+    """The text of fairseq-generate's first KIND line of each sentence (``D-<id>\\t<score>\\t<text>``,
+    best first, or ``T-<id>\\t<text>``), by sentence id."""
+    found: dict[int, str] = {}
+    for line in generate_output:
+        if line.startswith(kind) and "\t" in line:
+            sid, text = line.split("\t", 1)
+            found.setdefault(int(sid[len(kind):]), text.split("\t", 1)[1] if kind == "D-" else text)
+    return found
+
+
 def hypotheses(generate_output: list[str]) -> list[str]:
     """The best detokenized hypothesis of each sentence of fairseq-generate's output lines, in corpus order."""
-    hyps: dict[int, str] = {}
-    for line in generate_output:
-        if line.startswith("D-"):  # D-<id>\t<score>\t<detokenized hypothesis>, best first
-            sid, _, text = line.split("\t", 2)
-            hyps.setdefault(int(sid[2:]), text)
+    hyps = by_sentence(generate_output, "D-")
     return [hyps[i] for i in sorted(hyps)]
 
 
@@ -116,9 +128,9 @@ def earlier_scores(path: Path) -> bool:
         return False
 
 
-def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], list[str] | None]:
+def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | None) -> tuple[list, list | None]:
     """Everything that can be wrong before decoding, each named; returns the reference lines
-    and the --src-raw lines (None without it)."""
+    and the --src-raw lines (None without it). LOG: the --generate-log's lines."""
     if (args.checkpoint is None) == (args.generate_log is None):
         raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score, not both")
     if args.generate_log and (args.src_raw or extra):
@@ -148,29 +160,24 @@ def check_inputs(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
         check_output(args.hyp_out, "--hyp-out", inputs, earlier_hypotheses)
     if args.json:
         check_output(args.json, "--json", inputs, earlier_scores)
-    target_dictionary = check_tokenization(args)
-    if args.generate_log:
-        check_reference(refs, targets(read_lines(args.generate_log)), f"the sentences of {args.generate_log}")
+    target_dictionary = check_tokenization(args, sources)
+    if log is not None:
+        check_reference(refs, by_sentence(log, "T-"), f"the sentences of {args.generate_log}")
     elif sources is None:
         check_reference(refs, split_targets(Path(args.data_bin), args.subset, target_dictionary, args.post_process),
                         f"split '{args.subset}' of {args.data_bin}")
     return refs, sources
 
 
-def targets(generate_output: list[str]) -> list[str]:
-    """The reference of each sentence of fairseq-generate's output (its T- lines), in corpus order."""
-    found = {int(line[2:].split("\t", 1)[0]): line.split("\t", 1)[1]
-             for line in generate_output if line.startswith("T-") and "\t" in line}
-    return [found[i] for i in sorted(found)]
-
-
-def split_targets(data_bin: Path, subset: str, dictionary, post_process: str) -> list[str]:
-    """The target side of DATA_BIN's SUBSET as fairseq-generate prints it (T- lines); [] when it has none."""
+def split_targets(data_bin: Path, subset: str, dictionary, post_process: str) -> dict[int, str]:
+    """The target side of DATA_BIN's SUBSET as fairseq-generate prints it (T- lines), by sentence
+    id; empty when it has none."""
     from fairseq.data import data_utils
 
     src, tgt = language_pair(data_bin)
     dataset = data_utils.load_indexed_dataset(str(data_bin / f"{subset}.{src}-{tgt}.{tgt}"), dictionary)
-    return [] if dataset is None else [dictionary.string(dataset[i], post_process or None) for i in range(len(dataset))]
+    return {} if dataset is None else {i: dictionary.string(dataset[i], post_process or None)
+                                       for i in range(len(dataset))}
 
 
 def trigrams(text: str) -> set[str]:
@@ -180,23 +187,26 @@ def trigrams(text: str) -> set[str]:
     return {text[i:i + 3] for i in range(max(1, len(text) - 2))}
 
 
-def check_reference(refs: list[str], sentences: list[str], what: str) -> None:
+def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> None:
     """Refuse a reference that is not the target side of what is scored (another split or language
     of the same length, lines in another order): at least half its lines must share 30% of their
     letter trigrams with their sentence's target. On Multi30k's test set the right reference passes
     with 40% of the words <unk> (84% of the lines), another split or the source has no such line."""
-    if not sentences:  # a split without a target side: nothing to compare with
+    compared = [i for i in range(len(refs)) if i in sentences]  # a sentence a log lacks is named later
+    if not compared:  # a split without a target side: nothing to compare with
         return
-    pairs = ((trigrams(ref), trigrams(target)) for ref, target in zip(refs, sentences))
+    pairs = ((trigrams(refs[i]), trigrams(sentences[i])) for i in compared)
     alike = sum(len(a & b) >= 0.3 * len(a | b) for a, b in pairs)
-    if alike < len(refs) / 2:
-        raise SystemExit(f"error: the reference does not match {what}: {alike} of its {len(refs)} lines resemble "
-                         f"their sentence's target (line 1: {refs[0][:50]!r} against {sentences[0][:50]!r}); "
-                         "give the reference of the sentences scored")
+    if alike < len(compared) / 2:
+        first = compared[0]
+        raise SystemExit(f"error: the reference does not match {what}: {alike} of its {len(compared)} lines "
+                         f"resemble their sentence's target (line {first + 1}: {refs[first][:50]!r} against "
+                         f"{sentences[first][:50]!r}); give the reference of the sentences scored")
 
 
-def check_tokenization(args: argparse.Namespace):
-    """The sentencepiece options against DATA_BIN's dictionaries, in both directions; returns the target one."""
+def check_tokenization(args: argparse.Namespace, sources: list[str] | None):
+    """The sentencepiece options against DATA_BIN's dictionaries, in both directions, and --spm on
+    the --src-raw text (SOURCES): at most MAX_UNKNOWN of its pieces unknown; returns the target dictionary."""
     from fairseq.data import Dictionary  # here: refusals before this need no fairseq (seconds to import)
 
     src, tgt = language_pair(Path(args.data_bin))
@@ -207,7 +217,13 @@ def check_tokenization(args: argparse.Namespace):
         raise SystemExit(f"error: the model writes sentencepiece pieces (its dictionary's entries start with "
                          f"{PIECE_START}): pass --post-process sentencepiece, or the score is computed on pieces")
     if args.spm:
-        check_spm_model(dicts, spm.SentencePieceProcessor(model_file=str(args.spm)), f"--spm {args.spm}")
+        sp = spm.SentencePieceProcessor(model_file=str(args.spm))
+        check_spm_model(dicts, sp, f"--spm {args.spm}")
+        share = unknown_share(sp, dicts["source"], sources) if sources else 0.0
+        if share > MAX_UNKNOWN:
+            raise SystemExit(f"error: --spm {args.spm} makes {share:.0%} of the --src-raw text's pieces unknown to "
+                             "the model's dictionary (<unk>): it is not the sentencepiece model that made it (a "
+                             "larger one of the same text?); use the spm.model of the same prepare.py output")
     elif args.src_raw and uses_sentencepiece(dicts["source"]):
         raise SystemExit("error: the model reads sentencepiece pieces: pass --spm with the sentencepiece model "
                          "the data was prepared with (prepare.py's OUT/spm.model)")
@@ -280,9 +296,10 @@ def main() -> None:
     prepared_defaults(args)
     extra = [a for a in extra if a != "--"]
     try:
-        refs, sources = check_inputs(args, extra)
+        log = read_lines(args.generate_log) if args.generate_log and not not_a_file(args.generate_log) else None
+        refs, sources = check_inputs(args, extra, log)
         reference_sha256 = sha256_file(args.ref)  # what the JSON names: the file as it was scored
-        hyps = hypotheses(read_lines(args.generate_log)) if args.generate_log else None
+        hyps = hypotheses(log) if log is not None else None
     except (TextError, CheckpointError, OutputError, TokenizationError) as e:
         raise SystemExit(f"error: {e}")
     if hyps is None:

@@ -12,8 +12,8 @@ validation included; CPU-minutes for a one-thread run) and y its validation BLEU
 Reads fairseq's end-of-epoch lines (``| train | epoch 003 | loss 5.1 | ...`` and
 ``| valid | epoch 003 | valid on 'valid' subset | loss ... | bleu 21.3 | ...``), in simple or
 tqdm/none log formats. A resumed run's repeated epochs keep their last values; a log that holds
-several runs (train.log appended by a new run from epoch 1) is plotted from its last run, and
-says so.
+several runs (fairseq-train's "No existing checkpoint found" starts each) is plotted from its
+last run, and says so.
 """
 import argparse
 import re
@@ -26,20 +26,22 @@ LINE = re.compile(r"\| (train|valid) \| epoch (\d+) \|(.*)")
 FIELD = re.compile(r"\| (\w+) (-?inf|nan|[-\d.]+)")
 
 
+NEW_RUN = "No existing checkpoint found"  # fairseq-train's line when it starts from nothing (not a resume)
+
+
 def parse(log: str) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
     """{"train"|"valid": {epoch: {metric: value}}} from the end-of-epoch lines of the log's last run,
-    and the number of runs (a run starts where a training epoch comes before the previous one)."""
-    runs, last = 1, 0
+    and the number of runs (each fairseq-train start from nothing begins one; a resume goes on)."""
+    runs = 0
     curves: dict[str, dict[int, dict[str, float]]] = {"train": {}, "valid": {}}
     for line in log.splitlines():
+        if NEW_RUN in line:
+            runs, curves = runs + 1, {"train": {}, "valid": {}}
         m = LINE.search(line)
         if m:
             split, epoch, rest = m.group(1), int(m.group(2)), "|" + m.group(3)
-            if split == "train" and epoch < last:
-                runs, curves = runs + 1, {"train": {}, "valid": {}}
-            last = epoch if split == "train" else last
             curves[split][epoch] = {k: float(v) for k, v in FIELD.findall(rest)}
-    return curves, runs
+    return curves, max(runs, 1)
 
 
 def plot(curves: dict, out: Path, title: str) -> None:
@@ -93,7 +95,7 @@ def read_curves(log: Path) -> dict:
     if not curves["train"] or not curves["valid"]:
         raise SystemExit(f"error: no end-of-epoch train/valid lines in {log}")
     if runs > 1:
-        print(f"{log} holds {runs} runs (each new one from an earlier epoch): plotting the last")
+        print(f"{log} holds {runs} runs (each started from nothing): plotting the last")
     return curves
 
 

@@ -28,6 +28,7 @@ BUDGET_HOURS, NPROC, NNODES.
   version and thread count in ~/.cache/fairseq-rnn-seq2seq/precision.json.
 """
 import argparse
+import ast
 import contextlib
 import io
 import json
@@ -49,8 +50,8 @@ from omegaconf import OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
-from user_dir.files import OutputError, atomic_write, make_folder
-from user_dir.patches.checkpoints import misfit, option_differences
+from user_dir.files import TRAINING_CHECKPOINT, OutputError, atomic_write, make_folder
+from user_dir.patches.checkpoints import as_dict, misfit, option_differences
 from user_dir.workflow import DONE, ROOT, USER_DIR, language_pair, lines, prepared_record
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
@@ -277,11 +278,11 @@ def writable_folder(save: Path) -> None:
 
 
 def saved_progress(plan: argparse.Namespace) -> dict | None:
-    """Updates, finished epochs and training hours of the checkpoint fairseq-train resumes from; None
-    when it starts afresh (no checkpoint_last.pt, another --restore-file, a --reset-* option)."""
+    """The checkpoint fairseq-train resumes from (SAVE_DIR/checkpoint_last.pt: its path, state,
+    updates, finished epochs, training hours, and whether its optimizer state is loaded); None when
+    it starts afresh (no checkpoint_last.pt, another --restore-file)."""
     path = Path(plan.save_dir) / "checkpoint_last.pt"
-    resets = (plan.reset_optimizer, plan.reset_dataloader, plan.reset_meters, plan.reset_lr_scheduler)
-    if plan.restore_file != "checkpoint_last.pt" or any(resets) or not path.is_file():
+    if plan.restore_file != "checkpoint_last.pt" or not path.is_file():
         return None
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
@@ -291,66 +292,76 @@ def saved_progress(plan: argparse.Namespace) -> dict | None:
     # the iterator's epoch is the next one to train once an epoch ended, else the one under way
     return {"path": path, "updates": state["optimizer_history"][-1]["num_updates"],
             "epochs": extra.get("train_iterator", {}).get("epoch", 1) - 1,
-            "hours": extra.get("previous_training_time", 0) / 3600, "cfg": state["cfg"], "model": state["model"]}
+            "hours": extra.get("previous_training_time", 0) / 3600, "cfg": state["cfg"], "model": state["model"],
+            "optimizer": not plan.reset_optimizer}
 
 
 def check_new_run(plan: argparse.Namespace) -> None:
-    """Refuses a run that does not resume SAVE_DIR/checkpoint_last.pt in a folder holding another
-    run's checkpoints: fairseq would keep the highest-numbered epoch checkpoints (the old run's;
-    scripts/average_checkpoints.py would average those) and replace checkpoint_best.pt."""
+    """Refuses a run that starts afresh (no checkpoint_last.pt, another --restore-file) or from
+    epoch 1 (--reset-dataloader) in a folder holding another run's checkpoints: fairseq would keep
+    the highest-numbered epoch checkpoints (the old run's, which scripts/average_checkpoints.py
+    would average) and replace checkpoint_best.pt. A run that saves nothing may start there."""
     save = Path(plan.save_dir)
-    earlier = sorted(p.name for p in save.glob("checkpoint*.pt")) if save.is_dir() else []
-    last = save / "checkpoint_last.pt"
-    why = ("it holds no checkpoint_last.pt" if not last.is_file() else
+    earlier = sorted(p.name for p in save.iterdir() if TRAINING_CHECKPOINT.fullmatch(p.name)) if save.is_dir() else []
+    why = ("it holds no checkpoint_last.pt" if not (save / "checkpoint_last.pt").is_file() else
            f"--restore-file {plan.restore_file}" if plan.restore_file != "checkpoint_last.pt" else
            "--reset-dataloader" if plan.reset_dataloader else None)
-    if earlier and why:
+    if earlier and why and not plan.no_save:
         shown = ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "")
         raise SystemExit(f"error: {save} holds checkpoints of an earlier run ({shown}) and this run would not "
-                         f"resume it ({why}): its checkpoints would mix with them; give another SAVE_DIR")
+                         f"resume it ({why}): its checkpoints would mix with them; give another SAVE_DIR (or, to "
+                         "go on from checkpoint_last.pt, leave --restore-file and --reset-dataloader out)")
 
 
-# what a resume keeps from the checkpoint (section: its fields; None: all but the learning rate): the
-# optimizer's state, and what fairseq-train resumes only with (it asserts the criterion's and optimizer's class)
-KEPT_ON_RESUME = {"criterion": ["_name"], "optimizer": None, "common": ["fp16", "amp", "bf16", "memory_efficient_fp16"]}
+# what a resume keeps from the checkpoint unless --reset-optimizer: (section, its fields, None: all but
+# the learning rate, the option's name for "_name"): the optimizer's state, and what fairseq-train
+# resumes only with (it asserts the criterion's and optimizer's class)
+KEPT_ON_RESUME = [("criterion", ["_name"], "criterion"), ("optimizer", None, "optimizer"),
+                  ("common", ["fp16", "amp", "bf16", "memory_efficient_fp16"], None)]
 
 
 def check_resume(plan: argparse.Namespace, saved: dict) -> None:
     """Refuses resuming SAVE_DIR/checkpoint_last.pt with options it cannot resume with or would not
-    apply: another model or data (fairseq-train's own check, :func:`misfit`), criterion,
-    optimizer or precision (fairseq-train asserts), optimizer options (restored from its state) or,
-    with reduce_lr_on_plateau past its warmup, --lr (the rate continues from the checkpoint's)."""
+    apply: another model or data (fairseq-train's own check, :func:`misfit`); unless
+    --reset-optimizer, another criterion, optimizer or precision (fairseq-train asserts), optimizer
+    options (restored from its state, less --optimizer-overrides) or, with reduce_lr_on_plateau past
+    its warmup, --lr (the rate continues from the checkpoint's)."""
+    path = saved["path"]
     with warnings.catch_warnings():  # hydra's deprecation notes on fairseq 0.12's use of it
         warnings.simplefilter("ignore")
-        path, cfg = saved["path"], convert_namespace_to_omegaconf(plan)
+        cfg = convert_namespace_to_omegaconf(plan)
     task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
     try:
-        task.build_model(cfg.model).load_state_dict(saved["model"], strict=True, model_cfg=cfg.model)
+        model.load_state_dict(saved["model"], strict=True, model_cfg=cfg.model)
     except Exception as e:
         raise SystemExit(f"error: {misfit(str(path), e, cfg.model, task, saved['cfg']['model'])}") from None
+    if not saved["optimizer"]:
+        return
+    overridden = set(ast.literal_eval(plan.optimizer_overrides or "{}"))
     differ = []
-    for section, keys in KEPT_ON_RESUME.items():
-        keys = keys or [k for k in saved["cfg"][section] if k != "lr"]
-        differ += [d.replace("--name ", f"--{section} ") for d in option_differences(saved["cfg"][section],
-                                                                                     cfg[section], keys)]
+    for section, keys, name in KEPT_ON_RESUME:
+        before = as_dict(saved["cfg"].get(section))  # an older checkpoint may lack a section
+        keys = keys or [k for k in before if k != "lr" and k not in overridden]
+        differ += option_differences(before, cfg[section], keys, name)
     plateau = plan.lr_scheduler == "reduce_lr_on_plateau" and saved["updates"] > plan.warmup_updates
-    if plateau:
-        differ += option_differences(saved["cfg"]["optimization"], cfg.optimization, ["lr"])
+    if plateau and "lr" not in overridden:
+        differ += option_differences(as_dict(saved["cfg"].get("optimization")), cfg.optimization, ["lr"])
     if differ:
+        where = " (on a GPU: it was trained in float16)" if "--fp16 True" in " ".join(differ) else ""
         raise SystemExit(f"error: {path} was trained with {', '.join(differ)}: resuming it keeps the checkpoint's "
                          "criterion, optimizer state and precision" + (" (and learning rate)" if plateau else "")
-                         + "; give its values, or another SAVE_DIR for a new run")
+                         + f"; give its values{where}, --reset-optimizer to start the optimizer afresh, or another "
+                         "SAVE_DIR for a new run")
 
 
-def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict | None) -> str | None:
-    """Why the run in SAVE_DIR is complete (fairseq-train's stopping rules against its checkpoint
-    SAVED, or this very command finished there: one of ARGVS, which differ only in a precision not
-    yet measured), None when training is left; refuses limits below it, and a checkpoint this
-    command could not resume (:func:`check_resume`): complete or not, it is another run's."""
-    if saved is None:
-        check_new_run(plan)
+def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict) -> str | None:
+    """Why the run in SAVE_DIR, resumed from SAVED, is complete (fairseq-train's stopping rules
+    against its checkpoint, or this very command finished there: one of ARGVS, which differ only
+    in a precision not yet measured), None when training is left; refuses limits below it. A
+    --reset-* option starts counting afresh: never complete."""
+    if plan.reset_optimizer or plan.reset_dataloader or plan.reset_meters or plan.reset_lr_scheduler:
         return None
-    check_resume(plan, saved)
     path, done = saved["path"], []
     for option, limit, held, unit in (("--max-update", plan.max_update, saved["updates"], "updates"),
                                       ("--max-epoch", plan.max_epoch, saved["epochs"], "finished epochs")):
@@ -368,9 +379,14 @@ def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict | Non
 
 
 def per_epoch(info: dict, plan: argparse.Namespace) -> int:
-    """Updates an epoch: fairseq's own batching of the training pairs (LanguagePairDataset's order,
-    --max-tokens, --batch-size, --required-batch-size-multiple), shared by the processes and --update-freq."""
+    """Updates an epoch: fairseq's own batching of the training pairs (those it keeps: none longer
+    than --max-tokens or the positions; LanguagePairDataset's order, --max-tokens, --batch-size,
+    --required-batch-size-multiple), shared by the processes and --update-freq."""
     src, tgt = info["sizes"]
+    tokens = plan.max_tokens or math.inf
+    kept = (src <= min(tokens, getattr(plan, "max_source_positions", math.inf))) & (
+        tgt <= min(tokens, getattr(plan, "max_target_positions", math.inf)))
+    src, tgt = src[kept], tgt[kept]
     order = np.lexsort((tgt, src))  # by source length, then target length, as fairseq orders them
     batches = len(data_utils.batch_by_size(order, None, num_tokens_vec=np.maximum(src, tgt)[order].astype(np.int64),
                                            max_tokens=plan.max_tokens, max_sentences=plan.batch_size,
@@ -394,7 +410,7 @@ def precision(measure: bool = True, saved: dict | None = None) -> tuple[list[str
     """fairseq-train's precision options for this machine and AMP, and why; None when only a probe
     can tell and MEASURE is false. Without AMP, a resumed run (SAVED) keeps its checkpoint's."""
     amp = amp_setting()
-    kept = resumed_precision(saved["cfg"]["common"]) if saved and not amp else None
+    kept = resumed_precision(saved["cfg"]["common"]) if saved and saved["optimizer"] and not amp else None
     if kept is not None:
         return kept, f"as {saved['path']} was trained"
     if torch.cuda.is_available():
@@ -489,7 +505,11 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     check_counts(plan)
     check_ends(plan)
     check_device(plan)
-    done = complete(plan, argvs, saved)
+    if saved is None or plan.reset_dataloader:
+        check_new_run(plan)
+    if saved is not None:
+        check_resume(plan, saved)
+    done = complete(plan, argvs, saved) if saved is not None else None
     if done:
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch trains on)"]
     if machine is None:

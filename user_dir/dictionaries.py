@@ -37,11 +37,6 @@ def uses_sentencepiece(dictionary: Dictionary) -> bool:
 
 
 MADE_UP = "madeupword"  # fairseq-preprocess pads dictionaries with madeupwordNNNN entries
-# the share of a sentencepiece model's pieces of two or more characters that the dictionary it made
-# holds, at least: those the training text never used are missing (1 of Multi30k's 4,000), a larger
-# model's many
-MIN_KNOWN_PIECES = 0.8
-
 
 class TokenizationError(ValueError):
     """A sentencepiece model or option that does not fit the model's dictionary."""
@@ -54,10 +49,11 @@ def piece_vocabulary(sp) -> set:
 
 def check_pieces(dictionary: Dictionary, vocabulary: Optional[set], model: str, side: str) -> None:
     """Refuse a sentencepiece model (``vocabulary``: its pieces, ``model``: its name) for a
-    word-level dictionary, or one that did not make ``dictionary``: an entry that is not one of
-    its pieces (another preparation, even of the same size), or many pieces that are not entries
-    (a larger model of the same text, whose entries are all pieces of it). Compared by content,
-    so it needs no record of the preparation and holds for every data folder and checkpoint."""
+    word-level dictionary, or one that did not make ``dictionary`` (an entry that is not one of
+    its pieces: another preparation, even of the same size). Compared by content, so it needs
+    no record of the preparation and holds for every data folder and checkpoint. A larger model
+    of the same text passes (its pieces hold every entry): text encoded with it shows that
+    (:func:`unknown_share`)."""
     if not uses_sentencepiece(dictionary):
         raise TokenizationError(f"{model}: the model's {side} dictionary holds words, not sentencepiece pieces; "
                                 "leave the sentencepiece options out for this model")
@@ -67,13 +63,6 @@ def check_pieces(dictionary: Dictionary, vocabulary: Optional[set], model: str, 
         raise TokenizationError(f"{model} is not the sentencepiece model that made the model's {side} dictionary: "
                                 f"{len(foreign)} of its {len(words)} entries are not pieces of it "
                                 f"(e.g. {foreign[0]!r}); "
-                                "use the spm.model of the same prepare.py output")
-    longer = {p for p in vocabulary if len(p.lstrip(PIECE_START)) > 1}  # single characters: kept, often unused
-    unknown = longer - set(dictionary.symbols)
-    if len(unknown) > (1 - MIN_KNOWN_PIECES) * len(longer):  # a larger model of the same text
-        raise TokenizationError(f"{model} is not the sentencepiece model that made the model's {side} dictionary: "
-                                f"{len(unknown)} of its {len(longer)} longer pieces are not in the dictionary "
-                                f"(e.g. {sorted(unknown)[0]!r}) and would reach the model as <unk>; "
                                 "use the spm.model of the same prepare.py output")
 
 
@@ -85,6 +74,13 @@ def check_spm_model(dictionaries, sp, model: str) -> None:
     vocabulary = piece_vocabulary(sp)
     for side, dictionary in dictionaries.items():
         check_pieces(dictionary, vocabulary, model, side)
+
+
+def unknown_share(sp, dictionary: Dictionary, lines: list[str]) -> float:
+    """The share of the pieces of ``lines``, encoded with ``sp``, that ``dictionary`` lacks (<unk>
+    to the model): near 0 with the model that made the dictionary, high with a larger one."""
+    pieces = [piece for line in sp.encode(lines, out_type=str) for piece in line]
+    return sum(dictionary.index(piece) == dictionary.unk() for piece in pieces) / max(1, len(pieces))
 
 
 DIRECTION_KEY = "language_direction"  # a model buffer beside the dictionary fingerprints

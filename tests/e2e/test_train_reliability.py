@@ -118,12 +118,16 @@ def earlier_run(toy_bin, tmp_path_factory) -> Path:
      "was trained with --criterion masked_ce (this command: cross_entropy): resuming it keeps"),
     ("resume, another learning rate", ["--max-update", "5", "--lr", "0.5"], {},
      "was trained with --lr 0.002 (this command: 0.5): resuming it keeps the checkpoint's criterion, optimizer "
-     "state and precision (and learning rate); give its values, or another SAVE_DIR for a new run"),
+     "state and precision (and learning rate); give its values, --reset-optimizer to start the optimizer afresh, "
+     "or another SAVE_DIR for a new run"),
     ("resume, other optimizer options", ["--max-update", "5", "--weight-decay", "0.1"], {},
      "was trained with --weight-decay 0.0 (this command: 0.1)"),
-    ("resume, another precision", ["--max-update", "5"], {"AMP": "1"},
-     "was trained with --amp False (this command: True)"),
+    pytest.param("resume, another precision", ["--max-update", "5"], {"AMP": "1"},
+                 "was trained with --amp False (this command: True)",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU's precisions")),
     ("new run among its checkpoints", [], {}, "holds checkpoints of an earlier run (checkpoint"),
+    ("new run from epoch 1 among them", ["--max-update", "5", "--reset-dataloader"], {},
+     "and this run would not resume it (--reset-dataloader)"),
     ("restore another file", ["--max-update", "5", "--restore-file", "x.pt"], {},
      "and this run would not resume it (--restore-file x.pt): its checkpoints would mix with them"),
 ])
@@ -148,6 +152,16 @@ def test_a_run_is_refused_where_it_would_meet_another_runs_checkpoints(toy_bin, 
         assert f"precision: float32, as {save}/checkpoint_last.pt was trained" in resumed and "done training" in resumed
 
 
+@pytest.mark.parametrize("extra", [["--lr", "0.5", "--reset-optimizer"], ["--dropout", "0.1"],
+                                   ["--lr", "0.5", "--optimizer-overrides", "{'lr': 0.5}"]])
+def test_a_resume_that_fairseq_carries_out_as_asked_is_not_refused(toy_bin, tmp_path, earlier_run, extra):
+    """--reset-optimizer starts the optimizer (and its rate) afresh, dropout is read from the
+    command, --optimizer-overrides sets the restored state's rate: each resumes and trains."""
+    save = shutil.copytree(earlier_run, tmp_path / "ckpt")
+    assert "done training" in train(toy_bin, save, "--max-update", "5", *extra).stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU's refusals")
 @pytest.mark.parametrize("env, extra, message", [
     ({}, ["--fp16"], "error: --fp16 trains on a CUDA GPU and there is none here"),
     ({"NPROC": "2_0"}, [], "error: NPROC='2_0': the number of processes"),

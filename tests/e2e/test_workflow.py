@@ -164,11 +164,13 @@ def test_plot_training_curve(trained_dir, tmp_path):
     assert proc.returncode != 0 and "1 --labels for 2 logs" in proc.stderr
 
 
-def epoch_lines(epochs, loss="2.5") -> str:
-    """fairseq's end-of-epoch train and valid lines (simple log format) for EPOCHS."""
-    return "".join(f"2026-01-01 | INFO | train | epoch {e:03d} | loss {loss} | wall {60 * e}\n"
-                   f"2026-01-01 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 3.0 | bleu {e}.5\n"
-                   for e in epochs)
+def epoch_lines(epochs, loss="2.5", start="No existing checkpoint found ckpt/checkpoint_last.pt") -> str:
+    """fairseq-train's line at its START (a new run, or a resume: 'Loaded checkpoint'), then its
+    end-of-epoch train and valid lines (simple log format) for EPOCHS."""
+    return f"2026-01-01 | INFO | fairseq.trainer | {start}\n" + "".join(
+        f"2026-01-01 | INFO | train | epoch {e:03d} | loss {loss} | wall {60 * e}\n"
+        f"2026-01-01 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | loss 3.0 | bleu {e}.5\n"
+        for e in epochs)
 
 
 @pytest.mark.parametrize("case, message", [
@@ -203,17 +205,21 @@ def test_plot_training_refuses_in_one_line_and_writes_nothing(tmp_path, case, me
 
 def test_plot_training_tells_runs_apart(tmp_path):
     """Logs in folders of one name get labels that tell them apart; a log appended by a new run is
-    plotted from its last run and says so; an infinite loss is drawn, not a KeyError."""
+    plotted from its last run and says so, a resume that repeats epochs goes on the same run; an
+    infinite loss is drawn, not a KeyError."""
     for name in ("x", "y"):
         (tmp_path / name / "ckpt").mkdir(parents=True)
+    resume = "Loaded checkpoint ckpt/checkpoint_last.pt (epoch 3 @ 30 updates)"
     (tmp_path / "x" / "ckpt" / "train.log").write_text(epoch_lines(range(1, 6)) + epoch_lines(range(1, 3)))
-    (tmp_path / "y" / "ckpt" / "train.log").write_text(epoch_lines(range(1, 4), loss="inf"))
+    (tmp_path / "y" / "ckpt" / "train.log").write_text(epoch_lines(range(1, 5), loss="inf")
+                                                       + epoch_lines(range(3, 6), start=resume))
     out = run("python", SCRIPTS / "plot_training.py", tmp_path / "x" / "ckpt" / "train.log",
               tmp_path / "y" / "ckpt" / "train.log", "--out", tmp_path / "c.svg").stdout
-    assert f"{tmp_path}/x/ckpt/train.log holds 2 runs (each new one from an earlier epoch): plotting the last" in out
-    assert "(x/ckpt: 2 epochs, y/ckpt: 3 epochs)" in out and (tmp_path / "c.svg").read_bytes().startswith(b"<?xml")
+    assert f"{tmp_path}/x/ckpt/train.log holds 2 runs (each started from nothing): plotting the last" in out
+    assert "(x/ckpt: 2 epochs, y/ckpt: 5 epochs)" in out and "y/ckpt/train.log holds" not in out
+    assert (tmp_path / "c.svg").read_bytes().startswith(b"<?xml")
     out = run("python", SCRIPTS / "plot_training.py", tmp_path / "y" / "ckpt" / "train.log").stdout
-    assert (tmp_path / "y" / "ckpt" / "train.png").read_bytes()[:4] == b"\x89PNG" and "3 epochs" in out
+    assert (tmp_path / "y" / "ckpt" / "train.png").read_bytes()[:4] == b"\x89PNG" and "5 epochs" in out
 
 
 @pytest.mark.parametrize("config, arch", [("multi30k", "rnn_seq2seq_multi30k"),

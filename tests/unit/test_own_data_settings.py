@@ -8,7 +8,7 @@ from argparse import Namespace
 
 import pytest
 import torch
-from fairseq import tasks
+from fairseq import tasks, utils
 from fairseq.data.iterators import GroupedIterator
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import ARCH_CONFIG_REGISTRY
@@ -114,14 +114,18 @@ def test_the_plan_is_fairseqs_own_reading_of_the_options(plan, toy_bin, extra, e
 
 @pytest.mark.parametrize("extra", [["--max-tokens", "600", "--update-freq", "2"], ["--batch-size", "16"],
                                    ["--max-tokens", "1000", "--required-batch-size-multiple", "8"],
-                                   ["--max-tokens", "300", "--update-freq", "3"]])
+                                   ["--max-tokens", "300", "--update-freq", "3"],
+                                   ["--max-tokens", "5"], ["--max-source-positions", "4", "--max-tokens", "50"]])
 def test_the_updates_an_epoch_are_fairseqs_own_count(plan, toy_bin, extra):
-    """The plan's updates an epoch are the batches fairseq's iterator makes of the training split,
-    grouped by --update-freq (docs: an estimate 20% high chose the validation interval)."""
+    """The plan's updates an epoch are the batches fairseq's iterator makes of the training split
+    (pairs longer than --max-tokens or the positions left out), grouped by --update-freq."""
     args, lines = plan(*extra, "--max-update", "5")
     task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)  # as fairseq-train sets it up
     task.load_dataset("train")
+    model_positions = args.max_source_positions, args.max_target_positions
+    positions = utils.resolve_max_positions(task.max_positions(), model_positions, args.max_tokens)  # as the Trainer
     batches = task.get_batch_iterator(task.dataset("train"), max_tokens=args.max_tokens, max_sentences=args.batch_size,
+                                      max_positions=positions, ignore_invalid_inputs=True,
                                       required_batch_size_multiple=args.required_batch_size_multiple, seed=1)
     updates = len(GroupedIterator(batches.next_epoch_itr(shuffle=True), args.update_freq[0]))
     assert f"about {updates} updates an epoch" in lines[0]
@@ -204,7 +208,7 @@ def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, m
     (save / "checkpoint_last.pt").write_bytes(b"")
     (save / workflow.DONE).write_text(workflow.lines(argv))
     progress = {"path": save / "checkpoint_last.pt", "updates": 5, "epochs": 1, "hours": 0.0,
-                "cfg": {"common": {"amp": True, "fp16": False}}}
+                "cfg": {"common": {"amp": True, "fp16": False}}, "optimizer": True}
     monkeypatch.setattr(train_settings, "saved_progress", lambda plan: progress)
     monkeypatch.setattr(train_settings, "check_resume", lambda plan, saved: None)
     assert settings(toy_bin, save, extra)[1] == [

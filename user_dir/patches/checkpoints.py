@@ -25,6 +25,7 @@
   resumes with them as it does.
 """
 import argparse
+import ast
 import copy
 import os
 import shutil
@@ -120,7 +121,11 @@ def _atomic_copies(path_manager):
     return AtomicCopyPathManager
 
 
-def _as_dict(cfg) -> dict:
+def as_dict(cfg) -> dict:
+    """A config section as a dict: an OmegaConf config (interpolations resolved where they can be),
+    an argparse Namespace (fairseq's components without a dataclass: sgd, --arch lstm), or None."""
+    if isinstance(cfg, argparse.Namespace):
+        return vars(cfg)
     if not OmegaConf.is_config(cfg):
         return dict(cfg or {})
     try:
@@ -129,13 +134,25 @@ def _as_dict(cfg) -> dict:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def option_differences(saved, current, keys: Optional[Iterable[str]] = None) -> list[str]:
-    """``--name VALUE (this command: OTHER)`` for every model option (of ``keys``, if given) that
-    the two configs give differently."""
-    saved, current = _as_dict(saved), _as_dict(current)
-    differ = {key for key in saved.keys() & current.keys() if saved[key] != current[key]}
-    return [f"--{key.lstrip('_').replace('_', '-')} {_shown(saved[key])} (this command: {_shown(current[key])})"
-            for key in sorted(differ if keys is None else differ & set(keys))]
+def _same_value(a, b) -> bool:
+    """Equal as options: "(0.9, 0.98)" (a Namespace's or the command line's) and [0.9, 0.98] (YAML's) too."""
+    def value(x):
+        if isinstance(x, str) and x.startswith(("(", "[")):
+            try:
+                x = ast.literal_eval(x)
+            except (ValueError, SyntaxError):
+                return x
+        return tuple(x) if isinstance(x, (list, tuple)) else x
+    return value(a) == value(b)
+
+
+def option_differences(saved, current, keys: Optional[Iterable[str]] = None, name: Optional[str] = None) -> list[str]:
+    """``--name VALUE (this command: OTHER)`` for every option (of ``keys``, if given) that the two
+    configs give differently; ``name``: the option a ``_name`` field is (``--criterion``)."""
+    saved, current = as_dict(saved), as_dict(current)
+    differ = {key for key in saved.keys() & current.keys() if not _same_value(saved[key], current[key])}
+    return [f"--{name if key == '_name' and name else key.lstrip('_').replace('_', '-')} {_shown(saved[key])} "
+            f"(this command: {_shown(current[key])})" for key in sorted(differ if keys is None else differ & set(keys))]
 
 
 def _shown(value):
@@ -156,13 +173,16 @@ def model_changing(saved, current, task) -> list[str]:
     """The options that ``current`` gives otherwise than the checkpoint's ``saved`` and that, each
     alone, change the model's parameters (names or shapes): sizes, cell, layers, attention,
     tying... not dropout, which a resumed run may change (fairseq loads such a checkpoint)."""
-    before, now = _as_dict(saved), _as_dict(current)
+    before, now = as_dict(saved), as_dict(current)
     shapes = _parameter_shapes(saved, task)
     changing = []
-    for key in sorted(k for k in before.keys() & now.keys() if before[k] != now[k]):
+    for key in sorted(k for k in before.keys() & now.keys() if not _same_value(before[k], now[k])):
         probe = copy.deepcopy(saved)
-        with open_dict(probe):
-            probe[key] = now[key]
+        if isinstance(probe, argparse.Namespace):  # --arch lstm and other models without a dataclass
+            setattr(probe, key, now[key])
+        else:
+            with open_dict(probe):
+                probe[key] = now[key]
         if shapes is None or _parameter_shapes(probe, task) != shapes:
             changing.append(key)
     return changing
