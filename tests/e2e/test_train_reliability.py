@@ -15,7 +15,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import user_dir  # noqa: F401  (the plugin's safe checkpoint loading; applied: conftest imported fairseq)
-from helpers import ROOT, TOY, preprocess, processes_naming, run
+from helpers import ROOT, TOY, built_once, preprocess, processes_naming, run
 
 TRAIN = ROOT / "scripts" / "train.sh"
 TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
@@ -102,12 +102,11 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def earlier_run(toy_bin, tmp_path_factory) -> Path:
-    """A finished run of 3 updates (the learning rate's warmup is 1 update): what the next runs meet."""
-    save = tmp_path_factory.mktemp("earlier") / "ckpt"
-    train(toy_bin, save, "--max-update", "3")
-    return save
+    """A finished run of 3 updates (the learning rate's warmup is 1 update): what the next runs meet
+    (made once for all workers; each test trains in a copy)."""
+    return built_once(tmp_path_factory, "earlier_run", lambda save: train(toy_bin, save, "--max-update", "3"))
 
 
 @pytest.mark.parametrize("case, extra, env, message", [
