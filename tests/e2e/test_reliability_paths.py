@@ -211,15 +211,22 @@ def test_resuming_on_another_dictionary_names_it(toy_bin, swapped_bin, tmp_path)
 
 # H. decode paths answer every line
 
-def test_interactive_answers_empty_unknown_and_over_long_lines_and_keeps_going(toy_bin, trained):
+@pytest.mark.parametrize("buffer", ["1", "2", "6"])
+def test_interactive_answers_empty_unknown_and_over_long_lines_and_keeps_going(toy_bin, trained, buffer):
+    """Each line gets its answer, and each warning names its line as the S- lines do, whatever
+    --buffer-size (fairseq-interactive counts each chunk's sentences from 0); the over-long line is
+    named once, for its length."""
     lines = ["one two", "", "   ", "qqq zzz", " ".join(["one"] * 40), "three"]
     proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--max-source-positions",
-               "20", input="".join(line + "\n" for line in lines))
+               "20", "--buffer-size", buffer, "--batch-size", buffer, input="".join(line + "\n" for line in lines))
     hyps = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in proc.stdout.splitlines()
             if line.startswith("H-")}
     assert sorted(hyps) == list(range(6))
     assert hyps[1] == hyps[2] == hyps[3] == hyps[4] == "" and hyps[0] and hyps[5]
-    assert "more than the model takes (20, --max-source-positions)" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert sorted(re.findall(r"sentence (\d+) holds no word the model knows", output)) == ["1", "2", "3"]
+    assert re.findall(r"sentence (\d+) has 41 tokens, more than the model takes \(20, --max-source-positions\)",
+                      output) == ["4"]
 
 
 @pytest.mark.parametrize("command, scheme, units", [

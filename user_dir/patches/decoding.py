@@ -18,6 +18,8 @@ validate their input as the file readers do, at the points every path passes thr
   (:func:`user_dir.dictionaries.check_post_process`).
 * ``SequenceGenerator.generate``: a source with no known word (empty, blank, every word unknown,
   or over-long as above) gets an empty translation and a warning, not a made-up sentence.
+* ``fairseq_cli.interactive.make_batches``: the warnings number sentences as fairseq-interactive's
+  S- lines do, across its --buffer-size chunks (its datasets count from 0 in each).
 """
 import logging
 import math
@@ -37,6 +39,11 @@ from . import replace
 
 logger = logging.getLogger("user_dir.decoding")
 _FOR_INFERENCE = "_user_dir_for_inference"  # set on the datasets made from typed or passed text
+# fairseq-interactive numbers its datasets' sentences from 0 in each --buffer-size chunk, adds the
+# chunk's first number when it prints S-/H- lines, and passes generate no ids (the batch's are in its
+# own hands): the warnings below number the sentences as its S- lines do
+_chunk: dict = {"first": 0, "ids": None}  # the chunk's first number, the ids of the batch being decoded
+_over_long: set = set()  # sentences answered empty for their length: not warned about again as empty
 
 
 # fairseq's defaults of the generation options that the rules read
@@ -167,8 +174,9 @@ def _answer_over_long(filter_indices_by_size):
             _, too_long = dataset.filter_indices_by_size(indices, max_positions)
             limit = max_positions[0] if isinstance(max_positions, tuple) else max_positions
             for i in too_long:
-                logger.warning(f"sentence {i} has {dataset.src_sizes[i]} tokens, more than the model takes "
-                               f"({limit}, --max-source-positions): answered with an empty translation")
+                logger.warning(f"sentence {_chunk['first'] + i} has {dataset.src_sizes[i]} tokens, more than the "
+                               f"model takes ({limit}, --max-source-positions): answered with an empty translation")
+                _over_long.add(int(i))
                 dataset.src[i] = dataset.src[i].new_tensor([dataset.eos])
                 dataset.src_sizes[i] = 1
         return filter_indices_by_size(self, indices, dataset, max_positions, ignore_invalid_inputs)
@@ -186,10 +194,14 @@ def _empty_answers(generate):
         finalized = generate(self, models, sample, **kwargs)
         src_tokens = sample["net_input"]["src_tokens"]
         empty = nothing_to_translate(src_tokens, self.pad, self.eos, self.unk)
+        ids = sample["id"] if "id" in sample else _chunk["ids"]
         for row in empty.nonzero().flatten().tolist():
-            sid = int(sample["id"][row]) if "id" in sample else row
-            logger.warning(f"sentence {sid} holds no word the model knows (empty, blank or all unknown): "
-                           "answered with an empty translation")
+            sid = int(ids[row]) if ids is not None else row
+            if sid in _over_long:
+                _over_long.discard(sid)  # its warning named its length
+            else:
+                logger.warning(f"sentence {_chunk['first'] + sid} holds no word the model knows (empty, blank or "
+                               "all unknown): answered with an empty translation")
             finalized[row] = [{"tokens": src_tokens.new_tensor([self.eos]), "score": torch.tensor(0.0),
                                "attention": torch.empty(0), "alignment": torch.empty(0),
                                "positional_scores": torch.zeros(1)}]
@@ -198,9 +210,24 @@ def _empty_answers(generate):
     return generate_or_empty
 
 
+def _numbered_across_chunks(make_batches):
+    def make_batches_numbered(lines, *args, **kwargs):
+        start = _chunk["first"]
+        _over_long.clear()
+        try:
+            for batch in make_batches(lines, *args, **kwargs):
+                _chunk["ids"] = batch.ids  # generate runs on this batch before the next is made
+                yield batch
+        finally:
+            _chunk.update(first=start + len(lines), ids=None)  # as fairseq-interactive's start_id
+
+    return make_batches_numbered
+
+
 replace(FairseqTask, "build_generator", _valid_generation_options)
 replace(fairseq_generate, "main", _valid_generation_options_first)
 replace(fairseq_interactive, "main", _valid_generation_options_first)
+replace(fairseq_interactive, "make_batches", _numbered_across_chunks)
 replace(FairseqTask, "build_bpe", _pieces_match_dictionaries)
 replace(utils, "post_process_prediction", _post_process_fits)
 replace(FairseqTask, "get_interactive_tokens_and_lengths", _typed_text_in_pieces)
