@@ -56,6 +56,7 @@ from user_dir.files import OutputError, WriteError, atomic_write, check_distinct
 from user_dir.text import TextError, read_lines
 from user_dir.workflow import (
     binarize_with,
+    binarized,
     check_pass_through,
     encode_pieces,
     generate_command,
@@ -172,10 +173,7 @@ def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | No
 def split_targets(data_bin: Path, subset: str, dictionary, post_process: str) -> dict[int, str]:
     """The target side of DATA_BIN's SUBSET as fairseq-generate prints it (T- lines), by sentence
     id; empty when it has none."""
-    from fairseq.data import data_utils
-
-    src, tgt = language_pair(data_bin)
-    dataset = data_utils.load_indexed_dataset(str(data_bin / f"{subset}.{src}-{tgt}.{tgt}"), dictionary)
+    dataset = binarized(data_bin, subset, 1, dictionary)
     return {} if dataset is None else {i: dictionary.string(dataset[i], post_process or None)
                                        for i in range(len(dataset))}
 

@@ -52,7 +52,7 @@ from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, atomic_write, make_folder
 from user_dir.patches.checkpoints import as_dict, misfit, option_differences
-from user_dir.workflow import DONE, ROOT, USER_DIR, language_pair, lines, prepared_record
+from user_dir.workflow import DONE, ROOT, USER_DIR, binarized, language_pair, lines, prepared_record
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
 ARCH = "rnn_seq2seq_multi30k"
@@ -173,7 +173,7 @@ def corpus(data: Path) -> dict:
     if tokenization is None:
         pieces = uses_sentencepiece(Dictionary.load(str(data / f"dict.{tgt}.txt")))
         tokenization = "sentencepiece" if pieces else "none"
-    sides = [data_utils.load_indexed_dataset(str(data / f"train.{src}-{tgt}.{lang}"), None) for lang in (src, tgt)]
+    sides = [binarized(data, "train", side) for side in (0, 1)]
     if sides[0] is None or sides[1] is None:
         raise SystemExit(f"error: {data} holds no training split (train.{src}-{tgt}.*.idx)")
     where = "prepare.json" if made else "detected"  # sizes copied: they are views of the index's memory map

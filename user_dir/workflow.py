@@ -314,13 +314,19 @@ def language_pair(data_bin: Path) -> tuple[str, str]:
     raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output")
 
 
-def split_size(data_bin: Path, subset: str) -> int:
-    """Number of sentences of a binarized split, read from its index."""
+def binarized(data_bin: Path, subset: str, side: int, dictionary=None):
+    """Side 0 (source) or 1 (target) of DATA_BIN's binarized SUBSET as fairseq loads it (None: absent)."""
     from fairseq.data import data_utils
 
+    pair = language_pair(data_bin)
+    return data_utils.load_indexed_dataset(str(Path(data_bin) / f"{subset}.{'-'.join(pair)}.{pair[side]}"), dictionary)
+
+
+def split_size(data_bin: Path, subset: str) -> int:
+    """Number of sentences of a binarized split, read from its index."""
     src, tgt = language_pair(data_bin)
     prefix = Path(data_bin) / f"{subset}.{src}-{tgt}.{src}"
-    dataset = data_utils.load_indexed_dataset(str(prefix), None)
+    dataset = binarized(data_bin, subset, 0)
     if dataset is None:
         splits = sorted({idx.name.split(".")[0] for idx in Path(data_bin).glob(f"*.{src}-{tgt}.{src}.idx")})
         raise SystemExit(f"error: {data_bin} holds no split '{subset}' ({prefix}.idx); it holds: "
