@@ -13,8 +13,9 @@
 # Env: PATIENCE stop after this many validations without a better BLEU (0: never; default 5,
 # none when EXTRA sizes the run), BUDGET_HOURS wall-clock limit in hours (default none),
 # AMP=0/1 float32 / bfloat16 autocast on a CPU (default: the faster one, measured), AMP=0 for
-# float32 on a GPU (default --fp16), NPROC=N processes via torchrun (gloo on CPU, NCCL on GPUs),
-# TORCHRUN_ARGS more torchrun options (multi-node: docs/training.md) with NNODES.
+# float32 on a GPU (default --fp16), NPROC=N processes via torchrun (gloo on CPU, NCCL on GPUs;
+# unset: fairseq-train's own, one per GPU), NNODES machines of NPROC each with TORCHRUN_ARGS
+# (torchrun's rendezvous options: docs/training.md).
 # Resumes from SAVE_DIR/checkpoint_last.pt; a complete run is left as it is ("the run is complete").
 # Exit status 0 exactly when training finished and saved its checkpoints (or was complete already);
 # Ctrl-C 130. Stopping train.sh in any way (even SIGKILL) stops every training process it started.
@@ -60,7 +61,7 @@ stoppable python "$root/scripts/train_settings.py" "$tmp/args" "$data" "$save" "
 if [ ! -s "$tmp/args" ]; then cat "$tmp/plan"; exit 0; fi  # the run is complete: no file is touched
 tee -a "$save/train.log" < "$tmp/plan"
 mapfile -t args < "$tmp/args"
-if [ "${NPROC:-1}" -gt 1 ]; then
+if [ -n "${NPROC:-}" ] && { [ "$NPROC" -gt 1 ] || [ "${NNODES:-1}" -gt 1 ]; }; then  # as train_settings.world
     # shellcheck disable=SC2086  # TORCHRUN_ARGS: several options
     launch=(torchrun ${TORCHRUN_ARGS:---standalone} --nnodes "${NNODES:-1}" --nproc-per-node "$NPROC"
             "$root/scripts/with_parent.py" fairseq-train)

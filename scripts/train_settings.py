@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 import warnings
@@ -419,12 +420,31 @@ def precision(measure: bool = True, saved: dict | None = None) -> tuple[list[str
     return (None if bf16 is None else CPU_CHOICES[bf16]), why
 
 
-def distributed(world: int) -> list[str]:
-    """fairseq-train's options for WORLD processes (none for one)."""
-    if world == 1:
+def world(cpu: bool) -> tuple[int, bool]:
+    """The processes fairseq-train trains in and whether torchrun starts them: NPROC on each of
+    NNODES machines (torchrun), else fairseq-train's own default: one per visible GPU (CPU: one)."""
+    nproc = env_number("NPROC", int, 1, "the number of processes, a whole number >= 1")
+    nnodes = int(env_number("NNODES", int, 1, "the number of machines, a whole number >= 1") or 1)
+    if nproc is None and nnodes > 1:
+        raise SystemExit(f"error: NNODES={nnodes} without NPROC: give NPROC too, the processes on each machine "
+                         "(torchrun starts them)")
+    if nnodes > 1 and not re.search(r"--(rdzv[-_]endpoint|master[-_]addr)\b", os.environ.get("TORCHRUN_ARGS", "")):
+        raise SystemExit(f"error: NNODES={nnodes} without a rendezvous: give TORCHRUN_ARGS=\"--rdzv-backend c10d "
+                         "--rdzv-endpoint HOST:PORT --rdzv-id NAME\" (the same on every machine; docs/training.md)")
+    if nproc is None:
+        return (1 if cpu else max(1, torch.cuda.device_count())), False
+    if not cpu and nproc > torch.cuda.device_count():
+        raise SystemExit(f"error: NPROC={nproc}: {torch.cuda.device_count()} GPU(s) here, and each process trains on "
+                         "one of its own (--cpu: processes on the CPU)")
+    return int(nproc) * nnodes, int(nproc) * nnodes > 1
+
+
+def distributed(size: int, cpu: bool) -> list[str]:
+    """fairseq-train's options for SIZE processes (none where fairseq's default is one already)."""
+    if size == 1 and (cpu or torch.cuda.device_count() <= 1):
         return []
-    return ["--distributed-world-size", str(world), "--distributed-backend"] + (
-        ["nccl"] if torch.cuda.is_available() else ["gloo", "--ddp-backend", "legacy_ddp"])
+    backend = ["gloo", "--ddp-backend", "legacy_ddp"] if cpu else ["nccl"]
+    return ["--distributed-world-size", str(size)] + (["--distributed-backend", *backend] if size > 1 else [])
 
 
 def precision_name(fp16: bool, amp: bool) -> str:
@@ -469,8 +489,6 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
 def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None, list[str]]:
     """fairseq-train's arguments (None: the run is complete) and the lines that describe them."""
     info = corpus(data)
-    nproc = int(env_number("NPROC", int, 1, "the number of processes, a whole number >= 1") or 1)
-    nnodes = int(env_number("NNODES", int, 1, "the number of machines, a whole number >= 1") or 1)
     patience = env_number("PATIENCE", int, 0, "a whole number of validations >= 0 (0: no early stopping)")
     budget = env_number("BUDGET_HOURS", float, 1e-9, "a number of hours > 0 (unset: no wall-clock limit)")
     ours, fixed = recipe()
@@ -480,7 +498,13 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     if "save_dir" in given:
         raise SystemExit("error: --save-dir in the options: give the folder as train.sh's SAVE_DIR instead")
     head[1:1] = ["--save-dir", save.as_posix()]
-    pre = fairseq_options(head + names + fixed + ["--distributed-world-size", str(nproc * nnodes)] + tail)
+    cpu = given.get("cpu", False) or not torch.cuda.is_available()
+    size, torchrun = world(cpu)
+    if given.get("distributed_world_size", size) != size:
+        raise SystemExit(f"error: --distributed-world-size {given['distributed_world_size']}: train.sh starts {size} "
+                         "process(es) (NPROC x NNODES, unset: one per GPU); set NPROC and NNODES instead")
+    scale = distributed(size, cpu)
+    pre = fairseq_options(head + names + fixed + ["--distributed-world-size", str(size)] + tail)
     check_counts(pre)
     epoch = per_epoch(info, pre)
     total = min(pre.max_update or sys.maxsize, pre.max_epoch * epoch or sys.maxsize)
@@ -500,7 +524,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     saved = saved_progress(pre)
     machine, why = precision(measure=False, saved=saved)  # a complete run is not probed
     choices = [machine] if machine is not None else CPU_CHOICES
-    argvs = [head + args + choice + distributed(nproc * nnodes) + fixed + tail for choice in choices]
+    argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
     check_counts(plan)
     check_ends(plan)
@@ -514,11 +538,11 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch trains on)"]
     if machine is None:
         machine, why = precision(saved=saved)
-    argv = head + args + machine + distributed(nproc * nnodes) + fixed + tail
+    argv = head + args + machine + scale + fixed + tail
     plan = plan if argv == argvs[0] else fairseq_options(argv)
     writable_folder(save)
     ours_name = precision_name("--fp16" in machine, "--amp" in machine)
-    return argv, describe(plan, info, sized, why, ours_name, torchrun=nproc * nnodes > 1)
+    return argv, describe(plan, info, sized, why, ours_name, torchrun)
 
 
 def main() -> None:

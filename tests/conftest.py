@@ -13,6 +13,7 @@ from fairseq_cli import preprocess as fairseq_preprocess
 
 import user_dir  # noqa: F401  (registers the plugin and applies its patches, as --user-dir does)
 from helpers import TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, built_once, preprocess_args, run
+from scripts.train_settings import fairseq_options, settings
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,18 @@ def task() -> TranslationTask:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def plan(toy_bin, tmp_path, monkeypatch):
+    """train_settings' plan for EXTRA on the toy data: (fairseq-train's parse of its arguments, printed lines)."""
+    for name in ("PATIENCE", "BUDGET_HOURS", "NPROC", "NNODES", "TORCHRUN_ARGS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AMP", "0")
+
+    def make(*extra: str, **env: str):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        argv, lines = settings(toy_bin, tmp_path / "save", list(extra))
+        return fairseq_options(argv), lines
+    return make

@@ -198,3 +198,12 @@ def test_decoder_graphs_draw_new_dropout_masks_at_each_replay(task, attention, l
     first, second = decoder_twice(model, task, training=False)
     assert torch.equal(first, second)
     assert len(model.decoder.graphs.graphs) == (1 if layers == 3 else 2)
+
+
+def test_on_a_gpu_host_the_plan_trains_in_one_process_per_gpu(plan):
+    """Unset NPROC: fairseq-train's own default, a process per GPU; more processes than GPUs are refused."""
+    gpus = torch.cuda.device_count()
+    assert plan("--max-update", "5")[0].distributed_world_size == gpus
+    assert plan("--max-update", "5", "--cpu")[0].distributed_world_size == 1
+    with pytest.raises(SystemExit, match=f"error: NPROC={gpus + 1}: {gpus} GPU"):
+        plan("--max-update", "5", NPROC=str(gpus + 1))

@@ -19,7 +19,6 @@ from scripts import train_settings
 from scripts.prepare import as_the_model_sees, hold_out
 from scripts.train_settings import (
     components,
-    fairseq_options,
     per_epoch,
     recipe,
     settings,
@@ -78,21 +77,6 @@ def test_components_keep_only_the_options_a_chosen_component_defines():
     assert "--lr-patience" not in cosine and "--warmup-updates" in cosine
 
 
-@pytest.fixture
-def plan(toy_bin, tmp_path, monkeypatch):
-    """train_settings' plan for EXTRA on the toy data: (fairseq-train's parse of its arguments, printed lines)."""
-    for name in ("PATIENCE", "BUDGET_HOURS", "NPROC", "NNODES"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AMP", "0")
-
-    def make(*extra: str, **env: str):
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        argv, lines = settings(toy_bin, tmp_path / "save", list(extra))
-        return fairseq_options(argv), lines
-    return make
-
-
 @pytest.mark.parametrize("extra, expect, line", [
     (["--max-update=7", "--max-update", "9"], {"max_update": 9}, "stop: --max-update 9 as given; no early"),
     (["--max-sentences", "16"], {"batch_size": 16}, "3000 training pairs, about 188 updates an epoch"),  # alias
@@ -138,6 +122,23 @@ def test_unsized_runs_get_a_length_and_early_stopping_and_unlimited_ones_need_an
     assert args.max_update == 0 and "stop: no update or epoch limit as given; early stopping after 3" in lines[1]
 
 
+RENDEZVOUS = {"TORCHRUN_ARGS": "--rdzv-backend c10d --rdzv-endpoint node0:29400 --rdzv-id test"}
+
+
+@pytest.mark.parametrize("env, size, launcher", [
+    ({}, 1, None), ({"NPROC": "1"}, 1, None), ({"NPROC": "2"}, 2, "torchrun"),
+    ({"NPROC": "1", "NNODES": "2", **RENDEZVOUS}, 2, "torchrun"), ({"NPROC": "2", "NNODES": "2", **RENDEZVOUS}, 4,
+                                                                      "torchrun"),
+])
+def test_the_plan_trains_in_the_processes_train_sh_starts(plan, env, size, launcher):
+    """NPROC x NNODES processes (torchrun starts them, even one on each of several machines); unset,
+    fairseq-train's own default on a CPU (one); a --distributed-world-size given agrees or is refused."""
+    args, lines = plan("--max-update", "5", *(["--distributed-world-size", str(size)] if size > 1 else []), **env)
+    assert args.distributed_world_size == size
+    gloo = "--distributed-backend gloo --ddp-backend legacy_ddp"
+    assert lines[-1] == f"processes: {size}" + (f" ({launcher}; {gloo})" if launcher else ""), lines
+
+
 @pytest.mark.parametrize("extra, env, message", [
     (["--max-update", "x"], {}, "error: fairseq-train argument --max-update: invalid int value: 'x'"),
     (["--max-tokens=1e3"], {}, "error: fairseq-train argument --max-tokens: invalid int value: '1e3'"),
@@ -156,6 +157,12 @@ def test_unsized_runs_get_a_length_and_early_stopping_and_unlimited_ones_need_an
     (["--max-epoch", "0"], {"PATIENCE": "0"}, "error: --max-update 0 and --max-epoch 0 mean no limit"),
     (["--max-update", "0", "--disable-validation"], {"PATIENCE": "4"}, "no early stopping (PATIENCE, with valid"),
     (["--save-dir", "elsewhere"], {}, "error: --save-dir in the options: give the folder as train.sh's SAVE_DIR"),
+    ([], {"NNODES": "2", **RENDEZVOUS}, "error: NNODES=2 without NPROC: give NPROC too"),
+    ([], {"NNODES": "2", "NPROC": "1"}, "error: NNODES=2 without a rendezvous: give TORCHRUN_ARGS="),
+    ([], {"NNODES": "2", "NPROC": "1", "TORCHRUN_ARGS": "--standalone"}, "error: NNODES=2 without a rendezvous"),
+    (["--distributed-world-size", "2"], {}, "error: --distributed-world-size 2: train.sh starts 1 process(es)"),
+    (["--distributed-world-size", "3"], {"NPROC": "2"}, "error: --distributed-world-size 3: train.sh starts 2 "),
+    (["--distributed-world-size", "2"], {"NPROC": "1", "NNODES": "3", **RENDEZVOUS}, "train.sh starts 3 process(es)"),
 ])
 def test_options_fairseq_cannot_train_with_are_refused_in_one_line(plan, extra, env, message):
     with pytest.raises(SystemExit) as refused:
