@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble
+from user_dir.checkpoint_files import CheckpointError, absolute_ensemble, checked_ensemble, fairseq_ensemble
 from user_dir.files import OutputError, WriteError, atomic_write, check_output, make_folder, temporary_folder
 from user_dir.workflow import (
     binarize_with,
@@ -88,9 +88,7 @@ def main() -> None:
     if not args.data_bin.is_dir():
         raise SystemExit(f"error: DATA_BIN {args.data_bin} is not a folder")
     try:
-        teachers = split_ensemble(str(args.teacher))
-        for teacher in teachers:
-            check_file(teacher)
+        teachers = checked_ensemble(str(args.teacher))
         make_folder(args.out.parent, "OUT")
         check_output(args.out, "OUT", [args.data_bin, *map(Path, teachers)])
         if args.out.resolve().is_relative_to(args.data_bin.resolve()):
@@ -102,8 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as links:
         sources, hyps = translate_train(args.data_bin, fairseq_ensemble(teachers, links), args.beam, extra)
     seconds = round(time.time() - start, 1)
-    record = {"teacher": str(args.teacher.resolve()), "data_bin": str(args.data_bin.resolve()), "beam": args.beam,
-              "generate_args": extra, "sentences": len(hyps), "teacher_decoding_seconds": seconds}
+    record = {"teacher": absolute_ensemble(str(args.teacher)), "data_bin": str(args.data_bin.resolve()),
+              "beam": args.beam, "generate_args": extra, "sentences": len(hyps), "teacher_decoding_seconds": seconds}
     try:  # an error or Ctrl-C leaves no half-made OUT, nor its temporary folder
         with temporary_folder(args.out.parent, args.out.name) as work:
             write_outputs(work, args.data_bin, {src: sources, tgt: hyps}, record)

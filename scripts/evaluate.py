@@ -43,7 +43,13 @@ from pathlib import Path
 import sacrebleu
 import sentencepiece as spm
 
-from user_dir.checkpoint_files import CheckpointError, check_file, fairseq_ensemble, split_ensemble
+from user_dir.checkpoint_files import (
+    CheckpointError,
+    absolute_ensemble,
+    checked_ensemble,
+    fairseq_ensemble,
+    split_ensemble,
+)
 from user_dir.dictionaries import (
     PIECE_START,
     TokenizationError,
@@ -143,9 +149,7 @@ def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | No
                          ("--generate-log", args.generate_log)):
         if path is not None and not_a_file(path):
             raise SystemExit(f"error: {option} {path} {not_a_file(path)}")
-    checkpoints = split_ensemble(args.checkpoint) if args.checkpoint else []
-    for checkpoint in checkpoints:
-        check_file(checkpoint)
+    checkpoints = checked_ensemble(args.checkpoint) if args.checkpoint else []
     for option in UNREADABLE:
         if any(a == option or a.startswith(option + "=") for a in extra):
             raise SystemExit(f"error: {option} hides fairseq-generate's hypotheses from evaluate.py; leave it out")
@@ -313,7 +317,7 @@ def main() -> None:
                          "sentencepiece, or the score is computed on pieces")
     result = score(hyps, refs)
     made_by = ({"generate_log": os.path.abspath(args.generate_log)} if args.generate_log else
-               {"checkpoint": ":".join(os.path.abspath(c) for c in split_ensemble(args.checkpoint)), "beam": args.beam,
+               {"checkpoint": absolute_ensemble(args.checkpoint), "beam": args.beam,
                 "post_process": args.post_process, "generate_args": extra})
     result.update(**made_by, source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}",
                   reference=os.path.abspath(args.ref), reference_sha256=reference_sha256)

@@ -12,7 +12,7 @@ and the end-of-sentence token) are drawn as they are; each row sums to 1.
 import argparse
 from pathlib import Path
 
-from user_dir.checkpoint_files import CheckpointError
+from user_dir.checkpoint_files import CheckpointError, absolute_ensemble
 from user_dir.workflow import check_figure, positive, save_figure, script_main
 
 
@@ -21,13 +21,15 @@ def attention(model_dir: Path, checkpoint: Path, sentence: str, beam: int):
     from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel  # here: refusals before it need no fairseq
 
     try:
-        hub = RNNSeq2SeqModel.from_pretrained(str(model_dir), checkpoint_file=str(checkpoint.resolve()))
+        hub = RNNSeq2SeqModel.from_pretrained(str(model_dir), checkpoint_file=absolute_ensemble(str(checkpoint)))
     except (CheckpointError, FileNotFoundError, ValueError) as e:  # from_pretrained names what is wrong
         raise SystemExit(f"error: {e}") from None
     if hub.models[0].decoder.attention is None:
         raise SystemExit(f"error: {checkpoint} has no attention (--decoder-attention none): nothing to draw")
     tokens = hub.encode(sentence)
     best = hub.generate([tokens], beam=beam)[0][0]
+    if best["attention"].numel() == 0:  # answered with an empty translation (the warning says why)
+        raise SystemExit(f"error: {sentence!r} holds no word the model knows: nothing to draw")
     src = [hub.src_dict[t] for t in tokens]
     tgt = [hub.tgt_dict[t] for t in best["tokens"]]
     return src, tgt, best["attention"].float().t().numpy()  # S x T -> T x S

@@ -5,6 +5,7 @@ Imported as ``helpers`` (``pythonpath`` in setup.cfg's [tool:pytest]); fixtures 
 import json
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -75,6 +76,12 @@ def processes_naming(text: str) -> list[int]:
         except OSError:  # ended meanwhile
             pass
     return found
+
+
+def fails_with(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    """PROC failed, and its output matches PATTERN."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert re.search(pattern, proc.stderr + proc.stdout), (proc.stderr + proc.stdout)[-3000:]
 
 
 def preprocess_args(src_prefix: Path, dest: Path, extra=()) -> list[str]:

@@ -116,11 +116,27 @@ def split_ensemble(spec: str) -> list[str]:
     if ENSEMBLE_SEPARATOR not in spec or os.path.lexists(spec):
         return [spec]
     parts = spec.split(ENSEMBLE_SEPARATOR)
+    if not all(parts):
+        raise CheckpointError(f"checkpoint {spec} has an empty name before or after '{ENSEMBLE_SEPARATOR}' (it "
+                              "separates the checkpoints of an ensemble)")
     missing = [p for p in parts if not os.path.lexists(p)]
     if missing:
         raise CheckpointError(f"checkpoint {missing[0]} does not exist ('{ENSEMBLE_SEPARATOR}' in {spec} separates the "
                               "checkpoints of an ensemble; a file whose name holds it must be given alone)")
     return parts
+
+
+def checked_ensemble(spec: str) -> list[str]:
+    """The checkpoints of ``spec`` (:func:`split_ensemble`), each checked with :func:`check_file`."""
+    paths = split_ensemble(spec)
+    for path in paths:
+        check_file(path)
+    return paths
+
+
+def absolute_ensemble(spec: str) -> str:
+    """``spec`` with each checkpoint's absolute path: the same ensemble from any folder."""
+    return ENSEMBLE_SEPARATOR.join(os.path.abspath(path) for path in split_ensemble(spec))
 
 
 def fairseq_ensemble(paths: list[str], folder) -> str:

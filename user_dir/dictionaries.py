@@ -5,6 +5,7 @@ fairseq (evaluate.py refuses bad input before fairseq's import, which takes seco
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 import torch
@@ -37,6 +38,14 @@ def uses_sentencepiece(dictionary: Dictionary) -> bool:
 
 
 MADE_UP = "madeupword"  # fairseq-preprocess pads dictionaries with madeupwordNNNN entries
+# symbols added to a dictionary beside the pieces: tags such as <2en>, [en_XX], __de__, <mask>
+TAG = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]|__\S+__")
+
+
+def is_added(entry: str) -> bool:
+    """True for an entry no tokenizer makes: fairseq-preprocess's filler, or a tag added to the dictionary."""
+    return entry.startswith(MADE_UP) or TAG.fullmatch(entry) is not None
+
 
 class TokenizationError(ValueError):
     """A sentencepiece model or option that does not fit the model's dictionary."""
@@ -57,7 +66,7 @@ def check_pieces(dictionary: Dictionary, vocabulary: Optional[set], model: str, 
     if not uses_sentencepiece(dictionary):
         raise TokenizationError(f"{model}: the model's {side} dictionary holds words, not sentencepiece pieces; "
                                 "leave the sentencepiece options out for this model")
-    words = [w for w in dictionary.symbols[dictionary.nspecial:] if not w.startswith(MADE_UP)]
+    words = [w for w in dictionary.symbols[dictionary.nspecial:] if not is_added(w)]
     foreign = [w for w in words if w not in vocabulary]
     if foreign:
         raise TokenizationError(f"{model} is not the sentencepiece model that made the model's {side} dictionary: "
@@ -66,11 +75,10 @@ def check_pieces(dictionary: Dictionary, vocabulary: Optional[set], model: str, 
                                 "use the spm.model of the same prepare.py output")
 
 
-def check_spm_model(dictionaries, sp, model: str) -> None:
+def check_spm_model(dictionaries: dict[str, Dictionary], sp, model: str) -> None:
     """Refuse a sentencepiece model ``sp`` (a SentencePieceProcessor named ``model``) that did not
-    make both dictionaries of ``dictionaries``: a task, or a mapping side -> Dictionary."""
-    if not isinstance(dictionaries, dict):
-        dictionaries = {side: getattr(dictionaries, f"{side}_dictionary") for side in ("source", "target")}
+    make the dictionaries (side -> Dictionary) of the text it encodes: fairseq encodes only the
+    source with it and decodes pieces without it, so a target of another model passes there."""
     vocabulary = piece_vocabulary(sp)
     for side, dictionary in dictionaries.items():
         check_pieces(dictionary, vocabulary, model, side)
@@ -126,23 +134,23 @@ POST_PROCESS: dict[str, Units] = {
 }
 
 
-def check_post_process(dictionary: Dictionary, scheme: Optional[str]) -> None:
-    """Refuse a ``--post-process`` scheme fairseq does not know, or one whose units ``dictionary``
-    (the model's target side) does not hold: it would join the words wrongly, silently. On a
-    dictionary of words, a scheme that only removes marks it never writes changes nothing and is
-    accepted."""
+def check_post_process(dictionary: Dictionary, scheme: Optional[str], option: str = "--post-process") -> None:
+    """Refuse a ``--post-process`` scheme (or another OPTION's) fairseq does not know, or one whose
+    units ``dictionary`` (the model's target side) does not hold: it would join the words wrongly,
+    silently. On a dictionary of words, a scheme that only removes marks it never writes changes
+    nothing and is accepted."""
     if scheme in (None, "", "none"):
         return
     if scheme not in POST_PROCESS:
-        raise TokenizationError(f"--post-process {scheme!r} is not a scheme fairseq knows: use one of "
+        raise TokenizationError(f"{option} {scheme!r} is not a scheme fairseq knows: use one of "
                                 f"{', '.join(repr(s) for s in POST_PROCESS)} or leave it out")
-    words = [w for w in dictionary.symbols[dictionary.nspecial:] if not w.startswith(MADE_UP)]
+    words = [w for w in dictionary.symbols[dictionary.nspecial:] if not is_added(w)]
     if POST_PROCESS[scheme].fits(words):
         return
     fitting = next((s for s, units in POST_PROCESS.items() if units.fits(words)), None)
     if POST_PROCESS[scheme].only_its_marks and fitting is None:
         return  # words, none of its marks: the text stays as it is (fairseq's --remove-bpe on word-level data)
     held = POST_PROCESS[fitting].name if fitting else "words"
-    advice = f"use --post-process {fitting}" if fitting else "leave it out"
-    raise TokenizationError(f"--post-process {scheme}: the model's target dictionary holds {held}, not "
+    advice = f"use {option} {fitting}" if fitting else "leave it out"
+    raise TokenizationError(f"{option} {scheme}: the model's target dictionary holds {held}, not "
                             f"{POST_PROCESS[scheme].name}; {advice}, or the words are joined wrongly")

@@ -1,5 +1,6 @@
 """End to end through the real fairseq CLIs on the shipped toy corpus (reverse + translate words)."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -212,9 +213,12 @@ def test_distill_replaces_training_targets_with_the_teachers_translations(toy_bi
     from fairseq.data import Dictionary, data_utils
 
     out = tmp_path / "kd"
-    run("python", ROOT / "scripts" / "distill.py", toy_bin, trained, out, "--beam", "2")
+    for name in ("a.pt", "b.pt"):  # an ensemble of two copies decodes as the model does
+        shutil.copy(trained, tmp_path / name)
+    run("python", ROOT / "scripts" / "distill.py", toy_bin, "a.pt:b.pt", out, "--beam", "2", cwd=tmp_path)
     kd, orig = out / "bin", toy_bin
-    assert json.loads((out / "distill.json").read_text())["sentences"] == 3000
+    record = json.loads((out / "distill.json").read_text())
+    assert record["sentences"] == 3000 and record["teacher"] == f"{tmp_path / 'a.pt'}:{tmp_path / 'b.pt'}"
     d = Dictionary.load(str(orig / "dict.tgt.txt"))
     for lang, same in (("src", True), ("tgt", False)):
         a = data_utils.load_indexed_dataset(str(kd / f"train.src-tgt.{lang}"), d)

@@ -7,14 +7,10 @@ import sys
 
 import pytest
 
-from helpers import ROOT, TINY_MODEL, TRAIN_ARGS, USER_DIR, preprocess, run
+from helpers import ROOT, TINY_MODEL, TRAIN_ARGS, USER_DIR, fails_with, preprocess, run
 
 PREPARE = ROOT / "scripts" / "prepare.py"
 
-
-def fails_with(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert re.search(pattern, proc.stderr + proc.stdout), (proc.stderr + proc.stdout)[-3000:]
 
 
 def train(data, save_dir, *extra, check=True):

@@ -5,19 +5,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 import torch
 
-from helpers import ROOT, TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, generate_lines, run
+from helpers import ROOT, TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, fails_with, generate_lines, run
 
 SCRIPTS = ROOT / "scripts"
 
-
-def fails_with(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert re.search(pattern, proc.stderr + proc.stdout), (proc.stderr + proc.stdout)[-3000:]
 
 
 def evaluate(data, checkpoint, *args, check=False, **kwargs):
@@ -153,6 +148,22 @@ def test_pieces_options_on_a_word_level_model_are_refused(toy_bin, trained, tmp_
     proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--bpe", "sentencepiece",
                "--sentencepiece-model", tmp_path / "spm.model", input="one two\n", check=False)
     fails_with(proc, r"TokenizationError: .*spm\.model: the model's source dictionary holds words")
+
+
+@pytest.mark.parametrize("command", ["fairseq-train", "fairseq-hydra-train"])
+def test_validation_bleu_that_would_join_words_wrongly_is_refused(toy_bin, tmp_path, command):
+    """--eval-bleu-remove-bpe sentencepiece on word-level data (configs/multi30k.yaml on other data)
+    would join every word and pick checkpoint_best.pt by that BLEU: refused before training."""
+    if command == "fairseq-train":
+        cmd = ["fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--eval-bleu",
+               "--eval-bleu-remove-bpe", "sentencepiece", "--max-update", "3", "--save-dir", tmp_path / "ckpt"]
+    else:
+        cmd = ["fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", "multi30k",
+               f"task.data={toy_bin}", f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+               "optimization.max_update=3"]
+    fails_with(run(*cmd, check=False, cwd=tmp_path), r"TokenizationError: --eval-bleu-remove-bpe sentencepiece: the "
+                                                     r"model's target dictionary holds words")
+    assert not list((tmp_path / "ckpt").glob("*.pt"))
 
 
 # D. identity is compared, never averaged
@@ -297,6 +308,31 @@ def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin
     out = run("python", "-c", script, ROOT, folder).stdout.splitlines()
     assert out[0].endswith(", '', '']") and out[1] == "--beam must be at least 1, got 0"
     assert out[2] == f"from_pretrained: model folder {folder}-missing does not exist"
+
+
+@pytest.mark.parametrize("command", ["fairseq-generate", "fairseq-interactive", "from_pretrained", "plot_attention"])
+def test_a_missing_checkpoint_is_named_in_one_line_on_every_path(toy_bin, trained, tmp_path, command):
+    """fairseq's own check ends in a traceback ("Model file not found"): each path names the missing
+    member of an ensemble, or an empty one, in one line."""
+    folder = tmp_path / "model"
+    shutil.copytree(toy_bin, folder / "bin")
+    (folder / "ckpt").mkdir()
+    shutil.copy(trained, folder / "ckpt" / "checkpoint_best.pt")
+    best, missing = folder / "ckpt" / "checkpoint_best.pt", folder / "ckpt" / "nope.pt"
+    for spec, message in ((f"{best}:{missing}", rf"checkpoint {missing} does not exist \(':' in "),
+                          (f"{best}:", r"has an empty name before or after ':'")):
+        if command.startswith("fairseq-"):
+            proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", spec, input="one\n", check=False)
+        elif command == "from_pretrained":
+            script = ("import sys; sys.path.insert(0, sys.argv[1]); from user_dir.models.rnn_seq2seq import "
+                      "RNNSeq2SeqModel\nRNNSeq2SeqModel.from_pretrained(sys.argv[2], checkpoint_file=sys.argv[3])")
+            proc = run("python", "-c", script, ROOT, folder, spec.replace(f"{folder}/", ""), check=False)
+            message = message.replace(str(folder), "[^ ]*")
+        else:
+            proc = run("python", SCRIPTS / "plot_attention.py", folder, spec, "one", "--out", tmp_path / "a.png",
+                       check=False)
+        fails_with(proc, rf"(CheckpointError|error): checkpoint .*{message}")
+        assert command == "from_pretrained" or "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 # I, J. what a path is, not what torch says; bounded readers

@@ -1,6 +1,9 @@
 """What ties a model to its data beyond the weights: its direction (SRC-TGT), recorded beside the
 dictionary fingerprints, refused the other way round even with one joined dictionary, older states
-loaded; and the one sentencepiece check every path runs, on both dictionaries."""
+loaded; and the one sentencepiece check every path runs, on the dictionaries of the text it encodes."""
+from argparse import Namespace
+from pathlib import Path
+
 import pytest
 import sentencepiece as spm
 from fairseq.data import Dictionary
@@ -33,17 +36,48 @@ def test_an_unknown_direction_on_either_side_loads(task, saved, loading):
     assert as_direction(model.state_dict()[DIRECTION_KEY]) == ("-".join(loading) if loading[0] else "")
 
 
-def test_the_sentencepiece_check_covers_both_dictionaries_of_a_task_or_a_mapping(tmp_path):
-    lines = (TOY / "train.src").read_text().splitlines()[:500]
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "m"), vocab_size=30,
+def spm_of(lines: list[str], path: Path) -> tuple[spm.SentencePieceProcessor, Dictionary]:
+    """A 30-piece sentencepiece model of LINES and the dictionary of the pieces it makes of them."""
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(path), vocab_size=30,
                                    minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
-    pieces, words = Dictionary(), Dictionary()
-    for piece in {p for ps in sp.encode(lines, out_type=str) for p in ps}:
-        pieces.add_symbol(piece)
+    sp = spm.SentencePieceProcessor(model_file=f"{path}.model")
+    dictionary = Dictionary()
+    for piece in sorted({p for ps in sp.encode(lines, out_type=str) for p in ps}):
+        dictionary.add_symbol(piece)
+    return sp, dictionary
+
+
+@pytest.fixture
+def two_sides(tmp_path):
+    """A sentencepiece model and dictionary for each side of the toy data: (source, target)."""
+    return [spm_of((TOY / f"train.{side}").read_text().splitlines()[:500], tmp_path / side) for side in ("src", "tgt")]
+
+
+def test_the_sentencepiece_check_covers_the_sides_it_is_given_and_skips_added_tags(two_sides):
+    (sp, pieces), (_, other) = two_sides
+    words = Dictionary()
     for word in ("one", "two", "three"):
         words.add_symbol(word)
     check_spm_model({"source": pieces, "target": pieces}, sp, "m.model")
-    for dictionaries in ({"source": pieces, "target": words}, TranslationTask(TranslationConfig(), pieces, words)):
-        with pytest.raises(TokenizationError, match=r"^m\.model: the model's target dictionary holds words"):
-            check_spm_model(dictionaries, sp, "m.model")
+    with pytest.raises(TokenizationError, match=r"^m\.model: the model's target dictionary holds words"):
+        check_spm_model({"source": pieces, "target": words}, sp, "m.model")
+    with pytest.raises(TokenizationError, match=r"^m\.model is not the sentencepiece model that made the model's "
+                                                r"target dictionary"):
+        check_spm_model({"source": pieces, "target": other}, sp, "m.model")
+    for tag in ("<2en>", "[en_XX]", "__de__", "<mask>"):
+        pieces.add_symbol(tag)
+    check_spm_model({"source": pieces}, sp, "m.model")  # tags are not pieces, and not counted
+    pieces.add_symbol("\u2581zzzq")
+    with pytest.raises(TokenizationError, match=r"1 of its \d+ entries are not pieces of it \(e\.g\. '\u2581zzzq'\)"):
+        check_spm_model({"source": pieces}, sp, "m.model")
+
+
+def test_fairseqs_sentencepiece_is_checked_against_the_source_it_encodes(two_sides, tmp_path):
+    """fairseq encodes only the source with --sentencepiece-model (and decodes pieces without it): a
+    target of its own sentencepiece model passes, a source of another model is refused."""
+    (_, source), (_, target) = two_sides
+    options = Namespace(bpe="sentencepiece", sentencepiece_model=str(tmp_path / "src.model"))
+    assert TranslationTask(TranslationConfig(), source, target).build_bpe(options) is not None
+    with pytest.raises(TokenizationError, match=r"src\.model is not the sentencepiece model that made the model's "
+                                                r"source dictionary"):
+        TranslationTask(TranslationConfig(), target, source).build_bpe(options)

@@ -5,6 +5,7 @@ import math
 import os
 import random
 import re
+from argparse import Namespace
 
 import pytest
 import sentencepiece as spm
@@ -12,6 +13,9 @@ import torch
 from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 from fairseq.dataclass.configs import CheckpointConfig, GenerationConfig
+from fairseq.models import lstm_lm
+from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from helpers import ROOT, TOY, build, run
 from user_dir.checkpoint_files import CheckpointError, check_file, split_ensemble
@@ -19,7 +23,7 @@ from user_dir.dictionaries import TokenizationError, check_pieces, piece_vocabul
 from user_dir.files import OutputError, check_distinct, check_output, not_a_file
 from user_dir.patches.amp import MAX_SKIPPED, NoScaler
 from user_dir.patches.checkpoints import option_differences
-from user_dir.patches.decoding import nothing_to_translate
+from user_dir.patches.decoding import nothing_to_translate, token_source
 from user_dir.patches.divergence import TrainingDiverged
 from user_dir.text import MAX_LINE_BYTES, TextError, read_lines
 from user_dir.workflow import check_pass_through
@@ -200,6 +204,54 @@ def test_sources_without_a_known_word_get_an_empty_translation(task):
     hypos = task.inference_step(generator, [model], sample)
     assert [h[0]["tokens"].tolist() for h in hypos[:2]] == [[d.eos()], [d.eos()]]
     assert len(hypos[2]) == 2  # the sentence with a known word is translated as before
+
+
+def test_a_language_models_empty_prompt_is_left_to_it(task):
+    """No encoder, no source to be empty: fairseq's LM samples from an empty prompt as without the plugin."""
+    d = task.source_dictionary
+    lm_task = LanguageModelingTask(LanguageModelingConfig(), d, d)
+    options = Namespace(decoder_embed_dim=8, decoder_hidden_size=8, decoder_out_embed_dim=8, decoder_layers=1,
+                        max_target_positions=50, criterion="cross_entropy")
+    lstm_lm.base_architecture(options)
+    model = lstm_lm.LSTMLanguageModel.build_model(options, lm_task)
+    generator = lm_task.build_generator([model], GenerationConfig(beam=2, max_len_b=5))
+    empty = {"id": torch.arange(1), "net_input": {"src_tokens": torch.tensor([[d.eos()]]),
+                                                  "src_lengths": torch.tensor([1])}}
+    hypos = lm_task.inference_step(generator, [model], empty)
+    assert len(hypos[0]) == 2 and all(len(h["tokens"]) > 1 for h in hypos[0])
+
+
+@pytest.mark.parametrize("net_input, is_source", [
+    ({"src_tokens": torch.tensor([[4, 2]])}, True),
+    ({"src_tokens": torch.zeros(1, 7, 80)}, False),  # speech_to_text: features under the same name
+    ({"source": torch.zeros(1, 16000)}, False),  # wav2vec seq2seq
+])
+def test_only_token_ids_are_sources_that_can_be_empty(task, net_input, is_source):
+    generator = task.build_generator([build(task)], GenerationConfig(beam=2))
+    assert (token_source(generator, {"net_input": net_input}) is not None) == is_source
+
+
+@pytest.mark.parametrize("typed, encoded", [
+    ("\u2581w3 w4", True), ("<2en> \u2581w3", True), ("[en_XX] __de__ \u2581w3", True), ("", True),
+    ("w3 w4", True),  # pieces of a model without the dummy prefix: every one known
+    ("ein hund", False), ("<2en> ein hund", False),
+])
+def test_typed_text_must_be_pieces_where_the_model_reads_pieces(typed, encoded):
+    d = Dictionary()
+    for piece in ("\u2581w3", "w3", "w4", "<2en>"):
+        d.add_symbol(piece)
+    task = TranslationTask(TranslationConfig(), d, d)
+    if encoded:
+        task.get_interactive_tokens_and_lengths([typed], lambda line: line)
+    else:
+        with pytest.raises(TokenizationError, match="the model reads sentencepiece pieces but the input is not"):
+            task.get_interactive_tokens_and_lengths([typed], lambda line: line)
+
+
+def test_score_reference_takes_no_generation_option(task):
+    """fairseq scores the references with --score-reference and uses none of the generation options."""
+    scorer = task.build_generator([build(task)], GenerationConfig(score_reference=True, beam=5, nbest=6, min_len=999))
+    assert type(scorer).__name__ == "SequenceScorer"
 
 
 @pytest.mark.parametrize("option", ["beam", "nbest"])

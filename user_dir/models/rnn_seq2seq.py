@@ -19,10 +19,12 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from omegaconf import II
 
+from ..checkpoint_files import ENSEMBLE_SEPARATOR, checked_ensemble
 from ..dictionaries import (
     DIRECTION_KEY,
     as_direction,
     as_hex,
+    check_post_process,
     check_spm_model,
     direction_record,
     fingerprint,
@@ -181,6 +183,8 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         encoder = RNNEncoder(cfg, src_dict, encoder_embed)
         decoder = RNNDecoder(cfg, tgt_dict, decoder_embed, encoder.output_dim)
         task_cfg = getattr(task, "cfg", None)  # its languages: given, or inferred from the data's file names
+        if getattr(task_cfg, "eval_bleu", False):  # validation BLEU on words joined wrongly picks the wrong best
+            check_post_process(tgt_dict, task_cfg.eval_bleu_remove_bpe, "--eval-bleu-remove-bpe")
         return cls(encoder, decoder, (getattr(task_cfg, "source_lang", None), getattr(task_cfg, "target_lang", None)))
 
     @classmethod
@@ -203,15 +207,18 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         if not os.path.isdir(data):
             raise FileNotFoundError(f"from_pretrained: data folder {data} (dict.*.txt) does not exist: "
                                     "pass data_name_or_path=")
+        members = checkpoint_file.split(ENSEMBLE_SEPARATOR)  # each relative to MODEL_DIR, as fairseq joins them
+        checked_ensemble(ENSEMBLE_SEPARATOR.join(os.path.join(model_dir, m) if m else "" for m in members))
         spm_model = os.path.join(model_dir, "spm.model")
         if os.path.exists(spm_model) and "bpe" not in kwargs:
             kwargs.setdefault("bpe", "sentencepiece")
             kwargs.setdefault("sentencepiece_model", spm_model)
+        kwargs.setdefault("eval_bleu", False)  # a training option: no validation BLEU decoder to build here
         loaded = hub_utils.from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)
         hub = RNNSeq2SeqHub(loaded["args"], loaded["task"], loaded["models"])  # fairseq's, arguments checked
         sp = getattr(hub.bpe, "sp", None)
         if sp is not None:
-            check_spm_model(hub.task, sp, kwargs["sentencepiece_model"])
+            check_spm_model({"source": hub.task.source_dictionary}, sp, kwargs["sentencepiece_model"])
         elif hub.bpe is None and uses_sentencepiece(hub.task.target_dictionary):
             raise FileNotFoundError(
                 f"{model_dir} holds a model trained on sentencepiece pieces but no spm.model: copy the "

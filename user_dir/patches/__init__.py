@@ -33,15 +33,16 @@ VARIABLE = "RNN_SEQ2SEQ_PATCHES"
 LEVELS = ("minimal", "all")  # a level keeps its own replacements and those of the levels before it
 
 
-class PatchLevelError(ValueError):
-    """``RNN_SEQ2SEQ_PATCHES`` holds a value that is not a level."""
+class PatchLevelError(SystemExit, ValueError):
+    """``RNN_SEQ2SEQ_PATCHES`` holds a value that is not a level: a command ends with its one line
+    (a SystemExit, no traceback); Python code catches it as a ValueError."""
 
 
 def chosen_level() -> str:
     """The level ``RNN_SEQ2SEQ_PATCHES`` names (unset or empty: ``all``)."""
     value = os.environ.get(VARIABLE) or "all"
     if value not in LEVELS:
-        raise PatchLevelError(f"{VARIABLE}={value!r}: allowed values are 'all' (the default: every repair) and "
+        raise PatchLevelError(f"error: {VARIABLE}={value!r}: allowed values are 'all' (the default: every repair) and "
                               "'minimal' (only those fairseq 0.12 needs to run on current torch)")
     return value
 

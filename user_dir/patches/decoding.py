@@ -5,8 +5,8 @@ validate their input as the file readers do, at the points every path passes thr
   below 1, ``--nbest`` above the beam, ``--sampling`` with another ``--nbest`` than ``--beam``,
   ``--min-len`` above the longest translation allowed, ...) are refused by name, one rule each
   in :data:`GENERATION_RULES`.
-* ``FairseqTask.build_bpe``: a sentencepiece model is checked against the dictionaries it must
-  have made (:func:`user_dir.dictionaries.check_pieces`).
+* ``FairseqTask.build_bpe``: a sentencepiece model is checked against the source dictionary it
+  must have made (:func:`user_dir.dictionaries.check_pieces`); fairseq encodes only the source with it.
 * ``FairseqTask.get_interactive_tokens_and_lengths`` (fairseq-interactive): raw words typed into
   a model that reads sentencepiece pieces are refused, naming the missing ``--bpe`` options.
 * ``FairseqTask.filter_indices_by_size`` on a dataset built for inference (interactive, hub): a
@@ -17,7 +17,8 @@ validate their input as the file readers do, at the points every path passes thr
   whose units the target dictionary does not hold, is refused
   (:func:`user_dir.dictionaries.check_post_process`).
 * ``SequenceGenerator.generate``: a source with no known word (empty, blank, every word unknown,
-  or over-long as above) gets an empty translation and a warning, not a made-up sentence.
+  or over-long as above) gets an empty translation and a warning, not a made-up sentence (models
+  with an encoder reading token ids: a language model's empty prompt is left to it).
 * ``fairseq_cli.interactive.make_batches``: the warnings number sentences as fairseq-interactive's
   S- lines do, across its --buffer-size chunks (its datasets count from 0 in each).
 """
@@ -33,8 +34,15 @@ from fairseq.tasks.translation import TranslationTask
 from fairseq_cli import generate as fairseq_generate
 from fairseq_cli import interactive as fairseq_interactive
 
-from ..checkpoint_files import CheckpointError
-from ..dictionaries import PIECE_START, TokenizationError, check_post_process, check_spm_model, uses_sentencepiece
+from ..checkpoint_files import CheckpointError, checked_ensemble
+from ..dictionaries import (
+    PIECE_START,
+    TokenizationError,
+    check_post_process,
+    check_spm_model,
+    is_added,
+    uses_sentencepiece,
+)
 from . import replace
 
 logger = logging.getLogger("user_dir.decoding")
@@ -82,7 +90,10 @@ class GenerationOptionError(ValueError):
 
 
 def check_generation(args, models: list) -> None:
-    """Refuse generation options that fairseq would assert on (or obey silently wrongly), naming them."""
+    """Refuse generation options that fairseq would assert on (or obey silently wrongly), naming them;
+    with --score-reference fairseq scores the references and uses none of them."""
+    if getattr(args, "score_reference", False):
+        return
     options = {name: default if getattr(args, name, None) is None else getattr(args, name)
                for name, default in _GENERATION_DEFAULTS.items()}
     options["longest"] = _longest(options, models)
@@ -105,11 +116,15 @@ REFUSALS = (GenerationOptionError, TokenizationError, CheckpointError)
 
 def _valid_generation_options_first(main):
     """fairseq-generate's and fairseq-interactive's ``main`` assert on ``--sampling`` with ``--nbest``
-    other than ``--beam`` before any generator is built: the same rules run first, by name. A
-    refusal of the plugin's (:data:`REFUSALS`) ends the command with its one line, no traceback."""
+    other than ``--beam`` before any generator is built: the same rules run first, by name, and the
+    ``--path`` checkpoints are checked. A refusal of the plugin's (:data:`REFUSALS`) ends the
+    command with its one line, no traceback."""
     def main_checked(cfg, *args, **kwargs):
         try:
             check_generation(getattr(cfg, "generation", cfg), [])  # a Namespace, or the DictConfig's group
+            path = getattr(getattr(cfg, "common_eval", cfg), "path", None)
+            if path:  # fairseq's own check of the files is a traceback ("Model file not found")
+                checked_ensemble(path)
             return main(cfg, *args, **kwargs)
         except REFUSALS as e:
             raise SystemExit(f"{type(e).__name__}: {e}") from None
@@ -122,7 +137,7 @@ def _pieces_match_dictionaries(build_bpe):
         bpe = build_bpe(self, args)
         sp = getattr(bpe, "sp", None)  # fairseq's SentencepieceBPE
         if sp is not None:
-            check_spm_model(self, sp, args.sentencepiece_model)
+            check_spm_model({"source": self.source_dictionary}, sp, args.sentencepiece_model)
         return bpe
 
     return build_bpe_checked
@@ -141,6 +156,13 @@ def _post_process_fits(post_process_prediction):
     return post_process_prediction_checked
 
 
+def in_pieces(line: str, dictionary) -> bool:
+    """True when LINE reads as sentencepiece pieces: one of its tokens starts a word (U+2581), or
+    the dictionary knows them all (a model without the dummy prefix); added tags are skipped."""
+    words = [w for w in line.split() if not is_added(w)]
+    return any(w.startswith(PIECE_START) for w in words) or all(dictionary.index(w) != dictionary.unk() for w in words)
+
+
 def _typed_text_in_pieces(get_tokens):
     def get_interactive_tokens_and_lengths(self, lines, encode_fn):
         if not uses_sentencepiece(self.source_dictionary):
@@ -148,7 +170,7 @@ def _typed_text_in_pieces(get_tokens):
 
         def encode_checked(line: str) -> str:
             encoded = encode_fn(line)
-            if encoded.strip() and not encoded.split()[0].startswith(PIECE_START):
+            if not in_pieces(encoded, self.source_dictionary):
                 raise TokenizationError("the model reads sentencepiece pieces but the input is not encoded: "
                                         "start fairseq-interactive with --bpe sentencepiece --sentencepiece-model "
                                         "OUT/spm.model")
@@ -189,10 +211,20 @@ def nothing_to_translate(src_tokens: torch.Tensor, pad: int, eos: int, unk: int)
     return ((src_tokens == pad) | (src_tokens == eos) | (src_tokens == unk)).all(dim=1)
 
 
+def token_source(generator: SequenceGenerator, sample: dict) -> torch.Tensor | None:
+    """The source sentences as token ids (batch x length) where the models translate them; None for
+    a language model's prompt (may be empty) and a speech model's features."""
+    src_tokens = sample["net_input"].get("src_tokens")
+    is_ids = src_tokens is not None and src_tokens.dim() == 2 and not src_tokens.is_floating_point()
+    return src_tokens if is_ids and generator.model.has_encoder() else None
+
+
 def _empty_answers(generate):
     def generate_or_empty(self, models, sample, **kwargs):
         finalized = generate(self, models, sample, **kwargs)
-        src_tokens = sample["net_input"]["src_tokens"]
+        src_tokens = token_source(self, sample)
+        if src_tokens is None:
+            return finalized
         empty = nothing_to_translate(src_tokens, self.pad, self.eos, self.unk)
         ids = sample["id"] if "id" in sample else _chunk["ids"]
         for row in empty.nonzero().flatten().tolist():
