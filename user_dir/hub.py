@@ -1,8 +1,10 @@
 """The Python API (``RNNSeq2SeqModel.from_pretrained(...).translate()``): fairseq's hub interface,
 with its arguments checked first, so that a wrong one is named instead of failing deep inside the
 tokenizer or the beam search."""
+import difflib
 from typing import Any, Union
 
+from fairseq.dataclass.configs import GenerationConfig
 from fairseq.hub_utils import GeneratorHubInterface
 
 
@@ -29,12 +31,29 @@ def checked_beam(beam: Any, method: str) -> int:
     return beam
 
 
+# generate()'s own keywords beside the generation options (fairseq's GeneratorHubInterface.generate)
+GENERATE_KEYWORDS = {"skip_invalid_size_inputs", "inference_step_args", "prefix_allowed_tokens_fn"}
+
+
+def checked_options(options: dict, method: str) -> dict:
+    """``options`` if each names a generation option (fairseq's GenerationConfig) or a keyword of
+    generate(), else TypeError naming the first other one: fairseq would set it and use it nowhere."""
+    known = set(GenerationConfig.__dataclass_fields__) | GENERATE_KEYWORDS
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else " (fairseq's generation options: GenerationConfig)"
+            raise TypeError(f"{method}: unknown argument {name!r}{hint}")
+    return options
+
+
 class RNNSeq2SeqHub(GeneratorHubInterface):
     """fairseq's GeneratorHubInterface whose translate() and sample() check their arguments."""
 
     def translate(self, sentences, beam: int = 5, verbose: bool = False, **kwargs):
         return super().translate(checked_sentences(sentences, "translate"), checked_beam(beam, "translate"),
-                                 verbose, **kwargs)
+                                 verbose, **checked_options(kwargs, "translate"))
 
     def sample(self, sentences, beam: int = 1, verbose: bool = False, **kwargs):
-        return super().sample(checked_sentences(sentences, "sample"), checked_beam(beam, "sample"), verbose, **kwargs)
+        return super().sample(checked_sentences(sentences, "sample"), checked_beam(beam, "sample"), verbose,
+                              **checked_options(kwargs, "sample"))

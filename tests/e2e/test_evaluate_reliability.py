@@ -291,6 +291,20 @@ def test_translate_names_the_bad_argument_or_element(toy_bin, trained, tmp_path,
     assert hub.translate(("eins zwei", "drei"), beam=2)[1]  # a tuple of str is fine
 
 
+def test_translate_names_an_argument_fairseq_would_ignore(toy_bin, trained, tmp_path):
+    """fairseq's hub sets any keyword on its generation options and uses only those it knows: a
+    misspelt one is named, with the option it resembles; fairseq's generation options pass."""
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+
+    hub = RNNSeq2SeqModel.from_pretrained(str(model_dir(tmp_path / "m", toy_bin, trained)))
+    for method, options, message in (("translate", {"beem": 5}, r"'beem' \(did you mean 'beam'\?\)"),
+                                     ("translate", {"lenpen": 1.2, "nbset": 2}, r"'nbset' \(did you mean 'nbest'\?\)"),
+                                     ("sample", {"qqq": 1}, r"'qqq' \(fairseq's generation options")):
+        with pytest.raises(TypeError, match=rf"^{method}: unknown argument {message}"):
+            getattr(hub, method)(["eins"], **options)
+    assert hub.translate(["eins zwei"], beam=2, lenpen=1.2, max_len_b=5, skip_invalid_size_inputs=True)[0]
+
+
 @pytest.mark.parametrize("script", ["distill.py", "average_checkpoints.py"])
 def test_an_output_inside_a_file_is_one_line(toy_bin, trained, tmp_path, script):
     (tmp_path / "plain").write_text("x\n")
