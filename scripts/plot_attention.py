@@ -29,7 +29,7 @@ def attention(model_dir: Path, checkpoint: Path, sentence: str, beam: int):
     tokens = hub.encode(sentence)
     best = hub.generate([tokens], beam=beam)[0][0]
     if best["attention"].numel() == 0:  # answered with an empty translation (the warning says why)
-        raise SystemExit(f"error: {sentence!r} holds no word the model knows: nothing to draw")
+        raise SystemExit(f"error: {sentence!r} got an empty translation (the warning above says why): nothing to draw")
     src = [hub.src_dict[t] for t in tokens]
     tgt = [hub.tgt_dict[t] for t in best["tokens"]]
     return src, tgt, best["attention"].float().t().numpy()  # S x T -> T x S

@@ -407,43 +407,62 @@ def schedule(plan: argparse.Namespace, epoch: int, total: int) -> list[str]:
     return ["--validate-interval", str(every), "--save-interval", str(every)]
 
 
-def precision(measure: bool = True, saved: dict | None = None) -> tuple[list[str] | None, str]:
-    """fairseq-train's precision options for this machine and AMP, and why; None when only a probe
-    can tell and MEASURE is false. Without AMP, a resumed run (SAVED) keeps its checkpoint's."""
+def precision(gpu: bool, measure: bool = True, saved: dict | None = None) -> tuple[list[str] | None, str]:
+    """fairseq-train's precision options for training on a GPU or the CPU and AMP, and why; None when
+    only a probe can tell and MEASURE is false. Without AMP, a resumed run (SAVED) keeps its checkpoint's."""
     amp = amp_setting()
     kept = resumed_precision(saved["cfg"]["common"]) if saved and saved["optimizer"] and not amp else None
     if kept is not None:
         return kept, f"as {saved['path']} was trained"
-    if torch.cuda.is_available():
+    if gpu:
         return ([], "AMP=0, GPU") if amp == "0" else (["--fp16"], "GPU")
     bf16, why = cpu_precision(measure)
     return (None if bf16 is None else CPU_CHOICES[bf16]), why
 
 
-def world(cpu: bool) -> tuple[int, bool]:
-    """The processes fairseq-train trains in and whether torchrun starts them: NPROC on each of
-    NNODES machines (torchrun), else fairseq-train's own default: one per visible GPU (CPU: one)."""
+def world(gpus: int, given: int | None, slurm: bool) -> tuple[int, bool]:
+    """The processes fairseq-train trains in (on GPUS GPUs; 0: the CPU) and whether torchrun starts
+    them: NPROC on each of NNODES machines, else fairseq-train's own (--distributed-world-size
+    GIVEN, at most one per GPU; unset, one per GPU). SLURM (fairseq's own multi-node): as GIVEN."""
     nproc = env_number("NPROC", int, 1, "the number of processes, a whole number >= 1")
     nnodes = int(env_number("NNODES", int, 1, "the number of machines, a whole number >= 1") or 1)
     if nproc is None and nnodes > 1:
         raise SystemExit(f"error: NNODES={nnodes} without NPROC: give NPROC too, the processes on each machine "
                          "(torchrun starts them)")
-    if nnodes > 1 and not re.search(r"--(rdzv[-_]endpoint|master[-_]addr)\b", os.environ.get("TORCHRUN_ARGS", "")):
+    if nnodes > 1 and not rendezvous(os.environ.get("TORCHRUN_ARGS", "")):
         raise SystemExit(f"error: NNODES={nnodes} without a rendezvous: give TORCHRUN_ARGS=\"--rdzv-backend c10d "
                          "--rdzv-endpoint HOST:PORT --rdzv-id NAME\" (the same on every machine; docs/training.md)")
+    if nproc is None and slurm:
+        return given or max(1, gpus), False
     if nproc is None:
-        return (1 if cpu else max(1, torch.cuda.device_count())), False
-    if not cpu and nproc > torch.cuda.device_count():
-        raise SystemExit(f"error: NPROC={nproc}: {torch.cuda.device_count()} GPU(s) here, and each process trains on "
-                         "one of its own (--cpu: processes on the CPU)")
-    return int(nproc) * nnodes, int(nproc) * nnodes > 1
+        size = max(1, gpus) if given is None else given
+        if size > max(1, gpus):
+            raise SystemExit(f"error: --distributed-world-size {given}: fairseq-train starts its own processes one per "
+                             f"GPU, and {gpus} GPU(s) train here" + (
+                                 f"; on the CPU, NPROC={given} starts them through torchrun" if not gpus else ""))
+        return size, False
+    if gpus and nproc > gpus:
+        raise SystemExit(f"error: NPROC={nproc}: {gpus} GPU(s) here, and each process trains on one of its own "
+                         "(--cpu: processes on the CPU)")
+    size = int(nproc) * nnodes
+    if given is not None and given != size:
+        raise SystemExit(f"error: --distributed-world-size {given}: train.sh starts NPROC x NNODES = {size} "
+                         "process(es) (torchrun gives fairseq-train that number): leave the option out")
+    return size, size > 1
 
 
-def distributed(size: int, cpu: bool) -> list[str]:
-    """fairseq-train's options for SIZE processes (none where fairseq's default is one already)."""
-    if size == 1 and (cpu or torch.cuda.device_count() <= 1):
-        return []
-    backend = ["gloo", "--ddp-backend", "legacy_ddp"] if cpu else ["nccl"]
+def rendezvous(torchrun_args: str) -> bool:
+    """True when torchrun's options (or its PET_ variables) meet other machines: an endpoint or a
+    master address, and not --standalone (one machine)."""
+    endpoint = re.search(r"--(rdzv[-_]endpoint|master[-_]addr)\b", torchrun_args) or any(
+        name in os.environ for name in ("PET_RDZV_ENDPOINT", "PET_MASTER_ADDR"))
+    return bool(endpoint) and "--standalone" not in torchrun_args
+
+
+def distributed(size: int, gpus: int) -> list[str]:
+    """fairseq-train's options for SIZE processes on GPUS GPUs (0: the CPU), the size always given:
+    fairseq's default is one per visible GPU, even with --cpu."""
+    backend = ["nccl"] if gpus else ["gloo", "--ddp-backend", "legacy_ddp"]
     return ["--distributed-world-size", str(size)] + (["--distributed-backend", *backend] if size > 1 else [])
 
 
@@ -498,12 +517,11 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     if "save_dir" in given:
         raise SystemExit("error: --save-dir in the options: give the folder as train.sh's SAVE_DIR instead")
     head[1:1] = ["--save-dir", save.as_posix()]
-    cpu = given.get("cpu", False) or not torch.cuda.is_available()
-    size, torchrun = world(cpu)
-    if given.get("distributed_world_size", size) != size:
-        raise SystemExit(f"error: --distributed-world-size {given['distributed_world_size']}: train.sh starts {size} "
-                         "process(es) (NPROC x NNODES, unset: one per GPU); set NPROC and NNODES instead")
-    scale = distributed(size, cpu)
+    gpus = 0 if given.get("cpu") or not torch.cuda.is_available() else torch.cuda.device_count()
+    slurm = given.get("distributed_port", 0) > 0 and bool(os.environ.get("SLURM_STEP_NODELIST",
+                                                                        os.environ.get("SLURM_JOB_NODELIST")))
+    size, torchrun = world(gpus, given.get("distributed_world_size"), slurm)
+    scale = distributed(size, gpus)
     pre = fairseq_options(head + names + fixed + ["--distributed-world-size", str(size)] + tail)
     check_counts(pre)
     epoch = per_epoch(info, pre)
@@ -522,7 +540,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     args += components({kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
     args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
     saved = saved_progress(pre)
-    machine, why = precision(measure=False, saved=saved)  # a complete run is not probed
+    machine, why = precision(gpus > 0, measure=False, saved=saved)  # a complete run is not probed
     choices = [machine] if machine is not None else CPU_CHOICES
     argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
@@ -537,7 +555,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     if done:
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch trains on)"]
     if machine is None:
-        machine, why = precision(saved=saved)
+        machine, why = precision(gpus > 0, saved=saved)
     argv = head + args + machine + scale + fixed + tail
     plan = plan if argv == argvs[0] else fairseq_options(argv)
     writable_folder(save)

@@ -42,12 +42,14 @@ def check_archive(path: str, z: zipfile.ZipFile) -> None:
         raise CheckpointError(f"checkpoint {path} claims more data than its {size} bytes hold (crafted or corrupted)")
 
 
-def check_file(path: str) -> None:
+def check_file(path: str, contents: bool = True) -> None:
     """Raise CheckpointError naming ``path`` if it is missing, not a regular file (a folder, a
-    FIFO), truncated, corrupted or crafted."""
+    FIFO), or (CONTENTS: every byte read) truncated, corrupted or crafted."""
     why = not_a_file(path)
     if why is not None:
         raise CheckpointError(f"checkpoint {path} {why}")
+    if not contents:
+        return
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"  # torch's format since 1.6; older files are plain pickles
     if not is_zip:
@@ -110,27 +112,29 @@ def refused_globals(names: Iterable[str], allowed: Iterable[str]) -> list[str]:
     return sorted(set(names) - known)
 
 
-def split_ensemble(spec: str) -> list[str]:
-    """The checkpoints of ``a.pt:b.pt`` (fairseq's ensemble syntax); a path that exists as given is
-    one checkpoint even when it holds ``:``. A missing part is named, saying what ``:`` means."""
-    if ENSEMBLE_SEPARATOR not in spec or os.path.lexists(spec):
-        return [spec]
+def split_ensemble(spec: str, folder: str = "") -> list[str]:
+    """The checkpoints of ``a.pt:b.pt`` (fairseq's ensemble syntax), each relative to ``folder``; a
+    path that exists as given is one checkpoint even when it holds ``:``. A missing or empty part is
+    named, saying what ``:`` means."""
+    if ENSEMBLE_SEPARATOR not in spec or os.path.lexists(os.path.join(folder, spec)):
+        return [os.path.join(folder, spec)]
     parts = spec.split(ENSEMBLE_SEPARATOR)
     if not all(parts):
         raise CheckpointError(f"checkpoint {spec} has an empty name before or after '{ENSEMBLE_SEPARATOR}' (it "
                               "separates the checkpoints of an ensemble)")
-    missing = [p for p in parts if not os.path.lexists(p)]
+    paths = [os.path.join(folder, part) for part in parts]
+    missing = [p for p in paths if not os.path.lexists(p)]
     if missing:
         raise CheckpointError(f"checkpoint {missing[0]} does not exist ('{ENSEMBLE_SEPARATOR}' in {spec} separates the "
                               "checkpoints of an ensemble; a file whose name holds it must be given alone)")
-    return parts
+    return paths
 
 
-def checked_ensemble(spec: str) -> list[str]:
+def checked_ensemble(spec: str, folder: str = "", contents: bool = True) -> list[str]:
     """The checkpoints of ``spec`` (:func:`split_ensemble`), each checked with :func:`check_file`."""
-    paths = split_ensemble(spec)
+    paths = split_ensemble(spec, folder)
     for path in paths:
-        check_file(path)
+        check_file(path, contents)
     return paths
 
 

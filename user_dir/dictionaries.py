@@ -144,7 +144,8 @@ def check_post_process(dictionary: Dictionary, scheme: Optional[str], option: st
     if scheme not in POST_PROCESS:
         raise TokenizationError(f"{option} {scheme!r} is not a scheme fairseq knows: use one of "
                                 f"{', '.join(repr(s) for s in POST_PROCESS)} or leave it out")
-    words = [w for w in dictionary.symbols[dictionary.nspecial:] if not is_added(w)]
+    # fillers only: a tag-like <SIL> is the unit of "silence"
+    words = [w for w in dictionary.symbols[dictionary.nspecial:] if not w.startswith(MADE_UP)]
     if POST_PROCESS[scheme].fits(words):
         return
     fitting = next((s for s, units in POST_PROCESS.items() if units.fits(words)), None)

@@ -306,7 +306,7 @@ def test_plot_attention_draws_the_weights_of_an_attention_model(prepared, traine
                           (["  ", "--out", tmp_path / "b.png"], "the sentence is empty: nothing to translate"),
                           ([sentence, "--beam", "0"], "argument --beam: takes a whole number >= 1, got '0'"),
                           ([sentence, "--out", tmp_path / "no" / "b.png"], f"folder {tmp_path / 'no'} does not exist"),
-                          (["\u00a7\u00a7 \u00a4", "--out", tmp_path / "b.png"], "holds no word the model knows")):
+                          (["\u00a7\u00a7 \u00a4", "--out", tmp_path / "b.png"], "got an empty translation")):
         proc = run("python", script, prepared, save / "checkpoint_last.pt", *args, check=False)
         assert proc.returncode != 0 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert "Traceback" not in proc.stderr and not (tmp_path / "b.png").exists()

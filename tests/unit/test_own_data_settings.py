@@ -123,20 +123,73 @@ def test_unsized_runs_get_a_length_and_early_stopping_and_unlimited_ones_need_an
 
 
 RENDEZVOUS = {"TORCHRUN_ARGS": "--rdzv-backend c10d --rdzv-endpoint node0:29400 --rdzv-id test"}
+GLOO = "--distributed-backend gloo --ddp-backend legacy_ddp"
 
 
+@pytest.fixture
+def launch_env(monkeypatch):
+    """The environment train.sh reads for its processes, emptied, then set as each case gives."""
+    for name in ("NPROC", "NNODES", "TORCHRUN_ARGS", "PET_RDZV_ENDPOINT", "PET_MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    return lambda env: [monkeypatch.setenv(name, value) for name, value in env.items()]
+
+
+@pytest.mark.parametrize("gpus, given, slurm, env, expect", [
+    (0, None, False, {}, (1, False)), (0, 1, False, {}, (1, False)),
+    (4, None, False, {}, (4, False)),  # fairseq-train's own processes, one per GPU
+    (4, 2, False, {}, (2, False)), (4, 1, False, {}, (1, False)),  # two of the four GPUs, or one
+    (8, 16, True, {}, (16, False)),  # SLURM: fairseq's own multi-node start, the whole world given
+    (0, None, False, {"NPROC": "2"}, (2, True)), (4, 4, False, {"NPROC": "4"}, (4, True)),
+    (0, None, False, {"NPROC": "1", "NNODES": "2", **RENDEZVOUS}, (2, True)),  # one process on each of two machines
+    (2, None, False, {"NPROC": "2", "NNODES": "2", "PET_RDZV_ENDPOINT": "node0:29400"}, (4, True)),
+])
+def test_the_processes_planned_are_those_started(launch_env, gpus, given, slurm, env, expect):
+    """NPROC x NNODES through torchrun; unset, fairseq-train's own start: --distributed-world-size
+    as given, else one process per GPU (0 GPUs: the CPU, one)."""
+    launch_env(env)
+    assert train_settings.world(gpus, given, slurm) == expect
+
+
+@pytest.mark.parametrize("gpus, given, env, message", [
+    (0, 2, {}, "--distributed-world-size 2: fairseq-train starts its own processes one per GPU, and 0 GPU(s) train "
+               "here; on the CPU, NPROC=2 starts them through torchrun"),
+    (2, 4, {}, "--distributed-world-size 4: fairseq-train starts its own processes one per GPU, and 2 GPU(s)"),
+    (1, None, {"NPROC": "2"}, "NPROC=2: 1 GPU(s) here, and each process trains on one of its own"),
+    (0, 3, {"NPROC": "2"}, "--distributed-world-size 3: train.sh starts NPROC x NNODES = 2 process(es)"),
+    (0, 2, {"NPROC": "1", "NNODES": "3", **RENDEZVOUS}, "train.sh starts NPROC x NNODES = 3 process(es)"),
+    (0, None, {"NNODES": "2", **RENDEZVOUS}, "NNODES=2 without NPROC: give NPROC too"),
+    (0, None, {"NNODES": "2", "NPROC": "1"}, "NNODES=2 without a rendezvous: give TORCHRUN_ARGS="),
+    (0, None, {"NNODES": "2", "NPROC": "1", "TORCHRUN_ARGS": "--standalone --rdzv-endpoint n:1"}, "without a rendez"),
+])
+def test_processes_fairseq_could_not_start_or_would_count_otherwise_are_refused(launch_env, gpus, given, env,
+                                                                               message):
+    launch_env(env)
+    with pytest.raises(SystemExit) as refused:
+        train_settings.world(gpus, given, slurm=False)
+    text = str(refused.value)
+    assert text.startswith("error: ") and message in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("size, gpus, options", [
+    (1, 0, ["--distributed-world-size", "1"]),
+    (1, 4, ["--distributed-world-size", "1"]),  # fairseq's default would be 4, even with --cpu
+    (2, 0, ["--distributed-world-size", "2", *GLOO.split()]),
+    (2, 2, ["--distributed-world-size", "2", "--distributed-backend", "nccl"]),
+])
+def test_fairseq_train_is_told_the_size_and_backend(size, gpus, options):
+    assert train_settings.distributed(size, gpus) == options
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the plan on a machine without GPUs")
 @pytest.mark.parametrize("env, size, launcher", [
     ({}, 1, None), ({"NPROC": "1"}, 1, None), ({"NPROC": "2"}, 2, "torchrun"),
-    ({"NPROC": "1", "NNODES": "2", **RENDEZVOUS}, 2, "torchrun"), ({"NPROC": "2", "NNODES": "2", **RENDEZVOUS}, 4,
-                                                                      "torchrun"),
+    ({"NPROC": "1", "NNODES": "2", **RENDEZVOUS}, 2, "torchrun"),
 ])
 def test_the_plan_trains_in_the_processes_train_sh_starts(plan, env, size, launcher):
-    """NPROC x NNODES processes (torchrun starts them, even one on each of several machines); unset,
-    fairseq-train's own default on a CPU (one); a --distributed-world-size given agrees or is refused."""
+    """The printed plan and fairseq-train's options say the same number of processes."""
     args, lines = plan("--max-update", "5", *(["--distributed-world-size", str(size)] if size > 1 else []), **env)
     assert args.distributed_world_size == size
-    gloo = "--distributed-backend gloo --ddp-backend legacy_ddp"
-    assert lines[-1] == f"processes: {size}" + (f" ({launcher}; {gloo})" if launcher else ""), lines
+    assert lines[-1] == f"processes: {size}" + (f" ({launcher}; {GLOO})" if launcher else ""), lines
 
 
 @pytest.mark.parametrize("extra, env, message", [
@@ -157,12 +210,6 @@ def test_the_plan_trains_in_the_processes_train_sh_starts(plan, env, size, launc
     (["--max-epoch", "0"], {"PATIENCE": "0"}, "error: --max-update 0 and --max-epoch 0 mean no limit"),
     (["--max-update", "0", "--disable-validation"], {"PATIENCE": "4"}, "no early stopping (PATIENCE, with valid"),
     (["--save-dir", "elsewhere"], {}, "error: --save-dir in the options: give the folder as train.sh's SAVE_DIR"),
-    ([], {"NNODES": "2", **RENDEZVOUS}, "error: NNODES=2 without NPROC: give NPROC too"),
-    ([], {"NNODES": "2", "NPROC": "1"}, "error: NNODES=2 without a rendezvous: give TORCHRUN_ARGS="),
-    ([], {"NNODES": "2", "NPROC": "1", "TORCHRUN_ARGS": "--standalone"}, "error: NNODES=2 without a rendezvous"),
-    (["--distributed-world-size", "2"], {}, "error: --distributed-world-size 2: train.sh starts 1 process(es)"),
-    (["--distributed-world-size", "3"], {"NPROC": "2"}, "error: --distributed-world-size 3: train.sh starts 2 "),
-    (["--distributed-world-size", "2"], {"NPROC": "1", "NNODES": "3", **RENDEZVOUS}, "train.sh starts 3 process(es)"),
 ])
 def test_options_fairseq_cannot_train_with_are_refused_in_one_line(plan, extra, env, message):
     with pytest.raises(SystemExit) as refused:

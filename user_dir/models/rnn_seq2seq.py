@@ -19,7 +19,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from omegaconf import II
 
-from ..checkpoint_files import ENSEMBLE_SEPARATOR, checked_ensemble
+from ..checkpoint_files import checked_ensemble
 from ..dictionaries import (
     DIRECTION_KEY,
     as_direction,
@@ -197,7 +197,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
             model.translate(["Ein Hund läuft."], beam=5)
 
         ``checkpoint_file="a.pt:b.pt"`` decodes with the ensemble of both. The sentencepiece model
-        must be the one that made the dictionaries (checked entry by entry), and none is taken
+        must be the one that made the source dictionary (checked entry by entry), and none is taken
         for a word-level model. ``translate``/``sample`` name a bad argument (user_dir/hub.py).
         """
         if not os.path.isdir(model_dir):
@@ -207,8 +207,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         if not os.path.isdir(data):
             raise FileNotFoundError(f"from_pretrained: data folder {data} (dict.*.txt) does not exist: "
                                     "pass data_name_or_path=")
-        members = checkpoint_file.split(ENSEMBLE_SEPARATOR)  # each relative to MODEL_DIR, as fairseq joins them
-        checked_ensemble(ENSEMBLE_SEPARATOR.join(os.path.join(model_dir, m) if m else "" for m in members))
+        checked_ensemble(checkpoint_file, model_dir, contents=False)  # read once, by the load that follows
         spm_model = os.path.join(model_dir, "spm.model")
         if os.path.exists(spm_model) and "bpe" not in kwargs:
             kwargs.setdefault("bpe", "sentencepiece")

@@ -123,8 +123,8 @@ def _valid_generation_options_first(main):
         try:
             check_generation(getattr(cfg, "generation", cfg), [])  # a Namespace, or the DictConfig's group
             path = getattr(getattr(cfg, "common_eval", cfg), "path", None)
-            if path:  # fairseq's own check of the files is a traceback ("Model file not found")
-                checked_ensemble(path)
+            if path and "://" not in path:  # fairseq's own check is a traceback ("Model file not found")
+                checked_ensemble(path, contents=False)  # the load reads them (patches/checkpoints.py)
             return main(cfg, *args, **kwargs)
         except REFUSALS as e:
             raise SystemExit(f"{type(e).__name__}: {e}") from None
