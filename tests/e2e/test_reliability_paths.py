@@ -320,7 +320,7 @@ def test_a_missing_checkpoint_is_named_in_one_line_on_every_path(toy_bin, traine
     shutil.copy(trained, folder / "ckpt" / "checkpoint_best.pt")
     best, missing = folder / "ckpt" / "checkpoint_best.pt", folder / "ckpt" / "nope.pt"
     for spec, message in ((f"{best}:{missing}", rf"checkpoint {missing} does not exist \(':' in "),
-                          (f"{best}:", r"has an empty name before or after ':'")):
+                          (f"{best}:", r"checkpoint \S+ has an empty name before or after ':'")):
         if command.startswith("fairseq-"):
             proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", spec, input="one\n", check=False)
         elif command == "from_pretrained":
@@ -331,7 +331,7 @@ def test_a_missing_checkpoint_is_named_in_one_line_on_every_path(toy_bin, traine
         else:
             proc = run("python", SCRIPTS / "plot_attention.py", folder, spec, "one", "--out", tmp_path / "a.png",
                        check=False)
-        fails_with(proc, rf"(CheckpointError|error): checkpoint .*{message}")
+        fails_with(proc, rf"(CheckpointError|error): {message}")
         assert command == "from_pretrained" or "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
