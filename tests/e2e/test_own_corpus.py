@@ -130,8 +130,9 @@ def test_own_corpus_end_to_end(prepared, tmp_path):
            "--save-interval-updates", "10"]
     env = {**os.environ, "NPROC": "2", "AMP": "0", "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list(ckpt.glob("checkpoint_*_10.pt")) and first.poll() is None and time.monotonic() < deadline:
+    deadline, last = time.monotonic() + 120, ckpt / "checkpoint_last.pt"
+    # fairseq writes checkpoint_E_10.pt, then copies it to checkpoint_last.pt (atomically: read either one)
+    while not (last.exists() and updates(last) >= 10) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGTERM)
     out = first.communicate(timeout=60)[0].decode()
