@@ -125,6 +125,20 @@ def fairseq_options(argv: list[str], given_only: bool = False) -> argparse.Names
         raise SystemExit(f"error: fairseq-train {why.split(': error: ', 1)[-1]}") from None
 
 
+def check_whole_counts(extra: list[str]) -> None:
+    """Refuse an --update-freq that is not whole numbers: fairseq's list parser truncates 1.5 to 1."""
+    for i, arg in enumerate(extra):
+        name, equals, value = arg.partition("=")
+        if name != "--update-freq" or (not equals and i + 1 == len(extra)):
+            continue
+        value = value if equals else extra[i + 1]
+        parsed = ast.literal_eval(value)  # as fairseq's eval_str_list; fairseq's own parse has read it already
+        values = parsed if isinstance(parsed, (list, tuple)) else [parsed]
+        if not all(type(v) is int for v in values):
+            raise SystemExit(f"error: --update-freq {value}: give whole numbers (fairseq-train would read "
+                             f"{','.join(str(int(v)) for v in values)})")
+
+
 def check_counts(plan: argparse.Namespace) -> None:
     """Refuses a count fairseq-train would divide by zero with, train nothing with, or misread."""
     for dest, least in LEAST.items():
@@ -514,6 +528,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     names = [x for kind, (name, _) in ours.items() for x in (f"--{kind}", name)]
     head, tail = [data.as_posix(), "--arch", ARCH], ["--user-dir", str(USER_DIR), *extra]
     given = vars(fairseq_options(head + names + tail, given_only=True))
+    check_whole_counts(extra)
     if "save_dir" in given:
         raise SystemExit("error: --save-dir in the options: give the folder as train.sh's SAVE_DIR instead")
     head[1:1] = ["--save-dir", save.as_posix()]

@@ -199,6 +199,8 @@ def test_the_plan_trains_in_the_processes_train_sh_starts(plan, env, size, launc
     (["--no-such-option"], {}, "error: fairseq-train unrecognized arguments: --no-such-option"),
     (["--update-freq", "0"], {}, "error: --update-freq 0: give a number >= 1"),
     (["--update-freq", "2,0"], {}, "error: --update-freq 2,0: give a number >= 1"),
+    (["--update-freq", "1.5"], {}, "error: --update-freq 1.5: give whole numbers (fairseq-train would read 1)"),
+    (["--update-freq=2,2.5"], {}, "error: --update-freq 2,2.5: give whole numbers (fairseq-train would read 2,2)"),
     (["--max-tokens", "0"], {}, "error: --max-tokens 0: give a number >= 1"),
     (["--batch-size", "0"], {}, "error: --batch-size 0: give a number >= 1"),
     (["--validate-interval", "0"], {}, "error: --validate-interval 0: give a number >= 1"),
