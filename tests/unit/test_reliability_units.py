@@ -248,10 +248,21 @@ def test_typed_text_must_be_pieces_where_the_model_reads_pieces(typed, encoded):
             task.get_interactive_tokens_and_lengths([typed], lambda line: line)
 
 
-def test_score_reference_takes_no_generation_option(task):
-    """fairseq scores the references with --score-reference and uses none of the generation options."""
+def test_score_reference_takes_no_generation_option_but_the_one_fairseqs_clis_assert(task):
+    """fairseq scores the references with --score-reference and uses none of the generation options;
+    fairseq-generate's main still asserts --sampling with --nbest other than --beam: named first."""
     scorer = task.build_generator([build(task)], GenerationConfig(score_reference=True, beam=5, nbest=6, min_len=999))
     assert type(scorer).__name__ == "SequenceScorer"
+    with pytest.raises(ValueError, match=r"^--sampling returns every one of --beam samples"):
+        task.build_generator([build(task)], GenerationConfig(score_reference=True, sampling=True, beam=3, nbest=2))
+
+
+def test_alignments_are_refused_for_a_model_without_attention(task):
+    """--print-alignment reads the decoder's attention: without one fairseq ends in an IndexError."""
+    with pytest.raises(ValueError, match=r"^--print-alignment reads the alignment from the model's attention, and "
+                                         r"the model has none \(--decoder-attention none\): leave it out$"):
+        task.build_generator([build(task)], GenerationConfig(print_alignment="hard"))
+    task.build_generator([build(task, decoder_attention="additive")], GenerationConfig(print_alignment="soft"))
 
 
 @pytest.mark.parametrize("option", ["beam", "nbest"])

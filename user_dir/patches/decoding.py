@@ -56,7 +56,11 @@ _over_long: set = set()  # sentences answered empty for their length: not warned
 
 # fairseq's defaults of the generation options that the rules read
 _GENERATION_DEFAULTS = {"beam": 5, "nbest": 1, "sampling": False, "sampling_topk": -1, "sampling_topp": -1.0,
-                        "temperature": 1.0, "max_len_a": 0, "max_len_b": 200, "min_len": 1}
+                        "temperature": 1.0, "max_len_a": 0, "max_len_b": 200, "min_len": 1, "print_alignment": None}
+# fairseq-generate's and fairseq-interactive's main assert it before anything, --score-reference too
+SAMPLING_RULE = (lambda o: o["sampling"] and o["nbest"] != o["beam"],
+                 "--sampling returns every one of --beam samples: give --nbest equal to --beam (got --nbest {nbest}, "
+                 "--beam {beam})")
 # fairseq's assertions on generation options (generate.py, interactive.py, FairseqTask.build_generator,
 # SequenceGenerator) and what it does silently wrong, one rule each: (refused when, message)
 GENERATION_RULES: list[tuple[Callable[[dict], bool], str]] = [
@@ -64,9 +68,7 @@ GENERATION_RULES: list[tuple[Callable[[dict], bool], str]] = [
     (lambda o: o["nbest"] < 1, "--nbest must be at least 1, got {nbest}"),
     (lambda o: o["nbest"] > o["beam"] and not o["sampling"],
      "--nbest {nbest} is above --beam {beam}: the beam holds only {beam} hypotheses; give --nbest at most --beam"),
-    (lambda o: o["sampling"] and o["nbest"] != o["beam"],
-     "--sampling returns every one of --beam samples: give --nbest equal to --beam (got --nbest {nbest}, "
-     "--beam {beam})"),
+    SAMPLING_RULE,
     (lambda o: o["sampling_topk"] > 0 and not o["sampling"], "--sampling-topk needs --sampling"),
     (lambda o: o["sampling_topp"] > 0 and not o["sampling"], "--sampling-topp needs --sampling"),
     (lambda o: o["temperature"] <= 0, "--temperature must be greater than 0, got {temperature}"),
@@ -75,6 +77,9 @@ GENERATION_RULES: list[tuple[Callable[[dict], bool], str]] = [
     (lambda o: o["min_len"] > o["longest"],
      "--min-len {min_len} is above the longest translation allowed ({longest:g}: --max-len-b with --max-len-a 0, "
      "or the model's --max-target-positions - 1); lower --min-len or raise the maximum"),
+    (lambda o: o["print_alignment"] and not o["attention"],
+     "--print-alignment reads the alignment from the model's attention, and the model has none "
+     "(--decoder-attention none): leave it out"),
 ]
 
 
@@ -91,13 +96,13 @@ class GenerationOptionError(ValueError):
 
 def check_generation(args, models: list) -> None:
     """Refuse generation options that fairseq would assert on (or obey silently wrongly), naming them;
-    with --score-reference fairseq scores the references and uses none of them."""
-    if getattr(args, "score_reference", False):
-        return
+    with --score-reference fairseq's scorer uses none of them (its CLIs still assert SAMPLING_RULE's)."""
     options = {name: default if getattr(args, name, None) is None else getattr(args, name)
                for name, default in _GENERATION_DEFAULTS.items()}
     options["longest"] = _longest(options, models)
-    for refused, message in GENERATION_RULES:
+    options["attention"] = all(getattr(getattr(m, "decoder", None), "attention", True) is not None for m in models)
+    rules = [SAMPLING_RULE] if getattr(args, "score_reference", False) else GENERATION_RULES
+    for refused, message in rules:
         if refused(options):
             raise GenerationOptionError(message.format(**options))
 
