@@ -303,6 +303,7 @@ def test_translate_names_an_argument_fairseq_would_ignore(toy_bin, trained, tmp_
         with pytest.raises(TypeError, match=rf"^{method}: unknown argument {message}"):
             getattr(hub, method)(["eins"], **options)
     assert hub.translate(["eins zwei"], beam=2, lenpen=1.2, max_len_b=5, skip_invalid_size_inputs=True)[0]
+    assert hub.translate(["eins zwei"], sampling=True, sampling_topk=3)[0]  # the best of 5 samples, as stock fairseq
 
 
 @pytest.mark.parametrize("script", ["distill.py", "average_checkpoints.py"])

@@ -23,7 +23,7 @@ from user_dir.dictionaries import TokenizationError, check_pieces, piece_vocabul
 from user_dir.files import OutputError, check_distinct, check_output, not_a_file
 from user_dir.patches.amp import MAX_SKIPPED, NoScaler
 from user_dir.patches.checkpoints import option_differences
-from user_dir.patches.decoding import nothing_to_translate, token_source
+from user_dir.patches.decoding import check_generation, nothing_to_translate, token_source
 from user_dir.patches.divergence import TrainingDiverged
 from user_dir.text import MAX_LINE_BYTES, TextError, read_lines
 from user_dir.workflow import check_pass_through
@@ -254,7 +254,7 @@ def test_score_reference_takes_no_generation_option_but_the_one_fairseqs_clis_as
     scorer = task.build_generator([build(task)], GenerationConfig(score_reference=True, beam=5, nbest=6, min_len=999))
     assert type(scorer).__name__ == "SequenceScorer"
     with pytest.raises(ValueError, match=r"^--sampling returns every one of --beam samples"):
-        task.build_generator([build(task)], GenerationConfig(score_reference=True, sampling=True, beam=3, nbest=2))
+        check_generation(GenerationConfig(score_reference=True, sampling=True, beam=3, nbest=2), [], cli=True)
 
 
 def test_alignments_are_refused_for_a_model_without_attention(task):

@@ -2,9 +2,9 @@
 validate their input as the file readers do, at the points every path passes through:
 
 * ``FairseqTask.build_generator``: generation options fairseq asserts on (a beam or ``--nbest``
-  below 1, ``--nbest`` above the beam, ``--sampling`` with another ``--nbest`` than ``--beam``,
-  ``--min-len`` above the longest translation allowed, ...) are refused by name, one rule each
-  in :data:`GENERATION_RULES`.
+  below 1, ``--nbest`` above the beam, ``--min-len`` above the longest translation allowed, ...)
+  are refused by name, one rule each in :data:`GENERATION_RULES`; fairseq-generate's and
+  fairseq-interactive's ``main`` check them first, with ``--sampling`` needing ``--nbest`` = ``--beam``.
 * ``FairseqTask.build_bpe``: a sentencepiece model is checked against the source dictionary it
   must have made (:func:`user_dir.dictionaries.check_pieces`); fairseq encodes only the source with it.
 * ``FairseqTask.get_interactive_tokens_and_lengths`` (fairseq-interactive): raw words typed into
@@ -57,7 +57,8 @@ _over_long: set = set()  # sentences answered empty for their length: not warned
 # fairseq's defaults of the generation options that the rules read
 _GENERATION_DEFAULTS = {"beam": 5, "nbest": 1, "sampling": False, "sampling_topk": -1, "sampling_topp": -1.0,
                         "temperature": 1.0, "max_len_a": 0, "max_len_b": 200, "min_len": 1, "print_alignment": None}
-# fairseq-generate's and fairseq-interactive's main assert it before anything, --score-reference too
+# fairseq-generate's and fairseq-interactive's main assert it before anything, --score-reference too; the
+# generator itself returns every sample (the hub and --eval-bleu take the best), so only the CLIs check it
 SAMPLING_RULE = (lambda o: o["sampling"] and o["nbest"] != o["beam"],
                  "--sampling returns every one of --beam samples: give --nbest equal to --beam (got --nbest {nbest}, "
                  "--beam {beam})")
@@ -68,7 +69,6 @@ GENERATION_RULES: list[tuple[Callable[[dict], bool], str]] = [
     (lambda o: o["nbest"] < 1, "--nbest must be at least 1, got {nbest}"),
     (lambda o: o["nbest"] > o["beam"] and not o["sampling"],
      "--nbest {nbest} is above --beam {beam}: the beam holds only {beam} hypotheses; give --nbest at most --beam"),
-    SAMPLING_RULE,
     (lambda o: o["sampling_topk"] > 0 and not o["sampling"], "--sampling-topk needs --sampling"),
     (lambda o: o["sampling_topp"] > 0 and not o["sampling"], "--sampling-topp needs --sampling"),
     (lambda o: o["temperature"] <= 0, "--temperature must be greater than 0, got {temperature}"),
@@ -94,14 +94,15 @@ class GenerationOptionError(ValueError):
     """A generation option that fairseq would assert on, or obey silently wrongly."""
 
 
-def check_generation(args, models: list) -> None:
+def check_generation(args, models: list, cli: bool = False) -> None:
     """Refuse generation options that fairseq would assert on (or obey silently wrongly), naming them;
-    with --score-reference fairseq's scorer uses none of them (its CLIs still assert SAMPLING_RULE's)."""
+    with --score-reference fairseq's scorer uses none of them. CLI: also the rule that fairseq-generate's
+    and fairseq-interactive's main assert (:data:`SAMPLING_RULE`), --score-reference or not."""
     options = {name: default if getattr(args, name, None) is None else getattr(args, name)
                for name, default in _GENERATION_DEFAULTS.items()}
     options["longest"] = _longest(options, models)
     options["attention"] = all(getattr(getattr(m, "decoder", None), "attention", True) is not None for m in models)
-    rules = [SAMPLING_RULE] if getattr(args, "score_reference", False) else GENERATION_RULES
+    rules = ([SAMPLING_RULE] if cli else []) + ([] if getattr(args, "score_reference", False) else GENERATION_RULES)
     for refused, message in rules:
         if refused(options):
             raise GenerationOptionError(message.format(**options))
@@ -126,7 +127,7 @@ def _valid_generation_options_first(main):
     command with its one line, no traceback."""
     def main_checked(cfg, *args, **kwargs):
         try:
-            check_generation(getattr(cfg, "generation", cfg), [])  # a Namespace, or the DictConfig's group
+            check_generation(getattr(cfg, "generation", cfg), [], cli=True)  # a Namespace, or the DictConfig's group
             path = getattr(getattr(cfg, "common_eval", cfg), "path", None)
             if path and "://" not in path:  # fairseq's own check is a traceback ("Model file not found")
                 checked_ensemble(path, contents=False)  # the load reads them (patches/checkpoints.py)
