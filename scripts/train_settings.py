@@ -396,7 +396,8 @@ def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict) -> s
 def per_epoch(info: dict, plan: argparse.Namespace) -> int:
     """Updates an epoch: fairseq's own batching of the training pairs (those it keeps: none longer
     than --max-tokens or the positions; LanguagePairDataset's order, --max-tokens, --batch-size,
-    --required-batch-size-multiple), shared by the processes and --update-freq."""
+    --required-batch-size-multiple), shared by the processes and --update-freq (a value per epoch: the
+    last, which fairseq keeps for every later epoch)."""
     src, tgt = info["sizes"]
     tokens = plan.max_tokens or math.inf
     kept = (src <= min(tokens, getattr(plan, "max_source_positions", math.inf))) & (
@@ -406,7 +407,7 @@ def per_epoch(info: dict, plan: argparse.Namespace) -> int:
     batches = len(data_utils.batch_by_size(order, None, num_tokens_vec=np.maximum(src, tgt)[order].astype(np.int64),
                                            max_tokens=plan.max_tokens, max_sentences=plan.batch_size,
                                            required_batch_size_multiple=plan.required_batch_size_multiple))
-    return max(1, math.ceil(math.ceil(batches / plan.distributed_world_size) / plan.update_freq[0]))
+    return max(1, math.ceil(math.ceil(batches / plan.distributed_world_size) / plan.update_freq[-1]))
 
 
 def schedule(plan: argparse.Namespace, epoch: int, total: int) -> list[str]:
@@ -512,7 +513,10 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
     if plan.distributed_world_size > 1:  # without NPROC, fairseq-train starts one per GPU itself
         launcher = "torchrun" if torchrun else "fairseq-train's own"
         processes += f" ({launcher}; --distributed-backend {plan.distributed_backend} --ddp-backend {plan.ddp_backend})"
-    return [f"data: {plan.data}: {info['pairs']} training pairs, about {per_epoch(info, plan)} updates an epoch; "
+    freq = plan.update_freq
+    steady = f" from epoch {len(freq)} (--update-freq {','.join(map(str, freq))})" * (len(freq) > 1)
+    return [f"data: {plan.data}: {info['pairs']} training pairs, about {per_epoch(info, plan)} updates an epoch"
+            f"{steady}; "
             f"tokenization {info['tokenization']} ({info['source']}), "
             + ("removed before validation BLEU" if plan.eval_bleu_remove_bpe else "BLEU on the dictionary's tokens"),
             f"stop: {stop}", f"{when}; {rate}",

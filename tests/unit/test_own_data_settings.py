@@ -81,6 +81,8 @@ def test_components_keep_only_the_options_a_chosen_component_defines():
     (["--max-update=7", "--max-update", "9"], {"max_update": 9}, "stop: --max-update 9 as given; no early"),
     (["--max-sentences", "16"], {"batch_size": 16}, "3000 training pairs, about 188 updates an epoch"),  # alias
     (["--update-freq=2", "--max-tokens", "600"], {"update_freq": [2], "max_tokens": 600}, "about 14 updates"),
+    (["--update-freq=4,2", "--max-tokens", "600"], {"update_freq": [4, 2]},
+     "about 14 updates an epoch from epoch 2 (--update-freq 4,2)"),
     (["--max-epoch", "30", "--max-tokens", "300"], {"max_epoch": 30, "validate_interval": 3}, "every 3 epoch(s)"),
     (["--patience", "2", "--max-update", "50"], {"patience": 2}, "early stopping after 2 validations"),
     (["--max-update", "0", "--max-epoch", "3"], {"max_update": 0, "max_epoch": 3}, "stop: --max-epoch 3 as given"),
@@ -99,10 +101,11 @@ def test_the_plan_is_fairseqs_own_reading_of_the_options(plan, toy_bin, extra, e
 @pytest.mark.parametrize("extra", [["--max-tokens", "600", "--update-freq", "2"], ["--batch-size", "16"],
                                    ["--max-tokens", "1000", "--required-batch-size-multiple", "8"],
                                    ["--max-tokens", "300", "--update-freq", "3"],
+                                   ["--max-tokens", "300", "--update-freq", "1,3"],
                                    ["--max-tokens", "5"], ["--max-source-positions", "4", "--max-tokens", "50"]])
 def test_the_updates_an_epoch_are_fairseqs_own_count(plan, toy_bin, extra):
     """The plan's updates an epoch are the batches fairseq's iterator makes of the training split
-    (pairs longer than --max-tokens or the positions left out), grouped by --update-freq."""
+    (pairs longer than --max-tokens or the positions left out), grouped by --update-freq (its last value)."""
     args, lines = plan(*extra, "--max-update", "5")
     task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)  # as fairseq-train sets it up
     task.load_dataset("train")
@@ -111,7 +114,7 @@ def test_the_updates_an_epoch_are_fairseqs_own_count(plan, toy_bin, extra):
     batches = task.get_batch_iterator(task.dataset("train"), max_tokens=args.max_tokens, max_sentences=args.batch_size,
                                       max_positions=positions, ignore_invalid_inputs=True,
                                       required_batch_size_multiple=args.required_batch_size_multiple, seed=1)
-    updates = len(GroupedIterator(batches.next_epoch_itr(shuffle=True), args.update_freq[0]))
+    updates = len(GroupedIterator(batches.next_epoch_itr(shuffle=True), args.update_freq[-1]))
     assert f"about {updates} updates an epoch" in lines[0]
 
 
