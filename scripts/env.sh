@@ -18,6 +18,9 @@ else
     fi
     source "$_venv/bin/activate"
 fi
-# torch's default threading is far slower on few cores; use every core, no more
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
+# torch's default threading is far slower on few cores; use every core, no more. RNN_SEQ2SEQ_THREADS
+# marks the value as set here, not by the user: train.sh shares the cores among NPROC processes then.
+if [ -z "${OMP_NUM_THREADS:-}" ] || [ "$OMP_NUM_THREADS" = "${RNN_SEQ2SEQ_THREADS:-}" ]; then
+    export OMP_NUM_THREADS="$(nproc)" RNN_SEQ2SEQ_THREADS="$(nproc)"
+fi
 unset _root _venv _stamp

@@ -7,7 +7,7 @@ Usage:
     python scripts/plot_training.py A/train.log B/train.log --labels ours lstm --out curves.png
 
 With several logs, x is the run's wall-clock time at the end of each epoch (fairseq's ``wall``,
-validation included; CPU-minutes for a one-thread run) and y its validation BLEU.
+validation included, summed over resumes; CPU-minutes for a one-thread run) and y its validation BLEU.
 
 Reads fairseq's end-of-epoch lines (``| train | epoch 003 | loss 5.1 | ...`` and
 ``| valid | epoch 003 | valid on 'valid' subset | loss ... | bleu 21.3 | ...``), in simple or
@@ -27,20 +27,27 @@ FIELD = re.compile(r"\| (\w+) (-?inf|nan|[-\d.]+)")
 
 
 NEW_RUN = "No existing checkpoint found"  # fairseq-train's line when it starts from nothing (not a resume)
+RESUMED = "Loaded checkpoint"  # ... when it resumes: its ``wall`` clock starts again from 0
 
 
 def parse(log: str) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
     """{"train"|"valid": {epoch: {metric: value}}} from the end-of-epoch lines of the log's last run,
-    and the number of runs (each fairseq-train start from nothing begins one; a resume goes on)."""
-    runs = 0
+    and the number of runs (each fairseq-train start from nothing begins one; a resume goes on, its
+    ``wall`` added to the time before it)."""
+    runs, before, last = 0, 0.0, 0.0
     curves: dict[str, dict[int, dict[str, float]]] = {"train": {}, "valid": {}}
     for line in log.splitlines():
         if NEW_RUN in line:
-            runs, curves = runs + 1, {"train": {}, "valid": {}}
+            runs, curves, before, last = runs + 1, {"train": {}, "valid": {}}, 0.0, 0.0
+        elif RESUMED in line:
+            before = last
         m = LINE.search(line)
         if m:
             split, epoch, rest = m.group(1), int(m.group(2)), "|" + m.group(3)
-            curves[split][epoch] = {k: float(v) for k, v in FIELD.findall(rest)}
+            values = {k: float(v) for k, v in FIELD.findall(rest)}
+            if split == "train" and "wall" in values:
+                values["wall"] = last = before + values["wall"]
+            curves[split][epoch] = values
     return curves, max(runs, 1)
 
 

@@ -24,11 +24,14 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 for arg in "$@"; do case "$arg" in -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;; esac; done
 [ $# -ge 2 ] || { echo "error: give DATA_BIN and SAVE_DIR: bash $0 DATA_BIN SAVE_DIR [EXTRA...] (--help: more)" >&2; exit 2; }
 threads="${OMP_NUM_THREADS:-}"
+[ "$threads" != "${RNN_SEQ2SEQ_THREADS:-}" ] || threads=""  # env.sh's every core, not the user's choice
 source "$root/scripts/env.sh" || exit 2
 data="$1" save="$2"; shift 2
 if [ -z "$threads" ] && [[ "${NPROC:-1}" =~ ^[0-9]+$ ]] && [ "${NPROC:-1}" -gt 1 ]; then
     export OMP_NUM_THREADS=$(( ($(nproc) + NPROC - 1) / NPROC ))  # NPROC processes share the cores
 fi
+[ -d "$data" ] || { echo "error: DATA_BIN $data does not exist (or is not a folder); scripts/prepare.py makes it" >&2
+                   exit 2; }
 compgen -G "$data/dict.*.txt" > /dev/null ||
     { echo "error: $data holds no fairseq-preprocess output (dict.*.txt); scripts/prepare.py makes it" >&2; exit 2; }
 tmp="$(mktemp -d)" launcher="" stage=" before training started"

@@ -46,13 +46,17 @@ import torch
 from fairseq import checkpoint_utils, options, tasks
 from fairseq.data import Dictionary, data_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.models import ARCH_MODEL_REGISTRY
 from fairseq.registry import REGISTRIES
 from omegaconf import OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
+from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, atomic_write, make_folder
+from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, RNNSeq2SeqModel, check_config
 from user_dir.patches.checkpoints import as_dict, misfit, option_differences
+from user_dir.patches.config_defaults import fill_defaults
 from user_dir.workflow import DONE, ROOT, USER_DIR, binarized, language_pair, lines, prepared_record
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
@@ -154,6 +158,18 @@ def check_device(plan: argparse.Namespace) -> None:
     if (plan.fp16 or plan.memory_efficient_fp16) and not torch.cuda.is_available():
         raise SystemExit("error: --fp16 trains on a CUDA GPU and there is none here: leave it out (train.sh "
                          "chooses float32 or bfloat16 autocast on a CPU; --amp forces bfloat16)")
+
+
+def check_model(plan: argparse.Namespace) -> None:
+    """Refuses rnn_seq2seq options that cannot build a model, before anything is written (fairseq-train
+    would refuse them after the plan and the precision probe)."""
+    if ARCH_MODEL_REGISTRY.get(plan.arch) is RNNSeq2SeqModel:
+        cfg = argparse.Namespace(**vars(plan))
+        fill_defaults(cfg, RNNSeq2SeqConfig)  # the parser leaves the defaults to build_model
+        try:
+            check_config(cfg)
+        except OptionError as e:
+            raise SystemExit(f"error: {e}") from None
 
 
 def check_ends(plan: argparse.Namespace) -> None:
@@ -564,6 +580,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
     check_counts(plan)
+    check_model(plan)
     check_ends(plan)
     check_device(plan)
     if saved is None or plan.reset_dataloader:

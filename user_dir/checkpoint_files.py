@@ -14,12 +14,13 @@ import stat
 import zipfile
 from typing import Iterable
 
+from .errors import Refusal
 from .files import not_a_file
 
 ENSEMBLE_SEPARATOR = os.pathsep  # fairseq's --path and from_pretrained split a.pt:b.pt into an ensemble
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(Refusal, RuntimeError):
     """A checkpoint that cannot or must not be loaded; the message names the file."""
 
 

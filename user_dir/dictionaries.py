@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 import torch
 
+from .errors import Refusal
+
 if TYPE_CHECKING:
     from fairseq.data import Dictionary
 
@@ -47,7 +49,7 @@ def is_added(entry: str) -> bool:
     return entry.startswith(MADE_UP) or TAG.fullmatch(entry) is not None
 
 
-class TokenizationError(ValueError):
+class TokenizationError(Refusal, ValueError):
     """A sentencepiece model or option that does not fit the model's dictionary."""
 
 

@@ -22,20 +22,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Optional
 
+from .errors import Refusal
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: temporaries are made 0600, the result should get the usual mode
 _HELD: dict = {}  # folder -> its held lock (_Lock), kept for the life of the process
 
 
-class FolderBusy(RuntimeError):
-    pass
+class FolderBusy(Refusal, RuntimeError):
+    """A folder another process holds the lock of; the message names the holder."""
 
 
-class OutputError(ValueError):
+class OutputError(Refusal, ValueError):
     """An output path that must not be written; the message names the option and the path."""
 
 
-class WriteError(OSError):
+class WriteError(Refusal, OSError):
     """A write that failed (full disk, quota, size limit); the message names the path."""
 
     def __str__(self) -> str:

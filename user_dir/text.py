@@ -23,6 +23,7 @@ import unicodedata
 import zlib
 from pathlib import Path
 
+from .errors import Refusal
 from .files import not_a_file
 
 LINE_BREAKS = set("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
@@ -33,8 +34,8 @@ BLANK = {"Zs", "Zl", "Zp", "Cc", "Cf"}  # categories with nothing to see
 MAX_LINE_BYTES = 1 << 20  # a sentence, even a paragraph, is far shorter
 
 
-class TextError(ValueError):
-    pass
+class TextError(Refusal, ValueError):
+    """A line or file that is not text of one sentence a line; the message names the file and line."""
 
 
 def clean_line(line: str, where: str) -> str:

@@ -156,7 +156,7 @@ def test_train_sh_resolves_paths_against_the_callers_folder(toy_bin, tmp_path):
     assert (tmp_path / "ckpt" / "train.log").exists()
     assert not (ROOT / "ckpt").exists() and not (ROOT / "bin").exists()
     fails_with(run("bash", SCRIPTS / "train.sh", "nowhere", "ckpt", cwd=tmp_path, check=False),
-               r"error: nowhere holds no fairseq-preprocess output")
+               r"error: DATA_BIN nowhere does not exist")
 
 
 def test_evaluate_scores_the_best_hypothesis_whatever_the_extra_options(toy_bin, trained, tmp_path):

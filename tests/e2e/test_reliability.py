@@ -49,13 +49,14 @@ def test_prepare_names_a_failed_download(tmp_path):
 
 
 def test_missing_data_folder(tmp_path):
-    fails_with(train(tmp_path / "no-such-bin", tmp_path / "ckpt", check=False), r"no-such-bin")
+    """fairseq's own error (train.sh names it in one line: test_train_reliability.py)."""
+    fails_with(train(tmp_path / "no-such-bin", tmp_path / "ckpt", check=False), r"no-such-bin", traceback=True)
 
 
 def test_over_long_lines_are_reported_not_crashed(toy_bin, tmp_path):
     """Sentences over --max-source-positions: fairseq names the example and the option to skip it."""
     fails_with(train(toy_bin, tmp_path, "--max-source-positions", "4", "--max-update", "1", check=False),
-               r"skip this example with --skip-invalid-size-inputs-valid-test")
+               r"skip this example with --skip-invalid-size-inputs-valid-test", traceback=True)
 
 
 def test_checkpoint_with_other_dictionary_is_named(trained, tmp_path):
@@ -68,6 +69,13 @@ def test_checkpoint_with_other_dictionary_is_named(trained, tmp_path):
                    "--path", trained, "--batch-size", "8", check=False),
                r"trained with a source dictionary of \d+ entries \(fingerprint \w+\), "
                r"but the data's dictionary has \d+")
+
+
+@pytest.mark.parametrize("command", ["fairseq-generate", "fairseq-interactive"])
+def test_without_the_user_dir_fails_as_the_docs_say(toy_bin, trained, command):
+    """README and troubleshooting.md name what a missing --user-dir looks like (fairseq's own errors)."""
+    proc = run(command, toy_bin, "--path", trained, "--batch-size", "8", input="eins\n", check=False)
+    fails_with(proc, r"KeyError: \"'_name'\"|Weights only load failed", traceback=True)
 
 
 def test_truncated_checkpoint_is_named(toy_bin, trained, tmp_path):

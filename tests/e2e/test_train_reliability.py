@@ -77,7 +77,8 @@ def test_exit_status_is_non_zero_when_no_checkpoint_was_saved(toy_bin, tmp_path)
 
 @pytest.mark.parametrize("case, message", [
     ("no arguments", "error: give DATA_BIN and SAVE_DIR"),
-    ("missing data", "holds no fairseq-preprocess output (dict.*.txt)"),
+    ("missing data", "error: DATA_BIN {nowhere} does not exist (or is not a folder)"),
+    ("data without dictionaries", "error: {save} holds no fairseq-preprocess output (dict.*.txt)"),
     ("save is a file", "error: SAVE_DIR: cannot write in {file}: it is not a folder: choose another folder"),
     ("save under a file", "error: SAVE_DIR: cannot write in {file}/ckpt: Not a directory: choose another folder"),
     ("not a number", "error: fairseq-train argument --max-update: invalid int value: '1O'"),
@@ -93,12 +94,14 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
         data = shutil.copytree(toy_bin, tmp_path / "out" / "bin")
         (tmp_path / "out" / "prepare.json").write_text("{truncated")
     args = {"no arguments": [toy_bin], "missing data": [tmp_path / "nowhere", save, *extra],
+            "data without dictionaries": [tmp_path, save, *extra],
             "save is a file": [data, tmp_path / "file", *extra],
             "save under a file": [data, tmp_path / "file" / "ckpt", *extra],
             "not a number": [data, save, "--max-update", "1O"], "zero divisor": [data, save, *extra, "--update-freq=0"],
             "forever": [data, save, "--max-update", "0"], "unknown option": [data, save, "--max-updates", "5"],
             }.get(case, [data, save, *extra])
-    one_error_line(run("bash", TRAIN, *args, env=ENV, check=False), message.format(file=tmp_path / "file"))
+    one_error_line(run("bash", TRAIN, *args, env=ENV, check=False),
+                   message.format(file=tmp_path / "file", nowhere=tmp_path / "nowhere", save=tmp_path))
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
 
 

@@ -222,6 +222,15 @@ def test_plot_training_tells_runs_apart(tmp_path):
     assert (tmp_path / "y" / "ckpt" / "train.png").read_bytes()[:4] == b"\x89PNG" and "5 epochs" in out
 
 
+def test_plot_training_counts_the_time_before_a_resume():
+    """fairseq's wall clock starts again at a resume: the curve's minutes go on from where it stopped."""
+    from scripts.plot_training import parse
+
+    resume = "Loaded checkpoint ckpt/checkpoint_last.pt (epoch 2 @ 20 updates)"
+    curves, runs = parse(epoch_lines(range(1, 3)) + epoch_lines(range(3, 5), start=resume))
+    assert runs == 1 and [curves["train"][e]["wall"] for e in range(1, 5)] == [60, 120, 300, 360]
+
+
 @pytest.mark.parametrize("config, arch", [("multi30k", "rnn_seq2seq_multi30k"),
                                           ("multi30k_attention", "rnn_seq2seq_attention_multi30k")])
 def test_multi30k_hydra_config_trains_the_preset_it_spells_out(prepared, tmp_path, config, arch):

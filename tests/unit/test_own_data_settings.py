@@ -215,6 +215,10 @@ def test_the_plan_trains_in_the_processes_train_sh_starts(plan, env, size, launc
     (["--max-epoch", "0"], {"PATIENCE": "0"}, "error: --max-update 0 and --max-epoch 0 mean no limit"),
     (["--max-update", "0", "--disable-validation"], {"PATIENCE": "4"}, "no early stopping (PATIENCE, with valid"),
     (["--save-dir", "elsewhere"], {}, "error: --save-dir in the options: give the folder as train.sh's SAVE_DIR"),
+    (["--decoder-embed-dim", "32"], {}, "error: --share-decoder-input-output-embed ties the output projection to the "
+                                        "decoder embedding: it needs --decoder-out-embed-dim (512) == --decoder-embed"),
+    (["--encoder-layers", "2"], {}, "error: --encoder-layers (2) must equal --decoder-layers (1)"),
+    (["--arch", "rnn_seq2seq", "--dropout", "1.5"], {}, "error: --dropout must be in [0, 1), got 1.5"),
 ])
 def test_options_fairseq_cannot_train_with_are_refused_in_one_line(plan, extra, env, message):
     with pytest.raises(SystemExit) as refused:

@@ -22,7 +22,8 @@ ALL = ["AMPOptimizer.__init__", "FairseqTask.train_step", "Trainer.valid_step",
        "BaseFairseqModel.prepare_for_inference_", "FairseqTask.inference_step", "data.data_utils.batch_by_size",
        "checkpoint_utils.load_checkpoint_to_cpu", "checkpoint_utils.PathManager",
        "checkpoint_utils.torch_persistent_save", "checkpoint_utils.verify_checkpoint_directory",
-       "Trainer.load_checkpoint", "FairseqTask.build_generator", "fairseq_cli.generate.main",
+       "Trainer.load_checkpoint", "distributed.utils.call_main", "FairseqTask.build_generator",
+       "fairseq_cli.generate.main",
        "fairseq_cli.interactive.main", "fairseq_cli.interactive.make_batches", "FairseqTask.build_bpe",
        "utils.post_process_prediction", "FairseqTask.get_interactive_tokens_and_lengths",
        "TranslationTask.build_dataset_for_inference", "FairseqTask.filter_indices_by_size",
@@ -42,7 +43,7 @@ import user_dir
 from user_dir import patches
 entries = list(patches.APPLIED.values())
 os.environ["RNN_SEQ2SEQ_PATCHES"] = sys.argv[2]
-for module in (patches, patches.amp, patches.batching, patches.checkpoints, patches.decoding,
+for module in (patches, patches.amp, patches.batching, patches.checkpoints, patches.refusals, patches.decoding,
                patches.distributed, patches.divergence, patches.shutdown):
     importlib.reload(module)
 entries += patches.APPLIED.values()
@@ -58,17 +59,17 @@ def levels(first: str, then: str) -> tuple[dict, list[str]]:
 
 def test_all_is_every_replacement_made_before_levels_existed():
     assert list(patches.APPLIED) == ALL  # this process: RNN_SEQ2SEQ_PATCHES unset
-    assert patches.summary() == f"rnn_seq2seq patches: all (27 replacements of fairseq: {', '.join(ALL)})"
+    assert patches.summary() == f"rnn_seq2seq patches: all (28 replacements of fairseq: {', '.join(ALL)})"
 
 
 def test_minimal_keeps_at_most_three_replacements_and_a_reload_puts_fairseqs_own_back():
     state, logged = levels("all", "minimal")
     assert len(MINIMAL) <= 3 and state["applied"] == MINIMAL and state["replaced"] == sorted(MINIMAL)
-    assert logged == [f"user_dir.patches rnn_seq2seq patches: all (27 replacements of fairseq: {', '.join(ALL)})",
+    assert logged == [f"user_dir.patches rnn_seq2seq patches: all (28 replacements of fairseq: {', '.join(ALL)})",
                       f"user_dir.patches rnn_seq2seq patches: minimal (3 replacements of fairseq: "
                       f"{', '.join(MINIMAL)})"]
     state, logged = levels("minimal", "all")  # and back: every replacement, once
-    assert state["applied"] == MINIMAL + [e for e in ALL if e not in MINIMAL] and len(state["replaced"]) == 27
+    assert state["applied"] == MINIMAL + [e for e in ALL if e not in MINIMAL] and len(state["replaced"]) == 28
     assert len(logged) == 2 and "minimal (3 replacements" in logged[0]
 
 
@@ -106,6 +107,10 @@ def test_an_unknown_level_is_one_line_naming_the_variable_and_the_values():
     ({"max_len_a": -1.0}, r"^--max-len-a \(-1.0\), --max-len-b \(200\) and --min-len \(1\) must not be negative$"),
     ({"min_len": 6, "max_len_b": 5}, r"^--min-len 6 is above the longest translation allowed \(5:"),
     ({"min_len": 64, "max_len_a": 1.0}, r"^--min-len 64 is above the longest translation allowed \(63:"),
+    ({"min_len": 3, "max_len_a": 0.5, "max_len_b": 0}, r"^--min-len 3 is above the longest translation allowed \(0:"),
+    ({"min_len": 3, "max_len_a": 1.5, "max_len_b": 1}, r"^--min-len 3 is above the longest translation allowed \(2:"),
+    ({"diverse_beam_groups": 2, "diversity_rate": 0.5, "beam": 4}, r"^--diverse-beam-groups and --diversity-rate"),
+    ({"diverse_beam_groups": 2, "beam": 5}, r"^--beam 5 must be a multiple of --diverse-beam-groups 2$"),
 ])
 def test_generation_options_fairseq_asserts_on_are_refused_by_name(task, options, message):
     with pytest.raises(ValueError, match=message):
@@ -124,7 +129,9 @@ def test_sampling_needs_nbest_equal_to_beam_on_the_clis_only(task):
 
 @pytest.mark.parametrize("options", [{}, {"beam": 3, "nbest": 3}, {"sampling": True, "beam": 2, "nbest": 2},
                                      {"sampling": True, "sampling_topk": 3, "beam": 1}, {"min_len": 5, "max_len_b": 5},
-                                     {"min_len": 63, "max_len_a": 1.0, "max_len_b": 0}])
+                                     {"min_len": 63, "max_len_a": 1.0, "max_len_b": 62},
+                                     {"min_len": 3, "max_len_a": 1.5, "max_len_b": 2},
+                                     {"diverse_beam_groups": 2, "beam": 4}, {"diversity_rate": 0.5}])
 def test_generation_options_fairseq_accepts_pass(task, options):
     check_generation(Namespace(**options), [build(task)])
 

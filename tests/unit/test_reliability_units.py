@@ -22,7 +22,7 @@ from user_dir.checkpoint_files import CheckpointError, check_file, split_ensembl
 from user_dir.dictionaries import TokenizationError, check_pieces, piece_vocabulary, unknown_share
 from user_dir.files import OutputError, check_distinct, check_output, not_a_file
 from user_dir.patches.amp import MAX_SKIPPED, NoScaler
-from user_dir.patches.checkpoints import option_differences
+from user_dir.patches.checkpoints import misfit, option_differences
 from user_dir.patches.decoding import check_generation, nothing_to_translate, token_source
 from user_dir.patches.divergence import TrainingDiverged
 from user_dir.text import MAX_LINE_BYTES, TextError, read_lines
@@ -154,6 +154,15 @@ def test_option_differences_name_each_option():
                                               "--share-all-embeddings False (this command: True)"]
 
 
+def test_a_checkpoint_of_another_model_is_named_by_its_model(task):
+    """Not by the other model's options (stock lstm's --decoder-attention 1 is no option of ours)."""
+    saved = Namespace(_name="lstm", arch="lstm", decoder_attention="1", encoder_embed_dim=16)
+    now = {"_name": "rnn_seq2seq", "decoder_attention": "none", "encoder_embed_dim": 16}
+    assert str(misfit("c.pt", Exception("architectures differ"), now, task, saved)) == (
+        "checkpoint c.pt does not fit the model of this command: it holds a lstm model (this command: rnn_seq2seq); "
+        "use the checkpoint's options, or another --save-dir (train.sh: SAVE_DIR) for a new model")
+
+
 # F. divergence ends a run
 
 def test_a_non_finite_validation_metric_is_never_saved(tmp_path):
@@ -197,8 +206,8 @@ def test_bfloat16_path_stops_after_a_run_of_non_finite_updates():
 def test_sources_without_a_known_word_get_an_empty_translation(task):
     model = build(task)
     d = task.source_dictionary
-    src = torch.tensor([[d.pad(), d.pad(), d.eos()], [d.unk(), d.unk(), d.eos()], [d.index("w3"), d.unk(), d.eos()]])
-    assert nothing_to_translate(src, d.pad(), d.eos(), d.unk()).tolist() == [True, True, False]
+    src = torch.tensor([[d.pad(), d.pad(), d.eos()], [d.unk(), d.bos(), d.eos()], [d.index("w3"), d.unk(), d.eos()]])
+    assert nothing_to_translate(src, [d.pad(), d.eos(), d.unk(), d.bos()]).tolist() == [True, True, False]
     generator = task.build_generator([model], GenerationConfig(beam=2, max_len_b=5))
     sample = {"id": torch.arange(3), "net_input": {"src_tokens": src, "src_lengths": torch.tensor([1, 3, 3])}}
     hypos = task.inference_step(generator, [model], sample)
@@ -258,10 +267,12 @@ def test_score_reference_takes_no_generation_option_but_the_one_fairseqs_clis_as
 
 
 def test_alignments_are_refused_for_a_model_without_attention(task):
-    """--print-alignment reads the decoder's attention: without one fairseq ends in an IndexError."""
-    with pytest.raises(ValueError, match=r"^--print-alignment reads the alignment from the model's attention, and "
-                                         r"the model has none \(--decoder-attention none\): leave it out$"):
-        task.build_generator([build(task)], GenerationConfig(print_alignment="hard"))
+    """--print-alignment reads the decoder's attention: without one fairseq ends in an IndexError, and
+    in a TypeError with --score-reference (its scorer reads the attention too)."""
+    for scoring in (False, True):
+        with pytest.raises(ValueError, match=r"^--print-alignment reads the alignment from the model's attention, "
+                                             r"and the model has none \(--decoder-attention none\): leave it out$"):
+            task.build_generator([build(task)], GenerationConfig(print_alignment="hard", score_reference=scoring))
     task.build_generator([build(task, decoder_attention="additive")], GenerationConfig(print_alignment="soft"))
 
 

@@ -26,6 +26,8 @@ from fairseq.models import BaseFairseqModel, FairseqDecoder, FairseqEncoderDecod
 from omegaconf import II
 from torch import Tensor
 
+from ..errors import OptionError
+
 
 @dataclass
 class MaskedCrossEntropyConfig(FairseqDataclass):
@@ -40,7 +42,7 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
     def __init__(self, task, sentence_avg: bool, label_smoothing: float = 0.0):
         super().__init__(task)
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+            raise OptionError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
         self.sentence_avg = sentence_avg
         self.eps = label_smoothing
 

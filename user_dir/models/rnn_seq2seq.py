@@ -30,6 +30,7 @@ from ..dictionaries import (
     fingerprint,
     uses_sentencepiece,
 )
+from ..errors import OptionError, Refusal
 from ..files import not_a_file
 from ..hub import RNNSeq2SeqHub
 from ..modules.attention import ATTENTIONS
@@ -123,29 +124,33 @@ class RNNSeq2SeqConfig(FairseqDataclass):
     max_target_positions: int = II("task.max_target_positions")
 
 
+class DataMismatch(Refusal, ValueError):
+    """A checkpoint's weights made for other data: another dictionary, or the other direction."""
+
+
 def check_config(cfg: RNNSeq2SeqConfig) -> None:
     """Reject option combinations that cannot build a model, naming the option."""
     if cfg.encoder_layers != cfg.decoder_layers:
-        raise ValueError(
+        raise OptionError(
             f"--encoder-layers ({cfg.encoder_layers}) must equal --decoder-layers ({cfg.decoder_layers}): "
             "the encoder's final state initialises every decoder layer"
         )
     for name in ("encoder_embed_dim", "encoder_hidden_size", "encoder_layers", "decoder_embed_dim",
                  "decoder_hidden_size", "decoder_out_embed_dim", "decoder_attention_dim"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+            raise OptionError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     for name in ("dropout", "dropout_in", "dropout_out", "word_dropout"):
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value < 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+            raise OptionError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
     if cfg.share_all_embeddings and cfg.encoder_embed_dim != cfg.decoder_embed_dim:
-        raise ValueError("--share-all-embeddings needs --encoder-embed-dim == --decoder-embed-dim")
+        raise OptionError("--share-all-embeddings needs --encoder-embed-dim == --decoder-embed-dim")
     out_dim = cfg.decoder_out_embed_dim if cfg.decoder_deep_output else cfg.decoder_hidden_size
     if ties_output(cfg) and out_dim != cfg.decoder_embed_dim:
         flag = "--share-all-embeddings" if cfg.share_all_embeddings else "--share-decoder-input-output-embed"
         which = ("--decoder-out-embed-dim" if cfg.decoder_deep_output
                  else "--decoder-hidden-size (or use --decoder-deep-output)")
-        raise ValueError(f"{flag} ties the output projection to the decoder embedding: it needs {which} ({out_dim}) "
+        raise OptionError(f"{flag} ties the output projection to the decoder embedding: it needs {which} ({out_dim}) "
                          f"== --decoder-embed-dim ({cfg.decoder_embed_dim})")
 
 
@@ -174,7 +179,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
                                   output=cfg.share_all_embeddings)
         if cfg.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise ValueError("--share-all-embeddings requires a joined dictionary "
+                raise OptionError("--share-all-embeddings requires a joined dictionary "
                                  "(fairseq-preprocess --joined-dictionary)")
             decoder_embed = encoder_embed
         else:
@@ -239,7 +244,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
             saved_size = weight.size(0)
             saved = state_dict.setdefault(key, ours)  # checkpoints before fingerprints: size check only
             if saved_size != len(getattr(self, name).dictionary) or as_hex(saved) != as_hex(ours):
-                raise ValueError(
+                raise DataMismatch(
                     f"the checkpoint was trained with a {side} dictionary of {saved_size} entries (fingerprint "
                     f"{as_hex(saved)}), but the data's dictionary has {len(getattr(self, name).dictionary)} "
                     f"(fingerprint {as_hex(ours)}): use the data folder (dict.*.txt) the model was trained with"
@@ -251,7 +256,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         the fingerprints agree); one without the record (older) or data without languages passes."""
         ours = getattr(self, DIRECTION_KEY)
         if saved is not None and saved.numel() and ours.numel() and as_direction(saved) != as_direction(ours):
-            raise ValueError(f"the checkpoint translates {as_direction(saved)} (source-target), but the data is "
+            raise DataMismatch(f"the checkpoint translates {as_direction(saved)} (source-target), but the data is "
                              f"{as_direction(ours)}: use data of the model's direction (or the checkpoint of "
                              f"{as_direction(ours)})")
 

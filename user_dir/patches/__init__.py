@@ -13,6 +13,8 @@
   error; it never becomes ``checkpoint_best.pt``.
 * ``amp``: ``--amp`` on CPU trains, validates and decodes under bfloat16 autocast (fairseq's
   ``--amp`` knows only CUDA's float16).
+* ``refusals``: the plugin's refusals of bad input (:class:`user_dir.errors.Refusal`) end
+  fairseq-train and fairseq-interactive with their one line, not a traceback.
 * ``shutdown``: fairseq-train ends with status 0, not SIGABRT, when it stops mid-epoch (its batch
   prefetching thread is stopped and joined before the interpreter exits).
 
@@ -85,10 +87,11 @@ def summary() -> str:
     return f"rnn_seq2seq patches: {LEVEL} ({len(APPLIED)} replacements of fairseq: {', '.join(APPLIED)})"
 
 
-from . import amp, batching, checkpoints, decoding, distributed, divergence, shutdown  # noqa: E402  (they use replace)
+# refusals before decoding, which imports it: reloads apply them in the order of the first import
+from . import amp, batching, checkpoints, refusals, decoding, distributed, divergence, shutdown  # noqa: E402, I001
 
 if "_ANNOUNCED" in globals():  # importlib.reload of the package: its modules again, at the level read now
-    for _module in (amp, batching, checkpoints, decoding, distributed, divergence, shutdown):
+    for _module in (amp, batching, checkpoints, refusals, decoding, distributed, divergence, shutdown):
         importlib.reload(_module)
 if globals().get("_ANNOUNCED") != summary():  # once per process, again only if a reload changed it
     _ANNOUNCED = summary()

@@ -197,10 +197,14 @@ def misfit(filename: str, cause: Exception, model_cfg, task, saved=None) -> Chec
         return CheckpointError(f"checkpoint {filename}: {cause}")
     if saved is None:
         saved = checkpoint_utils.load_checkpoint_to_cpu(filename)["cfg"]["model"]
-    differ = option_differences(saved, model_cfg, model_changing(saved, model_cfg, task))
-    what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause)
-    return CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; "
-                           "use the checkpoint's options, or another --save-dir for a new model")
+    kinds = as_dict(saved).get("_name"), as_dict(model_cfg).get("_name")
+    if None not in kinds and kinds[0] != kinds[1]:  # another model: its options are not this one's
+        what = f"it holds a {kinds[0]} model (this command: {kinds[1]})"
+    else:
+        differ = option_differences(saved, model_cfg, model_changing(saved, model_cfg, task))
+        what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause)
+    return CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; use the "
+                           "checkpoint's options, or another --save-dir (train.sh: SAVE_DIR) for a new model")
 
 
 def _name_what_differs(load_checkpoint):

@@ -34,7 +34,7 @@ from fairseq.tasks.translation import TranslationTask
 from fairseq_cli import generate as fairseq_generate
 from fairseq_cli import interactive as fairseq_interactive
 
-from ..checkpoint_files import CheckpointError, checked_ensemble
+from ..checkpoint_files import checked_ensemble
 from ..dictionaries import (
     PIECE_START,
     TokenizationError,
@@ -43,7 +43,9 @@ from ..dictionaries import (
     is_added,
     uses_sentencepiece,
 )
+from ..errors import Refusal
 from . import replace
+from .refusals import in_one_line
 
 logger = logging.getLogger("user_dir.decoding")
 _FOR_INFERENCE = "_user_dir_for_inference"  # set on the datasets made from typed or passed text
@@ -56,12 +58,16 @@ _over_long: set = set()  # sentences answered empty for their length: not warned
 
 # fairseq's defaults of the generation options that the rules read
 _GENERATION_DEFAULTS = {"beam": 5, "nbest": 1, "sampling": False, "sampling_topk": -1, "sampling_topp": -1.0,
-                        "temperature": 1.0, "max_len_a": 0, "max_len_b": 200, "min_len": 1, "print_alignment": None}
+                        "temperature": 1.0, "max_len_a": 0, "max_len_b": 200, "min_len": 1, "print_alignment": None,
+                        "diverse_beam_groups": -1, "diversity_rate": -1.0}
 # fairseq-generate's and fairseq-interactive's main assert it before anything, --score-reference too; the
 # generator itself returns every sample (the hub and --eval-bleu take the best), so only the CLIs check it
 SAMPLING_RULE = (lambda o: o["sampling"] and o["nbest"] != o["beam"],
                  "--sampling returns every one of --beam samples: give --nbest equal to --beam (got --nbest {nbest}, "
                  "--beam {beam})")
+ALIGNMENT_RULE = (lambda o: o["print_alignment"] and not o["attention"],
+                  "--print-alignment reads the alignment from the model's attention, and the model has none "
+                  "(--decoder-attention none): leave it out")
 # fairseq's assertions on generation options (generate.py, interactive.py, FairseqTask.build_generator,
 # SequenceGenerator) and what it does silently wrong, one rule each: (refused when, message)
 GENERATION_RULES: list[tuple[Callable[[dict], bool], str]] = [
@@ -75,34 +81,41 @@ GENERATION_RULES: list[tuple[Callable[[dict], bool], str]] = [
     (lambda o: min(o["max_len_a"], o["max_len_b"], o["min_len"]) < 0,
      "--max-len-a ({max_len_a}), --max-len-b ({max_len_b}) and --min-len ({min_len}) must not be negative"),
     (lambda o: o["min_len"] > o["longest"],
-     "--min-len {min_len} is above the longest translation allowed ({longest:g}: --max-len-b with --max-len-a 0, "
-     "or the model's --max-target-positions - 1); lower --min-len or raise the maximum"),
-    (lambda o: o["print_alignment"] and not o["attention"],
-     "--print-alignment reads the alignment from the model's attention, and the model has none "
-     "(--decoder-attention none): leave it out"),
+     "--min-len {min_len} is above the longest translation allowed ({longest:g}: --max-len-a x the source's length "
+     "+ --max-len-b for the shortest source, one token, at most the model's --max-target-positions - 1); lower "
+     "--min-len or raise the maximum"),
+    (lambda o: o["diverse_beam_groups"] > 1 and o["diversity_rate"] > 0,
+     "--diverse-beam-groups and --diversity-rate are two searches: give one of them"),
+    (lambda o: o["diverse_beam_groups"] > 1 and o["beam"] % o["diverse_beam_groups"],
+     "--beam {beam} must be a multiple of --diverse-beam-groups {diverse_beam_groups}"),
+    ALIGNMENT_RULE,
 ]
+# with --score-reference, fairseq's scorer reads only the alignment's option
+SCORING_RULES = [ALIGNMENT_RULE]
 
 
 def _longest(options: dict, models: list) -> float:
-    """The longest translation fairseq's SequenceGenerator allows whatever the source's length."""
+    """The longest translation fairseq's SequenceGenerator allows the shortest source (one token, an
+    empty line's end of sentence): it asserts --min-len at most that, batch by batch."""
     limit = min((m.max_decoder_positions() for m in models if hasattr(m, "max_decoder_positions")),
                 default=math.inf) - 1
-    return min(limit, options["max_len_b"]) if options["max_len_a"] == 0 else limit
+    return min(limit, int(options["max_len_a"] * 1 + options["max_len_b"]))
 
 
-class GenerationOptionError(ValueError):
+class GenerationOptionError(Refusal, ValueError):
     """A generation option that fairseq would assert on, or obey silently wrongly."""
 
 
 def check_generation(args, models: list, cli: bool = False) -> None:
     """Refuse generation options that fairseq would assert on (or obey silently wrongly), naming them;
-    with --score-reference fairseq's scorer uses none of them. CLI: also the rule that fairseq-generate's
+    with --score-reference fairseq's scorer reads only --print-alignment. CLI: also the rule that fairseq-generate's
     and fairseq-interactive's main assert (:data:`SAMPLING_RULE`), --score-reference or not."""
     options = {name: default if getattr(args, name, None) is None else getattr(args, name)
                for name, default in _GENERATION_DEFAULTS.items()}
     options["longest"] = _longest(options, models)
     options["attention"] = all(getattr(getattr(m, "decoder", None), "attention", True) is not None for m in models)
-    rules = ([SAMPLING_RULE] if cli else []) + ([] if getattr(args, "score_reference", False) else GENERATION_RULES)
+    rules = ([SAMPLING_RULE] if cli else []) + (SCORING_RULES if getattr(args, "score_reference", False)
+                                                 else GENERATION_RULES)
     for refused, message in rules:
         if refused(options):
             raise GenerationOptionError(message.format(**options))
@@ -116,15 +129,11 @@ def _valid_generation_options(build_generator):
     return build_generator_checked
 
 
-# the plugin's refusals of bad input: fairseq-generate and fairseq-interactive end with their one line
-REFUSALS = (GenerationOptionError, TokenizationError, CheckpointError)
-
-
 def _valid_generation_options_first(main):
     """fairseq-generate's and fairseq-interactive's ``main`` assert on ``--sampling`` with ``--nbest``
     other than ``--beam`` before any generator is built: the same rules run first, by name, and the
-    ``--path`` checkpoints are checked. A refusal of the plugin's (:data:`REFUSALS`) ends the
-    command with its one line, no traceback."""
+    ``--path`` checkpoints are checked. A refusal of the plugin's ends the command with its one
+    line, no traceback (fairseq-generate calls ``main`` itself, not through ``call_main``)."""
     def main_checked(cfg, *args, **kwargs):
         try:
             check_generation(getattr(cfg, "generation", cfg), [], cli=True)  # a Namespace, or the DictConfig's group
@@ -132,8 +141,8 @@ def _valid_generation_options_first(main):
             if path and "://" not in path:  # fairseq's own check is a traceback ("Model file not found")
                 checked_ensemble(path, contents=False)  # the load reads them (patches/checkpoints.py)
             return main(cfg, *args, **kwargs)
-        except REFUSALS as e:
-            raise SystemExit(f"{type(e).__name__}: {e}") from None
+        except Refusal as e:
+            raise in_one_line(e) from None
 
     return main_checked
 
@@ -212,9 +221,10 @@ def _answer_over_long(filter_indices_by_size):
     return filter_indices_by_size_keeping_all
 
 
-def nothing_to_translate(src_tokens: torch.Tensor, pad: int, eos: int, unk: int) -> torch.Tensor:
-    """Per row of a B x S source batch: True when no token is a known word (only pad, eos, unk)."""
-    return ((src_tokens == pad) | (src_tokens == eos) | (src_tokens == unk)).all(dim=1)
+def nothing_to_translate(src_tokens: torch.Tensor, specials: list[int]) -> torch.Tensor:
+    """Per row of a B x S source batch: True when no token is a known word (only the dictionary's
+    special symbols: padding, begin and end of sentence, unknown)."""
+    return torch.isin(src_tokens, src_tokens.new_tensor(specials)).all(dim=1)
 
 
 def token_source(generator: SequenceGenerator, sample: dict) -> torch.Tensor | None:
@@ -231,7 +241,7 @@ def _empty_answers(generate):
         src_tokens = token_source(self, sample)
         if src_tokens is None:
             return finalized
-        empty = nothing_to_translate(src_tokens, self.pad, self.eos, self.unk)
+        empty = nothing_to_translate(src_tokens, [self.pad, self.eos, self.unk, self.tgt_dict.bos()])
         ids = sample["id"] if "id" in sample else _chunk["ids"]
         for row in empty.nonzero().flatten().tolist():
             sid = int(ids[row]) if ids is not None else row

@@ -13,13 +13,14 @@ import math
 from fairseq import checkpoint_utils
 from fairseq.trainer import Trainer
 
+from ..errors import Refusal
 from . import replace
 
 ADVICE = ("lower --lr or set --clip-norm, and start again or resume from checkpoint_last.pt (the last weights "
           "saved before, if any)")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(Refusal, RuntimeError):
     """The loss, its gradients or a validation metric are not finite (NaN or infinite)."""
 
 
