@@ -3,9 +3,9 @@ training split, and its translations replace the training targets.
 
 Usage:
     python scripts/distill.py DATA_BIN TEACHER.pt OUT [--beam 5] [-- EXTRA fairseq-generate ARGS]
-    python scripts/distill.py runs/multi30k/de-en-v4k/bin runs/attn/checkpoint_best.pt \\
-        runs/multi30k/de-en-v4k-kd -- --amp
-    bash scripts/train.sh runs/multi30k/de-en-v4k-kd/bin runs/student ...   # train a student on OUT/bin
+    python scripts/distill.py runs/multi30k/de-en/bin runs/attn/checkpoint_best.pt \\
+        runs/multi30k/de-en-kd -- --amp
+    bash scripts/train.sh runs/multi30k/de-en-kd/bin runs/student ...   # train a student on OUT/bin
 
 OUT/bin holds the teacher's translations as the training split, binarized with DATA_BIN's
 dictionaries (so students and teacher share a vocabulary), and DATA_BIN's other splits

@@ -15,7 +15,8 @@ Usage:
 Hypotheses are put back in corpus order (fairseq-generate prints them by length) and scored
 against the raw reference text, never against references rebuilt from the binarized data
 (those contain <unk>). Every sentence must come back: a missing one is an error, not a
-silently smaller test set. Extra arguments after ``--`` go to fairseq-generate; whatever they
+silently smaller test set. Arguments evaluate.py does not know go to fairseq-generate (written
+after ``--`` in these docs, for clarity; fairseq-generate names an unknown one); whatever they
 are, exactly one hypothesis per sentence is scored, the best.
 
 Everything is checked before decoding starts: the paths (relative ones against the current
@@ -139,7 +140,8 @@ def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | No
     """Everything that can be wrong before decoding, each named; returns the reference lines
     and the --src-raw lines (None without it). LOG: the --generate-log's lines."""
     if (args.checkpoint is None) == (args.generate_log is None):
-        raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score, not both")
+        raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score: "
+                         + ("not both" if args.checkpoint else "neither is given"))
     if args.generate_log and (args.src_raw or extra):
         raise SystemExit("error: --generate-log scores a finished decoding: "
                          "--src-raw and fairseq-generate options do not apply")
@@ -256,25 +258,26 @@ def score(hyps: list[str], refs: list[str]) -> dict:
 
 
 def prepared_defaults(args: argparse.Namespace) -> None:
-    """Without --ref, for DATA_BIN = OUT/bin made by scripts/prepare.py: the reference is the raw
-    text of --subset that prepare.py kept, checked against the SHA-256 OUT/prepare.json records,
-    and --post-process its tokenization."""
-    if args.ref is not None:
-        return
-    if args.src_raw:
-        raise SystemExit("error: --src-raw needs --ref: only DATA_BIN's own splits have a recorded reference")
+    """For DATA_BIN = OUT/bin made by scripts/prepare.py: --post-process its tokenization, and without
+    --ref the reference: the raw text of --subset that prepare.py kept, checked against the SHA-256
+    OUT/prepare.json records."""
     data_bin = Path(args.data_bin)
-    if not data_bin.is_dir():
-        raise SystemExit(f"error: DATA_BIN {data_bin} {not_a_file(data_bin) or 'is not a folder'}")
-    split_size(data_bin, args.subset)  # an unknown --subset is named before the record is asked for it
-    record = prepared_record(data_bin)
-    if not record:
-        where = prepared_record_path(data_bin)
-        raise SystemExit(f"error: no --ref, and no record of the raw text of '{args.subset}': " + (
-            f"{where} {not_a_file(where)}" if (where.parent / "bin").resolve() == data_bin.resolve() else
-            f"{data_bin} is not the bin folder of a scripts/prepare.py output") + ": pass --ref with the reference")
-    args.ref = verified_raw(record, args.subset, "tgt")
-    args.post_process = args.post_process or record["tokenization"]
+    if args.ref is None:
+        if args.src_raw:
+            raise SystemExit("error: --src-raw needs --ref: only DATA_BIN's own splits have a recorded reference")
+        if not data_bin.is_dir():
+            raise SystemExit(f"error: DATA_BIN {data_bin} {not_a_file(data_bin) or 'is not a folder'}")
+        split_size(data_bin, args.subset)  # an unknown --subset is named before the record is asked for it
+    record = prepared_record(data_bin) if data_bin.is_dir() else None
+    if args.ref is None:
+        if not record:
+            where = prepared_record_path(data_bin)
+            raise SystemExit(f"error: no --ref, and no record of the raw text of '{args.subset}': " + (
+                f"{where} {not_a_file(where)}" if (where.parent / "bin").resolve() == data_bin.resolve() else
+                f"{data_bin} is not the bin folder of a scripts/prepare.py output") + ": pass --ref with the reference")
+        args.ref = verified_raw(record, args.subset, "tgt")
+    if record:
+        args.post_process = args.post_process or record["tokenization"]
 
 
 def main() -> None:
@@ -285,13 +288,14 @@ def main() -> None:
                                                      "of decoding; it must cover the whole --subset")
     p.add_argument("--ref", type=Path, help="raw reference text (.gz ok), one line per sentence (default for data "
                    "made by scripts/prepare.py: the raw text of --subset kept in OUT/raw, checked against the "
-                   "SHA-256 recorded in OUT/prepare.json, and its tokenization as --post-process)")
+                   "SHA-256 recorded in OUT/prepare.json)")
     p.add_argument("--subset", default="test")
     p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
     p.add_argument("--spm", type=Path, help="sentencepiece model to encode --src-raw with")
     p.add_argument("--beam", type=positive, default=5)
     p.add_argument("--batch-size", type=positive, default=128)
-    p.add_argument("--post-process", default="", help="e.g. sentencepiece; empty for pre-tokenized data")
+    p.add_argument("--post-process", default="", help="e.g. sentencepiece; empty for pre-tokenized data (default "
+                   "for data made by scripts/prepare.py: its tokenization, with --ref too)")
     p.add_argument("--hyp-out", type=Path, help="write hypotheses here, one per line, in corpus order")
     p.add_argument("--json", type=Path, help="write the scores as JSON here")
     args, extra = p.parse_known_args()

@@ -2,7 +2,7 @@
 
 Usage:
     python scripts/plot_attention.py MODEL_DIR CHECKPOINT "Ein Hund läuft durch den Schnee." --out attention.png
-    python scripts/plot_attention.py runs/multi30k/de-en-v4k runs/attn/checkpoint_best.pt "Zwei Männer ..." \\
+    python scripts/plot_attention.py runs/multi30k/de-en runs/attn/checkpoint_best.pt "Zwei Männer ..." \\
         --out docs/attention_de-en.png
 
 MODEL_DIR is laid out by scripts/prepare.py (``spm.model``, ``bin/``). The beam-5 translation's

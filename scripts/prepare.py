@@ -110,7 +110,8 @@ def find_raw(prefix: Path, lang: str) -> Path | None:
 def raw_path(prefix: Path, lang: str) -> Path:
     path = find_raw(prefix, lang)
     if path is None:
-        raise SystemExit(f"error: no {prefix}.{lang}[.gz]")
+        hint = f" ({prefix} is a file: give the prefix, without the language)" if prefix.is_file() else ""
+        raise SystemExit(f"error: no {prefix}.{lang}[.gz]{hint}")
     return path
 
 
@@ -343,8 +344,8 @@ def claim(out: Path, wanted: dict, overwrite: bool) -> dict | None:
         made = read_made(record)
         if differ := differences(made, wanted):
             if not overwrite:
-                raise SystemExit(f"error: {out} was prepared from other inputs or options ({', '.join(differ)} "
-                                 "differ): use another --out, or --overwrite to redo it")
+                raise SystemExit(f"error: {out} was prepared from other inputs or options (they differ: "
+                                 f"{', '.join(differ)}): use another --out, or --overwrite to redo it")
             return made
         if mismatch := record_problem(record):  # made from these inputs and options: redone, nothing is lost
             print(f"redo: {out} (its files do not match {RECORD}: {mismatch})")
@@ -357,6 +358,11 @@ def claim(out: Path, wanted: dict, overwrite: bool) -> dict | None:
         raise SystemExit(f"error: {out} holds {found} but no record that prepare.py made them ({RECORD}): "
                          "use another --out, or remove them yourself")
     return {}
+
+
+def others(out: Path) -> list[str]:
+    """OUT's entries that are not prepare.py's (a model's ckpt/, notes): a redo leaves them as they are."""
+    return sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not p.name.startswith("."))
 
 
 def begin(out: Path, wanted: dict, made: dict) -> None:
@@ -489,6 +495,9 @@ def prepare(args: argparse.Namespace) -> None:
     with unfinished(out):
         if made is not None:
             begin(out, wanted, made)
+            if made and (kept := others(out)):
+                print(f"kept: {', '.join(kept)} in {out} (not prepare.py's; a model trained on the earlier "
+                      "preparation does not fit the new one: train.sh and evaluate.py refuse it)")
         write_splits(out / "raw", data, langs)
         model = train_spm(out, data["train"][0] + data["train"][1], args.vocab_size)
         sp = spm.SentencePieceProcessor(model_file=str(model))

@@ -513,8 +513,8 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
     stop += " as given" if sized else f" (default: max({MIN_UPDATES}, {EPOCHS} epochs))"
     metric = "BLEU" if plan.best_checkpoint_metric == "bleu" else plan.best_checkpoint_metric
     early = plan.patience > 0 and not plan.disable_validation
-    stop += f"; early stopping after {plan.patience} validations without a better {metric}" if early else (
-        "; no early stopping")
+    validations = f"{plan.patience} validation{'s' * (plan.patience != 1)}"
+    stop += f"; early stopping after {validations} without a better {metric}" if early else "; no early stopping"
     stop += f"; wall-clock limit {plan.stop_time_hours} h" if plan.stop_time_hours > 0 else "; no wall-clock limit"
     validation = "none" if plan.disable_validation else every(plan.validate_interval, plan.validate_interval_updates)
     saves = "none" if plan.no_save else every(plan.save_interval, plan.save_interval_updates)

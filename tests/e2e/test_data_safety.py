@@ -73,9 +73,9 @@ def test_evaluate_reads_the_reference_before_decoding(toy_bin, trained, tmp_path
 # 2. outputs that depend on inputs and options; one writer per folder
 
 @pytest.mark.parametrize("change, differ", [
-    (["--vocab-size", "30"], r"vocab_size differ"),
-    (["--src", "en", "--tgt", "de"], r"src, tgt differ"),
-    ("edit", r"train\.de text(, train\.en text)? differ"),
+    (["--vocab-size", "30"], r"they differ: vocab_size\)"),
+    (["--src", "en", "--tgt", "de"], r"they differ: src, tgt\)"),
+    ("edit", r"they differ: train\.de text(, train\.en text)?\)"),
 ])
 def test_prepare_refuses_an_out_made_from_other_inputs(tmp_path, change, differ):
     raw, out = raw_copy(tmp_path), tmp_path / "out"
@@ -85,10 +85,12 @@ def test_prepare_refuses_an_out_made_from_other_inputs(tmp_path, change, differ)
         (raw / "train.de").write_text((raw / "train.de").read_text().replace("eins", "zwei"))
         change = []
     proc = prepare(raw, out, *change, check=False)
-    fails_with(proc, rf"error: {out} was prepared from other inputs or options \(.*{differ}.*--overwrite")
+    fails_with(proc, rf"error: {out} was prepared from other inputs or options \({differ}: .*--overwrite")
     assert (out / "spm.model").read_bytes() == model  # nothing touched
+    (out / "ckpt").mkdir()  # a model of the user's, beside the preparation (the README's layout)
     again = prepare(raw, out, *change, "--overwrite").stdout
-    assert "skip" not in again and "done" in again
+    assert "skip" not in again and "done" in again and f"kept: ckpt in {out} (not prepare.py's" in again
+    assert (out / "ckpt").is_dir()
 
 
 def test_prepare_refuses_a_folder_in_use_and_one_without_record(tmp_path):

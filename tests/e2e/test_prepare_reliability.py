@@ -317,3 +317,10 @@ def test_ctrl_c_is_one_line_exit_130_and_nothing_looks_complete(raw, tmp_path):
         prepared_record(out / "bin")
     assert "continue: " in prepare(*splits(raw), "--out", out).stdout
     assert prepared_record(out / "bin")["pairs"] == {"train": 300, "valid": 20, "test": 20}
+
+
+def test_a_corpus_named_by_its_file_is_told_to_give_the_prefix(raw, tmp_path):
+    proc = prepare("--corpus", raw / "train.de", "--out", tmp_path / "out", check=False)
+    fails_with(proc, f"error: no {raw}/train.de.de[.gz] ({raw}/train.de is a file: give the prefix, without the "
+                     "language)")
+    assert not (tmp_path / "out").exists()

@@ -114,6 +114,8 @@ def test_evaluate_scores_a_generate_log_as_it_scores_its_own_decoding(trained_di
     ckpt, ref = trained_dir / "ckpt" / "checkpoint_best.pt", raw / "test.tgt"
     own = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", ckpt, "--ref", ref, "--post-process",
               "sentencepiece", "--hyp-out", tmp_path / "own.hyp").stdout
+    defaulted = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", ckpt, "--ref", ref).stdout
+    assert defaulted.splitlines()[0] == own.splitlines()[0]  # prepare.py's tokenization, also with --ref
     for post_process, log in (("sentencepiece", "gen.log"), ("none", "pieces.log")):
         out = run("fairseq-generate", trained_dir / "bin", "--user-dir", USER_DIR, "--path", ckpt,
                   "--gen-subset", "test", "--beam", "5", "--batch-size", "128", "--post-process", post_process).stdout
@@ -124,7 +126,7 @@ def test_evaluate_scores_a_generate_log_as_it_scores_its_own_decoding(trained_di
                  "--ref", ref, "--hyp-out", tmp_path / "log.hyp").stdout
     assert logged.splitlines()[0] == own.splitlines()[0]  # the BLEU line
     assert (tmp_path / "log.hyp").read_text() == (tmp_path / "own.hyp").read_text()
-    for args, message in (((ckpt, "--generate-log", tmp_path / "gen.log"), "not both"),
+    for args, message in (((ckpt, "--generate-log", tmp_path / "gen.log"), "not both"), ((), "neither is given"),
                           (("--generate-log", tmp_path / "short.log"), "76 hypotheses for 77 references"),
                           (("--generate-log", tmp_path / "pieces.log"), "holds sentencepiece pieces")):
         proc = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", *args, "--ref", ref, check=False)
