@@ -225,3 +225,11 @@ def test_second_writer_of_a_save_dir_is_refused_and_orphans_removed(tmp_path):
     assert second.returncode != 0
     assert f"FolderBusy: --save-dir {tmp_path} is in use by fairseq-train (pid {os.getpid()})" in second.stderr
     assert python_with_plugin(probe, tmp_path / "other").returncode == 0
+
+
+def test_model_overrides_reach_options_newer_than_the_checkpoint():
+    """fairseq overrides only the keys a checkpoint's config holds: gru_94176b2.pt predates --decoder-graphs."""
+    path = str(DATA / "gru_94176b2.pt")
+    assert "decoder_graphs" not in checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]
+    model = checkpoint_utils.load_checkpoint_to_cpu(path, {"decoder_graphs": "off", "beam": 3})["cfg"]["model"]
+    assert model["decoder_graphs"] == "off" and "beam" not in model  # a generation option is not the model's

@@ -215,6 +215,22 @@ def test_sources_without_a_known_word_get_an_empty_translation(task):
     assert len(hypos[2]) == 2  # the sentence with a known word is translated as before
 
 
+def test_diverse_beam_search_decodes_each_sentence_of_a_batch_as_alone(task):
+    """fairseq indexed DiverseBeamSearch's per-sentence overlap by dataset id: an IndexError for ids
+    past the batch's size (every batch after the first); by row, each sentence decodes as alone."""
+    model, d = build(task, decoder_attention="additive"), task.source_dictionary
+    generator = task.build_generator([model], GenerationConfig(beam=4, diverse_beam_groups=2, max_len_b=6))
+    src = torch.tensor([[d.index("w3"), d.index("w5"), d.eos()], [d.pad(), d.index("w7"), d.eos()],
+                        [d.index("w9"), d.index("w4"), d.eos()]])
+    batch = {"id": torch.tensor([17, 4, 9]), "net_input": {"src_tokens": src, "src_lengths": torch.tensor([3, 2, 3])}}
+    together = task.inference_step(generator, [model], batch)
+    for row, length in enumerate((3, 2, 3)):
+        alone = {"id": torch.tensor([0]), "net_input": {"src_tokens": src[row:row + 1, 3 - length:],
+                                                        "src_lengths": torch.tensor([length])}}
+        hypotheses = task.inference_step(generator, [model], alone)[0]
+        assert [h["tokens"].tolist() for h in together[row]] == [h["tokens"].tolist() for h in hypotheses]
+
+
 def test_a_language_models_empty_prompt_is_left_to_it(task):
     """No encoder, no source to be empty: fairseq's LM samples from an empty prompt as without the plugin."""
     d = task.source_dictionary

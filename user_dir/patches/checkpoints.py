@@ -23,6 +23,9 @@
   (each tried alone on the checkpoint's config), instead of fairseq's "ensure that the
   architectures match"; options that change no parameter (dropout) are not named, and fairseq
   resumes with them as it does.
+* ``--model-overrides`` sets only the options a checkpoint's config holds: one of the model's
+  options added after the checkpoint was written (``--decoder-graphs`` on an older model) was
+  ignored without a word; it is set too.
 """
 import argparse
 import ast
@@ -54,12 +57,26 @@ def safe_globals() -> list:
     return found + [type(np.dtype(t)) for t in _NUMPY_DTYPES]  # e.g. numpy.dtypes.Float64DType
 
 
+def override_new_options(cfg, overrides: Optional[dict]) -> None:
+    """Set each of ``overrides`` that is an option of the checkpoint's model (its dataclass) but
+    missing from the config ``cfg`` it was saved with: fairseq overrides only the keys there."""
+    model = cfg.get("model") if overrides and OmegaConf.is_config(cfg) else None
+    name = getattr(model, "_name", None)
+    dataclass = models.MODEL_DATACLASS_REGISTRY.get(models.ARCH_MODEL_NAME_REGISTRY.get(name, name))
+    if dataclass is None:
+        return
+    with open_dict(model):
+        for key, value in overrides.items():
+            if key in dataclass.__dataclass_fields__ and key not in model:
+                model[key] = value
+
+
 def _explain_load_errors(load):
-    def load_checkpoint_to_cpu(path, *args, **kwargs):
+    def load_checkpoint_to_cpu(path, arg_overrides=None, *args, **kwargs):
         if not PathManager.path_requires_pathmanager(path):
             check_file(path)
         try:
-            return load(path, *args, **kwargs)
+            state = load(path, arg_overrides, *args, **kwargs)
         except CheckpointError:
             raise
         except Exception as e:  # torch's and pickle's errors name neither the file nor the cause
@@ -70,6 +87,8 @@ def _explain_load_errors(load):
                                       "for safety, only trust files you made): Unsupported global(s) "
                                       f"{', '.join(refused)}") from None
             raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {essence(e)})") from e
+        override_new_options(state.get("cfg"), arg_overrides)
+        return state
 
     load_checkpoint_to_cpu.__wrapped__ = load
     return load_checkpoint_to_cpu

@@ -19,6 +19,9 @@ validate their input as the file readers do, at the points every path passes thr
 * ``SequenceGenerator.generate``: a source with no known word (empty, blank, every word unknown,
   or over-long as above) gets an empty translation and a warning, not a made-up sentence (models
   with an encoder reading token ids: a language model's empty prompt is left to it).
+* ``search.DiverseBeamSearch.step``: its per-sentence group overlap is indexed by the sentences'
+  dataset ids, which run past the batch (an IndexError from the second batch on, in
+  fairseq-generate and in ``--eval-bleu``): it is given their rows in the batch.
 * ``fairseq_cli.interactive.make_batches``: the warnings number sentences as fairseq-interactive's
   S- lines do, across its --buffer-size chunks (its datasets count from 0 in each).
 """
@@ -27,7 +30,7 @@ import math
 from typing import Callable
 
 import torch
-from fairseq import utils
+from fairseq import search, utils
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks import FairseqTask
 from fairseq.tasks.translation import TranslationTask
@@ -258,6 +261,17 @@ def _empty_answers(generate):
     return generate_or_empty
 
 
+def _rows_not_ids(step):
+    def step_by_rows(self, step_i, lprobs, scores, prev_output_tokens=None, original_batch_idxs=None):
+        if original_batch_idxs is not None:
+            if step_i == 0:  # the batch's sentences, in the order of the overlap's rows
+                self.batch_ids = original_batch_idxs
+            original_batch_idxs = (original_batch_idxs.unsqueeze(1) == self.batch_ids.unsqueeze(0)).int().argmax(1)
+        return step(self, step_i, lprobs, scores, prev_output_tokens, original_batch_idxs)
+
+    return step_by_rows
+
+
 def _numbered_across_chunks(make_batches):
     def make_batches_numbered(lines, *args, **kwargs):
         start = _chunk["first"]
@@ -276,6 +290,7 @@ replace(FairseqTask, "build_generator", _valid_generation_options)
 replace(fairseq_generate, "main", _valid_generation_options_first)
 replace(fairseq_interactive, "main", _valid_generation_options_first)
 replace(fairseq_interactive, "make_batches", _numbered_across_chunks)
+replace(search.DiverseBeamSearch, "step", _rows_not_ids)
 replace(FairseqTask, "build_bpe", _pieces_match_dictionaries)
 replace(utils, "post_process_prediction", _post_process_fits)
 replace(FairseqTask, "get_interactive_tokens_and_lengths", _typed_text_in_pieces)
