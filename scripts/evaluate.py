@@ -268,7 +268,8 @@ def prepared_defaults(args: argparse.Namespace) -> None:
         if not data_bin.is_dir():
             raise SystemExit(f"error: DATA_BIN {data_bin} {not_a_file(data_bin) or 'is not a folder'}")
         split_size(data_bin, args.subset)  # an unknown --subset is named before the record is asked for it
-    record = prepared_record(data_bin) if data_bin.is_dir() else None
+    needed = args.ref is None or not args.post_process  # a given --ref and --post-process need no record
+    record = prepared_record(data_bin) if needed and data_bin.is_dir() else None
     if args.ref is None:
         if not record:
             where = prepared_record_path(data_bin)

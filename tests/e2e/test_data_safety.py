@@ -146,7 +146,7 @@ def test_checkpoint_refuses_a_same_size_dictionary_with_other_entries(toy_bin, t
                rf"but the data's dictionary has {size} \(fingerprint [0-9a-f]{{16}}\)")
     fails_with(proc, message)
     scored = run("python", SCRIPTS / "evaluate.py", tmp_path / "bin", trained, "--ref", TOY / "test.tgt", check=False)
-    fails_with(scored, rf"(^|\n)error: fairseq-generate failed: ValueError: the checkpoint was {message}[^\n]*\n$")
+    fails_with(scored, rf"(^|\n)error: fairseq-generate failed: DataMismatch: the checkpoint was {message}[^\n]*\n$")
 
 
 # 4. scripts: paths from the caller's folder, checked first; one hypothesis per sentence

@@ -74,7 +74,7 @@ def test_checkpoint_with_other_dictionary_is_named(trained, tmp_path):
 @pytest.mark.parametrize("command", ["fairseq-generate", "fairseq-interactive"])
 def test_without_the_user_dir_fails_as_the_docs_say(toy_bin, trained, command):
     """README and troubleshooting.md name what a missing --user-dir looks like (fairseq's own errors)."""
-    proc = run(command, toy_bin, "--path", trained, "--batch-size", "8", input="eins\n", check=False)
+    proc = run(command, toy_bin, "--path", trained, input="eins\n", check=False)
     fails_with(proc, r"KeyError: \"'_name'\"|Weights only load failed", traceback=True)
 
 

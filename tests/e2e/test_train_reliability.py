@@ -78,7 +78,7 @@ def test_exit_status_is_non_zero_when_no_checkpoint_was_saved(toy_bin, tmp_path)
 @pytest.mark.parametrize("case, message", [
     ("no arguments", "error: give DATA_BIN and SAVE_DIR"),
     ("missing data", "error: DATA_BIN {nowhere} does not exist (or is not a folder)"),
-    ("data without dictionaries", "error: {save} holds no fairseq-preprocess output (dict.*.txt)"),
+    ("data without dictionaries", "error: {empty} holds no fairseq-preprocess output (dict.*.txt)"),
     ("save is a file", "error: SAVE_DIR: cannot write in {file}: it is not a folder: choose another folder"),
     ("save under a file", "error: SAVE_DIR: cannot write in {file}/ckpt: Not a directory: choose another folder"),
     ("not a number", "error: fairseq-train argument --max-update: invalid int value: '1O'"),
@@ -101,7 +101,7 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
             "forever": [data, save, "--max-update", "0"], "unknown option": [data, save, "--max-updates", "5"],
             }.get(case, [data, save, *extra])
     one_error_line(run("bash", TRAIN, *args, env=ENV, check=False),
-                   message.format(file=tmp_path / "file", nowhere=tmp_path / "nowhere", save=tmp_path))
+                   message.format(file=tmp_path / "file", nowhere=tmp_path / "nowhere", empty=tmp_path))
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
 
 
@@ -237,3 +237,16 @@ def test_ctrl_c_while_planning_says_that_training_had_not_started(toy_bin, tmp_p
     assert proc.returncode == 130 and stderr == (
         "error: interrupted (SIGINT) before training started; the same command starts from the beginning\n")
     assert not processes_naming(str(save)) and not (save / "checkpoint_last.pt").exists()
+
+
+@pytest.mark.parametrize("given, expect", [
+    (":", "{n} {n}"),  # unset: every core, marked as env.sh's own
+    ("export OMP_NUM_THREADS=1", "1 "),  # the user's: kept, not marked
+    ("export OMP_NUM_THREADS={n} RNN_SEQ2SEQ_THREADS={n}", "{n} {n}"),  # env.sh's, from an earlier source
+])
+def test_env_sh_marks_the_threads_it_sets(given, expect):
+    """train.sh shares env.sh's every-core setting among NPROC processes, never a value of the user's."""
+    n = run("nproc").stdout.strip()
+    script = (f"unset OMP_NUM_THREADS RNN_SEQ2SEQ_THREADS; {given.format(n=n)}; source scripts/env.sh > /dev/null; "
+              'echo "$OMP_NUM_THREADS ${RNN_SEQ2SEQ_THREADS:-}"')
+    assert run("bash", "-c", script, cwd=ROOT).stdout.strip("\n") == expect.format(n=n)

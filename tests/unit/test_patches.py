@@ -107,9 +107,8 @@ def test_an_unknown_level_is_one_line_naming_the_variable_and_the_values():
     ({"max_len_a": -1.0}, r"^--max-len-a \(-1.0\), --max-len-b \(200\) and --min-len \(1\) must not be negative$"),
     ({"min_len": 6, "max_len_b": 5}, r"^--min-len 6 is above the longest translation allowed \(5:"),
     ({"min_len": 64, "max_len_a": 1.0}, r"^--min-len 64 is above the longest translation allowed \(63:"),
-    ({"min_len": 3, "max_len_a": 0.5, "max_len_b": 0}, r"^--min-len 3 is above the longest translation allowed \(0:"),
-    ({"min_len": 3, "max_len_a": 1.5, "max_len_b": 1}, r"^--min-len 3 is above the longest translation allowed \(2:"),
-    ({"diverse_beam_groups": 2, "diversity_rate": 0.5, "beam": 4}, r"^--diverse-beam-groups and --diversity-rate"),
+    ({"diverse_beam_groups": 2, "diversity_rate": 0.5, "beam": 4}, r"^--sampling, --diverse-beam-groups, --match"),
+    ({"sampling": True, "match_source_len": True}, r"are searches of their own: give one of them$"),
     ({"diverse_beam_groups": 2, "beam": 5}, r"^--beam 5 must be a multiple of --diverse-beam-groups 2$"),
 ])
 def test_generation_options_fairseq_asserts_on_are_refused_by_name(task, options, message):
@@ -129,8 +128,8 @@ def test_sampling_needs_nbest_equal_to_beam_on_the_clis_only(task):
 
 @pytest.mark.parametrize("options", [{}, {"beam": 3, "nbest": 3}, {"sampling": True, "beam": 2, "nbest": 2},
                                      {"sampling": True, "sampling_topk": 3, "beam": 1}, {"min_len": 5, "max_len_b": 5},
-                                     {"min_len": 63, "max_len_a": 1.0, "max_len_b": 62},
-                                     {"min_len": 3, "max_len_a": 1.5, "max_len_b": 2},
+                                     {"min_len": 63, "max_len_a": 1.0, "max_len_b": 0},
+                                     {"min_len": 3, "max_len_a": 0.5, "max_len_b": 0},
                                      {"diverse_beam_groups": 2, "beam": 4}, {"diversity_rate": 0.5}])
 def test_generation_options_fairseq_accepts_pass(task, options):
     check_generation(Namespace(**options), [build(task)])

@@ -16,6 +16,7 @@ from fairseq.dataclass.configs import CheckpointConfig, GenerationConfig
 from fairseq.models import lstm_lm
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import OmegaConf
 
 from helpers import ROOT, TOY, build, run
 from user_dir.checkpoint_files import CheckpointError, check_file, split_ensemble
@@ -163,6 +164,15 @@ def test_a_checkpoint_of_another_model_is_named_by_its_model(task):
         "use the checkpoint's options, or another --save-dir (train.sh: SAVE_DIR) for a new model")
 
 
+def test_two_presets_of_the_model_are_told_apart_by_their_options(task):
+    """A config's _name is the --arch preset: presets of one model differ in options, named as such."""
+    saved = OmegaConf.create({"_name": "rnn_seq2seq_multi30k", "decoder_attention": "none", "encoder_embed_dim": 8})
+    now = OmegaConf.create({"_name": "rnn_seq2seq_attention_multi30k", "decoder_attention": "additive",
+                            "encoder_embed_dim": 8})
+    message = str(misfit("c.pt", Exception("architectures differ"), now, task, saved))
+    assert "--decoder-attention none (this command: additive)" in message and "holds a" not in message, message
+
+
 # F. divergence ends a run
 
 def test_a_non_finite_validation_metric_is_never_saved(tmp_path):
@@ -213,6 +223,20 @@ def test_sources_without_a_known_word_get_an_empty_translation(task):
     hypos = task.inference_step(generator, [model], sample)
     assert [h[0]["tokens"].tolist() for h in hypos[:2]] == [[d.eos()], [d.eos()]]
     assert len(hypos[2]) == 2  # the sentence with a known word is translated as before
+
+
+def test_a_batch_too_narrow_for_min_len_is_refused_by_name(task):
+    """With --max-len-a, fairseq's limit is a batch's: it asserted --min-len below it; named instead."""
+    model, d = build(task), task.source_dictionary
+    generator = task.build_generator([model], GenerationConfig(min_len=3, max_len_a=0.5, max_len_b=0))
+    wide = {"id": torch.tensor([0]), "net_input": {"src_tokens": torch.tensor([[d.index("w3")] * 7 + [d.eos()]]),
+                                                   "src_lengths": torch.tensor([8])}}
+    assert len(task.inference_step(generator, [model], wide)[0][0]["tokens"]) >= 3
+    narrow = {"id": torch.tensor([0]), "net_input": {"src_tokens": torch.tensor([[d.index("w3"), d.eos()]]),
+                                                     "src_lengths": torch.tensor([2])}}
+    with pytest.raises(ValueError, match=r"^--min-len 3 is above the longest translation allowed for a batch of "
+                                         r"sources 2 tokens wide \(1: --max-len-a 0.5 x 2 \+ --max-len-b 0\)"):
+        task.inference_step(generator, [model], narrow)
 
 
 def test_diverse_beam_search_decodes_each_sentence_of_a_batch_as_alone(task):

@@ -57,12 +57,18 @@ def safe_globals() -> list:
     return found + [type(np.dtype(t)) for t in _NUMPY_DTYPES]  # e.g. numpy.dtypes.Float64DType
 
 
+def model_name(arch: Optional[str]) -> Optional[str]:
+    """The registered model of an --arch preset (a config's ``model._name``): rnn_seq2seq_d2l -> rnn_seq2seq."""
+    return models.ARCH_MODEL_NAME_REGISTRY.get(arch, arch)
+
+
 def override_new_options(cfg, overrides: Optional[dict]) -> None:
     """Set each of ``overrides`` that is an option of the checkpoint's model (its dataclass) but
     missing from the config ``cfg`` it was saved with: fairseq overrides only the keys there."""
-    model = cfg.get("model") if overrides and OmegaConf.is_config(cfg) else None
-    name = getattr(model, "_name", None)
-    dataclass = models.MODEL_DATACLASS_REGISTRY.get(models.ARCH_MODEL_NAME_REGISTRY.get(name, name))
+    if not overrides or not OmegaConf.is_config(cfg) or cfg.get("model") is None:
+        return
+    model = cfg.model
+    dataclass = models.MODEL_DATACLASS_REGISTRY.get(model_name(getattr(model, "_name", None)))
     if dataclass is None:
         return
     with open_dict(model):
@@ -216,11 +222,11 @@ def misfit(filename: str, cause: Exception, model_cfg, task, saved=None) -> Chec
         return CheckpointError(f"checkpoint {filename}: {cause}")
     if saved is None:
         saved = checkpoint_utils.load_checkpoint_to_cpu(filename)["cfg"]["model"]
-    kinds = as_dict(saved).get("_name"), as_dict(model_cfg).get("_name")
+    kinds = [model_name(as_dict(cfg).get("_name")) for cfg in (saved, model_cfg)]  # _name: the --arch preset
     if None not in kinds and kinds[0] != kinds[1]:  # another model: its options are not this one's
         what = f"it holds a {kinds[0]} model (this command: {kinds[1]})"
     else:
-        differ = option_differences(saved, model_cfg, model_changing(saved, model_cfg, task))
+        differ = option_differences(saved, model_cfg, model_changing(saved, model_cfg, task), name="arch")
         what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause)
     return CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; use the "
                            "checkpoint's options, or another --save-dir (train.sh: SAVE_DIR) for a new model")

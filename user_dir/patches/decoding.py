@@ -18,10 +18,12 @@ validate their input as the file readers do, at the points every path passes thr
   (:func:`user_dir.dictionaries.check_post_process`).
 * ``SequenceGenerator.generate``: a source with no known word (empty, blank, every word unknown,
   or over-long as above) gets an empty translation and a warning, not a made-up sentence (models
-  with an encoder reading token ids: a language model's empty prompt is left to it).
+  with an encoder reading token ids: a language model's empty prompt is left to it). A batch for
+  which ``--max-len-a`` allows translations shorter than ``--min-len`` is refused by name
+  (fairseq asserts it, batch by batch).
 * ``search.DiverseBeamSearch.step``: its per-sentence group overlap is indexed by the sentences'
-  dataset ids, which run past the batch (an IndexError from the second batch on, in
-  fairseq-generate and in ``--eval-bleu``): it is given their rows in the batch.
+  dataset ids, not their rows in the batch (an IndexError once an id reaches the batch's size, in
+  fairseq-generate and ``--eval-bleu``; another sentence's overlap below it): it is given the rows.
 * ``fairseq_cli.interactive.make_batches``: the warnings number sentences as fairseq-interactive's
   S- lines do, across its --buffer-size chunks (its datasets count from 0 in each).
 """
@@ -62,7 +64,7 @@ _over_long: set = set()  # sentences answered empty for their length: not warned
 # fairseq's defaults of the generation options that the rules read
 _GENERATION_DEFAULTS = {"beam": 5, "nbest": 1, "sampling": False, "sampling_topk": -1, "sampling_topp": -1.0,
                         "temperature": 1.0, "max_len_a": 0, "max_len_b": 200, "min_len": 1, "print_alignment": None,
-                        "diverse_beam_groups": -1, "diversity_rate": -1.0}
+                        "diverse_beam_groups": -1, "diversity_rate": -1.0, "match_source_len": False}
 # fairseq-generate's and fairseq-interactive's main assert it before anything, --score-reference too; the
 # generator itself returns every sample (the hub and --eval-bleu take the best), so only the CLIs check it
 SAMPLING_RULE = (lambda o: o["sampling"] and o["nbest"] != o["beam"],
@@ -84,12 +86,12 @@ GENERATION_RULES: list[tuple[Callable[[dict], bool], str]] = [
     (lambda o: min(o["max_len_a"], o["max_len_b"], o["min_len"]) < 0,
      "--max-len-a ({max_len_a}), --max-len-b ({max_len_b}) and --min-len ({min_len}) must not be negative"),
     (lambda o: o["min_len"] > o["longest"],
-     "--min-len {min_len} is above the longest translation allowed ({longest:g}: --max-len-a x the source's length "
-     "+ --max-len-b for the shortest source, one token, at most the model's --max-target-positions - 1); lower "
-     "--min-len or raise the maximum"),
-    (lambda o: o["diverse_beam_groups"] > 1 and o["diversity_rate"] > 0,
-     "--diverse-beam-groups and --diversity-rate are two searches: give one of them"),
-    (lambda o: o["diverse_beam_groups"] > 1 and o["beam"] % o["diverse_beam_groups"],
+     "--min-len {min_len} is above the longest translation allowed ({longest:g}: --max-len-b with --max-len-a 0, "
+     "or the model's --max-target-positions - 1); lower --min-len or raise the maximum"),
+    (lambda o: sum([o["sampling"], o["diverse_beam_groups"] > 0, o["match_source_len"], o["diversity_rate"] > 0]) > 1,
+     "--sampling, --diverse-beam-groups, --match-source-len and --diversity-rate are searches of their own: give "
+     "one of them"),
+    (lambda o: o["diverse_beam_groups"] > 0 and o["beam"] % o["diverse_beam_groups"],
      "--beam {beam} must be a multiple of --diverse-beam-groups {diverse_beam_groups}"),
     ALIGNMENT_RULE,
 ]
@@ -98,11 +100,22 @@ SCORING_RULES = [ALIGNMENT_RULE]
 
 
 def _longest(options: dict, models: list) -> float:
-    """The longest translation fairseq's SequenceGenerator allows the shortest source (one token, an
-    empty line's end of sentence): it asserts --min-len at most that, batch by batch."""
+    """The longest translation fairseq's SequenceGenerator allows whatever the source's length (with
+    --max-len-a above 0 it depends on each batch: :func:`check_batch_limit`)."""
     limit = min((m.max_decoder_positions() for m in models if hasattr(m, "max_decoder_positions")),
                 default=math.inf) - 1
-    return min(limit, int(options["max_len_a"] * 1 + options["max_len_b"]))
+    return min(limit, options["max_len_b"]) if options["max_len_a"] == 0 else limit
+
+
+def check_batch_limit(generator: SequenceGenerator, width: int) -> None:
+    """fairseq asserts --min-len at most the longest translation it allows a batch of sources WIDTH
+    tokens wide (--max-len-a x WIDTH + --max-len-b): that batch is refused by name instead."""
+    longest = min(int(generator.max_len_a * width + generator.max_len_b), generator.max_len - 1)
+    if generator.min_len > longest:
+        raise GenerationOptionError(
+            f"--min-len {generator.min_len} is above the longest translation allowed for a batch of sources "
+            f"{width} tokens wide ({longest}: --max-len-a {generator.max_len_a:g} x {width} + --max-len-b "
+            f"{generator.max_len_b}); lower --min-len or raise --max-len-b")
 
 
 class GenerationOptionError(Refusal, ValueError):
@@ -240,8 +253,10 @@ def token_source(generator: SequenceGenerator, sample: dict) -> torch.Tensor | N
 
 def _empty_answers(generate):
     def generate_or_empty(self, models, sample, **kwargs):
-        finalized = generate(self, models, sample, **kwargs)
         src_tokens = token_source(self, sample)
+        if src_tokens is not None:
+            check_batch_limit(self, src_tokens.size(1))
+        finalized = generate(self, models, sample, **kwargs)
         if src_tokens is None:
             return finalized
         empty = nothing_to_translate(src_tokens, [self.pad, self.eos, self.unk, self.tgt_dict.bos()])
@@ -261,12 +276,17 @@ def _empty_answers(generate):
     return generate_or_empty
 
 
+_BATCH_IDS = "_user_dir_batch_ids"  # a DiverseBeamSearch's sentences at step 0, in the order of its rows
+
+
 def _rows_not_ids(step):
     def step_by_rows(self, step_i, lprobs, scores, prev_output_tokens=None, original_batch_idxs=None):
+        """fairseq's step, given the rows (at step 0) of the sentences still decoded, not their ids."""
         if original_batch_idxs is not None:
-            if step_i == 0:  # the batch's sentences, in the order of the overlap's rows
-                self.batch_ids = original_batch_idxs
-            original_batch_idxs = (original_batch_idxs.unsqueeze(1) == self.batch_ids.unsqueeze(0)).int().argmax(1)
+            if step_i == 0:
+                setattr(self, _BATCH_IDS, original_batch_idxs)
+            first = getattr(self, _BATCH_IDS)
+            original_batch_idxs = (original_batch_idxs.unsqueeze(1) == first.unsqueeze(0)).int().argmax(1)
         return step(self, step_i, lprobs, scores, prev_output_tokens, original_batch_idxs)
 
     return step_by_rows

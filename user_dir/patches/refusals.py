@@ -2,7 +2,8 @@
 
 The plugin names bad input with one of its errors (:class:`user_dir.errors.Refusal`: options that
 cannot build a model, a checkpoint that does not fit, a tokenization option the dictionary
-contradicts, a run that diverged, a save folder in use). Both commands run ``distributed_utils.call_main``;
+contradicts, a run that diverged, a save folder in use). Both commands (and fairseq-validate,
+fairseq-eval-lm) run ``distributed_utils.call_main``;
 there the error becomes one line, ``TrainingDiverged: …``, and exit status 1. torchrun's processes
 each print theirs. Not reached: fairseq-hydra-train (it imports the plugin inside the ``main`` it
 already called, and Hydra reports the error under a shortened traceback), and the processes that
