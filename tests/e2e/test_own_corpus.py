@@ -112,7 +112,7 @@ def test_prepare_refuses_a_plain_and_a_gzipped_file_and_records_only_finished_ru
     assert "continue: " in run(*args, "--vocab-size", "64").stdout
     assert json.loads((out / "prepare.json").read_text())["vocab_size"] == 64
     proc = run(*args, "--vocab-size", "50", check=False)  # a finished one is kept
-    assert proc.returncode != 0 and "vocab_size differ" in proc.stderr
+    assert proc.returncode != 0 and "(they differ: vocab_size)" in proc.stderr
 
 
 def test_own_corpus_end_to_end(prepared, tmp_path):

@@ -265,9 +265,11 @@ def test_hub_refuses_a_pieces_model_without_its_sentencepiece_model(trained_dir,
     ([], r"the model writes sentencepiece pieces .*: pass --post-process sentencepiece"),
     (["--post-process", "sentencepiece", "--src-raw", "SRC"], r"the model reads sentencepiece pieces: pass --spm"),
 ])
-def test_evaluate_refuses_pieces_without_sentencepiece_options(trained_dir, raw, args, message):
+def test_evaluate_refuses_pieces_without_sentencepiece_options(trained_dir, raw, tmp_path, args, message):
+    """Data that prepare.py did not make (no prepare.json beside it: no default --post-process)."""
     args = [str(raw / "test.src") if a == "SRC" else a for a in args]
-    proc = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", trained_dir / "ckpt" / "checkpoint_best.pt",
+    data = shutil.copytree(trained_dir / "bin", tmp_path / "bin")
+    proc = run("python", SCRIPTS / "evaluate.py", data, trained_dir / "ckpt" / "checkpoint_best.pt",
                "--ref", raw / "test.tgt", *args, check=False)
     assert proc.returncode != 0 and re.search(message, proc.stderr), proc.stderr[-2000:]
 
