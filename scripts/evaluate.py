@@ -139,9 +139,6 @@ def earlier_scores(path: Path) -> bool:
 def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | None) -> tuple[list, list | None]:
     """Everything that can be wrong before decoding, each named; returns the reference lines
     and the --src-raw lines (None without it). LOG: the --generate-log's lines."""
-    if (args.checkpoint is None) == (args.generate_log is None):
-        raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score: "
-                         + ("not both" if args.checkpoint else "neither is given"))
     if args.generate_log and (args.src_raw or extra):
         raise SystemExit("error: --generate-log scores a finished decoding: "
                          "--src-raw and fairseq-generate options do not apply")
@@ -300,6 +297,9 @@ def main() -> None:
     p.add_argument("--hyp-out", type=Path, help="write hypotheses here, one per line, in corpus order")
     p.add_argument("--json", type=Path, help="write the scores as JSON here")
     args, extra = p.parse_known_args()
+    if (args.checkpoint is None) == (args.generate_log is None):  # named before what either needs
+        raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score: "
+                         + ("not both" if args.checkpoint else "neither is given"))
     prepared_defaults(args)
     extra = [a for a in extra if a != "--"]
     try:

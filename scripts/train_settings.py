@@ -54,7 +54,7 @@ from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, atomic_write, make_folder
-from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, RNNSeq2SeqModel, check_config
+from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, RNNSeq2SeqModel, check_config, check_dictionaries
 from user_dir.patches.checkpoints import as_dict, misfit, option_differences
 from user_dir.patches.config_defaults import fill_defaults
 from user_dir.workflow import DONE, ROOT, USER_DIR, binarized, language_pair, lines, prepared_record
@@ -163,13 +163,17 @@ def check_device(plan: argparse.Namespace) -> None:
 def check_model(plan: argparse.Namespace) -> None:
     """Refuses rnn_seq2seq options that cannot build a model, before anything is written (fairseq-train
     would refuse them after the plan and the precision probe)."""
-    if ARCH_MODEL_REGISTRY.get(plan.arch) is RNNSeq2SeqModel:
-        cfg = argparse.Namespace(**vars(plan))
-        fill_defaults(cfg, RNNSeq2SeqConfig)  # the parser leaves the defaults to build_model
-        try:
-            check_config(cfg)
-        except OptionError as e:
-            raise SystemExit(f"error: {e}") from None
+    if ARCH_MODEL_REGISTRY.get(plan.arch) is not RNNSeq2SeqModel:
+        return
+    cfg = argparse.Namespace(**vars(plan))
+    fill_defaults(cfg, RNNSeq2SeqConfig)  # the parser leaves the defaults to build_model
+    langs = (plan.source_lang, plan.target_lang) if plan.source_lang and plan.target_lang else language_pair(plan.data)
+    try:
+        check_config(cfg)
+        if cfg.share_all_embeddings:
+            check_dictionaries(cfg, *(Dictionary.load(str(Path(plan.data) / f"dict.{lang}.txt")) for lang in langs))
+    except OptionError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def check_ends(plan: argparse.Namespace) -> None:

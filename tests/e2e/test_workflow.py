@@ -131,6 +131,8 @@ def test_evaluate_scores_a_generate_log_as_it_scores_its_own_decoding(trained_di
                           (("--generate-log", tmp_path / "pieces.log"), "holds sentencepiece pieces")):
         proc = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", *args, "--ref", ref, check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    proc = run("python", SCRIPTS / "evaluate.py", tmp_path / "no-bin", check=False)  # named before the data
+    assert proc.returncode != 0 and "neither is given" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_evaluate_raw_file_pair_given_by_path(trained_dir, raw, tmp_path):

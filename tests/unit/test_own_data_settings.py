@@ -227,6 +227,17 @@ def test_options_fairseq_cannot_train_with_are_refused_in_one_line(plan, extra, 
     assert text.startswith("error: ") and message in text and "\n" not in text, text
 
 
+def test_shared_embeddings_over_two_dictionaries_are_refused_before_anything_is_written(toy_bin, tmp_path):
+    """fairseq-train would refuse them in build_model, after the plan, train.log and the lock."""
+    data = shutil.copytree(toy_bin, tmp_path / "bin")
+    with open(data / "dict.tgt.txt", "a") as f:
+        f.write("zzz 1\n")  # no longer the source's dictionary
+    with pytest.raises(SystemExit, match=r"^error: --share-all-embeddings requires a joined dictionary"):
+        settings(data, tmp_path / "save", ["--share-all-embeddings", "--max-update", "5"])
+    assert not (tmp_path / "save").exists()
+    settings(toy_bin, tmp_path / "save", ["--share-all-embeddings", "--max-update", "5"])  # joined: trains
+
+
 @pytest.mark.parametrize("record", ["{not json", "[1, 2]", "\xff\xfe"])
 def test_an_unreadable_prepare_json_is_one_line(toy_bin, tmp_path, record):
     shutil.copytree(toy_bin, tmp_path / "out" / "bin")

@@ -155,6 +155,13 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
 
 
 
+def check_dictionaries(cfg: RNNSeq2SeqConfig, src_dict, tgt_dict) -> None:
+    """Reject options the data's dictionaries cannot serve: one embedding for two vocabularies."""
+    if cfg.share_all_embeddings and src_dict != tgt_dict:
+        raise OptionError("--share-all-embeddings requires a joined dictionary "
+                          "(fairseq-preprocess --joined-dictionary)")
+
+
 @register_model("rnn_seq2seq", dataclass=RNNSeq2SeqConfig)
 class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
     """Context-concat RNN encoder-decoder; the dataclass defaults are the ``rnn_seq2seq`` arch.
@@ -177,10 +184,8 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         encoder_embed = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad(), cfg.init,
                                   output=cfg.share_all_embeddings)
+        check_dictionaries(cfg, src_dict, tgt_dict)
         if cfg.share_all_embeddings:
-            if src_dict != tgt_dict:
-                raise OptionError("--share-all-embeddings requires a joined dictionary "
-                                 "(fairseq-preprocess --joined-dictionary)")
             decoder_embed = encoder_embed
         else:
             decoder_embed = embedding(len(tgt_dict), cfg.decoder_embed_dim, tgt_dict.pad(), cfg.init,
