@@ -246,7 +246,7 @@ def test_ctrl_c_while_planning_says_that_training_had_not_started(toy_bin, tmp_p
 ])
 def test_env_sh_marks_the_threads_it_sets(given, expect):
     """train.sh shares env.sh's every-core setting among NPROC processes, never a value of the user's."""
-    n = run("nproc").stdout.strip()
+    n = run("bash", "-c", "unset OMP_NUM_THREADS; nproc").stdout.strip()  # GNU nproc reads OMP_NUM_THREADS
     script = (f"unset OMP_NUM_THREADS RNN_SEQ2SEQ_THREADS; {given.format(n=n)}; source scripts/env.sh > /dev/null; "
               'echo "$OMP_NUM_THREADS ${RNN_SEQ2SEQ_THREADS:-}"')
     assert run("bash", "-c", script, cwd=ROOT).stdout.strip("\n") == expect.format(n=n)
