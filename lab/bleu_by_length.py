@@ -49,7 +49,7 @@ def main() -> None:
             name, sep, path = item.partition("=")
             if not sep:
                 p.error(f"{item}: give systems as NAME=HYP")
-            systems[name] = read_lines(path)
+            systems[name] = read_lines(path, empty=True)  # evaluate.py writes an empty translation as such
     except TextError as e:
         raise SystemExit(f"error: {e}")
     for name, lines in {"REF": ref, **systems}.items():

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 import user_dir.patches  # noqa: F401  (fairseq's checkpoint_utils with safe loads and atomic saves)
 from user_dir.checkpoint_files import CheckpointError
-from user_dir.dictionaries import DIRECTION_KEY, FINGERPRINT_KEYS, as_direction, as_hex
+from user_dir.dictionaries import DIRECTION_KEY, FINGERPRINT_KEYS, as_direction, as_hex, directions_differ
 from user_dir.files import OutputError, WriteError, check_output
 from user_dir.workflow import positive, script_main
 
@@ -61,10 +61,8 @@ def average(paths: list[Path]) -> dict:
             raise SystemExit(f"error: {path} holds other parameters than {paths[0]}: not checkpoints of one model")
     same_identity(list(zip(paths, models)))
     same_seed(paths, states)
-    averaged = {}
-    for key, first in models[0].items():
-        if not all(key in m for m in models):  # an identity that older checkpoints lack: left out
-            continue
+    averaged = identities(models)
+    for key, first in parameters(models[0]).items():
         if all(torch.equal(m[key], first) for m in models[1:]):
             averaged[key] = first
         elif first.is_floating_point():
@@ -72,6 +70,13 @@ def average(paths: list[Path]) -> dict:
         else:
             raise SystemExit(f"error: {key} is a non-floating-point tensor that differs between the checkpoints")
     return for_decoding(states[-1], averaged, averaged=[str(p) for p in paths])
+
+
+def identities(models: list[dict]) -> dict:
+    """The identities every model holds (older checkpoints lack some: left out), each the first that
+    is not empty (a direction unknown to one run is the other's)."""
+    held = [key for key in IDENTITY_KEYS if all(key in m for m in models)]
+    return {key: next((m[key] for m in models if m[key].numel()), models[0][key]) for key in held}
 
 
 def parameters(model: dict) -> dict:
@@ -93,12 +98,12 @@ def same_seed(paths: list[Path], states: list[dict]) -> None:
 
 def same_identity(named: list[tuple["Path | str", dict]]) -> None:
     """Refuse states whose dictionary fingerprints or directions differ (other data: never averaged);
-    each identity is compared among the states that hold it."""
+    each identity is compared among the states that hold it, directions as the model compares them."""
     for key in IDENTITY_KEYS:
-        holders = [(name, model[key]) for name, model in named if key in model]
+        holders = [(name, model[key]) for name, model in named if key in model and model[key].numel()]
         for other, b in holders[1:]:
             first, a = holders[0]
-            if key == DIRECTION_KEY and as_direction(a) != as_direction(b):
+            if key == DIRECTION_KEY and directions_differ(a, b):
                 raise SystemExit(f"error: {other} translates {as_direction(b)} but {first} {as_direction(a)}: "
                                  "checkpoints of different directions cannot be mixed")
             if key != DIRECTION_KEY and as_hex(a) != as_hex(b):

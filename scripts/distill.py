@@ -29,6 +29,7 @@ from user_dir.workflow import (
     binarize_with,
     check_pass_through,
     generate_command,
+    generated,
     language_pair,
     positive,
     progress,
@@ -50,12 +51,7 @@ def translate_train(data_bin: Path, teacher: str, beam: int, extra: list[str]) -
     expected = split_size(data_bin, "train")
     out = run_fairseq(generate_command(data_bin, teacher, "train", beam, extra, "--max-tokens", "8000"),
                       progress(expected, "distill.py: translated"))
-    sources, hyps = {}, {}
-    for line in out.splitlines():
-        kind, _, rest = line.partition("-")
-        if kind in ("S", "H") and "\t" in rest:
-            sid, *fields = rest.split("\t")
-            (sources if kind == "S" else hyps).setdefault(int(sid), fields[-1])
+    sources, hyps = generated(out.splitlines(), "S-"), generated(out.splitlines(), "H-")
     if len(hyps) != expected or len(sources) != expected:
         raise SystemExit(f"error: the teacher translated {len(hyps)} of {expected} training sentences")
     return [sources[i] for i in range(expected)], [hyps[i] for i in range(expected)]

@@ -60,6 +60,7 @@ from user_dir.dictionaries import (
     uses_sentencepiece,
 )
 from user_dir.files import OutputError, WriteError, atomic_write, check_distinct, check_output, not_a_file
+from user_dir.prepared import prepared_record, prepared_record_path, sha256_file, verified_raw
 from user_dir.text import TextError, read_lines
 from user_dir.workflow import (
     binarize_with,
@@ -67,27 +68,23 @@ from user_dir.workflow import (
     check_pass_through,
     encode_pieces,
     generate_command,
+    generated,
     language_pair,
     positive,
-    prepared_record,
-    prepared_record_path,
     progress,
     run_fairseq,
     script_main,
-    sha256_file,
     split_size,
-    verified_raw,
 )
 
 MAX_UNKNOWN = 0.2  # of --src-raw's pieces unknown to the dictionary: the right model's are about none
-# options that would take fairseq-generate's hypotheses away from its standard output
-UNREADABLE = ("--quiet", "--results-path")
 # fairseq-generate destinations that evaluate.py sets and records itself -> what to use instead
 OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's --beam",
          "gen_subset": "use evaluate.py's --subset", "post_process": "use evaluate.py's --post-process",
          "source_lang": "the languages are DATA_BIN's", "target_lang": "the languages are DATA_BIN's",
          "batch_size": "use evaluate.py's --batch-size", "user_dir": "evaluate.py passes the plugin",
-         "results_path": "leave it out", "quiet": "leave it out"}
+         "results_path": "it hides the hypotheses from evaluate.py; leave it out",
+         "quiet": "it hides the hypotheses from evaluate.py; leave it out"}
 
 
 def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_process: str,
@@ -98,20 +95,9 @@ def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_proces
     return hypotheses(run_fairseq(cmd, progress(sentences, "evaluate.py: translated", "D-")).splitlines())
 
 
-def by_sentence(generate_output: list[str], kind: str) -> dict[int, str]:
-    """The text of fairseq-generate's first KIND line of each sentence (``D-<id>\\t<score>\\t<text>``,
-    best first, or ``T-<id>\\t<text>``), by sentence id."""
-    found: dict[int, str] = {}
-    for line in generate_output:
-        if line.startswith(kind) and "\t" in line:
-            sid, text = line.split("\t", 1)
-            found.setdefault(int(sid[len(kind):]), text.split("\t", 1)[1] if kind == "D-" else text)
-    return found
-
-
 def hypotheses(generate_output: list[str]) -> list[str]:
     """The best detokenized hypothesis of each sentence of fairseq-generate's output lines, in corpus order."""
-    hyps = by_sentence(generate_output, "D-")
+    hyps = generated(generate_output, "D-")
     return [hyps[i] for i in sorted(hyps)]
 
 
@@ -149,9 +135,6 @@ def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | No
         if path is not None and not_a_file(path):
             raise SystemExit(f"error: {option} {path} {not_a_file(path)}")
     checkpoints = checked_ensemble(args.checkpoint) if args.checkpoint else []
-    for option in UNREADABLE:
-        if any(a == option or a.startswith(option + "=") for a in extra):
-            raise SystemExit(f"error: {option} hides fairseq-generate's hypotheses from evaluate.py; leave it out")
     check_pass_through(extra, OWNED)
     refs = read_lines(args.ref)
     sources = read_lines(args.src_raw) if args.src_raw else None
@@ -166,7 +149,7 @@ def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | No
         check_output(args.json, "--json", inputs, earlier_scores)
     target_dictionary = check_tokenization(args, sources)
     if log is not None:
-        check_reference(refs, by_sentence(log, "T-"), f"the sentences of {args.generate_log}")
+        check_reference(refs, generated(log, "T-"), f"the sentences of {args.generate_log}")
     elif sources is None:
         check_reference(refs, split_targets(Path(args.data_bin), args.subset, target_dictionary, args.post_process),
                         f"split '{args.subset}' of {args.data_bin}")

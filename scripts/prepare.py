@@ -34,7 +34,7 @@ line); source and target must have the same number of lines.
 OUT/prepare.json records a *finished* preparation: what the outputs are made from (options,
 sentencepiece version, a fingerprint of every input's text), the direction (src, tgt), the
 tokenization, the number of pairs per split (scripts/train.sh reads them), and the SHA-256 of
-every raw file and dictionary (user_dir/workflow.py checks them before they are used). A later
+every raw file and dictionary (user_dir/prepared.py checks them before they are used). A later
 run with other inputs or options is refused (--overwrite redoes everything); a run that failed
 or was interrupted before it finished (also while it removed older outputs) is redone or
 continued by the next run, whatever its options. A run while another one writes OUT is refused.
@@ -45,7 +45,6 @@ files named in OUT/.lock (user_dir/files.py).
 import argparse
 import hashlib
 import itertools
-import json
 import os
 import random
 import re
@@ -68,24 +67,9 @@ from user_dir.files import (
     remove_orphans,
     temporary_folder,
 )
+from user_dir.prepared import OUTPUTS, Pairs, begin, claim, file_text, finish, others
 from user_dir.text import TextError, read_lines
-from user_dir.workflow import (
-    PENDING,
-    RECORD,
-    RECORD_FORMAT,
-    REMOVING,
-    ROOT,
-    at_least,
-    encode_pieces,
-    language_code,
-    preprocess_command,
-    read_json,
-    record_problem,
-    run_fairseq,
-    script_main,
-    sha256_file,
-    untrusted_record,
-)
+from user_dir.workflow import ROOT, at_least, encode_pieces, language_code, preprocess_command, run_fairseq, script_main
 
 SHARED_RAW = ROOT.parent / "shared" / "data" / "multi30k"
 DEFAULT_RAW = SHARED_RAW if SHARED_RAW.is_dir() else ROOT / "runs" / "multi30k" / "raw"
@@ -95,7 +79,6 @@ SPLITS = ("train", "valid", "test")
 HELD_OUT_SHARE, HELD_OUT_MAX = 20, 3000  # default held-out size: 1/20 of the pairs, at most 3000
 MIN_VOCAB = 8
 NORMALISATION = "nmt_nfkc"  # sentencepiece's default rule, named so that the split and the model agree
-Pairs = tuple[list[str], list[str]]
 
 
 def find_raw(prefix: Path, lang: str) -> Path | None:
@@ -218,11 +201,6 @@ def without_held_out_copies(data: dict[str, Pairs]) -> dict[str, Pairs]:
     return data
 
 
-def file_text(lines: list[str]) -> bytes:
-    """What :func:`write_lines` writes."""
-    return "".join(line + "\n" for line in lines).encode("utf-8")
-
-
 def write_lines(path: Path, lines: list[str]) -> None:
     with atomic_write(path) as f:
         f.write(file_text(lines))
@@ -288,9 +266,6 @@ def binarize(out: Path, src: str, tgt: str, splits: list[str]) -> None:
         tmp.replace(dest)
 
 
-OUTPUTS = ("raw", "spm.model", "spm.vocab", "spm", "bin", RECORD)  # what a preparation makes in OUT
-
-
 def recipe(args: argparse.Namespace, sources: dict, data: dict[str, Pairs]) -> dict:
     """What OUT's files are made from: the options, the sentencepiece version, and a fingerprint
     of every input's text as read (after user_dir/text.py's normalisation)."""
@@ -299,104 +274,6 @@ def recipe(args: argparse.Namespace, sources: dict, data: dict[str, Pairs]) -> d
     key = "sources" if args.corpus or args.train else "splits"  # "splits": --raw-dir's prefixes, as always recorded
     return {"src": args.src, "tgt": args.tgt, "vocab_size": args.vocab_size, key: sources,
             "sentencepiece": spm.__version__, "inputs": inputs, "outputs": list(OUTPUTS)}
-
-
-def differences(made: dict, wanted: dict) -> list[str]:
-    differ = [key for key in wanted if key not in ("inputs", "outputs") and made.get(key) != wanted[key]]
-    made_inputs = made.get("inputs") if isinstance(made.get("inputs"), dict) else {}
-    return differ + [f"{name} text" for name, digest in wanted["inputs"].items() if made_inputs.get(name) != digest]
-
-
-def read_made(path: Path) -> dict:
-    """A record prepare.py wrote (a JSON object), or SystemExit: what it names cannot be known."""
-    made = read_json(path)
-    if isinstance(made, str):
-        raise SystemExit(untrusted_record(path, made, "use another --out"))
-    return made
-
-
-def remove_made(out: Path, made: dict) -> None:
-    """Delete the outputs that a record of prepare.py names as its own (records before 'outputs'
-    was kept: the outputs that prepare.py always made), prepare.json first: nothing is read as
-    finished while the rest goes."""
-    named = made.get("outputs", OUTPUTS)
-    for name in sorted(set(named if isinstance(named, list) else OUTPUTS) & set(OUTPUTS),  # never outside OUT
-                       key=lambda name: (name != RECORD, OUTPUTS.index(name))):
-        discard(out / name)
-
-
-def claim(out: Path, wanted: dict, overwrite: bool) -> dict | None:
-    """Decide what becomes of OUT's outputs for ``wanted``: None to keep them (made from it,
-    finished or left unfinished by a failed run), else the record of those to remove first
-    ({}: none): an unfinished preparation of other inputs, a finished one with --overwrite.
-    Refuse a finished one of other inputs without --overwrite, and files prepare.py has no record of.
-    A record of outputs under removal (PENDING with REMOVING) comes first."""
-    record, pending = out / RECORD, out / PENDING
-    made = read_made(pending) if pending.exists() else None
-    if made is not None and (made.get(REMOVING) or not record.exists()):
-        if made == wanted:
-            return print(f"continue: {out} (an earlier run with these inputs did not finish)")
-        why = "was interrupted while it removed older outputs" if made.get(REMOVING) else \
-            "with other inputs or options did not finish"
-        print(f"redo: {out} (an earlier run {why})")
-        return made
-    if record.exists():
-        made = read_made(record)
-        if differ := differences(made, wanted):
-            if not overwrite:
-                raise SystemExit(f"error: {out} was prepared from other inputs or options (they differ: "
-                                 f"{', '.join(differ)}): use another --out, or --overwrite to redo it")
-            return made
-        if mismatch := record_problem(record):  # made from these inputs and options: redone, nothing is lost
-            print(f"redo: {out} (its files do not match {RECORD}: {mismatch})")
-            return made
-        if "format" not in made:
-            print(f"update: {record} (an older prepare.py wrote it: its checksums are added)")
-        return None
-    if any(os.path.lexists(out / name) for name in OUTPUTS):
-        found = ", ".join(name for name in OUTPUTS if os.path.lexists(out / name))
-        raise SystemExit(f"error: {out} holds {found} but no record that prepare.py made them ({RECORD}): "
-                         "use another --out, or remove them yourself")
-    return {}
-
-
-def others(out: Path) -> list[str]:
-    """OUT's entries that are not prepare.py's (a model's ckpt/, notes): a redo leaves them as they are."""
-    return sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not p.name.startswith("."))
-
-
-def begin(out: Path, wanted: dict, made: dict) -> None:
-    """Remove the outputs ``made`` names, then record ``wanted`` as under way, before any of its
-    outputs is made. The removal is recorded before it starts, so that an interrupted one is
-    redone by the next run (whatever its options), never mistaken for outputs without a record."""
-    pending = out / PENDING
-    if made:
-        with atomic_write(pending, "w") as f:
-            json.dump({**made, "outputs": list(OUTPUTS), REMOVING: True}, f, indent=2)
-        remove_made(out, made)
-    with atomic_write(pending, "w") as f:
-        json.dump(wanted, f, indent=2)
-
-
-def finish(out: Path, wanted: dict, data: dict[str, Pairs]) -> None:
-    """Record the finished preparation in OUT/prepare.json (what scripts/train.sh and
-    scripts/evaluate.py read), with the SHA-256 of every raw file (checked against the text read
-    from the inputs) and dictionary, then drop the under-way mark."""
-    langs = (wanted["src"], wanted["tgt"])
-    raw = {split: {lang: f"raw/{split}.{lang}" for lang in langs} for split in data}
-    raw_sha256 = {split: {lang: hashlib.sha256(file_text(lines)).hexdigest() for lang, lines in zip(langs, sides)}
-                  for split, sides in data.items()}
-    for split, sides in raw.items():
-        for lang, path in sides.items():
-            if sha256_file(out / path) != raw_sha256[split][lang]:
-                raise SystemExit(f"error: {out / path} is not the text read from the inputs (changed after "
-                                 "prepare.py wrote it): prepare again with --overwrite")
-    done = {**wanted, "format": RECORD_FORMAT, "tokenization": "sentencepiece",
-            "pairs": {split: len(sides[0]) for split, sides in data.items()}, "raw": raw, "raw_sha256": raw_sha256,
-            "dictionaries": {f"dict.{lang}.txt": sha256_file(out / "bin" / f"dict.{lang}.txt") for lang in langs}}
-    with atomic_write(out / RECORD, "w") as f:
-        json.dump(done, f, indent=2)
-    discard(out / PENDING)
 
 
 def main() -> None:

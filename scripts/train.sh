@@ -64,7 +64,7 @@ stoppable python "$root/scripts/train_settings.py" "$tmp/args" "$data" "$save" "
 if [ ! -s "$tmp/args" ]; then cat "$tmp/plan"; exit 0; fi  # the run is complete: no file is touched
 tee -a "$save/train.log" < "$tmp/plan"
 mapfile -t args < "$tmp/args"
-if [ -n "${NPROC:-}" ] && { [ "$NPROC" -gt 1 ] || [ "${NNODES:-1}" -gt 1 ]; }; then  # as train_settings.world
+if [ "$(cat "$tmp/args.launcher")" = torchrun ]; then  # train_settings.py's choice (user_dir.machine.world)
     # shellcheck disable=SC2086  # TORCHRUN_ARGS: several options
     launch=(torchrun ${TORCHRUN_ARGS:---standalone} --nnodes "${NNODES:-1}" --nproc-per-node "$NPROC"
             "$root/scripts/with_parent.py" fairseq-train)

@@ -2,10 +2,10 @@
 
 Usage (train.sh runs it): python scripts/train_settings.py ARGS_FILE DATA_BIN SAVE_DIR [EXTRA...]
 Writes fairseq-train's arguments, one per line, to ARGS_FILE (the recipe's options, then the user's
-EXTRA, which win) and prints the plan; writes nothing to ARGS_FILE when the run in SAVE_DIR is
-already complete. Once training finished, train.sh records ARGS_FILE as SAVE_DIR/train.done
-(``user_dir.workflow.record_finished``). Environment: AMP (0/1; unset: measured), PATIENCE,
-BUDGET_HOURS, NPROC, NNODES.
+EXTRA, which win), what starts its processes to ARGS_FILE.launcher (torchrun or fairseq-train), and
+prints the plan; writes nothing when the run in SAVE_DIR is already complete. Once training
+finished, train.sh records ARGS_FILE as SAVE_DIR/train.done (``user_dir.workflow.record_finished``).
+Environment: AMP (0/1; unset: measured), PATIENCE, BUDGET_HOURS, NPROC, NNODES.
 
 * Options are read by fairseq-train's own parser (aliases, ``--opt=value``, the last of a
   repeated option, types, the components' and the plugin's options), and the printed plan is
@@ -23,21 +23,15 @@ BUDGET_HOURS, NPROC, NNODES.
   limits (fairseq-train's own stopping rules), or SAVE_DIR/train.done (the same command finished
   there), say the run is complete; a limit below what the checkpoint holds is refused. This is
   decided before the precision probe: a complete run is not probed.
-* Precision on a CPU: bfloat16 autocast only where a short probe (the model's kind of work,
-  both precisions, alternating) finds it faster; the result is cached per CPU model, torch
-  version and thread count in ~/.cache/fairseq-rnn-seq2seq/precision.json.
+* Precision and processes: ``user_dir.machine`` (AMP or a cached bfloat16 probe on a CPU; NPROC, NNODES).
 """
 import argparse
 import ast
 import contextlib
 import io
-import json
 import math
 import os
-import platform
-import re
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -53,22 +47,22 @@ from omegaconf import OmegaConf
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
-from user_dir.files import TRAINING_CHECKPOINT, OutputError, atomic_write, make_folder
+from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
+from user_dir.machine import CPU_CHOICES, distributed, env_number, precision, precision_name, world
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, RNNSeq2SeqModel, check_config, check_dictionaries
 from user_dir.patches.checkpoints import as_dict, misfit, option_differences
 from user_dir.patches.config_defaults import fill_defaults
-from user_dir.workflow import DONE, ROOT, USER_DIR, binarized, language_pair, lines, prepared_record
+from user_dir.prepared import prepared_record
+from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, binarized, language_pair
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
 ARCH = "rnn_seq2seq_multi30k"
+LAUNCHER = ".launcher"  # ARGS_FILE.launcher: "torchrun" or "fairseq-train", what starts the processes
 VALIDATE_EVERY = 200  # updates between validations, about (whole epochs, or updates for long epochs)
 MIN_VALIDATIONS = 5  # a run short in epochs still validates (selects, stops early, shrinks the rate) this often
 LONG_EPOCH = 2000  # updates an epoch above which validation and checkpoints go by updates
 MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs); Multi30k: 9 x 279 -> 2,500
 SMALL = 10_000  # pairs below which the learning rate waits one more validation before it shrinks
-BF16_MARGIN = 1.05  # bfloat16 must be this much faster: float32 is exact, and probes are noisy
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fairseq-rnn-seq2seq" / "precision.json"
-CPU_CHOICES = [["--cpu"], ["--cpu", "--amp"]]  # the precision options a CPU may get (precision())
 COMPONENTS = {"criterion": "criterion", "optimizer": "optimizer", "lr-scheduler": "lr_scheduler"}
 # the recipe's fixed options (section, field of configs/multi30k.yaml)
 FIXED = [("optimization", "lr"), ("optimization", "clip_norm"), ("dataset", "max_tokens"),
@@ -100,11 +94,12 @@ def recipe() -> tuple[dict, list[str]]:
     return ours, [x for section, field in FIXED for x in cli(field, cfg[section][field])]
 
 
-def components(chosen: dict, lr_patience: int, warmup: int) -> list[str]:
-    """The recipe's criterion, optimizer and scheduler with their options; where the user chose another
-    one (CHOSEN: kind -> name), only the options that one defines (fairseq-train refuses the others)."""
+def components(recipe_components: dict, chosen: dict, lr_patience: int, warmup: int) -> list[str]:
+    """The recipe's criterion, optimizer and scheduler with their options (RECIPE_COMPONENTS, from
+    :func:`recipe`); where the user chose another one (CHOSEN: kind -> name), only the options that
+    one defines (fairseq-train refuses the others)."""
     args = []
-    for kind, (ours, recipe_options) in recipe()[0].items():
+    for kind, (ours, recipe_options) in recipe_components.items():
         values = dict(zip(recipe_options[::2], recipe_options[1::2]))
         if kind == "lr-scheduler":
             values.update({"--lr-patience": str(lr_patience), "--warmup-updates": str(warmup)})
@@ -185,21 +180,6 @@ def check_ends(plan: argparse.Namespace) -> None:
                          "(BUDGET_HOURS) ends the run: give --max-update N or --max-epoch N")
 
 
-def env_number(name: str, kind: type, minimum: float, meaning: str) -> float | None:
-    """The environment variable NAME as a KIND >= MINIMUM (None: unset), in ASCII digits as train.sh's
-    bash reads it too (Python alone would take "2_0" as 20), else one line with MEANING."""
-    text = os.environ.get(name, "")
-    if not text:
-        return None
-    try:
-        value = kind(text) if text.isascii() and "_" not in text and text.strip() == text else None
-    except ValueError:
-        value = None
-    if value is None or value < minimum or (kind is float and not math.isfinite(value)):
-        raise SystemExit(f"error: {name}={text!r}: {meaning}")
-    return value
-
-
 def corpus(data: Path) -> dict:
     """Tokenization, training pairs and tokens of DATA_BIN (prepare.json where prepare.py made it)."""
     made = prepared_record(data)  # an unreadable record: one error line
@@ -214,94 +194,6 @@ def corpus(data: Path) -> dict:
     where = "prepare.json" if made else "detected"  # sizes copied: they are views of the index's memory map
     return {"tokenization": tokenization, "pairs": len(sides[0]), "source": where,
             "sizes": tuple(np.array(side.sizes) for side in sides)}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def workload(bf16: bool, steps: int = 12) -> float:
-    """Seconds of one forward and backward of the kind of work rnn_seq2seq_multi30k does (recurrent
-    512-wide matrix products over steps, a 4k-word output layer), in float32 or bfloat16 autocast."""
-    g = torch.Generator().manual_seed(0)
-    x, w, u = (torch.randn(shape, generator=g) * 0.05 for shape in ((64, 512), (512, 1536), (512, 1536)))
-    out = torch.randn(512, 4000, generator=g) * 0.05
-    for p in (w, u, out):
-        p.requires_grad_(True)
-    start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        h, states = torch.zeros(64, 512), []
-        for _ in range(steps):
-            gates = x @ w + h @ u
-            h = torch.tanh(gates[:, :512]) * torch.sigmoid(gates[:, 512:1024])
-            states.append(h)
-        loss = torch.logsumexp(torch.cat(states) @ out, dim=-1).float().mean()
-    loss.backward()
-    return time.perf_counter() - start
-
-
-def probe(rounds: int = 3, repeats: int = 3) -> dict:
-    """Throughput of bfloat16 autocast relative to float32 (median of alternating rounds)."""
-    workload(False), workload(True)  # warm-up: first calls pick kernels
-    times = {False: [], True: []}
-    for _ in range(rounds):
-        for bf16 in (False, True):
-            times[bf16].append(sum(workload(bf16) for _ in range(repeats)))
-    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"bf16_speedup": round(median[False] / median[True], 3)}
-
-
-def amp_setting() -> str:
-    """AMP: "1", "0" or "" (unset), anything else refused in one line, on every device."""
-    amp = os.environ.get("AMP", "")
-    if amp not in ("", "0", "1"):
-        raise SystemExit(f"error: AMP={amp!r}: 1 forces bfloat16 autocast on a CPU (float16 on a GPU), 0 float32, "
-                         "unset chooses (measured on a CPU, float16 on a GPU)")
-    return amp
-
-
-def resumed_precision(common) -> list[str] | None:
-    """The precision options of a checkpoint's COMMON config that this machine can train with (None: none)."""
-    gpu = torch.cuda.is_available()
-    if common.get("fp16") or common.get("memory_efficient_fp16"):
-        return ["--fp16"] if gpu else None
-    if common.get("bf16"):
-        return None
-    return (["--amp"] if common.get("amp") else []) if gpu else CPU_CHOICES[bool(common.get("amp"))]
-
-
-def cpu_precision(measure: bool = True) -> tuple[bool | None, str]:
-    """(bfloat16 autocast?, why) from AMP or the cached probe; (None, why) when only a probe can tell
-    and MEASURE is false."""
-    amp = amp_setting()
-    if amp:
-        return amp == "1", f"AMP={amp}"
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return False, "this CPU has no bfloat16 instructions"
-    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-    try:
-        cache = json.loads(CACHE.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    how = "cached"
-    if key not in cache and not measure:
-        return None, f"not measured yet on {key}"
-    if key not in cache:
-        cache[key], how = probe(), "measured now"
-        try:
-            CACHE.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(CACHE, "w") as f:  # concurrent runs never read half a file
-                f.write(json.dumps(cache, indent=2))
-        except OSError:
-            how += ", not cached"
-    speedup = cache[key]["bf16_speedup"]
-    return speedup >= BF16_MARGIN, f"probe: bfloat16 at {speedup:.2f}x float32's speed on {key} ({how}, {CACHE})"
 
 
 def writable_folder(save: Path) -> None:
@@ -407,7 +299,7 @@ def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict) -> s
     if 0 < plan.stop_time_hours < saved["hours"]:
         done.append(f"{saved['hours']:.3f} training hours of --stop-time-hours {plan.stop_time_hours} (BUDGET_HOURS)")
     marker = path.parent / DONE
-    if (marker.is_file() and marker.read_text() in [lines(argv) for argv in argvs]
+    if (marker.is_file() and marker.read_text() in [argv_text(argv) for argv in argvs]
             and path.stat().st_mtime_ns <= marker.stat().st_mtime_ns):
         done.append(f"{saved['updates']} updates, and this command finished there ({marker})")
     return f"{path} holds {done[0]}" if done else None
@@ -434,75 +326,13 @@ def schedule(plan: argparse.Namespace, epoch: int, total: int) -> list[str]:
     """Validation and epoch checkpoints about every VALIDATE_EVERY updates (at least MIN_VALIDATIONS
     times a run), in whole epochs, or by updates for long epochs; the last epoch of --max-epoch included."""
     if epoch > LONG_EPOCH:
-        every = str(VALIDATE_EVERY * 10)
-        return ["--validate-interval-updates", every, "--save-interval-updates", every, "--keep-interval-updates", "5"]
-    every = max(1, min(round(VALIDATE_EVERY / epoch), total // (MIN_VALIDATIONS * epoch)))
-    while plan.max_epoch and plan.max_epoch % every:
-        every -= 1
-    return ["--validate-interval", str(every), "--save-interval", str(every)]
-
-
-def precision(gpu: bool, measure: bool = True, saved: dict | None = None) -> tuple[list[str] | None, str]:
-    """fairseq-train's precision options for training on a GPU or the CPU and AMP, and why; None when
-    only a probe can tell and MEASURE is false. Without AMP, a resumed run (SAVED) keeps its checkpoint's."""
-    amp = amp_setting()
-    kept = resumed_precision(saved["cfg"]["common"]) if saved and saved["optimizer"] and not amp else None
-    if kept is not None:
-        return kept, f"as {saved['path']} was trained"
-    if gpu:
-        return ([], "AMP=0, GPU") if amp == "0" else (["--fp16"], "GPU")
-    bf16, why = cpu_precision(measure)
-    return (None if bf16 is None else CPU_CHOICES[bf16]), why
-
-
-def world(gpus: int, given: int | None, slurm: bool) -> tuple[int, bool]:
-    """The processes fairseq-train trains in (on GPUS GPUs; 0: the CPU) and whether torchrun starts
-    them: NPROC on each of NNODES machines, else fairseq-train's own (--distributed-world-size
-    GIVEN, at most one per GPU; unset, one per GPU). SLURM (fairseq's own multi-node): as GIVEN."""
-    nproc = env_number("NPROC", int, 1, "the number of processes, a whole number >= 1")
-    nnodes = int(env_number("NNODES", int, 1, "the number of machines, a whole number >= 1") or 1)
-    if nproc is None and nnodes > 1:
-        raise SystemExit(f"error: NNODES={nnodes} without NPROC: give NPROC too, the processes on each machine "
-                         "(torchrun starts them)")
-    if nnodes > 1 and not rendezvous(os.environ.get("TORCHRUN_ARGS", "")):
-        raise SystemExit(f"error: NNODES={nnodes} without a rendezvous: give TORCHRUN_ARGS=\"--rdzv-backend c10d "
-                         "--rdzv-endpoint HOST:PORT --rdzv-id NAME\" (the same on every machine; docs/training.md)")
-    if nproc is None and slurm:
-        return given or max(1, gpus), False
-    if nproc is None:
-        size = max(1, gpus) if given is None else given
-        if size > max(1, gpus):
-            raise SystemExit(f"error: --distributed-world-size {given}: fairseq-train starts its own processes one per "
-                             f"GPU, and {gpus} GPU(s) train here" + (
-                                 f"; on the CPU, NPROC={given} starts them through torchrun" if not gpus else ""))
-        return size, False
-    if gpus and nproc > gpus:
-        raise SystemExit(f"error: NPROC={nproc}: {gpus} GPU(s) here, and each process trains on one of its own "
-                         "(--cpu: processes on the CPU)")
-    size = int(nproc) * nnodes
-    if given is not None and given != size:
-        raise SystemExit(f"error: --distributed-world-size {given}: train.sh starts NPROC x NNODES = {size} "
-                         "process(es) (torchrun gives fairseq-train that number): leave the option out")
-    return size, size > 1
-
-
-def rendezvous(torchrun_args: str) -> bool:
-    """True when torchrun's options (or its PET_ variables) meet other machines: an endpoint or a
-    master address, and not --standalone (one machine)."""
-    endpoint = re.search(r"--(rdzv[-_]endpoint|master[-_]addr)\b", torchrun_args) or any(
-        name in os.environ for name in ("PET_RDZV_ENDPOINT", "PET_MASTER_ADDR"))
-    return bool(endpoint) and "--standalone" not in torchrun_args
-
-
-def distributed(size: int, gpus: int) -> list[str]:
-    """fairseq-train's options for SIZE processes on GPUS GPUs (0: the CPU), the size always given:
-    fairseq's default is one per visible GPU, even with --cpu."""
-    backend = ["nccl"] if gpus else ["gloo", "--ddp-backend", "legacy_ddp"]
-    return ["--distributed-world-size", str(size)] + (["--distributed-backend", *backend] if size > 1 else [])
-
-
-def precision_name(fp16: bool, amp: bool) -> str:
-    return "float16 (--fp16)" if fp16 else "bfloat16 autocast (--amp)" if amp else "float32"
+        interval = str(VALIDATE_EVERY * 10)
+        return ["--validate-interval-updates", interval, "--save-interval-updates", interval,
+                "--keep-interval-updates", "5"]
+    interval = max(1, min(round(VALIDATE_EVERY / epoch), total // (MIN_VALIDATIONS * epoch)))
+    while plan.max_epoch and plan.max_epoch % interval:
+        interval -= 1
+    return ["--validate-interval", str(interval), "--save-interval", str(interval)]
 
 
 def every(epochs: int, updates: int) -> str:
@@ -543,8 +373,9 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
             f"precision: {name}, " + (why if name == ours else "as given in the options"), processes]
 
 
-def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None, list[str]]:
-    """fairseq-train's arguments (None: the run is complete) and the lines that describe them."""
+def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None, list[str], bool]:
+    """fairseq-train's arguments (None: the run is complete), the lines that describe them, and whether
+    torchrun starts its processes."""
     info = corpus(data)
     patience = env_number("PATIENCE", int, 0, "a whole number of validations >= 0 (0: no early stopping)")
     budget = env_number("BUDGET_HOURS", float, 1e-9, "a number of hours > 0 (unset: no wall-clock limit)")
@@ -576,7 +407,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     recipe_scheduler = dict(zip(ours["lr-scheduler"][1][::2], ours["lr-scheduler"][1][1::2]))
     lr_patience = int(recipe_scheduler["--lr-patience"]) + (info["pairs"] < SMALL)
     warmup = min(int(recipe_scheduler["--warmup-updates"]), max(1, total // 10))
-    args += components({kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
+    args += components(ours, {kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
     args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
     saved = saved_progress(pre)
     machine, why = precision(gpus > 0, measure=False, saved=saved)  # a complete run is not probed
@@ -593,14 +424,15 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
         check_resume(plan, saved)
     done = complete(plan, argvs, saved) if saved is not None else None
     if done:
-        return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch trains on)"]
+        return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch "
+                      "trains on)"], False
     if machine is None:
         machine, why = precision(gpus > 0, saved=saved)
     argv = head + args + machine + scale + fixed + tail
     plan = plan if argv == argvs[0] else fairseq_options(argv)
     writable_folder(save)
     ours_name = precision_name("--fp16" in machine, "--amp" in machine)
-    return argv, describe(plan, info, sized, why, ours_name, torchrun)
+    return argv, describe(plan, info, sized, why, ours_name, torchrun), torchrun
 
 
 def main() -> None:
@@ -608,9 +440,10 @@ def main() -> None:
         print(__doc__)
         raise SystemExit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     args_file, data, save, *extra = sys.argv[1:]
-    argv, plan_lines = settings(Path(data).resolve(), Path(save), extra)
+    argv, plan_lines, torchrun = settings(Path(data).resolve(), Path(save), extra)
     if argv is not None:
-        Path(args_file).write_text(lines(argv))
+        Path(args_file).write_text(argv_text(argv))
+        Path(args_file + LAUNCHER).write_text("torchrun\n" if torchrun else "fairseq-train\n")
     print("".join(f"train.sh: {line}\n" for line in plan_lines), end="")
 
 

@@ -58,6 +58,6 @@ def plan(toy_bin, tmp_path, monkeypatch):
     def make(*extra: str, **env: str):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        argv, lines = settings(toy_bin, tmp_path / "save", list(extra))
+        argv, lines, _ = settings(toy_bin, tmp_path / "save", list(extra))
         return fairseq_options(argv), lines
     return make

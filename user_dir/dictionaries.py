@@ -86,6 +86,14 @@ def check_spm_model(dictionaries: dict[str, Dictionary], sp, model: str) -> None
         check_pieces(dictionary, vocabulary, model, side)
 
 
+def check_bpe_model(bpe, source: Dictionary, bpe_cfg) -> None:
+    """Refuse fairseq's sentencepiece BPE (``bpe.sp``) whose model, ``bpe_cfg.sentencepiece_model``,
+    did not make the SOURCE dictionary (:func:`check_spm_model`); any other BPE passes."""
+    sp = getattr(bpe, "sp", None)
+    if sp is not None:
+        check_spm_model({"source": source}, sp, bpe_cfg.sentencepiece_model)
+
+
 def unknown_share(sp, dictionary: Dictionary, lines: list[str]) -> float:
     """The share of the pieces of ``lines``, encoded with ``sp``, that ``dictionary`` lacks (<unk>
     to the model): near 0 with the model that made the dictionary, high with a larger one."""
@@ -108,6 +116,12 @@ def direction_record(source_lang: Optional[str], target_lang: Optional[str]) -> 
 def as_direction(record: torch.Tensor) -> str:
     """The ``SRC-TGT`` of a :func:`direction_record` ("" when empty)."""
     return bytes(record.float().round().clamp(0, 255).to(torch.uint8).tolist()).decode("utf-8", "replace")
+
+
+def directions_differ(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
+    """Whether two direction records name two directions; an empty or missing one (an older
+    checkpoint, data without languages) differs from none."""
+    return a is not None and b is not None and a.numel() > 0 and b.numel() > 0 and as_direction(a) != as_direction(b)
 
 
 def _share(test: Callable[[str], bool]) -> Callable[[list], bool]:

@@ -38,8 +38,9 @@ class TextError(Refusal, ValueError):
     """A line or file that is not text of one sentence a line; the message names the file and line."""
 
 
-def clean_line(line: str, where: str) -> str:
-    """``line`` normalised (see the module's docstring), or TextError naming ``where``."""
+def clean_line(line: str, where: str, empty: bool = False) -> str:
+    """``line`` normalised (see the module's docstring), or TextError naming ``where``; an empty
+    line only where EMPTY allows it (a system's translation may be empty, a sentence may not)."""
     for column, ch in enumerate(line, start=1):
         if ch in LINE_BREAKS:
             raise TextError(f"{where}, column {column}: line break character U+{ord(ch):04X} inside a line "
@@ -47,7 +48,7 @@ def clean_line(line: str, where: str) -> str:
         if ch != "\t" and unicodedata.category(ch) == "Cc":
             raise TextError(f"{where}, column {column}: control character U+{ord(ch):04X}")
     text = unicodedata.normalize("NFC", "".join(ch for ch in line if ch not in INVISIBLE))
-    if all(unicodedata.category(ch) in BLANK for ch in text):
+    if not empty and all(unicodedata.category(ch) in BLANK for ch in text):
         raise TextError(f"{where}: empty line" + (" (only invisible or space characters)" if line else ""))
     return text
 
@@ -91,7 +92,7 @@ def raw_lines(path: Path) -> list[bytes]:
     return rows
 
 
-def read_lines(path: Path) -> list[str]:
+def read_lines(path: Path, empty: bool = False) -> list[str]:
     """Every line of a UTF-8 text file (gzip-compressed or not), cleaned by :func:`clean_line`."""
     path = Path(path)
     rows = raw_lines(path)
@@ -105,5 +106,5 @@ def read_lines(path: Path) -> list[str]:
     lines = []
     for number, row in enumerate(rows, start=1):
         where = f"{path} line {number}"
-        lines.append(clean_line(decode(row.removesuffix(b"\r"), where), where))
+        lines.append(clean_line(decode(row.removesuffix(b"\r"), where), where, empty))
     return lines

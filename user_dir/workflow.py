@@ -8,8 +8,6 @@ need it import it when called, and the plugin registers itself then (``user_dir/
 script that never needs fairseq in its own process (``prepare.py``) starts, and refuses, at once.
 """
 import argparse
-import hashlib
-import json
 import re
 import subprocess
 import sys
@@ -17,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from .files import OutputError, WriteError, atomic_write, check_output, not_a_file
+from .files import OutputError, WriteError, atomic_write, check_output
 
 USER_DIR = Path(__file__).resolve().parent  # what fairseq's CLIs get as --user-dir
 ROOT = USER_DIR.parent  # the checkout: default places of runs/ and data next to it
@@ -106,158 +104,6 @@ def preprocess_command(src: str, tgt: str, prefixes: dict, destdir: Path, dictio
     return cmd + [x for split, prefix in prefixes.items() for x in (f"--{split}pref", str(prefix))]
 
 
-RECORD, PENDING = "prepare.json", ".prepare-pending.json"  # a finished preparation; one under way
-REMOVING = "removing"  # PENDING's mark of a run that removes older outputs before it makes its own
-RECORD_FORMAT = 2  # 2: hashes of the raw files and dictionaries, the outputs by name; none: older records
-RECORD_KEYS = {"src": str, "tgt": str, "vocab_size": int, "sentencepiece": str, "inputs": dict,
-               "tokenization": str, "pairs": dict, "raw": dict}
-RECORD_KEYS_2 = {"format": int, "outputs": list, "raw_sha256": dict, "dictionaries": dict}
-
-
-class Prepared(dict):
-    """A checked prepare.json, and the preparation folder it lies in (``folder``)."""
-
-    def __init__(self, record: dict, folder: Path):
-        super().__init__(record)
-        self.folder = folder
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _record_problem(record: dict, folder: Path) -> Optional[str]:
-    """What is wrong with prepare.json's content ``record`` of FOLDER (keys, types, paths that
-    leave FOLDER, the language pair and dictionaries of FOLDER/bin), or None."""
-    keys = {**RECORD_KEYS, **(RECORD_KEYS_2 if "format" in record else {})}
-    for key, kind in keys.items():
-        if type(record.get(key)) is not kind:  # exact: True is not a size
-            return f"'{key}' is missing or not a {kind.__name__}"
-    src, tgt = record["src"], record["tgt"]
-    if not (LANGUAGE.fullmatch(src) and LANGUAGE.fullmatch(tgt)) or src == tgt:
-        return f"'src' {src!r} and 'tgt' {tgt!r} are not two language codes"
-    if "format" in record and record["format"] != RECORD_FORMAT:
-        return f"format {record['format']} is not {RECORD_FORMAT}"
-    for split, sides in record["raw"].items():
-        if not isinstance(sides, dict) or set(sides) != {src, tgt}:
-            return f"'raw' of split {split!r} does not name one file for each of {src} and {tgt}"
-        for path in sides.values():
-            if not isinstance(path, str) or not (folder / path).resolve().is_relative_to(folder.resolve()):
-                return f"the path {path!r} of split {split!r} is not a file inside {folder}"
-    return _bin_problem(record, folder / "bin")
-
-
-def _bin_problem(record: dict, data_bin: Path) -> Optional[str]:
-    """What in DATA_BIN contradicts the record (the language pair, a split, a dictionary), or None."""
-    src, tgt = record["src"], record["tgt"]
-    if not list(data_bin.glob("*.*-*.*.idx")):
-        return f"{data_bin} holds no fairseq-preprocess output"
-    pair = language_pair(data_bin)
-    if pair != (src, tgt):
-        return f"it says {src}->{tgt}, but {data_bin} holds {'->'.join(pair)}"
-    for split in record["pairs"]:
-        if not (data_bin / f"{split}.{src}-{tgt}.{tgt}.idx").is_file():
-            return f"its split {split!r} is not in {data_bin}"
-    for name, digest in record.get("dictionaries", {}).items():
-        if not (data_bin / name).is_file() or sha256_file(data_bin / name) != digest:
-            return f"{data_bin / name} is not the dictionary prepare.py made (its SHA-256 differs)"
-    return None
-
-
-def prepared_record_path(data_bin: Path) -> Path:
-    """Where scripts/prepare.py records what it made, for DATA_BIN = OUT/bin: OUT/prepare.json."""
-    return Path(data_bin).resolve().parent / RECORD
-
-
-UNREADABLE = "it cannot be read"
-
-
-def read_json(path: Path) -> "dict | str":
-    """The JSON object in a record at PATH, or why it cannot be read (a str starting with UNREADABLE)."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        return f"{UNREADABLE} ({e})"
-    return record if isinstance(record, dict) else f"{UNREADABLE} (it is not a JSON object)"
-
-
-def checked_record(path: Path) -> tuple[dict, Optional[str]]:
-    """The prepare.json at PATH read once ({} if unreadable), and what is wrong with it: unreadable,
-    against its schema, or against the data beside it; None when it can be trusted."""
-    record = read_json(path)
-    if isinstance(record, str):
-        return {}, record
-    return record, _record_problem(record, path.parent)
-
-
-def record_problem(path: Path) -> Optional[str]:
-    """What is wrong with the prepare.json at PATH (:func:`checked_record`), or None."""
-    return checked_record(path)[1]
-
-
-def untrusted_record(path: Path, problem: str, otherwise: str) -> str:
-    """The one line for a prepare.json that cannot be trusted, with what works: prepare.py --overwrite
-    redoes a folder whose record it can read; one it cannot read names nothing it may delete."""
-    if problem.startswith(UNREADABLE):
-        how = f"prepare.py cannot tell what it made there: remove {path.parent} yourself and prepare it again"
-    else:
-        how = f"prepare {path.parent} again (prepare.py --overwrite)"
-    return f"error: {path} cannot be trusted: {problem}; {how}, or {otherwise}"
-
-
-def read_record(path: Path) -> dict:
-    """prepare.json at PATH, checked by :func:`checked_record` (SystemExit, one line, naming what is
-    wrong otherwise). Records of older prepare.py versions (no 'format') are accepted with the
-    checks their content allows; :func:`verified_raw` asks to update them."""
-    record, problem = checked_record(path)
-    if problem:
-        raise SystemExit(untrusted_record(path, problem, "give the data without it"))
-    return Prepared(record, path.parent)
-
-
-def prepared_record(data_bin: Path) -> dict:
-    """The checked prepare.json of OUT when DATA_BIN is OUT/bin made by scripts/prepare.py, else {};
-    SystemExit when OUT is a preparation that did not finish."""
-    record = prepared_record_path(data_bin)
-    if (record.parent / "bin").resolve() != Path(data_bin).resolve():
-        return {}
-    if not record.is_file():
-        if (record.parent / PENDING).exists():
-            raise SystemExit(f"error: {record.parent} is a preparation that did not finish (prepare.py failed or "
-                             "was interrupted): run the same prepare.py command again to finish it, or remove "
-                             f"{record.parent}")
-        return {}
-    return read_record(record)
-
-
-def verified_raw(record: dict, split: str, side: str) -> Path:
-    """The raw text of SPLIT's SIDE ('src' or 'tgt') that prepare.py kept, checked against the
-    SHA-256 it recorded, so that no edited or replaced file is used as a reference (``record``:
-    from :func:`prepared_record`); SystemExit with one line otherwise."""
-    where = record.folder / RECORD
-    lang = record[side]
-    relative = record["raw"].get(split, {}).get(lang)
-    if relative is None:
-        raise SystemExit(f"error: {where} names no raw text of split '{split}' (it has "
-                         f"{', '.join(record['raw']) or 'none'})")
-    path = record.folder / relative
-    digest = record.get("raw_sha256", {}).get(split, {}).get(lang)
-    if digest is None:
-        raise SystemExit(f"error: {where} records no SHA-256 of {relative} (an older prepare.py wrote it): run the "
-                         "same prepare.py command again to add it, or give the reference (--ref)")
-    why = not_a_file(path)
-    if why is not None:
-        raise SystemExit(f"error: {path} {why}: run the same prepare.py command with --overwrite to make it again")
-    if sha256_file(path) != digest:
-        raise SystemExit(f"error: {path} was changed after prepare.py wrote it (its SHA-256 is not the one in "
-                         f"{where}): restore it (prepare.py --overwrite), or give the reference (--ref)")
-    return path
-
-
 def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path) -> None:
     """fairseq-preprocess of the raw pair PREFIX.{src,tgt} as SPLIT into DESTDIR with DATA_BIN's
     dictionaries, so that the model sees exactly its training vocabulary."""
@@ -334,6 +180,17 @@ def split_size(data_bin: Path, subset: str) -> int:
     return len(dataset)
 
 
+def generated(output: list[str], kind: str) -> dict[int, str]:
+    """The text of fairseq-generate's first KIND line of each sentence, by sentence id: ``S-``/``T-``
+    (``S-<id>\t<text>``) or ``H-``/``D-`` (``H-<id>\t<score>\t<text>``, best first)."""
+    found: dict[int, str] = {}
+    for line in output:
+        if line.startswith(kind) and "\t" in line:
+            sid, text = line.split("\t", 1)
+            found.setdefault(int(sid[len(kind):]), text.split("\t", 1)[1] if kind in ("H-", "D-") else text)
+    return found
+
+
 def generate_command(data_bin: Path, checkpoint: str, subset: str, beam: int, extra: list[str],
                      *options: str) -> list[str]:
     """fairseq-generate of DATA_BIN's SUBSET with the plugin, as evaluate.py and distill.py run it:
@@ -390,7 +247,7 @@ def save_figure(fig, path: Path, dpi: int) -> None:
 DONE = "train.done"  # in SAVE_DIR: the arguments of the last train.sh run that finished there
 
 
-def lines(argv: list[str]) -> str:
+def argv_text(argv: list[str]) -> str:
     """ARGV one argument a line, as train.sh's arguments file and SAVE_DIR/train.done hold it."""
     return "".join(a + "\n" for a in argv)
 

@@ -174,8 +174,8 @@ def test_evaluate_scores_the_best_hypothesis_whatever_the_extra_options(toy_bin,
     (["--hyp-out", "/nonexistent-folder/x.hyp"], r"cannot write /nonexistent-folder/x\.hyp"),
     (["--json", "."], r"cannot write \.: it is a folder"),
     (["--ref", TOY / "valid.tgt"], r"has 100 lines but the source has 203 sentences"),
-    (["--", "--quiet"], r"--quiet hides fairseq-generate's hypotheses"),
-    (["--", "--results-path", "/tmp/x"], r"--results-path hides"),
+    (["--", "--quiet"], r"--quiet after -- would contradict .*: it hides the hypotheses from evaluate\.py"),
+    (["--", "--results-path=/tmp/x"], r"--results-path after -- would contradict .*: it hides the hypotheses"),
 ])
 def test_evaluate_checks_everything_before_decoding(toy_bin, trained, args, message):
     base = ["--ref", TOY / "test.tgt"] if "--ref" not in args else []

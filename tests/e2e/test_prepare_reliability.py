@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, run
-from user_dir.workflow import prepared_record, verified_raw
+from user_dir.prepared import prepared_record, verified_raw
 
 PREPARE = ROOT / "scripts" / "prepare.py"
 
@@ -133,7 +133,7 @@ def test_outputs_without_a_record_are_never_deleted_even_with_overwrite(raw, tmp
 def test_an_overwrite_stopped_while_it_removes_is_redone_by_the_next_run(raw, prepared, tmp_path, monkeypatch):
     """The removal of older outputs is recorded before it starts and prepare.json goes first: one
     stopped half-way is never read as finished, and the next run redoes it, whatever its options."""
-    from scripts import prepare as script
+    from user_dir import prepared as record
     out = tmp_path / "out"
     shutil.copytree(prepared, out)
     made, removed = json.loads((out / "prepare.json").read_text()), []
@@ -144,9 +144,9 @@ def test_an_overwrite_stopped_while_it_removes_is_redone_by_the_next_run(raw, pr
         removed.append(path.name)
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
-    monkeypatch.setattr(script, "discard", discard)
+    monkeypatch.setattr(record, "discard", discard)
     with pytest.raises(KeyboardInterrupt):
-        script.begin(out, {**made, "vocab_size": 41}, made)
+        record.begin(out, {**made, "vocab_size": 41}, made)
     assert removed == ["prepare.json", "raw"] and (out / "bin").is_dir()
     with pytest.raises(SystemExit, match="did not finish"):
         prepared_record(out / "bin")

@@ -350,3 +350,23 @@ def test_train_sh_takes_another_criterion_optimizer_or_scheduler(prepared, tmp_p
         got = vars(cfg[section]) if isinstance(cfg[section], Namespace) else cfg[section]
         assert got.get("_name", got.get(section)) == name
         assert {k: got[k] for k in values} == values
+
+
+def test_hub_takes_the_sentencepiece_model_a_checkpoint_or_the_caller_names(trained_dir, tmp_path):
+    """No spm.model in the folder: the one the checkpoint was trained with (--bpe sentencepiece), or
+    sentencepiece_model= alone, encodes the text, checked against the dictionary like the folder's."""
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
+
+    bare = tmp_path / "model"
+    for folder in ("bin", "ckpt"):
+        shutil.copytree(trained_dir / folder, bare / folder)
+    model = str(trained_dir / "spm.model")
+    expected = RNNSeq2SeqModel.from_pretrained(str(trained_dir)).translate(["eins zwei"], beam=2)
+    assert RNNSeq2SeqModel.from_pretrained(str(bare), sentencepiece_model=model).translate(
+        ["eins zwei"], beam=2) == expected
+    path = bare / "ckpt" / "checkpoint_best.pt"
+    state = torch.load(path, weights_only=False)
+    state["cfg"]["bpe"] = {"_name": "sentencepiece", "sentencepiece_model": model,
+                           "sentencepiece_enable_sampling": False, "sentencepiece_alpha": None}
+    torch.save(state, path)
+    assert RNNSeq2SeqModel.from_pretrained(str(bare)).translate(["eins zwei"], beam=2) == expected

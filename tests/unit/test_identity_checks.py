@@ -36,6 +36,19 @@ def test_an_unknown_direction_on_either_side_loads(task, saved, loading):
     assert as_direction(model.state_dict()[DIRECTION_KEY]) == ("-".join(loading) if loading[0] else "")
 
 
+def test_averaging_compares_directions_as_loading_does(task):
+    """scripts/average_checkpoints.py: an unknown direction mixes with a known one (which the
+    average keeps), two known ones that differ are refused, whichever state comes first."""
+    from scripts.average_checkpoints import identities, same_identity
+
+    unknown, de_en, en_de = (build(with_languages(task, *pair)).state_dict()
+                             for pair in ((None, None), ("de", "en"), ("en", "de")))
+    same_identity([("a.pt", unknown), ("b.pt", de_en)])
+    assert as_direction(identities([unknown, de_en])[DIRECTION_KEY]) == "de-en"
+    with pytest.raises(SystemExit, match=r"^error: c.pt translates en-de but b.pt de-en: checkpoints of different"):
+        same_identity([("a.pt", unknown), ("b.pt", de_en), ("c.pt", en_de)])
+
+
 def spm_of(lines: list[str], path: Path) -> tuple[spm.SentencePieceProcessor, Dictionary]:
     """A 30-piece sentencepiece model of LINES and the dictionary of the pieces it makes of them."""
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(path), vocab_size=30,

@@ -24,7 +24,7 @@ from scripts.train_settings import (
     settings,
     writable_folder,
 )
-from user_dir import workflow
+from user_dir import machine, workflow
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
 from user_dir.patches.distributed import config_allowed
 
@@ -71,9 +71,9 @@ def test_hold_out_defaults_and_refusals():
 
 def test_components_keep_only_the_options_a_chosen_component_defines():
     names = {"criterion": "masked_ce", "optimizer": "adam", "lr-scheduler": "reduce_lr_on_plateau"}
-    ours = components(names, lr_patience=1, warmup=10)
+    ours = components(recipe()[0], names, lr_patience=1, warmup=10)
     assert ours[ours.index("--lr-patience") + 1] == "1" and ours[ours.index("--warmup-updates") + 1] == "10"
-    cosine = components({**names, "lr-scheduler": "cosine"}, lr_patience=0, warmup=10)
+    cosine = components(recipe()[0], {**names, "lr-scheduler": "cosine"}, lr_patience=0, warmup=10)
     assert "--lr-patience" not in cosine and "--warmup-updates" in cosine
 
 
@@ -150,7 +150,7 @@ def test_the_processes_planned_are_those_started(launch_env, gpus, given, slurm,
     """NPROC x NNODES through torchrun; unset, fairseq-train's own start: --distributed-world-size
     as given, else one process per GPU (0 GPUs: the CPU, one)."""
     launch_env(env)
-    assert train_settings.world(gpus, given, slurm) == expect
+    assert machine.world(gpus, given, slurm) == expect
 
 
 @pytest.mark.parametrize("gpus, given, env, message", [
@@ -168,7 +168,7 @@ def test_processes_fairseq_could_not_start_or_would_count_otherwise_are_refused(
                                                                                message):
     launch_env(env)
     with pytest.raises(SystemExit) as refused:
-        train_settings.world(gpus, given, slurm=False)
+        machine.world(gpus, given, slurm=False)
     text = str(refused.value)
     assert text.startswith("error: ") and message in text and "\n" not in text, text
 
@@ -180,7 +180,7 @@ def test_processes_fairseq_could_not_start_or_would_count_otherwise_are_refused(
     (2, 2, ["--distributed-world-size", "2", "--distributed-backend", "nccl"]),
 ])
 def test_fairseq_train_is_told_the_size_and_backend(size, gpus, options):
-    assert train_settings.distributed(size, gpus) == options
+    assert machine.distributed(size, gpus) == options
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the plan on a machine without GPUs")
@@ -193,6 +193,21 @@ def test_the_plan_trains_in_the_processes_train_sh_starts(plan, env, size, launc
     args, lines = plan("--max-update", "5", *(["--distributed-world-size", str(size)] if size > 1 else []), **env)
     assert args.distributed_world_size == size
     assert lines[-1] == f"processes: {size}" + (f" ({launcher}; {GLOO})" if launcher else ""), lines
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the plan on a machine without GPUs")
+@pytest.mark.parametrize("env, launcher", [({}, "fairseq-train"), ({"NPROC": "1"}, "fairseq-train"),
+                                           ({"NPROC": "2"}, "torchrun")])
+def test_train_sh_is_told_what_starts_the_processes(plan, toy_bin, tmp_path, monkeypatch, capsys, env, launcher):
+    """ARGS_FILE.launcher: train.sh starts what the plan decided, never a decision of its own."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args_file = tmp_path / "args"
+    monkeypatch.setattr("sys.argv", ["train_settings.py", str(args_file), str(toy_bin), str(tmp_path / "s"),
+                                     "--max-update", "5"])
+    train_settings.main()
+    assert (tmp_path / "args.launcher").read_text() == launcher + "\n" and args_file.read_text()
+    assert "train.sh: processes:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, env, message", [
@@ -262,13 +277,13 @@ def test_save_dir_must_be_a_writable_folder(tmp_path):
 def unmeasured(plan, tmp_path, monkeypatch):
     """A CPU with bfloat16 whose precision is not cached (AMP unset): a probe here fails the test."""
     monkeypatch.delenv("AMP")
-    monkeypatch.setattr(train_settings, "CACHE", tmp_path / "cache" / "precision.json")
+    monkeypatch.setattr(machine, "CACHE", tmp_path / "cache" / "precision.json")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     def probe() -> dict:
         raise AssertionError("probed")
-    monkeypatch.setattr(train_settings, "probe", probe)
+    monkeypatch.setattr(machine, "probe", probe)
 
 
 def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, monkeypatch, unmeasured):
@@ -277,10 +292,10 @@ def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, m
     command: tests/e2e/test_train_reliability.py."""
     save, extra = tmp_path / "save", ["--max-update", "5"]
     monkeypatch.setenv("AMP", "1")  # what the earlier run measured
-    argv, _ = settings(toy_bin, save, extra)
+    argv, _, _ = settings(toy_bin, save, extra)
     monkeypatch.delenv("AMP")
     (save / "checkpoint_last.pt").write_bytes(b"")
-    (save / workflow.DONE).write_text(workflow.lines(argv))
+    (save / workflow.DONE).write_text(workflow.argv_text(argv))
     progress = {"path": save / "checkpoint_last.pt", "updates": 5, "epochs": 1, "hours": 0.0,
                 "cfg": {"common": {"amp": True, "fp16": False}}, "optimizer": True}
     monkeypatch.setattr(train_settings, "saved_progress", lambda plan: progress)
@@ -289,9 +304,9 @@ def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, m
         f"the run is complete: {save}/checkpoint_last.pt holds 5 updates of --max-update 5; nothing to do "
         "(a larger --max-update or --max-epoch trains on)"]
     progress["updates"] = 3  # stopped early
-    argv, lines = settings(toy_bin, save, extra)
+    argv, lines, _ = settings(toy_bin, save, extra)
     assert argv is None and "this command finished there" in lines[0]
-    argv, lines = settings(toy_bin, save, [*extra, "--log-interval", "1"])  # trains on, as the checkpoint was
+    argv, lines, _ = settings(toy_bin, save, [*extra, "--log-interval", "1"])  # trains on, as the checkpoint was
     assert "--amp" in argv
     assert f"precision: bfloat16 autocast (--amp), as {save}/checkpoint_last.pt was trained" in lines
     monkeypatch.setattr(train_settings, "saved_progress", lambda plan: None)

@@ -50,3 +50,14 @@ def test_damaged_gzip_is_named(tmp_path):
     path.write_bytes(gzip.compress(b"ein hund\n" * 100)[:30])
     with pytest.raises(TextError, match=rf"{path}: cannot be read"):
         read_lines(path)
+
+
+def test_a_system_output_may_hold_empty_translations(tmp_path):
+    """evaluate.py's --hyp-out writes an empty translation as an empty line: readers of system
+    output (lab/bleu_by_length.py) take it, every other problem is still named."""
+    path = tmp_path / "test.hyp"
+    path.write_bytes("a dog\n\n\u200b\nthe cat\n".encode())
+    assert read_lines(path, empty=True) == ["a dog", "", "", "the cat"]
+    path.write_bytes(b"a dog\n\nk\xe4se\n")
+    with pytest.raises(TextError, match=r"line 3, column 2: not UTF-8"):
+        read_lines(path, empty=True)

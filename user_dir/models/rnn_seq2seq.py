@@ -24,9 +24,10 @@ from ..dictionaries import (
     DIRECTION_KEY,
     as_direction,
     as_hex,
+    check_bpe_model,
     check_post_process,
-    check_spm_model,
     direction_record,
+    directions_differ,
     fingerprint,
     uses_sentencepiece,
 )
@@ -218,17 +219,14 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
             raise FileNotFoundError(f"from_pretrained: data folder {data} (dict.*.txt) does not exist: "
                                     "pass data_name_or_path=")
         checked_ensemble(checkpoint_file, model_dir, contents=False)  # read once, by the load that follows
-        spm_model = os.path.join(model_dir, "spm.model")
-        if os.path.exists(spm_model) and "bpe" not in kwargs:
-            kwargs.setdefault("bpe", "sentencepiece")
-            kwargs.setdefault("sentencepiece_model", spm_model)
+        spm_model = kwargs.get("sentencepiece_model") or os.path.join(model_dir, "spm.model")
+        if "bpe" not in kwargs and ("sentencepiece_model" in kwargs or os.path.exists(spm_model)):
+            kwargs.update(bpe="sentencepiece", sentencepiece_model=spm_model)
         kwargs.setdefault("eval_bleu", False)  # a training option: no validation BLEU decoder to build here
         loaded = hub_utils.from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)
         hub = RNNSeq2SeqHub(loaded["args"], loaded["task"], loaded["models"])  # fairseq's, arguments checked
-        sp = getattr(hub.bpe, "sp", None)
-        if sp is not None:
-            check_spm_model({"source": hub.task.source_dictionary}, sp, kwargs["sentencepiece_model"])
-        elif hub.bpe is None and uses_sentencepiece(hub.task.target_dictionary):
+        check_bpe_model(hub.bpe, hub.task.source_dictionary, hub.cfg.bpe)  # also one the checkpoint names
+        if hub.bpe is None and uses_sentencepiece(hub.task.target_dictionary):
             raise FileNotFoundError(
                 f"{model_dir} holds a model trained on sentencepiece pieces but no spm.model: copy the "
                 "sentencepiece model there (or pass sentencepiece_model=PATH), else text goes in and out as pieces"
@@ -260,7 +258,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         """Refuse a checkpoint of another direction (de-en over en-de data: with joint dictionaries
         the fingerprints agree); one without the record (older) or data without languages passes."""
         ours = getattr(self, DIRECTION_KEY)
-        if saved is not None and saved.numel() and ours.numel() and as_direction(saved) != as_direction(ours):
+        if directions_differ(saved, ours):
             raise DataMismatch(f"the checkpoint translates {as_direction(saved)} (source-target), but the data is "
                              f"{as_direction(ours)}: use data of the model's direction (or the checkpoint of "
                              f"{as_direction(ours)})")

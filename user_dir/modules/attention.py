@@ -21,11 +21,9 @@ class Attention(nn.Module):
     """Weights ``softmax(score(s_t, h_s))`` over a source sentence's non-padding positions.
 
     Queries come as ``(N k) x H`` rows, row i reading source sentence ``i // k`` (k = 1 in
-    training, the beam size in beam search).
+    training, the beam size in beam search). A type is built as ``Type(query_dim, value_dim,
+    attention_dim, init)`` and calls :meth:`init_` once its parameters exist.
     """
-
-    def __init__(self, query_dim: int, value_dim: int, attention_dim: int, init: str):
-        super().__init__()
 
     def init_(self, init: str) -> None:
         """"uniform": every parameter U(-0.1, 0.1); "torch": keep torch's nn.Linear initialisation."""
@@ -59,7 +57,7 @@ class AdditiveAttention(Attention):
     """
 
     def __init__(self, query_dim: int, value_dim: int, attention_dim: int, init: str):
-        super().__init__(query_dim, value_dim, attention_dim, init)
+        super().__init__()
         self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)  # W_q
         self.key_proj = nn.Linear(value_dim, attention_dim, bias=False)  # W_k
         self.score = nn.Linear(attention_dim, 1, bias=False)  # v
@@ -83,7 +81,7 @@ class MultiplicativeAttention(Attention):
     """
 
     def __init__(self, query_dim: int, value_dim: int, attention_dim: int, init: str):
-        super().__init__(query_dim, value_dim, attention_dim, init)
+        super().__init__()
         self.key_proj = nn.Linear(value_dim, query_dim, bias=False)  # W
         self.init_(init)
 

@@ -27,12 +27,14 @@ validate their input as the file readers do, at the points every path passes thr
 * ``fairseq_cli.interactive.make_batches``: the warnings number sentences as fairseq-interactive's
   S- lines do, across its --buffer-size chunks (its datasets count from 0 in each).
 """
+import dataclasses
 import logging
 import math
 from typing import Callable
 
 import torch
 from fairseq import search, utils
+from fairseq.dataclass.configs import GenerationConfig
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks import FairseqTask
 from fairseq.tasks.translation import TranslationTask
@@ -43,8 +45,8 @@ from ..checkpoint_files import checked_ensemble
 from ..dictionaries import (
     PIECE_START,
     TokenizationError,
+    check_bpe_model,
     check_post_process,
-    check_spm_model,
     is_added,
     uses_sentencepiece,
 )
@@ -52,7 +54,7 @@ from ..errors import Refusal
 from . import replace
 from .refusals import in_one_line
 
-logger = logging.getLogger("user_dir.decoding")
+logger = logging.getLogger(__name__)
 _FOR_INFERENCE = "_user_dir_for_inference"  # set on the datasets made from typed or passed text
 # fairseq-interactive numbers its datasets' sentences from 0 in each --buffer-size chunk, adds the
 # chunk's first number when it prints S-/H- lines, and passes generate no ids (the batch's are in its
@@ -61,10 +63,10 @@ _chunk: dict = {"first": 0, "ids": None}  # the chunk's first number, the ids of
 _over_long: set = set()  # sentences answered empty for their length: not warned about again as empty
 
 
-# fairseq's defaults of the generation options that the rules read
-_GENERATION_DEFAULTS = {"beam": 5, "nbest": 1, "sampling": False, "sampling_topk": -1, "sampling_topp": -1.0,
-                        "temperature": 1.0, "max_len_a": 0, "max_len_b": 200, "min_len": 1, "print_alignment": None,
-                        "diverse_beam_groups": -1, "diversity_rate": -1.0, "match_source_len": False}
+# the generation options that the rules read, with fairseq's defaults
+_RULE_OPTIONS = ("beam", "nbest", "sampling", "sampling_topk", "sampling_topp", "temperature", "max_len_a",
+                 "max_len_b", "min_len", "print_alignment", "diverse_beam_groups", "diversity_rate", "match_source_len")
+_GENERATION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationConfig) if f.name in _RULE_OPTIONS}
 # fairseq-generate's and fairseq-interactive's main assert it before anything, --score-reference too; the
 # generator itself returns every sample (the hub and --eval-bleu take the best), so only the CLIs check it
 SAMPLING_RULE = (lambda o: o["sampling"] and o["nbest"] != o["beam"],
@@ -166,9 +168,7 @@ def _valid_generation_options_first(main):
 def _pieces_match_dictionaries(build_bpe):
     def build_bpe_checked(self, args):
         bpe = build_bpe(self, args)
-        sp = getattr(bpe, "sp", None)  # fairseq's SentencepieceBPE
-        if sp is not None:
-            check_spm_model({"source": self.source_dictionary}, sp, args.sentencepiece_model)
+        check_bpe_model(bpe, self.source_dictionary, args)
         return bpe
 
     return build_bpe_checked
