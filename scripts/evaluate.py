@@ -174,8 +174,7 @@ def trigrams(text: str) -> set[str]:
 def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> None:
     """Refuse a reference that is not the target side of what is scored (another split or language
     of the same length, lines in another order): at least half its lines must share 30% of their
-    letter trigrams with their sentence's target. On Multi30k's test set the right reference passes
-    with 40% of the words <unk> (84% of the lines), another split or the source has no such line."""
+    letter trigrams with their sentence's target (margins: docs/troubleshooting.md)."""
     compared = [i for i in range(len(refs)) if i in sentences]  # a sentence a log lacks is named later
     if not compared:  # a split without a target side: nothing to compare with
         return
@@ -261,7 +260,7 @@ def prepared_defaults(args: argparse.Namespace) -> None:
         args.post_process = args.post_process or record["tokenization"]
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_bin", help="fairseq-preprocess output folder")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint, or several joined by ':' to decode with their ensemble")
@@ -279,7 +278,37 @@ def main() -> None:
                    "for data made by scripts/prepare.py: its tokenization, with --ref too)")
     p.add_argument("--hyp-out", type=Path, help="write hypotheses here, one per line, in corpus order")
     p.add_argument("--json", type=Path, help="write the scores as JSON here")
-    args, extra = p.parse_known_args()
+    return p
+
+
+def decode(args: argparse.Namespace, extra: list[str], refs: list[str], sources: list[str] | None) -> list[str]:
+    """The hypotheses of CHECKPOINT (an ensemble: decoded together) for --subset or --src-raw."""
+    with tempfile.TemporaryDirectory() as work:
+        data_bin, subset = args.data_bin, args.subset
+        if sources is not None:
+            data_bin, subset = binarize_raw(Path(args.data_bin), sources, refs, args.spm, Path(work)), "test"
+        checkpoint = fairseq_ensemble(split_ensemble(args.checkpoint), Path(work))
+        return generate(data_bin, checkpoint, subset, args.beam, args.post_process, args.batch_size, extra, len(refs))
+
+
+def write_outputs(args: argparse.Namespace, hyps: list[str], result: dict) -> None:
+    """--hyp-out (with the SHA-256 record beside it) and --json, each written whole or not at all."""
+    try:
+        if args.hyp_out:
+            text = "".join(h + "\n" for h in hyps).encode("utf-8")
+            with atomic_write(args.hyp_out) as f:
+                f.write(text)
+            with atomic_write(hypotheses_record(Path(args.hyp_out))) as f:
+                f.write(hashlib.sha256(text).hexdigest().encode() + b"\n")
+        if args.json:
+            with atomic_write(args.json, "w") as f:
+                f.write(json.dumps(result, indent=2) + "\n")
+    except WriteError as e:
+        raise SystemExit(f"error: {e}")
+
+
+def main() -> None:
+    args, extra = parser().parse_known_args()
     if (args.checkpoint is None) == (args.generate_log is None):  # named before what either needs
         raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score: "
                          + ("not both" if args.checkpoint else "neither is given"))
@@ -293,13 +322,7 @@ def main() -> None:
     except (TextError, CheckpointError, OutputError, TokenizationError) as e:
         raise SystemExit(f"error: {e}")
     if hyps is None:
-        with tempfile.TemporaryDirectory() as work:
-            data_bin, subset = args.data_bin, args.subset
-            if sources is not None:
-                data_bin, subset = binarize_raw(Path(args.data_bin), sources, refs, args.spm, Path(work)), "test"
-            checkpoint = fairseq_ensemble(split_ensemble(args.checkpoint), Path(work))
-            hyps = generate(data_bin, checkpoint, subset, args.beam, args.post_process, args.batch_size, extra,
-                            len(refs))
+        hyps = decode(args, extra, refs, sources)
     elif any(PIECE_START in h for h in hyps):
         raise SystemExit(f"error: {args.generate_log} holds sentencepiece pieces: decode with --post-process "
                          "sentencepiece, or the score is computed on pieces")
@@ -309,18 +332,7 @@ def main() -> None:
                 "post_process": args.post_process, "generate_args": extra})
     result.update(**made_by, source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}",
                   reference=os.path.abspath(args.ref), reference_sha256=reference_sha256)
-    try:
-        if args.hyp_out:
-            text = "".join(h + "\n" for h in hyps).encode("utf-8")
-            with atomic_write(args.hyp_out) as f:
-                f.write(text)
-            with atomic_write(hypotheses_record(Path(args.hyp_out))) as f:
-                f.write(hashlib.sha256(text).hexdigest().encode() + b"\n")
-        if args.json:
-            with atomic_write(args.json, "w") as f:
-                f.write(json.dumps(result, indent=2) + "\n")
-    except WriteError as e:
-        raise SystemExit(f"error: {e}")
+    write_outputs(args, hyps, result)
     print(f"{result['bleu_detail']}\n{result['bleu_signature']}\n"
           f"chrF2 = {result['chrf']}\n{result['chrf_signature']}\nsentences = {result['sentences']}")
 

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from user_dir.checkpoint_files import CheckpointError, absolute_ensemble
-from user_dir.workflow import check_figure, positive, save_figure, script_main
+from user_dir.workflow import check_figure, positive, pyplot, save_figure, script_main
 
 
 def attention(model_dir: Path, checkpoint: Path, sentence: str, beam: int):
@@ -47,12 +47,7 @@ def main() -> None:
         raise SystemExit("error: the sentence is empty: nothing to translate")
     check_figure(args.out, [args.model_dir, args.checkpoint])
     src, tgt, weights = attention(args.model_dir, args.checkpoint, args.sentence, args.beam)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(0.45 * len(src) + 2, 0.4 * len(tgt) + 1.5))
     ax.imshow(weights, cmap="Greys", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(src)), src, rotation=60, ha="right", fontsize=8)

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from user_dir.files import not_a_file
-from user_dir.workflow import check_figure, save_figure, script_main
+from user_dir.workflow import check_figure, pyplot, save_figure, script_main
 
 LINE = re.compile(r"\| (train|valid) \| epoch (\d+) \|(.*)")
 FIELD = re.compile(r"\| (\w+) (-?inf|nan|[-\d.]+)")
@@ -52,11 +52,7 @@ def parse(log: str) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
 
 
 def plot(curves: dict, out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for split, style in (("train", "-o"), ("valid", "-s")):
         epochs = sorted(curves[split])
@@ -76,11 +72,7 @@ def plot(curves: dict, out: Path, title: str) -> None:
 
 
 def plot_bleu_vs_minutes(runs: dict[str, dict], out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, curves in runs.items():
         epochs = sorted(e for e, v in curves["valid"].items() if "bleu" in v and "wall" in curves["train"].get(e, {}))

@@ -49,9 +49,14 @@ from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
 from user_dir.machine import CPU_CHOICES, distributed, env_number, precision, precision_name, world
-from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, RNNSeq2SeqModel, check_config, check_dictionaries
+from user_dir.models.rnn_seq2seq import (
+    RNNSeq2SeqConfig,
+    RNNSeq2SeqModel,
+    check_config,
+    check_dictionaries,
+    fill_defaults,
+)
 from user_dir.patches.checkpoints import as_dict, misfit, option_differences
-from user_dir.patches.config_defaults import fill_defaults
 from user_dir.prepared import prepared_record
 from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, binarized, language_pair
 
@@ -61,7 +66,7 @@ LAUNCHER = ".launcher"  # ARGS_FILE.launcher: "torchrun" or "fairseq-train", wha
 VALIDATE_EVERY = 200  # updates between validations, about (whole epochs, or updates for long epochs)
 MIN_VALIDATIONS = 5  # a run short in epochs still validates (selects, stops early, shrinks the rate) this often
 LONG_EPOCH = 2000  # updates an epoch above which validation and checkpoints go by updates
-MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs); Multi30k: 9 x 279 -> 2,500
+MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs) (docs/training.md)
 SMALL = 10_000  # pairs below which the learning rate waits one more validation before it shrinks
 COMPONENTS = {"criterion": "criterion", "optimizer": "optimizer", "lr-scheduler": "lr_scheduler"}
 # the recipe's fixed options (section, field of configs/multi30k.yaml)

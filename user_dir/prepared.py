@@ -119,7 +119,7 @@ def untrusted_record(path: Path, problem: str, otherwise: str) -> str:
     return f"error: {path} cannot be trusted: {problem}; {how}, or {otherwise}"
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path) -> Prepared:
     """prepare.json at PATH, checked by :func:`checked_record` (SystemExit, one line, naming what is
     wrong otherwise). Records of older prepare.py versions (no 'format') are accepted with the
     checks their content allows; :func:`verified_raw` asks to update them."""
@@ -129,7 +129,7 @@ def read_record(path: Path) -> dict:
     return Prepared(record, path.parent)
 
 
-def prepared_record(data_bin: Path) -> dict:
+def prepared_record(data_bin: Path) -> "Prepared | dict":
     """The checked prepare.json of OUT when DATA_BIN is OUT/bin made by scripts/prepare.py, else {};
     SystemExit when OUT is a preparation that did not finish."""
     record = prepared_record_path(data_bin)
@@ -144,7 +144,7 @@ def prepared_record(data_bin: Path) -> dict:
     return read_record(record)
 
 
-def verified_raw(record: dict, split: str, side: str) -> Path:
+def verified_raw(record: Prepared, split: str, side: str) -> Path:
     """The raw text of SPLIT's SIDE ('src' or 'tgt') that prepare.py kept, checked against the
     SHA-256 it recorded, so that no edited or replaced file is used as a reference (``record``:
     from :func:`prepared_record`); SystemExit with one line otherwise."""

@@ -235,6 +235,16 @@ def check_figure(path: Path, inputs: list[Path]) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
+def pyplot():
+    """matplotlib's pyplot drawing to files only (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: Path, dpi: int) -> None:
     """Write a matplotlib figure atomically (never half a file) in the format of its suffix."""
     try:

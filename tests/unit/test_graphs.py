@@ -1,4 +1,4 @@
-"""--decoder-graphs' bucketing on a CPU: a batch padded to its bucket (buckets.run_bucketed, what
+"""--decoder-graphs' bucketing on a CPU: a batch padded to its bucket (run_bucketed below, what
 every CUDA graph runs) gives the decoder's outputs and gradients unpadded, and the padding gets
 no gradient; a graph's inputs hold what padding gives, and a tensor already there unchanged is
 not copied again; which calls get a graph (a cap per mode, past it the plain unpadded call;
@@ -15,17 +15,32 @@ from helpers import batch, build, prev_tokens
 from user_dir.modules.beam import reorder
 from user_dir.modules.buckets import (
     EMBEDDINGS,
+    OUTPUTS,
     PADDING_MASK,
     PER_SENTENCE_TENSOR,
     STATE,
     WEIGHTS,
     Shape,
     bucket,
+    bucket_shape,
+    call_shape,
     pads_of,
-    run_bucketed,
     tensors_of,
 )
 from user_dir.modules.graphs import DecoderGraphs, Slots, StaticInputs, choose, mode_of
+
+
+def run_bucketed(fn, emb, encoder_out, cache=None, call=None):
+    """``fn(emb, encoder_out[, cache])`` on the call padded to its bucket, its outputs cut back: what
+    a graph computes, kernel by kernel (``call(fn, *padded)``, when given, runs ``fn``)."""
+    args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
+    actual = call_shape(emb, encoder_out)
+    shape = bucket_shape(actual, teacher_forcing=cache is None)
+    tensors, rebuild = tensors_of(args)
+    padded = rebuild([pad.grow(x, shape) for x, pad in zip(tensors, pads_of(args))])
+    outputs = fn(*padded) if call is None else call(fn, *padded)
+    return tuple(None if o is None else pad.block(o, actual) for pad, o in zip(OUTPUTS, outputs))
+
 
 CELLS_ATTENTION_LAYERS = [(cell, attention, layers) for cell in ("lstm", "gru")
                           for attention in ("none", "additive", "multiplicative") for layers in (1, 2)]

@@ -46,7 +46,7 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
         self.sentence_avg = sentence_avg
         self.eps = label_smoothing
 
-    def forward(self, model, sample, reduce: bool = True):
+    def forward(self, model: BaseFairseqModel, sample: dict, reduce: bool = True) -> Tuple[Tensor, int, dict]:
         """Returns ``(loss, sample_size, logging_output)``; with ``reduce=False`` the loss is
         one summed value per sentence (B,)."""
         if normalises_by_log_softmax(model):
@@ -63,7 +63,7 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
         }
         return (loss.sum() if reduce else loss), sample_size, logging_output
 
-    def compute_loss(self, model, net_output, sample) -> Tuple[Tensor, Tensor]:
+    def compute_loss(self, model: BaseFairseqModel, net_output: tuple, sample: dict) -> Tuple[Tensor, Tensor]:
         """Per-sentence (B,) smoothed loss and NLL, summed over non-padding positions."""
         lprobs = model.get_normalized_probs(net_output, log_probs=True)  # B x T x V
         target = model.get_targets(sample, net_output)                     # B x T
@@ -73,7 +73,7 @@ class MaskedCrossEntropyCriterion(FairseqCriterion):
         loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, reduce=False)  # B x T
         return masked_sum(loss, mask), masked_sum(nll_loss, mask)
 
-    def compute_loss_on_tokens(self, model, sample) -> Tuple[Tensor, Tensor]:
+    def compute_loss_on_tokens(self, model: BaseFairseqModel, sample: dict) -> Tuple[Tensor, Tensor]:
         """:meth:`compute_loss` with the output layer applied to non-padding positions only, for
         models that :func:`normalises_by_log_softmax`."""
         target = sample["target"]                                          # B x T

@@ -10,14 +10,16 @@ The context ``c`` is the encoder's final top-layer hidden state (``--decoder-att
 or at step t the attention over the encoder's outputs with the first decoder layer's previous
 state as query; it enters the same two places either way. The pieces live in ``user_dir/modules``.
 """
+import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
 from fairseq import hub_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
-from omegaconf import II
+from fairseq.tasks import FairseqTask
+from omegaconf import II, OmegaConf, open_dict
 
 from ..checkpoint_files import checked_ensemble
 from ..dictionaries import (
@@ -34,12 +36,11 @@ from ..dictionaries import (
 from ..errors import OptionError, Refusal
 from ..files import not_a_file
 from ..hub import RNNSeq2SeqHub
-from ..modules.attention import ATTENTIONS
+from ..modules.attention import ATTENTIONS, attention_help
 from ..modules.decoder import RNNDecoder, ties_output
 from ..modules.embeddings import embedding
 from ..modules.encoder import RNNEncoder
 from ..modules.recurrence import CELLS
-from ..patches.config_defaults import fill_defaults
 
 INITS = ("uniform", "torch")
 DECODER_RNN = ("auto", "loop", "fused")
@@ -79,12 +80,10 @@ class RNNSeq2SeqConfig(FairseqDataclass):
                                        "embeddings are shared)"}
     )
     decoder_attention: ChoiceEnum(["none", *ATTENTIONS]) = field(  # type: ignore[valid-type]
-        default="none", metadata={"help": "none: the context is the encoder's final state; additive: Bahdanau "
-                                          "attention over the encoder's outputs at every step; multiplicative: "
-                                          "Luong's general attention s^T W h"}
+        default="none", metadata={"help": attention_help()}
     )
     decoder_attention_dim: int = field(
-        default=256, metadata={"help": "size of the additive attention's hidden layer (unused by multiplicative)"}
+        default=256, metadata={"help": "size of the attention's hidden layer, where its type has one"}
     )
     decoder_rnn: ChoiceEnum(DECODER_RNN) = field(  # type: ignore[valid-type]
         default="auto", metadata={"help": "teacher-forced decoder without attention: loop (the context's term "
@@ -129,6 +128,16 @@ class DataMismatch(Refusal, ValueError):
     """A checkpoint's weights made for other data: another dictionary, or the other direction."""
 
 
+def fill_defaults(cfg, dataclass: type) -> None:
+    """Give ``cfg`` the default of every field of ``dataclass`` that it lacks: fairseq 0.12 merges the
+    defaults into the config of the base architecture only, so a preset's config (``--arch
+    rnn_seq2seq_multi30k``) or a checkpoint's written before an option existed lacks them."""
+    missing = [f for f in fields(dataclass) if not hasattr(cfg, f.name) and f.default is not MISSING]
+    with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
+        for f in missing:
+            setattr(cfg, f.name, f.default)
+
+
 def check_config(cfg: RNNSeq2SeqConfig) -> None:
     """Reject option combinations that cannot build a model, naming the option."""
     if cfg.encoder_layers != cfg.decoder_layers:
@@ -155,7 +164,6 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
                          f"== --decoder-embed-dim ({cfg.decoder_embed_dim})")
 
 
-
 def check_dictionaries(cfg: RNNSeq2SeqConfig, src_dict, tgt_dict) -> None:
     """Reject options the data's dictionaries cannot serve: one embedding for two vocabularies."""
     if cfg.share_all_embeddings and src_dict != tgt_dict:
@@ -179,13 +187,16 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         self.register_buffer(DIRECTION_KEY, direction_record(*languages))
 
     @classmethod
-    def build_model(cls, cfg: RNNSeq2SeqConfig, task):
+    def build_model(cls, cfg: RNNSeq2SeqConfig, task: FairseqTask) -> "RNNSeq2SeqModel":
         fill_defaults(cfg, RNNSeq2SeqConfig)
         check_config(cfg)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        check_dictionaries(cfg, src_dict, tgt_dict)
+        task_cfg = getattr(task, "cfg", None)  # its languages: given, or inferred from the data's file names
+        if getattr(task_cfg, "eval_bleu", False):  # validation BLEU on words joined wrongly picks the wrong best
+            check_post_process(tgt_dict, task_cfg.eval_bleu_remove_bpe, "--eval-bleu-remove-bpe")
         encoder_embed = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad(), cfg.init,
                                   output=cfg.share_all_embeddings)
-        check_dictionaries(cfg, src_dict, tgt_dict)
         if cfg.share_all_embeddings:
             decoder_embed = encoder_embed
         else:
@@ -193,14 +204,11 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
                                       output=ties_output(cfg))
         encoder = RNNEncoder(cfg, src_dict, encoder_embed)
         decoder = RNNDecoder(cfg, tgt_dict, decoder_embed, encoder.output_dim)
-        task_cfg = getattr(task, "cfg", None)  # its languages: given, or inferred from the data's file names
-        if getattr(task_cfg, "eval_bleu", False):  # validation BLEU on words joined wrongly picks the wrong best
-            check_post_process(tgt_dict, task_cfg.eval_bleu_remove_bpe, "--eval-bleu-remove-bpe")
         return cls(encoder, decoder, (getattr(task_cfg, "source_lang", None), getattr(task_cfg, "target_lang", None)))
 
     @classmethod
     def from_pretrained(cls, model_dir: str, checkpoint_file: str = "ckpt/checkpoint_best.pt",
-                        data_name_or_path: str = "./bin", **kwargs):
+                        data_name_or_path: str = "./bin", **kwargs) -> RNNSeq2SeqHub:
         """A fairseq hub interface over a model directory laid out by scripts/prepare.py and
         scripts/train.sh (``spm.model``, ``bin/``, ``ckpt/``)::
 

@@ -95,3 +95,9 @@ class MultiplicativeAttention(Attention):
 
 
 ATTENTIONS = {"additive": AdditiveAttention, "multiplicative": MultiplicativeAttention}
+
+
+def attention_help() -> str:
+    """--decoder-attention's help: each type's first docstring line."""
+    types = (f"{name}: {cls.__doc__.splitlines()[0].replace('``', '').rstrip('.')}" for name, cls in ATTENTIONS.items())
+    return "; ".join(["none: the context is the encoder's final state", *types])

@@ -1,9 +1,9 @@
 """Shape buckets and padding for ``--decoder-graphs``: a call's sizes rounded up to a few bucket
 sizes (rows, target and source lengths), each tensor of a call grown to its bucket by its own rule
-(:class:`Pad`), and the bucket's outputs cut back (:func:`run_bucketed`: a graph's computation,
-kernel by kernel). The padding changes nothing the caller sees: extra target positions come last
-(the decoder is causal), extra source positions are masked from attention, extra rows are zeros
-sliced off before anything reads them, so they get no gradient.
+(:class:`Pad`), and the bucket's outputs cut back (:meth:`Pad.block`). The padding changes nothing
+the caller sees: extra target positions come last (the decoder is causal), extra source positions
+are masked from attention, extra rows are zeros sliced off before anything reads them, so they
+get no gradient (tests/unit/test_graphs.py runs a call padded this way, kernel by kernel).
 """
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
@@ -54,15 +54,6 @@ def bucket_shape(actual: Shape, teacher_forcing: bool) -> Shape:
                  target=bucket(actual.target) if teacher_forcing else actual.target)
 
 
-def grow(x: Tensor, dim: int, size: int, value=0) -> Tensor:
-    """``x`` extended along ``dim`` to ``size`` with ``value``."""
-    if x.size(dim) == size:
-        return x
-    extra = list(x.shape)
-    extra[dim] = size - x.size(dim)
-    return torch.cat([x, x.new_full(extra, value)], dim=dim)
-
-
 def leading(x: Tensor, shape: torch.Size) -> Tensor:
     """The leading ``shape`` block of ``x``."""
     return x[tuple(slice(0, n) for n in shape)]
@@ -75,8 +66,13 @@ class Pad:
     steps: Tuple[Tuple[int, str, object], ...]
 
     def grow(self, x: Tensor, shape: Shape) -> Tensor:
+        """``x`` grown to its bucket ``shape``, a step at a time (a new tensor; :meth:`load` writes
+        the same into a bucket-shaped one)."""
         for dim, size, value in self.steps:
-            x = grow(x, dim, getattr(shape, size), value)
+            if x.size(dim) < getattr(shape, size):
+                extra = list(x.shape)
+                extra[dim] = getattr(shape, size) - x.size(dim)
+                x = torch.cat([x, x.new_full(extra, value)], dim=dim)
         return x
 
     def size(self, x: Tensor, shape: Shape) -> torch.Size:
@@ -144,21 +140,3 @@ def tensors_of(args: list) -> Tuple[List[Tensor], Callable[[List[Tensor]], list]
 def pads_of(args: list) -> List[Pad]:
     """How each of a call's tensors (in :func:`tensors_of`'s order) grows: once per capture."""
     return [pad_of(path) for path, x in tree_flatten_with_path(args)[0] if isinstance(x, Tensor)]
-
-
-def restore(outputs: Outputs, actual: Shape) -> Outputs:
-    """A bucket's outputs cut back to the call's sizes."""
-    return tuple(None if o is None else pad.block(o, actual) for pad, o in zip(OUTPUTS, outputs))
-
-
-def run_bucketed(fn: Callable[..., Outputs], emb: Tensor, encoder_out: Cache, cache: Optional[Cache] = None,
-                 call: Optional[Callable] = None) -> Outputs:
-    """``fn(emb, encoder_out[, cache])`` (B x T x E target embeddings; a cache: one decoding
-    step) on the call padded to its bucket, its outputs cut back: what a graph computes, kernel by
-    kernel (the tests' reference; ``call(fn, *padded)``, when given, runs ``fn``: their hook)."""
-    args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
-    actual = call_shape(emb, encoder_out)
-    shape = bucket_shape(actual, teacher_forcing=cache is None)
-    tensors, rebuild = tensors_of(args)
-    padded = rebuild([pad.grow(x, shape) for x, pad in zip(tensors, pads_of(args))])
-    return restore(fn(*padded) if call is None else call(fn, *padded), actual)

@@ -1,11 +1,12 @@
 """The decoder: at every step the RNN reads ``[target embedding ; context]``, starting from the
 encoder's final state; the context is fixed (the encoder's final state) or attention's."""
 from functools import partial
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.data import Dictionary
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor
 
@@ -17,6 +18,9 @@ from .lengths import by_length
 from .recurrence import ContextLinear, ContextRNN, pad_rows
 from .step_sums import StepSums, first_sentences, step_sum
 
+if TYPE_CHECKING:  # the config's class, without importing the model that imports this module
+    from ..models.rnn_seq2seq import RNNSeq2SeqConfig
+
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
@@ -26,7 +30,11 @@ def ties_output(cfg) -> bool:
 
 
 class RNNDecoder(FairseqIncrementalDecoder):
-    def __init__(self, cfg, dictionary, embed_tokens: nn.Embedding, context_dim: int):
+    """The RNN over ``[target embedding ; context]`` from the encoder's final state, teacher-forced
+    in training and a step at a time (an incremental state per hypothesis) in beam search."""
+
+    def __init__(self, cfg: "RNNSeq2SeqConfig", dictionary: Dictionary, embed_tokens: nn.Embedding,
+                 context_dim: int):
         super().__init__(dictionary)
         self.max_positions_ = cfg.max_target_positions
         self.padding_idx = dictionary.pad()

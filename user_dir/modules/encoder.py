@@ -1,10 +1,11 @@
 """The encoder: embeddings, a multi-layer (optionally bidirectional) RNN, and a bridge to the
 decoder's state size."""
-from typing import Dict
+from typing import TYPE_CHECKING, Dict
 
 import torch
 import torch.nn as nn
 from fairseq import utils
+from fairseq.data import Dictionary
 from fairseq.models import FairseqEncoder
 from torch import Tensor
 
@@ -13,11 +14,17 @@ from .embeddings import dropout_layer, embed_words
 from .lengths import rnn_by_length, unpad_like
 from .recurrence import RNN
 
+if TYPE_CHECKING:  # the config's class, without importing the model that imports this module
+    from ..models.rnn_seq2seq import RNNSeq2SeqConfig
+
 EncoderOut = Dict[str, object]
 
 
 class RNNEncoder(FairseqEncoder):
-    def __init__(self, cfg, dictionary, embed_tokens: nn.Embedding):
+    """Embeds the source, runs the RNN over its real positions, and bridges the final state of
+    every layer to the decoder's size (the outputs are kept for attention)."""
+
+    def __init__(self, cfg: "RNNSeq2SeqConfig", dictionary: Dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
         self.max_positions_ = cfg.max_source_positions
         self.padding_idx = dictionary.pad()

@@ -1,6 +1,6 @@
 """``--decoder-graphs``: the decoder on a GPU as CUDA graphs, one per shape bucket.
 
-On a GPU the step-by-step decoder spends its time launching some 20-30 small kernels per step
+On a GPU the step-by-step decoder spends its time launching each step's small kernels one by one
 from Python (docs/design.md, "On a GPU"). A CUDA graph replays a whole captured call (the
 teacher-forced decoder with its backward, or one beam-search step) as one launch. A graph has
 fixed shapes, so each call is written into its bucket's input tensors (:mod:`.buckets`: the
