@@ -152,8 +152,12 @@ def main() -> None:
     p.add_argument("--ema", type=Path, metavar="CHECKPOINT", help="write the EMA weights of this checkpoint")
     p.add_argument("--out", type=Path, help="output (default SAVE_DIR/checkpoint_avgN.pt)")
     args = p.parse_args()
-    if sum(x is not None for x in (args.inputs, args.last, args.ema)) != 1:
-        p.error("give SAVE_DIR with --last N, --inputs, or --ema")
+    chosen = [name for name, x in (("--last", args.last), ("--inputs", args.inputs), ("--ema", args.ema)) if x]
+    if len(chosen) != 1:
+        p.error("give one of SAVE_DIR with --last N, --inputs, or --ema" + (f" (not {' and '.join(chosen)})"
+                                                                             if chosen else ""))
+    if args.save_dir is not None and args.last is None:
+        p.error(f"SAVE_DIR {args.save_dir} goes with --last N only; {chosen[0]} names its checkpoints itself")
     if args.ema is not None:
         paths, out = [args.ema], args.out
         if out is None:

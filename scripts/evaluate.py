@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import sacrebleu
@@ -125,9 +126,8 @@ def earlier_scores(path: Path) -> bool:
 def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | None) -> tuple[list, list | None]:
     """Everything that can be wrong before decoding, each named; returns the reference lines
     and the --src-raw lines (None without it). LOG: the --generate-log's lines."""
-    if args.generate_log and (args.src_raw or extra):
-        raise SystemExit("error: --generate-log scores a finished decoding: "
-                         "--src-raw and fairseq-generate options do not apply")
+    if args.generate_log and extra:
+        raise SystemExit("error: --generate-log scores a finished decoding: fairseq-generate options do not apply")
     if not Path(args.data_bin).is_dir():
         raise SystemExit(f"error: DATA_BIN {args.data_bin} {not_a_file(args.data_bin) or 'is not a folder'}")
     for option, path in (("--ref", args.ref), ("--src-raw", args.src_raw), ("--spm", args.spm),
@@ -149,6 +149,7 @@ def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | No
         check_output(args.json, "--json", inputs, earlier_scores)
     target_dictionary = check_tokenization(args, sources)
     if log is not None:
+        check_log(log, args)
         check_reference(refs, generated(log, "T-"), f"the sentences of {args.generate_log}")
     elif sources is None:
         check_reference(refs, split_targets(Path(args.data_bin), args.subset, target_dictionary, args.post_process),
@@ -169,6 +170,20 @@ def trigrams(text: str) -> set[str]:
     what a raw reference and its binarized, tokenized form share."""
     text = "".join(text.replace("<unk>", " ").replace(PIECE_START, " ").replace("@@", "").lower().split())
     return {text[i:i + 3] for i in range(max(1, len(text) - 2))}
+
+
+def check_log(log: list[str], args: argparse.Namespace) -> None:
+    """Refuse a --generate-log that is not one whole decoding: a sentence decoded twice (two logs
+    appended), or no T- lines (the targets the reference is checked against) where the split has them."""
+    for kind in ("S-", "T-"):
+        seen = Counter(line.split("\t", 1)[0] for line in log if line.startswith(kind) and "\t" in line)
+        twice = next((sid for sid, n in seen.items() if n > 1), None)
+        if twice:
+            raise SystemExit(f"error: {args.generate_log} holds sentence {twice[2:]} more than once ({twice} lines: "
+                             "two decodings, e.g. appended with >>): give the output of one fairseq-generate run")
+    if not any(line.startswith("T-") for line in log) and binarized(Path(args.data_bin), args.subset, 1) is not None:
+        raise SystemExit(f"error: {args.generate_log} holds no T- lines: give fairseq-generate's whole output (the "
+                         "reference is checked against its T- lines, the targets of the sentences it decoded)")
 
 
 def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> None:
@@ -260,21 +275,36 @@ def prepared_defaults(args: argparse.Namespace) -> None:
         args.post_process = args.post_process or record["tokenization"]
 
 
+DECODING = {"beam": 5, "batch_size": 128, "post_process": "", "spm": None, "src_raw": None}  # options of decoding
+
+
+def decoding_defaults(args: argparse.Namespace) -> None:
+    """Refuse decoding options with --generate-log (a finished decoding: they would be ignored),
+    else give the unset ones their defaults."""
+    given = [f"--{name.replace('_', '-')}" for name in DECODING if getattr(args, name) is not None]
+    if args.generate_log and given:
+        raise SystemExit(f"error: --generate-log scores a finished decoding: {', '.join(given)} would not apply; "
+                         "leave it out")
+    for name, default in DECODING.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_bin", help="fairseq-preprocess output folder")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint, or several joined by ':' to decode with their ensemble")
-    p.add_argument("--generate-log", type=Path, help="score this fairseq-generate output (its D- lines) instead "
-                                                     "of decoding; it must cover the whole --subset")
+    p.add_argument("--generate-log", type=Path, help="score this fairseq-generate output instead of decoding: "
+                                                     "the whole output (D- and T- lines) of the whole --subset")
     p.add_argument("--ref", type=Path, help="raw reference text (.gz ok), one line per sentence (default for data "
                    "made by scripts/prepare.py: the raw text of --subset kept in OUT/raw, checked against the "
                    "SHA-256 recorded in OUT/prepare.json)")
     p.add_argument("--subset", default="test")
     p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
     p.add_argument("--spm", type=Path, help="sentencepiece model to encode --src-raw with")
-    p.add_argument("--beam", type=positive, default=5)
-    p.add_argument("--batch-size", type=positive, default=128)
-    p.add_argument("--post-process", default="", help="e.g. sentencepiece; empty for pre-tokenized data (default "
+    p.add_argument("--beam", type=positive, help=f"beam size (default {DECODING['beam']})")
+    p.add_argument("--batch-size", type=positive, help=f"sentences a batch (default {DECODING['batch_size']})")
+    p.add_argument("--post-process", help="e.g. sentencepiece; empty for pre-tokenized data (default "
                    "for data made by scripts/prepare.py: its tokenization, with --ref too)")
     p.add_argument("--hyp-out", type=Path, help="write hypotheses here, one per line, in corpus order")
     p.add_argument("--json", type=Path, help="write the scores as JSON here")
@@ -312,6 +342,7 @@ def main() -> None:
     if (args.checkpoint is None) == (args.generate_log is None):  # named before what either needs
         raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score: "
                          + ("not both" if args.checkpoint else "neither is given"))
+    decoding_defaults(args)
     prepared_defaults(args)
     extra = [a for a in extra if a != "--"]
     try:

@@ -12,7 +12,7 @@ and the end-of-sentence token) are drawn as they are; each row sums to 1.
 import argparse
 from pathlib import Path
 
-from user_dir.checkpoint_files import CheckpointError, absolute_ensemble
+from user_dir.checkpoint_files import CheckpointError, absolute_ensemble, split_ensemble
 from user_dir.workflow import check_figure, positive, pyplot, save_figure, script_main
 
 
@@ -21,11 +21,13 @@ def attention(model_dir: Path, checkpoint: Path, sentence: str, beam: int):
     from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel  # here: refusals before it need no fairseq
 
     try:
+        paths = split_ensemble(str(checkpoint))
         hub = RNNSeq2SeqModel.from_pretrained(str(model_dir), checkpoint_file=absolute_ensemble(str(checkpoint)))
     except (CheckpointError, FileNotFoundError, ValueError) as e:  # from_pretrained names what is wrong
         raise SystemExit(f"error: {e}") from None
-    if hub.models[0].decoder.attention is None:
-        raise SystemExit(f"error: {checkpoint} has no attention (--decoder-attention none): nothing to draw")
+    for path, model in zip(paths, hub.models):  # an ensemble's weights: the mean of its members'
+        if model.decoder.attention is None:
+            raise SystemExit(f"error: {path} has no attention (--decoder-attention none): nothing to draw")
     tokens = hub.encode(sentence)
     best = hub.generate([tokens], beam=beam)[0][0]
     if best["attention"].numel() == 0:  # answered with an empty translation (the warning says why)

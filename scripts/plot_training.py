@@ -11,7 +11,8 @@ validation included, summed over resumes; CPU-minutes for a one-thread run) and 
 
 Reads fairseq's end-of-epoch lines (``| train | epoch 003 | loss 5.1 | ...`` and
 ``| valid | epoch 003 | valid on 'valid' subset | loss ... | bleu 21.3 | ...``), in simple or
-tqdm/none log formats. A resumed run's repeated epochs keep their last values; a log that holds
+tqdm/none log formats, and fairseq-hydra-train's (``[...][train][INFO] - epoch 003 | ...``). A
+resumed run's repeated epochs keep their last values; a log that holds
 several runs (fairseq-train's "No existing checkpoint found" starts each) is plotted from its
 last run, and says so.
 """
@@ -22,7 +23,9 @@ from pathlib import Path
 from user_dir.files import not_a_file
 from user_dir.workflow import check_figure, pyplot, save_figure, script_main
 
-LINE = re.compile(r"\| (train|valid) \| epoch (\d+) \|(.*)")
+# fairseq-train's "... | INFO | train | epoch 003 | ..." or fairseq-hydra-train's "[...][train][INFO] - epoch 003 | ..."
+LINE = re.compile(r"(?:\| (?P<plain>train|valid) \||\]\[(?P<hydra>train|valid)\]\[\w+\] -) "
+                  r"epoch (?P<epoch>\d+) \|(?P<rest>.*)")
 FIELD = re.compile(r"\| (\w+) (-?inf|nan|[-\d.]+)")
 
 
@@ -43,7 +46,7 @@ def parse(log: str) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
             before = last
         m = LINE.search(line)
         if m:
-            split, epoch, rest = m.group(1), int(m.group(2)), "|" + m.group(3)
+            split, epoch, rest = m["plain"] or m["hydra"], int(m["epoch"]), "|" + m["rest"]
             values = {k: float(v) for k, v in FIELD.findall(rest)}
             if split == "train" and "wall" in values:
                 values["wall"] = last = before + values["wall"]
@@ -128,6 +131,10 @@ def main() -> None:
     if len(runs) == 1:
         plot(runs[labels[0]], out, args.title or labels[0])
     else:
+        for (label, curves), log in zip(runs.items(), args.log):  # else a legend entry without a line
+            if not any("bleu" in v for v in curves["valid"].values()):
+                raise SystemExit(f"error: {log} holds no validation BLEU (fairseq-train --eval-bleu): it cannot "
+                                 "be compared by BLEU; plot it alone for its losses")
         plot_bleu_vs_minutes(runs, out, args.title)
     print(f"wrote {out} (" + ", ".join(f"{label}: {len(c['train'])} epochs" for label, c in runs.items()) + ")")
 

@@ -276,38 +276,6 @@ def recipe(args: argparse.Namespace, sources: dict, data: dict[str, Pairs]) -> d
             "sentencepiece": spm.__version__, "inputs": inputs, "outputs": list(OUTPUTS)}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", type=Path, metavar="PREFIX",
-                   help="one file pair PREFIX.SRC, PREFIX.TGT: valid and test are held out from it")
-    for split in SPLITS:
-        optional = " (optional)" if split == "test" else ""
-        p.add_argument(f"--{split}", type=Path, metavar="PREFIX", help=f"the {split} split's files{optional}")
-    p.add_argument("--valid-size", type=at_least(1),
-                   help=f"--corpus: validation pairs (default 1/{HELD_OUT_SHARE} of the pairs, 1 to {HELD_OUT_MAX})")
-    p.add_argument("--test-size", type=at_least(0),
-                   help="--corpus: test pairs (default as --valid-size; 0: no test split)")
-    p.add_argument("--seed", type=int, default=1, help="--corpus: seed of the held-out draw (default 1)")
-    p.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW, help="folder of raw {prefix}.{lang}[.gz] files")
-    p.add_argument("--splits", nargs=3, metavar="SPLIT=PREFIX",
-                   help="raw file prefixes in --raw-dir of train, valid and test (default: Multi30k's names)")
-    p.add_argument("--src", type=language_code, default="de", help="source language suffix (letters, digits, _)")
-    p.add_argument("--tgt", type=language_code, default="en", help="target language suffix (letters, digits, _)")
-    p.add_argument("--vocab-size", type=at_least(MIN_VOCAB), default=4000,
-                   help="joint sentencepiece vocabulary size (the default was chosen on Multi30k: README)")
-    p.add_argument("--out", type=Path, help="output folder (default: runs/NAME/SRC-TGT, NAME: multi30k, the "
-                                            "--corpus file name or the --raw-dir name; required with --train)")
-    p.add_argument("--download", nargs="?", const=MULTI30K_URL, metavar="URL",
-                   help=f"first fetch missing raw files into --raw-dir from URL (default {MULTI30K_URL})")
-    p.add_argument("--overwrite", action="store_true",
-                   help="redo OUT from scratch when it was prepared from other inputs or options")
-    args = p.parse_args()
-    try:
-        prepare(args)
-    except (TextError, FolderBusy, OutputError, WriteError) as e:
-        raise SystemExit(f"error: {e}")
-
-
 def sources_of(args: argparse.Namespace) -> tuple[dict[str, Path], str]:
     """The raw prefix of each given split (only "corpus" for --corpus), and the data's name."""
     given = [f"--{name}" for name in ("corpus", *SPLITS, "splits", "download") if getattr(args, name)]
@@ -397,6 +365,38 @@ def unfinished(out: Path) -> Iterator[None]:
         raise SystemExit(f"error: {e}; {how}") from None
     except SystemExit as e:
         raise SystemExit(f"{e.code}; {how}" if str(e.code).startswith("error:") else e.code) from None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=Path, metavar="PREFIX",
+                   help="one file pair PREFIX.SRC, PREFIX.TGT: valid and test are held out from it")
+    for split in SPLITS:
+        optional = " (optional)" if split == "test" else ""
+        p.add_argument(f"--{split}", type=Path, metavar="PREFIX", help=f"the {split} split's files{optional}")
+    p.add_argument("--valid-size", type=at_least(1),
+                   help=f"--corpus: validation pairs (default 1/{HELD_OUT_SHARE} of the pairs, 1 to {HELD_OUT_MAX})")
+    p.add_argument("--test-size", type=at_least(0),
+                   help="--corpus: test pairs (default as --valid-size; 0: no test split)")
+    p.add_argument("--seed", type=int, default=1, help="--corpus: seed of the held-out draw (default 1)")
+    p.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW, help="folder of raw {prefix}.{lang}[.gz] files")
+    p.add_argument("--splits", nargs=3, metavar="SPLIT=PREFIX",
+                   help="raw file prefixes in --raw-dir of train, valid and test (default: Multi30k's names)")
+    p.add_argument("--src", type=language_code, default="de", help="source language suffix (letters, digits, _)")
+    p.add_argument("--tgt", type=language_code, default="en", help="target language suffix (letters, digits, _)")
+    p.add_argument("--vocab-size", type=at_least(MIN_VOCAB), default=4000,
+                   help="joint sentencepiece vocabulary size (the default was chosen on Multi30k: README)")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/NAME/SRC-TGT, NAME: multi30k, the "
+                                            "--corpus file name or the --raw-dir name; required with --train)")
+    p.add_argument("--download", nargs="?", const=MULTI30K_URL, metavar="URL",
+                   help=f"first fetch missing raw files into --raw-dir from URL (default {MULTI30K_URL})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo OUT from scratch when it was prepared from other inputs or options")
+    args = p.parse_args()
+    try:
+        prepare(args)
+    except (TextError, FolderBusy, OutputError, WriteError) as e:
+        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

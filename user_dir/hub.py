@@ -4,6 +4,7 @@ tokenizer or the beam search."""
 import difflib
 from typing import Any, Union
 
+import torch
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.hub_utils import GeneratorHubInterface
 
@@ -23,12 +24,19 @@ def checked_sentences(sentences: Any, method: str) -> Union[str, list]:
     return sentences
 
 
-def checked_beam(beam: Any, method: str) -> int:
-    """``beam`` if it is a whole number, else TypeError naming it (a value below 1 is refused by
-    the generation rules, :data:`user_dir.patches.decoding.GENERATION_RULES`, as on the CLIs)."""
-    if isinstance(beam, bool) or not isinstance(beam, int):
-        raise TypeError(f"{method}: beam is {type(beam).__name__} {beam!r}, expected a whole number >= 1")
-    return beam
+def checked_value(name: str, value: Any, method: str) -> Any:
+    """``value`` if it has the type of generation option NAME (fairseq's GenerationConfig: a whole
+    number, a number or a bool), else TypeError naming it: fairseq would fail deep inside the beam
+    search, or truncate it. Values out of range are refused by the generation rules
+    (:data:`user_dir.patches.decoding.GENERATION_RULES`), as on the CLIs."""
+    kind = GenerationConfig.__dataclass_fields__[name].type if name in GenerationConfig.__dataclass_fields__ else None
+    expected = {int: "a whole number", float: "a number", bool: "True or False"}.get(kind)
+    fits = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            bool: lambda v: isinstance(v, bool)}.get(kind, lambda v: True)
+    if not fits(value):
+        raise TypeError(f"{method}: {name} is {type(value).__name__} {value!r}, expected {expected}")
+    return value
 
 
 # generate()'s own keywords beside the generation options (fairseq's GeneratorHubInterface.generate)
@@ -39,11 +47,15 @@ def checked_options(options: dict, method: str) -> dict:
     """``options`` if each names a generation option (fairseq's GenerationConfig) or a keyword of
     generate(), else TypeError naming the first other one: fairseq would set it and use it nowhere."""
     known = set(GenerationConfig.__dataclass_fields__) | GENERATE_KEYWORDS
-    for name in options:
+    for name, value in options.items():
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else " (fairseq's generation options: GenerationConfig)"
             raise TypeError(f"{method}: unknown argument {name!r}{hint}")
+        checked_value(name, value, method)
+    if method != "generate" and options.get("nbest", 1) != 1:
+        raise TypeError(f"{method}: returns the best translation of each sentence; nbest={options['nbest']!r} "
+                        "needs generate() (its list of hypotheses per sentence)")
     return options
 
 
@@ -51,9 +63,22 @@ class RNNSeq2SeqHub(GeneratorHubInterface):
     """fairseq's GeneratorHubInterface whose translate() and sample() check their arguments."""
 
     def translate(self, sentences, beam: int = 5, verbose: bool = False, **kwargs):
-        return super().translate(checked_sentences(sentences, "translate"), checked_beam(beam, "translate"),
+        return super().translate(checked_sentences(sentences, "translate"), checked_value("beam", beam, "translate"),
                                  verbose, **checked_options(kwargs, "translate"))
 
     def sample(self, sentences, beam: int = 1, verbose: bool = False, **kwargs):
-        return super().sample(checked_sentences(sentences, "sample"), checked_beam(beam, "sample"), verbose,
+        return super().sample(checked_sentences(sentences, "sample"), checked_value("beam", beam, "sample"), verbose,
                               **checked_options(kwargs, "sample"))
+
+    def generate(self, tokenized_sentences, beam: int = 5, verbose: bool = False, **kwargs):
+        """fairseq's generate() on token tensors (:meth:`encode` makes them from text): each sentence's
+        hypotheses, best first, the whole beam unless ``nbest`` is given (fairseq's returns it whatever
+        ``nbest`` says; fairseq-generate prints ``nbest``)."""
+        if any(isinstance(x, str) for x in ([tokenized_sentences] if isinstance(tokenized_sentences, str)
+                                            else tokenized_sentences)):
+            raise TypeError("generate: takes token tensors (encode() the text first); translate() takes text")
+        hypos = super().generate(tokenized_sentences, checked_value("beam", beam, "generate"), verbose,
+                                 **checked_options(kwargs, "generate"))
+        if "nbest" not in kwargs or (torch.is_tensor(tokenized_sentences) and tokenized_sentences.dim() == 1):
+            return hypos  # one sentence: fairseq's own call with the batch of it trims its hypotheses
+        return [sentence[:kwargs["nbest"]] for sentence in hypos]

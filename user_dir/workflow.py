@@ -127,6 +127,8 @@ def _generate_options() -> dict:
 NEVER_PASSED = {"prefix_size": "it copies each reference's first tokens into the hypothesis",
                 "score_reference": "it scores the references instead of translating",
                 "bpe": "the script's --post-process joins the pieces; --bpe would decode the text a second time",
+                "skip_invalid_size_inputs_valid_test": "it drops the sentences longer than the model's positions, "
+                                                       "and every sentence must be translated",
                 "help": "fairseq-generate --user-dir user_dir --help lists its options"}
 
 

@@ -187,6 +187,11 @@ def test_average_checkpoints_means_the_last_epochs_and_decodes(toy_bin, tmp_path
     mixed = run("python", script, "--inputs", tmp_path / "checkpoint3.pt", other / "checkpoint_last.pt",
                 "--out", tmp_path / "mixed.pt", check=False)
     assert mixed.returncode != 0 and "holds other parameters" in mixed.stderr and not (tmp_path / "mixed.pt").exists()
+    for args, message in (([tmp_path, "--inputs", tmp_path / "checkpoint3.pt", "--out", tmp_path / "x.pt"],
+                           f"SAVE_DIR {tmp_path} goes with --last N only; --inputs names its checkpoints itself"),
+                          ([tmp_path, "--last", "2", "--ema", tmp_path / "checkpoint3.pt"], "(not --last and --ema)")):
+        proc = run("python", script, *args, check=False)
+        assert proc.returncode != 0 and message in proc.stderr and not (tmp_path / "x.pt").exists(), proc.stderr
 
 
 def test_average_checkpoints_writes_the_ema_of_a_store_ema_run_and_refuses_a_run_without(toy_bin, trained, tmp_path):

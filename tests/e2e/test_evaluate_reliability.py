@@ -279,7 +279,8 @@ def test_ctrl_c_ends_with_one_line_and_status_130(toy_bin, trained, tmp_path, sc
     (["eins", "zwei", "drei", b"vier"], 5, TypeError, r"translate: element 3 is bytes, expected str"),
     (["eins", None], 5, TypeError, r"translate: element 1 is NoneType, expected str"),
     (["eins", 7.0], 5, TypeError, r"translate: element 1 is float, expected str"),
-    (["eins"], "5", TypeError, r"translate: beam is str '5', expected a whole number >= 1"),
+    (["eins"], "5", TypeError, r"translate: beam is str '5', expected a whole number$"),
+    (["eins"], 2.0, TypeError, r"translate: beam is float 2.0, expected a whole number$"),
     (["eins"], 0, ValueError, r"--beam must be at least 1, got 0"),
 ])
 def test_translate_names_the_bad_argument_or_element(toy_bin, trained, tmp_path, sentences, beam, error, message):
@@ -293,7 +294,8 @@ def test_translate_names_the_bad_argument_or_element(toy_bin, trained, tmp_path,
 
 def test_translate_names_an_argument_fairseq_would_ignore(toy_bin, trained, tmp_path):
     """fairseq's hub sets any keyword on its generation options and uses only those it knows: a
-    misspelt one is named, with the option it resembles; fairseq's generation options pass."""
+    misspelt one is named, with the option it resembles; fairseq's generation options pass, each
+    of its type (fairseq would fail deep inside the search, or truncate); nbest only in generate()."""
     from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel
 
     hub = RNNSeq2SeqModel.from_pretrained(str(model_dir(tmp_path / "m", toy_bin, trained)))
@@ -304,6 +306,18 @@ def test_translate_names_an_argument_fairseq_would_ignore(toy_bin, trained, tmp_
             getattr(hub, method)(["eins"], **options)
     assert hub.translate(["eins zwei"], beam=2, lenpen=1.2, max_len_b=5, skip_invalid_size_inputs=True)[0]
     assert hub.translate(["eins zwei"], sampling=True, sampling_topk=3)[0]  # the best of 5 samples, as stock fairseq
+    for method, options, message in (("translate", {"lenpen": "x"}, r"lenpen is str 'x', expected a number$"),
+                                     ("translate", {"max_len_b": "10"}, r"max_len_b is str '10', expected a whole"),
+                                     ("sample", {"nbest": 2.5}, r"nbest is float 2.5, expected a whole number$"),
+                                     ("translate", {"sampling": 1}, r"sampling is int 1, expected True or False$"),
+                                     ("translate", {"nbest": 2}, r"returns the best translation of each sentence; "
+                                                                 r"nbest=2 needs generate\(\)")):
+        with pytest.raises(TypeError, match=rf"^{method}: {message}"):
+            getattr(hub, method)(["eins"], **options)
+    with pytest.raises(TypeError, match=r"^generate: takes token tensors \(encode\(\) the text first\)"):
+        hub.generate(["eins"])
+    assert len(hub.generate([hub.encode("eins zwei")], beam=3)[0]) == 3  # the whole beam, as fairseq's
+    assert len(hub.generate([hub.encode("eins zwei")], beam=3, nbest=2)[0]) == 2  # as fairseq-generate prints
 
 
 @pytest.mark.parametrize("script", ["distill.py", "average_checkpoints.py"])

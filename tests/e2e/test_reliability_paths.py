@@ -303,11 +303,18 @@ def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin
     script = ("import sys; sys.path.insert(0, sys.argv[1]); from user_dir.models.rnn_seq2seq import RNNSeq2SeqModel\n"
               "m = RNNSeq2SeqModel.from_pretrained(sys.argv[2]); print(m.translate(['one two', '', 'qqq'], beam=2))\n"
               "try:\n    m.translate(['one'], beam=0)\nexcept ValueError as e:\n    print(e)\n"
-              "try:\n    RNNSeq2SeqModel.from_pretrained(sys.argv[2] + '-missing')\nexcept FileNotFoundError as e:\n"
-              "    print(e)\n")
+              "for where in (sys.argv[2] + '-missing', sys.argv[2] + '/bin/dict.src.txt'):\n"
+              "    try:\n        RNNSeq2SeqModel.from_pretrained(where)\n    except FileNotFoundError as e:\n"
+              "        print(e)\n"
+              "odd = RNNSeq2SeqModel.from_pretrained(sys.argv[2], checkpoint_file='run:1/best.pt')\n"
+              "print(odd.translate(['one']))\n")
+    (folder / "run:1").mkdir()
+    shutil.copy(trained, folder / "run:1" / "best.pt")  # fairseq's loader would split the name at ':'
     out = run("python", "-c", script, ROOT, folder).stdout.splitlines()
     assert out[0].endswith(", '', '']") and out[1] == "--beam must be at least 1, got 0"
     assert out[2] == f"from_pretrained: model folder {folder}-missing does not exist"
+    assert out[3] == f"from_pretrained: model folder {folder}/bin/dict.src.txt is a file"
+    assert out[4].startswith("['") and out[4] != "['']"
 
 
 @pytest.mark.parametrize("command", ["fairseq-generate", "fairseq-interactive", "from_pretrained", "plot_attention"])

@@ -110,7 +110,8 @@ def test_evaluate_decodes_an_ensemble_and_records_every_member(trained_dir, raw,
 
 def test_evaluate_scores_a_generate_log_as_it_scores_its_own_decoding(trained_dir, raw, tmp_path):
     """--generate-log (a decoding made elsewhere, e.g. on a GPU machine): the same hypotheses and
-    score as evaluate.py's own decoding; a log that lost sentences, or holds pieces, is refused."""
+    score as evaluate.py's own decoding; a log that lost sentences, holds pieces, lacks its T- lines
+    or holds two decodings is refused, and so are decoding options it would ignore."""
     ckpt, ref = trained_dir / "ckpt" / "checkpoint_best.pt", raw / "test.tgt"
     own = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", ckpt, "--ref", ref, "--post-process",
               "sentencepiece", "--hyp-out", tmp_path / "own.hyp").stdout
@@ -122,13 +123,19 @@ def test_evaluate_scores_a_generate_log_as_it_scores_its_own_decoding(trained_di
         (tmp_path / log).write_text(out)
     lines = (tmp_path / "gen.log").read_text().splitlines()
     (tmp_path / "short.log").write_text("\n".join(x for x in lines if not x.startswith("D-3\t")) + "\n")
+    (tmp_path / "d-only.log").write_text("\n".join(x for x in lines if x.startswith("D-")) + "\n")  # grep ^D-
+    (tmp_path / "twice.log").write_text("\n".join(lines + lines) + "\n")  # appended with >>
     logged = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", "--generate-log", tmp_path / "gen.log",
                  "--ref", ref, "--hyp-out", tmp_path / "log.hyp").stdout
     assert logged.splitlines()[0] == own.splitlines()[0]  # the BLEU line
     assert (tmp_path / "log.hyp").read_text() == (tmp_path / "own.hyp").read_text()
     for args, message in (((ckpt, "--generate-log", tmp_path / "gen.log"), "not both"), ((), "neither is given"),
                           (("--generate-log", tmp_path / "short.log"), "76 hypotheses for 77 references"),
-                          (("--generate-log", tmp_path / "pieces.log"), "holds sentencepiece pieces")):
+                          (("--generate-log", tmp_path / "pieces.log"), "holds sentencepiece pieces"),
+                          (("--generate-log", tmp_path / "d-only.log"), "holds no T- lines: give fairseq-generate's"),
+                          (("--generate-log", tmp_path / "twice.log"), "more than once (S-"),
+                          (("--generate-log", tmp_path / "gen.log", "--beam", "3", "--post-process", "none"),
+                           "scores a finished decoding: --beam, --post-process would not apply")):
         proc = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", *args, "--ref", ref, check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     proc = run("python", SCRIPTS / "evaluate.py", tmp_path / "no-bin", check=False)  # named before the data
@@ -185,12 +192,15 @@ def epoch_lines(epochs, loss="2.5", start="No existing checkpoint found ckpt/che
     ("a file that is not a figure", "error: --out: cannot write {tmp}/notes.png: it exists and is not an earlier"),
     ("a folder as the log", "error: {tmp}/a is a folder"),
     ("one label twice", "error: --labels x x: give each log its own label"),
+    ("a comparison without BLEU", "error: {tmp}/b/train.log holds no validation BLEU (fairseq-train --eval-bleu)"),
 ])
 def test_plot_training_refuses_in_one_line_and_writes_nothing(tmp_path, case, message):
     for run_dir in ("a", "b"):
         (tmp_path / run_dir).mkdir()
         (tmp_path / run_dir / "train.log").write_text(epoch_lines(range(1, 4)))
     (tmp_path / "a" / "run.png").write_text(epoch_lines(range(1, 4)))  # a log named like a figure
+    if case == "a comparison without BLEU":
+        (tmp_path / "b" / "train.log").write_text(epoch_lines(range(1, 4)).replace("| bleu", "| x"))
     (tmp_path / "notes.png").write_text("my notes\n")
     logs = [tmp_path / "a" / "train.log"]
     args = {"not a figure suffix": [*logs, "--out", tmp_path / "plot.txt"],
@@ -199,7 +209,8 @@ def test_plot_training_refuses_in_one_line_and_writes_nothing(tmp_path, case, me
             "the log itself": [tmp_path / "a" / "run.png"],
             "a file that is not a figure": [*logs, "--out", tmp_path / "notes.png"],
             "a folder as the log": [tmp_path / "a"],
-            "one label twice": [*logs, tmp_path / "b" / "train.log", "--labels", "x", "x"]}[case]
+            "one label twice": [*logs, tmp_path / "b" / "train.log", "--labels", "x", "x"],
+            "a comparison without BLEU": [*logs, tmp_path / "b" / "train.log", "--out", tmp_path / "c.png"]}[case]
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     proc = run("python", SCRIPTS / "plot_training.py", *args, check=False)
     lines = proc.stderr.strip().splitlines()
@@ -224,6 +235,16 @@ def test_plot_training_tells_runs_apart(tmp_path):
     assert (tmp_path / "c.svg").read_bytes().startswith(b"<?xml")
     out = run("python", SCRIPTS / "plot_training.py", tmp_path / "y" / "ckpt" / "train.log").stdout
     assert (tmp_path / "y" / "ckpt" / "train.png").read_bytes()[:4] == b"\x89PNG" and "5 epochs" in out
+
+
+def test_plot_training_reads_fairseq_hydra_trains_log():
+    """Hydra's log format ("[time][train][INFO] - epoch 001 | ...") reads as fairseq-train's does."""
+    from scripts.plot_training import parse
+
+    hydra = "".join(f"[2026-01-01 00:00:00,000][{name}][INFO] - " + line.split(f" | {name} | ", 1)[1] + "\n"
+                    for line in epoch_lines(range(1, 4)).splitlines()[1:] for name in ("train", "valid")
+                    if f" | {name} | " in line)
+    assert parse(hydra) == parse(epoch_lines(range(1, 4)))
 
 
 def test_plot_training_counts_the_time_before_a_resume():
@@ -317,6 +338,14 @@ def test_plot_attention_draws_the_weights_of_an_attention_model(prepared, traine
                "--out", tmp_path / "b.png", check=False)
     assert proc.returncode != 0 and "has no attention (--decoder-attention none)" in proc.stderr
     assert not (tmp_path / "b.png").exists()
+    plain = trained_dir / "ckpt" / "checkpoint_best.pt"  # an ensemble's weights would be the mean over both
+    for spec in (f"{save / 'checkpoint_last.pt'}:{plain}", f"{plain}:{save / 'checkpoint_last.pt'}"):
+        proc = run("python", script, prepared, spec, sentence, "--out", tmp_path / "b.png", check=False)
+        assert proc.returncode != 0 and f"error: {plain} has no attention" in proc.stderr, proc.stderr
+    odd = tmp_path / "run:1"  # a single file whose name holds ':', which fairseq would split
+    shutil.copytree(save, odd)
+    run("python", script, prepared, odd / "checkpoint_last.pt", sentence, "--out", tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for args, message in (([sentence, "--out", tmp_path / "b.txt"], "name a figure file ending in .png"),
                           (["  ", "--out", tmp_path / "b.png"], "the sentence is empty: nothing to translate"),
                           ([sentence, "--beam", "0"], "argument --beam: takes a whole number >= 1, got '0'"),
@@ -364,6 +393,9 @@ def test_hub_takes_the_sentencepiece_model_a_checkpoint_or_the_caller_names(trai
     expected = RNNSeq2SeqModel.from_pretrained(str(trained_dir)).translate(["eins zwei"], beam=2)
     assert RNNSeq2SeqModel.from_pretrained(str(bare), sentencepiece_model=model).translate(
         ["eins zwei"], beam=2) == expected
+    not_a_model = str(bare / "bin" / "dict.src.txt")
+    with pytest.raises(ValueError, match=rf"^{re.escape(not_a_model)} is not a sentencepiece model$"):
+        RNNSeq2SeqModel.from_pretrained(str(bare), sentencepiece_model=not_a_model)
     path = bare / "ckpt" / "checkpoint_best.pt"
     state = torch.load(path, weights_only=False)
     state["cfg"]["bpe"] = {"_name": "sentencepiece", "sentencepiece_model": model,

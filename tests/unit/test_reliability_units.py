@@ -86,10 +86,12 @@ def test_pass_through_options_that_contradict_the_script_are_named(extra, named)
     (["--prefix-size", "2"], "--prefix-size"), (["--prefix-size=1"], "--prefix-size"), (["--score-reference"],
      "--score-reference"), (["--bpe", "sentencepiece"], "--bpe"), (["--bpe=subword_nmt"], "--bpe"), (["-h"], "-h"),
     (["--lenpen", "1", "--help"], "--help"),
+    (["--skip-invalid-size-inputs-valid-test", "--max-source-positions", "3"], "--skip-invalid-size-inputs-valid-test"),
 ])
 def test_pass_through_options_that_leak_references_decode_twice_or_ask_for_help_are_refused(extra, named):
     """For every script, whatever it owns: the references copied into hypotheses, pieces decoded
-    a second time after --post-process, fairseq-generate's help instead of a translation."""
+    a second time after --post-process, fairseq-generate's help instead of a translation, sentences
+    dropped that must be translated."""
     with pytest.raises(SystemExit, match=rf"^error: {named} after -- is not passed to fairseq-generate: "):
         check_pass_through(extra, {})
 

@@ -12,6 +12,7 @@ state as query; it enters the same two places either way. The pieces live in ``u
 """
 import contextlib
 import os
+import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
@@ -21,9 +22,10 @@ from fairseq.models import FairseqEncoderDecoderModel, register_model, register_
 from fairseq.tasks import FairseqTask
 from omegaconf import II, OmegaConf, open_dict
 
-from ..checkpoint_files import checked_ensemble
+from ..checkpoint_files import checked_ensemble, fairseq_ensemble
 from ..dictionaries import (
     DIRECTION_KEY,
+    TokenizationError,
     as_direction,
     as_hex,
     check_bpe_model,
@@ -171,6 +173,19 @@ def check_dictionaries(cfg: RNNSeq2SeqConfig, src_dict, tgt_dict) -> None:
                           "(fairseq-preprocess --joined-dictionary)")
 
 
+def hub_parts(model_dir: str, paths: list[str], data_name_or_path: str, kwargs: dict) -> dict:
+    """fairseq's ``hub_utils.from_pretrained`` of the checkpoints PATHS (a name holding ':', which
+    fairseq would split, through a link), a file that is not a sentencepiece model named."""
+    with tempfile.TemporaryDirectory() as links:
+        try:
+            return hub_utils.from_pretrained(model_dir, fairseq_ensemble(paths, links), data_name_or_path, **kwargs)
+        except RuntimeError as e:  # sentencepiece's own words: "INTERNAL: could not parse ModelProto"
+            if "ModelProto" not in str(e):
+                raise
+            named = kwargs.get("sentencepiece_model", "the checkpoint's --sentencepiece-model")
+            raise TokenizationError(f"{named} is not a sentencepiece model") from None
+
+
 @register_model("rnn_seq2seq", dataclass=RNNSeq2SeqConfig)
 class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
     """Context-concat RNN encoder-decoder; the dataclass defaults are the ``rnn_seq2seq`` arch.
@@ -220,18 +235,18 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         for a word-level model. ``translate``/``sample`` name a bad argument (user_dir/hub.py).
         """
         if not os.path.isdir(model_dir):
-            raise FileNotFoundError(f"from_pretrained: model folder {model_dir} "
-                                    f"{not_a_file(model_dir) if os.path.lexists(model_dir) else 'does not exist'}")
+            why = "does not exist" if not os.path.lexists(model_dir) else not_a_file(model_dir) or "is a file"
+            raise FileNotFoundError(f"from_pretrained: model folder {model_dir} {why}")
         data = os.path.join(model_dir, data_name_or_path)
         if not os.path.isdir(data):
             raise FileNotFoundError(f"from_pretrained: data folder {data} (dict.*.txt) does not exist: "
                                     "pass data_name_or_path=")
-        checked_ensemble(checkpoint_file, model_dir, contents=False)  # read once, by the load that follows
+        paths = [os.path.abspath(p) for p in checked_ensemble(checkpoint_file, model_dir, contents=False)]
         spm_model = kwargs.get("sentencepiece_model") or os.path.join(model_dir, "spm.model")
         if "bpe" not in kwargs and ("sentencepiece_model" in kwargs or os.path.exists(spm_model)):
             kwargs.update(bpe="sentencepiece", sentencepiece_model=spm_model)
         kwargs.setdefault("eval_bleu", False)  # a training option: no validation BLEU decoder to build here
-        loaded = hub_utils.from_pretrained(model_dir, checkpoint_file, data_name_or_path, **kwargs)
+        loaded = hub_parts(model_dir, paths, data_name_or_path, kwargs)
         hub = RNNSeq2SeqHub(loaded["args"], loaded["task"], loaded["models"])  # fairseq's, arguments checked
         check_bpe_model(hub.bpe, hub.task.source_dictionary, hub.cfg.bpe)  # also one the checkpoint names
         if hub.bpe is None and uses_sentencepiece(hub.task.target_dictionary):
