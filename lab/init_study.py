@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from user_dir.workflow import ROOT  # fairseq-free: this process only starts others
+from user_dir.workflow import ROOT, generated  # fairseq-free: this process only starts others
 from user_dir.workflow import USER_DIR as PLUGIN
 
 REFERENCE = ROOT / "lab" / "d2l_reference"
@@ -66,7 +66,7 @@ def exact_match(data: Path, user_dir: Path, args: list, seed: int, save: Path, r
         log=save / "train.log")
     out = run(["fairseq-generate", data, "--user-dir", user_dir, "--path", save / "checkpoint_last.pt",
                "--beam", "5", "--batch-size", "128"])
-    hyps = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in out.splitlines() if line.startswith("H-")}
+    hyps = generated(out.splitlines(), "H-")
     return round(sum(hyps.get(i) == ref for i, ref in enumerate(refs)) / len(refs), 3)
 
 

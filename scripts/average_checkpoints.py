@@ -38,7 +38,7 @@ from user_dir.workflow import positive, script_main
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")
 SCRIPT = "average_checkpoints.py"
-IDENTITY_KEYS = (DIRECTION_KEY, *FINGERPRINT_KEYS)  # compared, never averaged; kept when every input holds them
+IDENTITY_KEYS = (DIRECTION_KEY, *FINGERPRINT_KEYS)  # compared, never averaged; kept (identities())
 
 
 def last_epochs(save_dir: Path, n: int) -> list[Path]:
@@ -73,14 +73,15 @@ def average(paths: list[Path]) -> dict:
 
 
 def identities(models: list[dict]) -> dict:
-    """The identities every model holds (older checkpoints lack some: left out), each the first that
-    is not empty (a direction unknown to one run is the other's)."""
-    held = [key for key in IDENTITY_KEYS if all(key in m for m in models)]
-    return {key: next((m[key] for m in models if m[key].numel()), models[0][key]) for key in held}
+    """Each identity some model holds, the first that is not empty: an older checkpoint lacks it,
+    a run on data without languages has an empty direction (what the others' says is the average's)."""
+    held = [key for key in IDENTITY_KEYS if any(key in m for m in models)]
+    return {key: next((m[key] for m in models if key in m and m[key].numel()),
+                      next(m[key] for m in models if key in m)) for key in held}
 
 
 def parameters(model: dict) -> dict:
-    """``model`` without its identities (compared by :func:`same_identity`, absent from older checkpoints)."""
+    """``model`` without its identities (compared by :func:`same_identity`, kept by :func:`identities`)."""
     return {k: v for k, v in model.items() if k not in IDENTITY_KEYS}
 
 

@@ -291,6 +291,7 @@ def decoding_defaults(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """evaluate.py's options (decoding ones unset: :func:`decoding_defaults` fills them)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_bin", help="fairseq-preprocess output folder")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint, or several joined by ':' to decode with their ensemble")

@@ -2,6 +2,7 @@
 
 Shared constants and helpers are in helpers.py (import them from there, not from here).
 """
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,12 @@ from fairseq_cli import preprocess as fairseq_preprocess
 import user_dir  # noqa: F401  (registers the plugin and applies its patches, as --user-dir does)
 from helpers import TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, built_once, preprocess_args, run
 from scripts.train_settings import fairseq_options, settings
+
+# A test run started in the background (``bash scripts/test.sh &`` in a script) inherits SIGINT
+# ignored, and every process it starts would too: the Ctrl-C tests need it delivered. A handler,
+# unlike SIG_IGN, is reset to the default in the processes the tests start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

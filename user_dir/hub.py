@@ -2,11 +2,13 @@
 with its arguments checked first, so that a wrong one is named instead of failing deep inside the
 tokenizer or the beam search."""
 import difflib
+import numbers
 from typing import Any, Union
 
 import torch
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.hub_utils import GeneratorHubInterface
+from torch import Tensor
 
 
 def checked_sentences(sentences: Any, method: str) -> Union[str, list]:
@@ -31,8 +33,8 @@ def checked_value(name: str, value: Any, method: str) -> Any:
     (:data:`user_dir.patches.decoding.GENERATION_RULES`), as on the CLIs."""
     kind = GenerationConfig.__dataclass_fields__[name].type if name in GenerationConfig.__dataclass_fields__ else None
     expected = {int: "a whole number", float: "a number", bool: "True or False"}.get(kind)
-    fits = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    fits = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),  # numpy's ints too
+            float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
             bool: lambda v: isinstance(v, bool)}.get(kind, lambda v: True)
     if not fits(value):
         raise TypeError(f"{method}: {name} is {type(value).__name__} {value!r}, expected {expected}")
@@ -60,7 +62,8 @@ def checked_options(options: dict, method: str) -> dict:
 
 
 class RNNSeq2SeqHub(GeneratorHubInterface):
-    """fairseq's GeneratorHubInterface whose translate() and sample() check their arguments."""
+    """fairseq's GeneratorHubInterface whose translate(), sample() and generate() check their
+    arguments: names, types, what each method returns."""
 
     def translate(self, sentences, beam: int = 5, verbose: bool = False, **kwargs):
         return super().translate(checked_sentences(sentences, "translate"), checked_value("beam", beam, "translate"),
@@ -70,12 +73,13 @@ class RNNSeq2SeqHub(GeneratorHubInterface):
         return super().sample(checked_sentences(sentences, "sample"), checked_value("beam", beam, "sample"), verbose,
                               **checked_options(kwargs, "sample"))
 
-    def generate(self, tokenized_sentences, beam: int = 5, verbose: bool = False, **kwargs):
+    def generate(self, tokenized_sentences: Union[Tensor, list], beam: int = 5, verbose: bool = False,
+                 **kwargs) -> list:
         """fairseq's generate() on token tensors (:meth:`encode` makes them from text): each sentence's
         hypotheses, best first, the whole beam unless ``nbest`` is given (fairseq's returns it whatever
         ``nbest`` says; fairseq-generate prints ``nbest``)."""
-        if any(isinstance(x, str) for x in ([tokenized_sentences] if isinstance(tokenized_sentences, str)
-                                            else tokenized_sentences)):
+        if not torch.is_tensor(tokenized_sentences) and (
+                isinstance(tokenized_sentences, str) or not all(map(torch.is_tensor, tokenized_sentences))):
             raise TypeError("generate: takes token tensors (encode() the text first); translate() takes text")
         hypos = super().generate(tokenized_sentences, checked_value("beam", beam, "generate"), verbose,
                                  **checked_options(kwargs, "generate"))

@@ -13,7 +13,7 @@ the same way everywhere, so a pair can never be shifted or emptied on its way to
   how some scripts are written, are kept;
 * every line is normalised to Unicode NFC;
 * a line with nothing visible left (empty, spaces of any kind, only invisible characters) is
-  refused;
+  refused, except where the caller allows empty lines (a system's output, ``empty=True``);
 * only regular files are read (a folder, FIFO or device is named as such, and never opened,
   so ``/dev/zero`` or a pipe nobody writes cannot hang a run), and a line longer than
   :data:`MAX_LINE_BYTES` is refused as soon as it is seen, so no input can fill the memory.
@@ -93,7 +93,8 @@ def raw_lines(path: Path) -> list[bytes]:
 
 
 def read_lines(path: Path, empty: bool = False) -> list[str]:
-    """Every line of a UTF-8 text file (gzip-compressed or not), cleaned by :func:`clean_line`."""
+    """Every line of a UTF-8 text file (gzip-compressed or not), cleaned by :func:`clean_line`
+    (EMPTY: empty lines allowed)."""
     path = Path(path)
     rows = raw_lines(path)
     if rows and rows[0].startswith((b"\xff\xfe", b"\xfe\xff")):

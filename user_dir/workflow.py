@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Optional
 
 from .files import OutputError, WriteError, atomic_write, check_output
@@ -127,8 +128,10 @@ def _generate_options() -> dict:
 NEVER_PASSED = {"prefix_size": "it copies each reference's first tokens into the hypothesis",
                 "score_reference": "it scores the references instead of translating",
                 "bpe": "the script's --post-process joins the pieces; --bpe would decode the text a second time",
-                "skip_invalid_size_inputs_valid_test": "it drops the sentences longer than the model's positions, "
-                                                       "and every sentence must be translated",
+                "skip_invalid_size_inputs_valid_test": "it drops the sentences longer than the model takes, and "
+                                                       "every sentence must be translated; raise the limit instead: "
+                                                       "--model-overrides \"{'max_source_positions': N}\" (and "
+                                                       "--max-source-positions N above 1024)",
                 "help": "fairseq-generate --user-dir user_dir --help lists its options"}
 
 
@@ -237,7 +240,7 @@ def check_figure(path: Path, inputs: list[Path]) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib's pyplot drawing to files only (the Agg backend: no display needed)."""
     import matplotlib
 

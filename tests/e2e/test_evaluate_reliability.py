@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,9 +107,9 @@ def test_averaging_refuses_checkpoints_of_runs_with_other_seeds(trained, tmp_pat
 
 def test_averaging_takes_epoch_checkpoints_saved_before_the_direction_was_recorded(trained, tmp_path):
     """A run resumed across that change: its oldest epoch checkpoint holds no direction. --last
-    averages it with the newer ones (the output holds no direction: not every input has one), and
-    a mix of directions among the others is still refused."""
-    from user_dir.dictionaries import DIRECTION_KEY, direction_record
+    averages it with the newer ones (the output holds theirs: loading it is checked), and a mix of
+    directions among the others is still refused."""
+    from user_dir.dictionaries import DIRECTION_KEY, as_direction, direction_record
 
     state = torch.load(trained, map_location="cpu", weights_only=False)
     del state["model"][DIRECTION_KEY]
@@ -116,7 +117,8 @@ def test_averaging_takes_epoch_checkpoints_saved_before_the_direction_was_record
     for epoch in (2, 3):
         shutil.copy(trained, tmp_path / f"checkpoint{epoch}.pt")
     run(sys.executable, SCRIPTS / "average_checkpoints.py", tmp_path, "--last", "3")
-    assert DIRECTION_KEY not in torch.load(tmp_path / "checkpoint_avg3.pt", map_location="cpu")["model"]
+    assert as_direction(torch.load(tmp_path / "checkpoint_avg3.pt", map_location="cpu")["model"][DIRECTION_KEY]) == \
+        "src-tgt"
     state["model"][DIRECTION_KEY] = direction_record("tgt", "src")
     torch.save(state, tmp_path / "checkpoint3.pt")
     proc = run(sys.executable, SCRIPTS / "average_checkpoints.py", tmp_path, "--last", "3", "--out",
@@ -314,10 +316,13 @@ def test_translate_names_an_argument_fairseq_would_ignore(toy_bin, trained, tmp_
                                                                  r"nbest=2 needs generate\(\)")):
         with pytest.raises(TypeError, match=rf"^{method}: {message}"):
             getattr(hub, method)(["eins"], **options)
-    with pytest.raises(TypeError, match=r"^generate: takes token tensors \(encode\(\) the text first\)"):
-        hub.generate(["eins"])
+    for tokens in (["eins"], "eins", [[4, 5, 2]]):
+        with pytest.raises(TypeError, match=r"^generate: takes token tensors \(encode\(\) the text first\)"):
+            hub.generate(tokens)
     assert len(hub.generate([hub.encode("eins zwei")], beam=3)[0]) == 3  # the whole beam, as fairseq's
     assert len(hub.generate([hub.encode("eins zwei")], beam=3, nbest=2)[0]) == 2  # as fairseq-generate prints
+    assert len(hub.generate(hub.encode("eins zwei"), beam=3, nbest=2)) == 2  # one sentence: its hypotheses
+    assert hub.translate(["eins zwei"], beam=2, lenpen=np.float32(1.0), max_len_b=np.int64(20))[0]  # numpy: numbers too
 
 
 @pytest.mark.parametrize("script", ["distill.py", "average_checkpoints.py"])

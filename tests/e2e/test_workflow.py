@@ -117,9 +117,10 @@ def test_evaluate_scores_a_generate_log_as_it_scores_its_own_decoding(trained_di
               "sentencepiece", "--hyp-out", tmp_path / "own.hyp").stdout
     defaulted = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", ckpt, "--ref", ref).stdout
     assert defaulted.splitlines()[0] == own.splitlines()[0]  # prepare.py's tokenization, also with --ref
-    for post_process, log in (("sentencepiece", "gen.log"), ("none", "pieces.log")):
-        out = run("fairseq-generate", trained_dir / "bin", "--user-dir", USER_DIR, "--path", ckpt,
-                  "--gen-subset", "test", "--beam", "5", "--batch-size", "128", "--post-process", post_process).stdout
+    for post_process, log, nbest in (("sentencepiece", "gen.log", "1"), ("none", "pieces.log", "1"),
+                                     ("sentencepiece", "nbest.log", "2")):
+        out = run("fairseq-generate", trained_dir / "bin", "--user-dir", USER_DIR, "--path", ckpt, "--gen-subset",
+                  "test", "--beam", "5", "--batch-size", "128", "--post-process", post_process, "--nbest", nbest).stdout
         (tmp_path / log).write_text(out)
     lines = (tmp_path / "gen.log").read_text().splitlines()
     (tmp_path / "short.log").write_text("\n".join(x for x in lines if not x.startswith("D-3\t")) + "\n")
@@ -128,6 +129,9 @@ def test_evaluate_scores_a_generate_log_as_it_scores_its_own_decoding(trained_di
     logged = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", "--generate-log", tmp_path / "gen.log",
                  "--ref", ref, "--hyp-out", tmp_path / "log.hyp").stdout
     assert logged.splitlines()[0] == own.splitlines()[0]  # the BLEU line
+    nbest = run("python", SCRIPTS / "evaluate.py", trained_dir / "bin", "--generate-log", tmp_path / "nbest.log",
+                "--ref", ref).stdout
+    assert nbest.splitlines()[0] == own.splitlines()[0]  # two D- lines a sentence: the best is scored
     assert (tmp_path / "log.hyp").read_text() == (tmp_path / "own.hyp").read_text()
     for args, message in (((ckpt, "--generate-log", tmp_path / "gen.log"), "not both"), ((), "neither is given"),
                           (("--generate-log", tmp_path / "short.log"), "76 hypotheses for 77 references"),
@@ -298,12 +302,13 @@ def test_evaluate_refuses_pieces_without_sentencepiece_options(trained_dir, raw,
 
 
 def test_bleu_by_length_scores_each_bucket_on_its_own_sentences(tmp_path):
-    """Two systems: one perfect on short sources only, one perfect on long sources only."""
+    """Two systems: one perfect on short sources only, one perfect on long sources only (its other
+    translations empty, as evaluate.py's --hyp-out writes an empty translation)."""
     src = ["a b", "a b c", "a " * 11 + "b", "a " * 20 + "c"]
     ref = ["the cat sat on the mat", "a dog runs in the snow", "two men play a game of chess",
            "a woman rides a red bike down the hill"]
     wrong = "zebra quantum lamp"
-    files = {"src": src, "ref": ref, "short": ref[:2] + [wrong] * 2, "long": [wrong] * 2 + ref[2:]}
+    files = {"src": src, "ref": ref, "short": ref[:2] + [wrong] * 2, "long": ["", wrong] + ref[2:]}
     for name, lines in files.items():
         (tmp_path / name).write_text("\n".join(lines) + "\n")
     out = run("python", ROOT / "lab" / "bleu_by_length.py", tmp_path / "src", tmp_path / "ref",
@@ -396,9 +401,16 @@ def test_hub_takes_the_sentencepiece_model_a_checkpoint_or_the_caller_names(trai
     not_a_model = str(bare / "bin" / "dict.src.txt")
     with pytest.raises(ValueError, match=rf"^{re.escape(not_a_model)} is not a sentencepiece model$"):
         RNNSeq2SeqModel.from_pretrained(str(bare), sentencepiece_model=not_a_model)
+    with pytest.raises(FileNotFoundError, match=r"^from_pretrained: sentencepiece_model \S+/nope.model does not exist"):
+        RNNSeq2SeqModel.from_pretrained(str(bare), sentencepiece_model=str(tmp_path / "nope.model"))
     path = bare / "ckpt" / "checkpoint_best.pt"
     state = torch.load(path, weights_only=False)
     state["cfg"]["bpe"] = {"_name": "sentencepiece", "sentencepiece_model": model,
                            "sentencepiece_enable_sampling": False, "sentencepiece_alpha": None}
     torch.save(state, path)
     assert RNNSeq2SeqModel.from_pretrained(str(bare)).translate(["eins zwei"], beam=2) == expected
+    state["cfg"]["bpe"]["sentencepiece_model"] = str(tmp_path / "elsewhere" / "spm.model")  # another machine's
+    torch.save(state, path)
+    with pytest.raises(FileNotFoundError, match=r"^from_pretrained: the checkpoint's --sentencepiece-model: file "
+                                                r"\S+/elsewhere/spm.model not found: copy spm.model into"):
+        RNNSeq2SeqModel.from_pretrained(str(bare))

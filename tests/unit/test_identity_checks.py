@@ -37,14 +37,18 @@ def test_an_unknown_direction_on_either_side_loads(task, saved, loading):
 
 
 def test_averaging_compares_directions_as_loading_does(task):
-    """scripts/average_checkpoints.py: an unknown direction mixes with a known one (which the
-    average keeps), two known ones that differ are refused, whichever state comes first."""
+    """scripts/average_checkpoints.py: an unknown direction (empty, or absent from an older
+    checkpoint) mixes with a known one, which the average keeps; two known ones that differ are
+    refused, whichever state comes first."""
     from scripts.average_checkpoints import identities, same_identity
 
     unknown, de_en, en_de = (build(with_languages(task, *pair)).state_dict()
                              for pair in ((None, None), ("de", "en"), ("en", "de")))
     same_identity([("a.pt", unknown), ("b.pt", de_en)])
     assert as_direction(identities([unknown, de_en])[DIRECTION_KEY]) == "de-en"
+    older = {k: v for k, v in unknown.items() if k != DIRECTION_KEY}  # before direction records
+    assert as_direction(identities([older, de_en])[DIRECTION_KEY]) == "de-en"
+    assert as_direction(identities([older, unknown])[DIRECTION_KEY]) == ""
     with pytest.raises(SystemExit, match=r"^error: c.pt translates en-de but b.pt de-en: checkpoints of different"):
         same_identity([("a.pt", unknown), ("b.pt", de_en), ("c.pt", en_de)])
 

@@ -184,6 +184,11 @@ def hub_parts(model_dir: str, paths: list[str], data_name_or_path: str, kwargs: 
                 raise
             named = kwargs.get("sentencepiece_model", "the checkpoint's --sentencepiece-model")
             raise TokenizationError(f"{named} is not a sentencepiece model") from None
+        except OSError as e:  # fairseq's words for a --sentencepiece-model the checkpoint names, not here
+            if not str(e).startswith("file ") or "sentencepiece_model" in kwargs:
+                raise
+            raise FileNotFoundError(f"from_pretrained: the checkpoint's --sentencepiece-model: {e}: copy spm.model "
+                                    f"into {model_dir}, or pass sentencepiece_model=PATH") from None
 
 
 @register_model("rnn_seq2seq", dataclass=RNNSeq2SeqConfig)
@@ -243,6 +248,8 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
                                     "pass data_name_or_path=")
         paths = [os.path.abspath(p) for p in checked_ensemble(checkpoint_file, model_dir, contents=False)]
         spm_model = kwargs.get("sentencepiece_model") or os.path.join(model_dir, "spm.model")
+        if "sentencepiece_model" in kwargs and not_a_file(spm_model):
+            raise FileNotFoundError(f"from_pretrained: sentencepiece_model {spm_model} {not_a_file(spm_model)}")
         if "bpe" not in kwargs and ("sentencepiece_model" in kwargs or os.path.exists(spm_model)):
             kwargs.update(bpe="sentencepiece", sentencepiece_model=spm_model)
         kwargs.setdefault("eval_bleu", False)  # a training option: no validation BLEU decoder to build here
