@@ -173,12 +173,14 @@ def check_dictionaries(cfg: RNNSeq2SeqConfig, src_dict, tgt_dict) -> None:
                           "(fairseq-preprocess --joined-dictionary)")
 
 
-def hub_parts(model_dir: str, paths: list[str], data_name_or_path: str, kwargs: dict) -> dict:
+def load_hub(model_dir: str, paths: list[str], data_name_or_path: str, kwargs: dict) -> RNNSeq2SeqHub:
     """fairseq's ``hub_utils.from_pretrained`` of the checkpoints PATHS (a name holding ':', which
-    fairseq would split, through a link), a file that is not a sentencepiece model named."""
+    fairseq would split, through a link) and its hub interface (which loads the sentencepiece
+    model: one that is not one, or is missing, named)."""
     with tempfile.TemporaryDirectory() as links:
         try:
-            return hub_utils.from_pretrained(model_dir, fairseq_ensemble(paths, links), data_name_or_path, **kwargs)
+            loaded = hub_utils.from_pretrained(model_dir, fairseq_ensemble(paths, links), data_name_or_path, **kwargs)
+            return RNNSeq2SeqHub(loaded["args"], loaded["task"], loaded["models"])  # its arguments checked
         except RuntimeError as e:  # sentencepiece's own words: "INTERNAL: could not parse ModelProto"
             if "ModelProto" not in str(e):
                 raise
@@ -253,8 +255,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         if "bpe" not in kwargs and ("sentencepiece_model" in kwargs or os.path.exists(spm_model)):
             kwargs.update(bpe="sentencepiece", sentencepiece_model=spm_model)
         kwargs.setdefault("eval_bleu", False)  # a training option: no validation BLEU decoder to build here
-        loaded = hub_parts(model_dir, paths, data_name_or_path, kwargs)
-        hub = RNNSeq2SeqHub(loaded["args"], loaded["task"], loaded["models"])  # fairseq's, arguments checked
+        hub = load_hub(model_dir, paths, data_name_or_path, kwargs)
         check_bpe_model(hub.bpe, hub.task.source_dictionary, hub.cfg.bpe)  # also one the checkpoint names
         if hub.bpe is None and uses_sentencepiece(hub.task.target_dictionary):
             raise FileNotFoundError(
