@@ -23,7 +23,8 @@ Environment: AMP (0/1; unset: measured), PATIENCE, BUDGET_HOURS, NPROC, NNODES.
   limits (fairseq-train's own stopping rules), or SAVE_DIR/train.done (the same command finished
   there), say the run is complete; a limit below what the checkpoint holds is refused. This is
   decided before the precision probe: a complete run is not probed.
-* Precision and processes: ``user_dir.machine`` (AMP or a cached bfloat16 probe on a CPU; NPROC, NNODES).
+* Precision: ``user_dir.precision`` (AMP, or on a CPU the faster of float32 and bfloat16 autocast for
+  this model, timed on a few of its updates and cached); processes: ``user_dir.machine`` (NPROC, NNODES).
 """
 import argparse
 import ast
@@ -48,7 +49,7 @@ from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
-from user_dir.machine import CPU_CHOICES, distributed, env_number, precision, precision_name, world
+from user_dir.machine import distributed, env_number, world
 from user_dir.models.rnn_seq2seq import (
     RNNSeq2SeqConfig,
     RNNSeq2SeqModel,
@@ -57,6 +58,13 @@ from user_dir.models.rnn_seq2seq import (
     fill_defaults,
 )
 from user_dir.patches.checkpoints import as_dict, misfit, option_differences
+from user_dir.precision import (
+    CPU_CHOICES,
+    measured_precision,
+    precision,
+    precision_name,
+    training_work,
+)
 from user_dir.prepared import prepared_record
 from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, binarized, language_pair
 
@@ -290,7 +298,7 @@ def check_resume(plan: argparse.Namespace, saved: dict) -> None:
 def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict) -> str | None:
     """Why the run in SAVE_DIR, resumed from SAVED, is complete (fairseq-train's stopping rules
     against its checkpoint, or this very command finished there: one of ARGVS, which differ only
-    in a precision not yet measured), None when training is left; refuses limits below it. A
+    in the precision a probe would choose), None when training is left; refuses limits below it. A
     --reset-* option starts counting afresh: never complete."""
     if plan.reset_optimizer or plan.reset_dataloader or plan.reset_meters or plan.reset_lr_scheduler:
         return None
@@ -310,21 +318,34 @@ def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict) -> s
     return f"{path} holds {done[0]}" if done else None
 
 
-def per_epoch(info: dict, plan: argparse.Namespace) -> int:
-    """Updates an epoch: fairseq's own batching of the training pairs (those it keeps: none longer
-    than --max-tokens or the positions; LanguagePairDataset's order, --max-tokens, --batch-size,
-    --required-batch-size-multiple), shared by the processes and --update-freq (a value per epoch: the
-    last, which fairseq keeps for every later epoch)."""
+def batches(info: dict, plan: argparse.Namespace) -> list[np.ndarray]:
+    """fairseq's own batches of the training pairs (indices of those it keeps: none longer than
+    --max-tokens or the positions), in LanguagePairDataset's order, by --max-tokens, --batch-size and
+    --required-batch-size-multiple."""
     src, tgt = info["sizes"]
     tokens = plan.max_tokens or math.inf
-    kept = (src <= min(tokens, getattr(plan, "max_source_positions", math.inf))) & (
-        tgt <= min(tokens, getattr(plan, "max_target_positions", math.inf)))
-    src, tgt = src[kept], tgt[kept]
-    order = np.lexsort((tgt, src))  # by source length, then target length, as fairseq orders them
-    batches = len(data_utils.batch_by_size(order, None, num_tokens_vec=np.maximum(src, tgt)[order].astype(np.int64),
-                                           max_tokens=plan.max_tokens, max_sentences=plan.batch_size,
-                                           required_batch_size_multiple=plan.required_batch_size_multiple))
-    return max(1, math.ceil(math.ceil(batches / plan.distributed_world_size) / plan.update_freq[-1]))
+    kept = np.flatnonzero((src <= min(tokens, getattr(plan, "max_source_positions", math.inf))) & (
+        tgt <= min(tokens, getattr(plan, "max_target_positions", math.inf))))
+    order = kept[np.lexsort((tgt[kept], src[kept]))]  # by source length, then target length, as fairseq orders them
+    return data_utils.batch_by_size(order, None, num_tokens_vec=np.maximum(src, tgt)[order].astype(np.int64),
+                                    max_tokens=plan.max_tokens, max_sentences=plan.batch_size,
+                                    required_batch_size_multiple=plan.required_batch_size_multiple)
+
+
+def per_epoch(info: dict, plan: argparse.Namespace) -> int:
+    """Updates an epoch: fairseq's batches, shared by the processes and --update-freq (a value per
+    epoch: the last, which fairseq keeps for every later epoch)."""
+    updates = math.ceil(len(batches(info, plan)) / plan.distributed_world_size)
+    return max(1, math.ceil(updates / plan.update_freq[-1]))
+
+
+def probe_sets(info: dict, plan: argparse.Namespace, sets: int = 5, size: int = 3) -> list[list[np.ndarray]]:
+    """SETS of SIZE batches drawn as training draws them (fairseq's batches in a shuffled order, again
+    from the start when an epoch holds fewer): what the precision probe trains on."""
+    every = batches(info, plan)
+    order = np.random.default_rng(plan.seed).permutation(len(every))
+    drawn = [every[order[i % len(every)]] for i in range(sets * size)]
+    return [drawn[i:i + size] for i in range(0, len(drawn), size)]
 
 
 def schedule(plan: argparse.Namespace, epoch: int, total: int) -> list[str]:
@@ -415,7 +436,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     args += components(ours, {kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
     args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
     saved = saved_progress(pre)
-    machine, why = precision(gpus > 0, measure=False, saved=saved)  # a complete run is not probed
+    machine, why = precision(gpus > 0, saved=saved)  # None: measured, once training is left (not for a complete run)
     choices = [machine] if machine is not None else CPU_CHOICES
     argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
@@ -431,11 +452,11 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     if done:
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch "
                       "trains on)"], False
+    writable_folder(save)
     if machine is None:
-        machine, why = precision(gpus > 0, saved=saved)
+        machine, why = measured_precision(training_work(plan, probe_sets(info, plan)))
     argv = head + args + machine + scale + fixed + tail
     plan = plan if argv == argvs[0] else fairseq_options(argv)
-    writable_folder(save)
     ours_name = precision_name("--fp16" in machine, "--amp" in machine)
     return argv, describe(plan, info, sized, why, ours_name, torchrun), torchrun
 

@@ -1,0 +1,158 @@
+"""The precision scripts/train.sh trains in: AMP, a resumed checkpoint's, --fp16 on a GPU, or on a
+CPU with bfloat16 instructions, whichever of float32 and bfloat16 autocast trains *this model* faster.
+
+* The CPU's choice is measured: fairseq-train's own updates of the planned model (criterion,
+  optimizer, clipping) on batches drawn as training draws them, a dozen in each precision.
+  Whether bfloat16 pays depends on the model as much as on the CPU: its matrix products are
+  oneDNN kernels made per shape, and a model whose batches bring many shapes (attention over
+  each batch's source length) trains slower in bfloat16 once more shapes come than oneDNN
+  keeps. A stand-in workload, or a few batches repeated, hides that (docs/training.md).
+* The result is cached in ~/.cache/fairseq-rnn-seq2seq/precision.json, keyed by the CPU model,
+  torch version, thread count and the work (the model's layers, criterion, optimizer and batch shapes).
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .files import atomic_write
+
+BF16_MARGIN = 1.05  # bfloat16 must be this much faster: float32 is exact, and probes are noisy
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fairseq-rnn-seq2seq" / "precision.json"
+CPU_CHOICES = [["--cpu"], ["--cpu", "--amp"]]  # the precision options a CPU may get (float32, bfloat16 autocast)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a probe times: NAME (with the CPU, torch and threads) keys the cache; STEP(bf16, i) does
+    the work of set I of SETS in float32 or bfloat16 autocast and returns its seconds (set 0 warms up)."""
+    name: str
+    sets: int
+    step: Callable[[bool, int], float]
+
+
+def cpu_name() -> str:
+    """The CPU's model name: a key of the precision cache."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def training_work(plan: argparse.Namespace, sets: list[list[np.ndarray]]) -> Workload:
+    """fairseq-train's updates (task.train_step, gradient scaling and clipping, the optimizer's step)
+    of PLAN's model on SETS of batches, indices of its training split; the optimizer is --amp's wrapper for bfloat16."""
+    from fairseq import optim, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    cfg = convert_namespace_to_omegaconf(plan)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    data = task.dataset("train")
+    samples = [[data.collater([data[int(i)] for i in batch]) for batch in batches] for batches in sets]
+    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+    model.train(), criterion.train()
+    params = [p for p in [*model.parameters(), *criterion.parameters()] if p.requires_grad]
+    optimizers = {False: optim.build_optimizer(cfg.optimizer, params),
+                  True: optim.AMPOptimizer.build_optimizer(cfg, params)}
+    shapes = [tuple(s["net_input"]["src_tokens"].shape) + tuple(s["target"].shape) for s in sum(samples, [])]
+    what = repr((model, criterion, type(optimizers[False]).__name__, cfg.optimization.clip_norm, shapes))
+
+    def step(bf16: bool, i: int) -> float:
+        optimizer = optimizers[bf16]
+        start = time.perf_counter()
+        for sample in samples[i]:
+            _, sample_size, _ = task.train_step(sample, model, criterion, optimizer, update_num=0)
+            optimizer.multiply_grads(1 / max(sample_size, 1))
+            optimizer.clip_grad_norm(cfg.optimization.clip_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        return time.perf_counter() - start
+
+    name = f"{plan.arch} on {len(shapes)} training batches ({hashlib.sha256(what.encode()).hexdigest()[:10]})"
+    return Workload(name, len(sets), step)
+
+
+def probe(work: Workload) -> dict:
+    """Throughput of bfloat16 autocast relative to float32 on WORK: all its sets in float32, then all
+    in bfloat16 (float32 work timed between bfloat16 work ran slower than alone), set 0 untimed."""
+    seconds = {}
+    for bf16 in (False, True):
+        work.step(bf16, 0)  # warm-up: thread pools, the optimizer's state
+        seconds[bf16] = sum(work.step(bf16, i) for i in range(1, work.sets))
+    return {"bf16_speedup": round(seconds[False] / seconds[True], 3)}
+
+
+def amp_setting() -> str:
+    """AMP: "1", "0" or "" (unset), anything else refused in one line, on every device."""
+    amp = os.environ.get("AMP", "")
+    if amp not in ("", "0", "1"):
+        raise SystemExit(f"error: AMP={amp!r}: 1 forces bfloat16 autocast on a CPU (float16 on a GPU), 0 float32, "
+                         "unset chooses (measured on a CPU, float16 on a GPU)")
+    return amp
+
+
+def resumed_precision(common) -> list[str] | None:
+    """The precision options of a checkpoint's COMMON config that this machine can train with (None: none)."""
+    gpu = torch.cuda.is_available()
+    if common.get("fp16") or common.get("memory_efficient_fp16"):
+        return ["--fp16"] if gpu else None
+    if common.get("bf16"):
+        return None
+    return (["--amp"] if common.get("amp") else []) if gpu else CPU_CHOICES[bool(common.get("amp"))]
+
+
+def precision(gpu: bool, saved: dict | None = None) -> tuple[list[str] | None, str]:
+    """fairseq-train's precision options on a GPU or the CPU, and why; None where only a probe can tell
+    (:func:`measured_precision`). Without AMP, a resumed run (SAVED) keeps its checkpoint's."""
+    amp = amp_setting()
+    kept = resumed_precision(saved["cfg"]["common"]) if saved and saved["optimizer"] and not amp else None
+    if kept is not None:
+        return kept, f"as {saved['path']} was trained"
+    if gpu:
+        return ([], "AMP=0, GPU") if amp == "0" else (["--fp16"], "GPU")
+    if amp:
+        return CPU_CHOICES[amp == "1"], f"AMP={amp}"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return CPU_CHOICES[0], "this CPU has no bfloat16 instructions"
+    return None, "measured"
+
+
+def measured_precision(work: Workload) -> tuple[list[str], str]:
+    """The CPU's faster precision for WORK, and why: from the cache, else probed now (and cached)."""
+    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {work.name}"
+    try:
+        cache = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    how = "cached"
+    if key not in cache:
+        print("train.sh: timing bfloat16 autocast against float32 on a few updates of this model (once per CPU, "
+              "torch, threads and model; AMP=0 or AMP=1 chooses without it)", file=sys.stderr, flush=True)
+        cache[key], how = probe(work), "measured now"
+        try:
+            CACHE.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(CACHE, "w") as f:  # concurrent runs never read half a file
+                f.write(json.dumps(cache, indent=2))
+        except OSError:
+            how += ", not cached"
+    speedup = cache[key]["bf16_speedup"]
+    return (CPU_CHOICES[speedup >= BF16_MARGIN],
+            f"probe: bfloat16 at {speedup:.2f}x float32's speed on {key} ({how}, {CACHE})")
+
+
+def precision_name(fp16: bool, amp: bool) -> str:
+    """How the plan names a precision."""
+    return "float16 (--fp16)" if fp16 else "bfloat16 autocast (--amp)" if amp else "float32"
