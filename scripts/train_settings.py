@@ -49,7 +49,7 @@ from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
-from user_dir.machine import distributed, env_number, world
+from user_dir.machine import distributed, env_number, nodes, world
 from user_dir.models.rnn_seq2seq import (
     RNNSeq2SeqConfig,
     RNNSeq2SeqModel,
@@ -76,6 +76,7 @@ MIN_VALIDATIONS = 5  # a run short in epochs still validates (selects, stops ear
 LONG_EPOCH = 2000  # updates an epoch above which validation and checkpoints go by updates
 MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs) (docs/training.md)
 SMALL = 10_000  # pairs below which the learning rate waits one more validation before it shrinks
+GIVEN_PRECISION = ("fp16", "bf16", "amp", "memory_efficient_fp16", "memory_efficient_bf16")  # options that set it
 COMPONENTS = {"criterion": "criterion", "optimizer": "optimizer", "lr-scheduler": "lr_scheduler"}
 # the recipe's fixed options (section, field of configs/multi30k.yaml)
 FIXED = [("optimization", "lr"), ("optimization", "clip_norm"), ("dataset", "max_tokens"),
@@ -260,6 +261,15 @@ KEPT_ON_RESUME = [("criterion", ["_name"], "criterion"), ("optimizer", None, "op
                   ("common", ["fp16", "amp", "bf16", "memory_efficient_fp16"], None)]
 
 
+def built(plan: argparse.Namespace) -> tuple:
+    """PLAN's config, task and model, as fairseq-train builds them."""
+    with warnings.catch_warnings():  # hydra's deprecation notes on fairseq 0.12's use of it
+        warnings.simplefilter("ignore")
+        cfg = convert_namespace_to_omegaconf(plan)
+    task = tasks.setup_task(cfg.task)
+    return cfg, task, task.build_model(cfg.model)
+
+
 def check_resume(plan: argparse.Namespace, saved: dict) -> None:
     """Refuses resuming SAVE_DIR/checkpoint_last.pt with options it cannot resume with or would not
     apply: another model or data (fairseq-train's own check, :func:`misfit`); unless
@@ -267,11 +277,7 @@ def check_resume(plan: argparse.Namespace, saved: dict) -> None:
     options (restored from its state, less --optimizer-overrides) or, with reduce_lr_on_plateau past
     its warmup, --lr (the rate continues from the checkpoint's)."""
     path = saved["path"]
-    with warnings.catch_warnings():  # hydra's deprecation notes on fairseq 0.12's use of it
-        warnings.simplefilter("ignore")
-        cfg = convert_namespace_to_omegaconf(plan)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
+    cfg, task, model = built(plan)
     try:
         model.load_state_dict(saved["model"], strict=True, model_cfg=cfg.model)
     except Exception as e:
@@ -335,17 +341,11 @@ def batches(info: dict, plan: argparse.Namespace) -> list[np.ndarray]:
 def per_epoch(info: dict, plan: argparse.Namespace) -> int:
     """Updates an epoch: fairseq's batches, shared by the processes and --update-freq (a value per
     epoch: the last, which fairseq keeps for every later epoch)."""
-    updates = math.ceil(len(batches(info, plan)) / plan.distributed_world_size)
-    return max(1, math.ceil(updates / plan.update_freq[-1]))
-
-
-def probe_sets(info: dict, plan: argparse.Namespace, sets: int = 5, size: int = 3) -> list[list[np.ndarray]]:
-    """SETS of SIZE batches drawn as training draws them (fairseq's batches in a shuffled order, again
-    from the start when an epoch holds fewer): what the precision probe trains on."""
-    every = batches(info, plan)
-    order = np.random.default_rng(plan.seed).permutation(len(every))
-    drawn = [every[order[i % len(every)]] for i in range(sets * size)]
-    return [drawn[i:i + size] for i in range(0, len(drawn), size)]
+    count = len(batches(info, plan))
+    if not count:
+        raise SystemExit(f"error: no training pair of {plan.data} fits --max-tokens {plan.max_tokens} and the model's "
+                         "positions: fairseq-train would train on nothing (give a larger --max-tokens)")
+    return max(1, math.ceil(math.ceil(count / plan.distributed_world_size) / plan.update_freq[-1]))
 
 
 def schedule(plan: argparse.Namespace, epoch: int, total: int) -> list[str]:
@@ -436,7 +436,9 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     args += components(ours, {kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
     args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
     saved = saved_progress(pre)
-    machine, why = precision(gpus > 0, saved=saved)  # None: measured, once training is left (not for a complete run)
+    machine, why = precision(gpus > 0, saved, several=nodes() > 1 or slurm)  # None: measured once training is left
+    if machine is None and any(given.get(option) for option in GIVEN_PRECISION):
+        machine, why = CPU_CHOICES[0], "as given in the options"  # the options' own wins: nothing to measure
     choices = [machine] if machine is not None else CPU_CHOICES
     argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
@@ -454,7 +456,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
                       "trains on)"], False
     writable_folder(save)
     if machine is None:
-        machine, why = measured_precision(training_work(plan, probe_sets(info, plan)))
+        machine, why = measured_precision(training_work(*built(plan)))
     argv = head + args + machine + scale + fixed + tail
     plan = plan if argv == argvs[0] else fairseq_options(argv)
     ours_name = precision_name("--fp16" in machine, "--amp" in machine)

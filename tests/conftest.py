@@ -14,7 +14,9 @@ from fairseq_cli import preprocess as fairseq_preprocess
 
 import user_dir  # noqa: F401  (registers the plugin and applies its patches, as --user-dir does)
 from helpers import TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, built_once, preprocess_args, run
+from scripts import train_settings
 from scripts.train_settings import fairseq_options, settings
+from user_dir import precision
 
 # A test run started in the background (``bash scripts/test.sh &`` in a script) inherits SIGINT
 # ignored, and every process it starts would too: the Ctrl-C tests need it delivered. A handler,
@@ -68,3 +70,16 @@ def plan(toy_bin, tmp_path, monkeypatch):
         argv, lines, _ = settings(toy_bin, tmp_path / "save", list(extra))
         return fairseq_options(argv), lines
     return make
+
+
+@pytest.fixture
+def unmeasured(plan, tmp_path, monkeypatch):
+    """A CPU with bfloat16 whose precision is not cached (AMP unset): a probe here fails the test."""
+    monkeypatch.delenv("AMP")
+    monkeypatch.setattr(precision, "CACHE", tmp_path / "cache" / "precision.json")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def probed(*args, **kwargs):
+        raise AssertionError("probed")
+    monkeypatch.setattr(train_settings, "training_work", probed)

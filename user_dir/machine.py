@@ -22,12 +22,17 @@ def env_number(name: str, kind: type, minimum: float, meaning: str) -> float | N
     return value
 
 
+def nodes() -> int:
+    """NNODES, the machines torchrun starts processes on (unset: 1)."""
+    return int(env_number("NNODES", int, 1, "the number of machines, a whole number >= 1") or 1)
+
+
 def world(gpus: int, given: int | None, slurm: bool) -> tuple[int, bool]:
     """The processes fairseq-train trains in (on GPUS GPUs; 0: the CPU) and whether torchrun starts
     them: NPROC on each of NNODES machines, else fairseq-train's own (--distributed-world-size
     GIVEN, at most one per GPU; unset, one per GPU). SLURM (fairseq's own multi-node): as GIVEN."""
     nproc = env_number("NPROC", int, 1, "the number of processes, a whole number >= 1")
-    nnodes = int(env_number("NNODES", int, 1, "the number of machines, a whole number >= 1") or 1)
+    nnodes = nodes()
     if nproc is None and nnodes > 1:
         raise SystemExit(f"error: NNODES={nnodes} without NPROC: give NPROC too, the processes on each machine "
                          "(torchrun starts them)")

@@ -2,16 +2,15 @@
 CPU with bfloat16 instructions, whichever of float32 and bfloat16 autocast trains *this model* faster.
 
 * The CPU's choice is measured: fairseq-train's own updates of the planned model (criterion,
-  optimizer, clipping) on batches drawn as training draws them, a dozen in each precision.
-  Whether bfloat16 pays depends on the model as much as on the CPU: its matrix products are
-  oneDNN kernels made per shape, and a model whose batches bring many shapes (attention over
-  each batch's source length) trains slower in bfloat16 once more shapes come than oneDNN
-  keeps. A stand-in workload, or a few batches repeated, hides that (docs/training.md).
+  optimizer, clipping) on training batches drawn by fairseq's iterator, a dozen in each precision.
+  Whether bfloat16 pays depends on the model as much as on the CPU: a stand-in workload picked
+  bfloat16 for a model that trained slower in it (docs/training.md, "Precision by measurement").
 * The result is cached in ~/.cache/fairseq-rnn-seq2seq/precision.json, keyed by the CPU model,
-  torch version, thread count and the work (the model's layers, criterion, optimizer and batch shapes).
+  torch version, thread count and the work (the model's layers and options, the criterion's and
+  optimizer's options, the batches' shapes).
 """
-import argparse
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from .files import atomic_write
 
@@ -51,29 +50,55 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def training_work(plan: argparse.Namespace, sets: list[list[np.ndarray]]) -> Workload:
-    """fairseq-train's updates (task.train_step, gradient scaling and clipping, the optimizer's step)
-    of PLAN's model on SETS of batches, indices of its training split; the optimizer is --amp's wrapper for bfloat16."""
-    from fairseq import optim, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+def training_samples(cfg, task, model, count: int) -> list[dict]:
+    """COUNT batches of the training split as fairseq-train draws them: its batching and filtering of
+    the dataset it loads, shuffled by the seed, again from the start when an epoch holds fewer."""
+    from fairseq import utils
 
-    cfg = convert_namespace_to_omegaconf(plan)
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("train")
-    data = task.dataset("train")
-    samples = [[data.collater([data[int(i)] for i in batch]) for batch in batches] for batches in sets]
-    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
-    model.train(), criterion.train()
+    task.load_dataset(cfg.dataset.train_subset, epoch=1, combine=True)
+    batches = task.get_batch_iterator(
+        dataset=task.dataset(cfg.dataset.train_subset), max_tokens=cfg.dataset.max_tokens,
+        max_sentences=cfg.dataset.batch_size, ignore_invalid_inputs=True, seed=cfg.common.seed,
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions(), cfg.dataset.max_tokens),
+        required_batch_size_multiple=cfg.dataset.required_batch_size_multiple)
+    samples = []
+    while len(samples) < count:
+        epoch = batches.next_epoch_itr(shuffle=True)
+        if not len(epoch):
+            raise ValueError("no training batch")  # train_settings refuses this plan before
+        samples += itertools.islice(epoch, count - len(samples))
+    return samples
+
+
+def described(node) -> str:
+    """A config as YAML (a legacy model's argparse options, which hold the whole command, as nothing)."""
+    return OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else ""
+
+
+def training_work(cfg, task, model, sets: int = 5, size: int = 3) -> Workload:
+    """fairseq-train's updates of MODEL as CFG plans them (task.train_step, gradient scaling and
+    clipping, the learning rate of update 0, the optimizer's step; --amp's optimizer wrapper for
+    bfloat16) on SETS of SIZE training batches; the name digests all that sets their speed."""
+    from fairseq import optim
+    from fairseq.optim import lr_scheduler
+
+    samples = training_samples(cfg, task, model, sets * size)
+    criterion = task.build_criterion(cfg.criterion)
+    model.train()
+    criterion.train()
     params = [p for p in [*model.parameters(), *criterion.parameters()] if p.requires_grad]
     optimizers = {False: optim.build_optimizer(cfg.optimizer, params),
                   True: optim.AMPOptimizer.build_optimizer(cfg, params)}
-    shapes = [tuple(s["net_input"]["src_tokens"].shape) + tuple(s["target"].shape) for s in sum(samples, [])]
-    what = repr((model, criterion, type(optimizers[False]).__name__, cfg.optimization.clip_norm, shapes))
+    for optimizer in optimizers.values():
+        lr_scheduler.build_lr_scheduler(cfg.lr_scheduler, optimizer).step_update(0)
+    shapes = [tuple(s["net_input"]["src_tokens"].shape) + tuple(s["target"].shape) for s in samples]
+    what = repr((model, criterion, type(optimizers[False]).__name__, cfg.optimization.clip_norm, shapes,
+                 *(described(node) for node in (cfg.model, cfg.criterion, cfg.optimizer))))
 
     def step(bf16: bool, i: int) -> float:
         optimizer = optimizers[bf16]
         start = time.perf_counter()
-        for sample in samples[i]:
+        for sample in samples[i * size:(i + 1) * size]:
             _, sample_size, _ = task.train_step(sample, model, criterion, optimizer, update_num=0)
             optimizer.multiply_grads(1 / max(sample_size, 1))
             optimizer.clip_grad_norm(cfg.optimization.clip_norm)
@@ -81,17 +106,22 @@ def training_work(plan: argparse.Namespace, sets: list[list[np.ndarray]]) -> Wor
             optimizer.zero_grad()
         return time.perf_counter() - start
 
-    name = f"{plan.arch} on {len(shapes)} training batches ({hashlib.sha256(what.encode()).hexdigest()[:10]})"
-    return Workload(name, len(sets), step)
+    arch = getattr(cfg.model, "arch", None) or cfg.model._name
+    name = f"{arch} on {len(samples)} training batches ({hashlib.sha256(what.encode()).hexdigest()[:10]})"
+    return Workload(name, sets, step)
 
 
 def probe(work: Workload) -> dict:
     """Throughput of bfloat16 autocast relative to float32 on WORK: all its sets in float32, then all
-    in bfloat16 (float32 work timed between bfloat16 work ran slower than alone), set 0 untimed."""
+    in bfloat16 (so that no bfloat16 work runs before float32's), set 0 untimed;
+    0 when bfloat16's gradients were not finite (the --amp path stops such a run)."""
     seconds = {}
     for bf16 in (False, True):
-        work.step(bf16, 0)  # warm-up: thread pools, the optimizer's state
-        seconds[bf16] = sum(work.step(bf16, i) for i in range(1, work.sets))
+        try:
+            work.step(bf16, 0)  # warm-up: thread pools, the optimizer's state
+            seconds[bf16] = sum(work.step(bf16, i) for i in range(1, work.sets))
+        except FloatingPointError:
+            return {"bf16_speedup": 0.0}
     return {"bf16_speedup": round(seconds[False] / seconds[True], 3)}
 
 
@@ -114,9 +144,10 @@ def resumed_precision(common) -> list[str] | None:
     return (["--amp"] if common.get("amp") else []) if gpu else CPU_CHOICES[bool(common.get("amp"))]
 
 
-def precision(gpu: bool, saved: dict | None = None) -> tuple[list[str] | None, str]:
+def precision(gpu: bool, saved: dict | None = None, several: bool = False) -> tuple[list[str] | None, str]:
     """fairseq-train's precision options on a GPU or the CPU, and why; None where only a probe can tell
-    (:func:`measured_precision`). Without AMP, a resumed run (SAVED) keeps its checkpoint's."""
+    (:func:`measured_precision`). Without AMP, a resumed run (SAVED) keeps its checkpoint's, and one
+    on SEVERAL machines trains in float32 (each would measure on its own, and might pick another)."""
     amp = amp_setting()
     kept = resumed_precision(saved["cfg"]["common"]) if saved and saved["optimizer"] and not amp else None
     if kept is not None:
@@ -127,6 +158,8 @@ def precision(gpu: bool, saved: dict | None = None) -> tuple[list[str] | None, s
         return CPU_CHOICES[amp == "1"], f"AMP={amp}"
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return CPU_CHOICES[0], "this CPU has no bfloat16 instructions"
+    if several:
+        return CPU_CHOICES[0], "several machines, unmeasured (AMP=1: bfloat16 autocast on all)"
     return None, "measured"
 
 
@@ -137,8 +170,10 @@ def measured_precision(work: Workload) -> tuple[list[str], str]:
         cache = json.loads(CACHE.read_text())
     except (OSError, ValueError):
         cache = {}
+    cache = cache if isinstance(cache, dict) else {}  # a damaged cache is measured again, never trusted
+    entry = cache.get(key)
     how = "cached"
-    if key not in cache:
+    if not (isinstance(entry, dict) and type(entry.get("bf16_speedup")) in (int, float)):
         print("train.sh: timing bfloat16 autocast against float32 on a few updates of this model (once per CPU, "
               "torch, threads and model; AMP=0 or AMP=1 chooses without it)", file=sys.stderr, flush=True)
         cache[key], how = probe(work), "measured now"

@@ -24,7 +24,7 @@ from scripts.train_settings import (
     settings,
     writable_folder,
 )
-from user_dir import machine, precision, workflow
+from user_dir import machine, workflow
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
 from user_dir.patches.distributed import config_allowed
 
@@ -271,19 +271,6 @@ def test_save_dir_must_be_a_writable_folder(tmp_path):
             writable_folder(save)
     writable_folder(tmp_path / "new" / "save")
     assert (tmp_path / "new" / "save").is_dir() and not list((tmp_path / "new" / "save").iterdir())
-
-
-@pytest.fixture
-def unmeasured(plan, tmp_path, monkeypatch):
-    """A CPU with bfloat16 whose precision is not cached (AMP unset): a probe here fails the test."""
-    monkeypatch.delenv("AMP")
-    monkeypatch.setattr(precision, "CACHE", tmp_path / "cache" / "precision.json")
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-
-    def probe(work) -> dict:
-        raise AssertionError("probed")
-    monkeypatch.setattr(precision, "probe", probe)
 
 
 def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, monkeypatch, unmeasured):

@@ -3,41 +3,59 @@ batches, and the cache keyed by the model; in process, on the toy data. Whether 
 faster one in fairseq-train: tests/e2e/test_own_corpus.py."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from helpers import TINY_MODEL
-from scripts.train_settings import batches, corpus, probe_sets
+from scripts.train_settings import batches, built, corpus, settings
 from user_dir import precision
-from user_dir.precision import Workload, measured_precision, training_work
+from user_dir.precision import Workload, measured_precision, training_samples, training_work
+from user_dir.workflow import binarized, language_pair
 
 
-def drawn(sets: list[list[np.ndarray]]) -> list[tuple]:
-    return [tuple(batch) for batches_ in sets for batch in batches_]
+def drawn(plan, toy_bin, *extra: str, count: int = 15) -> tuple[list[tuple], list[tuple], set[tuple]]:
+    """For the toy plan with EXTRA: the ids of each batch the probe draws, its (source, target)
+    lengths, and those of each batch of the epoch (fairseq breaks ties between equal lengths at
+    random, which changes a batch's members, not its lengths)."""
+    args, _ = plan(*TINY_MODEL, "--max-update", "5", *extra)
+    src, tgt = corpus(toy_bin)["sizes"]
+
+    def lengths(ids) -> tuple:
+        return tuple(sorted(zip(src[ids].tolist(), tgt[ids].tolist())))
+    samples = training_samples(*built(args), count)
+    return ([tuple(s["id"].tolist()) for s in samples], [lengths(s["id"].numpy()) for s in samples],
+            {lengths(b) for b in batches(corpus(toy_bin), args)})
 
 
 def test_the_probe_trains_on_fairseqs_own_batches_drawn_as_training_draws_them(plan, toy_bin):
-    args, _ = plan("--max-update", "5", "--max-tokens", "60")
-    every = {tuple(b) for b in batches(corpus(toy_bin), args)}
-    sets = probe_sets(corpus(toy_bin), args)
-    assert [len(s) for s in sets] == [3] * 5
-    assert len(every) >= 15 and set(drawn(sets)) <= every and len(set(drawn(sets))) == 15  # none twice
-    assert drawn(probe_sets(corpus(toy_bin), args)) == drawn(sets)  # the seed's draw
-    assert drawn(probe_sets(corpus(toy_bin), plan("--max-update", "5", "--max-tokens", "60", "--seed", "2")[0])) != (
-        drawn(sets))
-    few, _ = plan("--max-update", "5", "--max-tokens", "10000")  # an epoch of fewer batches: drawn again, as training
-    epoch = {tuple(b) for b in batches(corpus(toy_bin), few)}
-    again = drawn(probe_sets(corpus(toy_bin), few))
-    assert len(epoch) < 15 and len(again) == 15 and set(again) == epoch
+    """As many batches as asked, none twice in an epoch, of the epoch's shapes, the seed's draw; an
+    epoch of fewer batches (a small corpus) drawn again from the start, as training does."""
+    ids, shapes, epoch = drawn(plan, toy_bin, "--max-tokens", "60")
+    assert len(ids) == 15 == len(set(ids)) and set(shapes) <= epoch
+    assert drawn(plan, toy_bin, "--max-tokens", "60")[0] == ids
+    assert drawn(plan, toy_bin, "--max-tokens", "60", "--seed", "2")[0] != ids
+    ids, shapes, epoch = drawn(plan, toy_bin, "--max-tokens", "10000")
+    assert len(epoch) < 15 and len(ids) == 15 and set(shapes) == epoch
 
 
-def test_the_probe_runs_fairseq_trains_updates_in_each_precision(plan, toy_bin):
+def test_the_probe_draws_from_the_direction_fairseq_trains(plan, toy_bin):
+    """--source-lang/--target-lang either way: each batch's sources are that language's sentences."""
+    pair = language_pair(toy_bin)
+    for side in (0, 1):
+        args, _ = plan(*TINY_MODEL, "--max-update", "5", "-s", pair[side], "-t", pair[1 - side])
+        sentences = binarized(toy_bin, "train", side)
+        for sample in training_samples(*built(args), 3):
+            rows = sample["net_input"]["src_tokens"]
+            assert [row[row.ne(1)].tolist() for row in rows] == [sentences[i].tolist() for i in sample["id"]]
+
+
+def test_the_probe_runs_fairseq_trains_updates_in_each_precision(plan):
     """Every step updates the plan's model (its encoder's weights, seen through a forward hook); the
     bfloat16 steps run under autocast (every linear layer computes in bfloat16), the float32 ones
-    not. The name is the model's: another size, another key."""
-    args, _ = plan(*TINY_MODEL, "--max-update", "5", "--max-tokens", "60")
-    work = training_work(args, probe_sets(corpus(toy_bin), args, sets=2, size=2))
+    not. The name is the work's: another size, or another decoder path, another key."""
+    fixed = ["--lr-scheduler", "fixed"]  # the recipe's warmup starts from a rate of 0: no step would change a weight
+    args, _ = plan(*TINY_MODEL, *fixed, "--max-update", "5", "--max-tokens", "60")
+    work = training_work(*built(args), sets=2, size=2)
     assert work.sets == 2 and work.name.startswith("rnn_seq2seq on 4 training batches (")
     seen = []  # every module's output as the steps run: (module, dtype)
     hook = torch.nn.modules.module.register_module_forward_hook(
@@ -54,10 +72,29 @@ def test_the_probe_runs_fairseq_trains_updates_in_each_precision(plan, toy_bin):
             assert linear == {torch.bfloat16 if bf16 else torch.float32}
     finally:
         hook.remove()
-    sets = probe_sets(corpus(toy_bin), args, sets=2, size=2)
-    assert training_work(args, sets).name == work.name
-    wider, _ = plan(*TINY_MODEL, "--decoder-hidden-size", "64", "--max-update", "5", "--max-tokens", "60")
-    assert training_work(wider, probe_sets(corpus(toy_bin), wider, sets=2, size=2)).name != work.name
+    assert training_work(*built(args), sets=2, size=2).name == work.name
+    for other in (["--decoder-hidden-size", "64"], ["--decoder-rnn", "loop"]):
+        changed, _ = plan(*TINY_MODEL, *fixed, *other, "--max-update", "5", "--max-tokens", "60")
+        assert training_work(*built(changed), sets=2, size=2).name != work.name, other
+
+
+def test_an_epoch_of_no_batch_is_refused_in_one_line(plan):
+    with pytest.raises(SystemExit, match=r"^error: no training pair of .* fits --max-tokens 2 and the model's "
+                                         r"positions: fairseq-train would train on nothing"):
+        plan(*TINY_MODEL, "--max-update", "5", "--max-tokens", "2")
+
+
+def test_no_probe_where_the_options_or_several_machines_set_the_precision(plan, toy_bin, tmp_path, monkeypatch,
+                                                                          unmeasured):
+    """--amp (or --fp16, --bf16) in the options wins; NNODES > 1 trains in float32 unless AMP says."""
+    argv, lines, _ = settings(toy_bin, tmp_path / "a", [*TINY_MODEL, "--max-update", "5", "--amp"])
+    assert "--amp" in argv and "precision: bfloat16 autocast (--amp), as given in the options" in lines
+    monkeypatch.setenv("NNODES", "2")
+    monkeypatch.setenv("NPROC", "1")
+    monkeypatch.setenv("TORCHRUN_ARGS", "--rdzv-endpoint h:1")
+    argv, lines, _ = settings(toy_bin, tmp_path / "b", [*TINY_MODEL, "--max-update", "5"])
+    assert "--amp" not in argv and "precision: float32, several machines, unmeasured (AMP=1: bfloat16 autocast on " \
+        "all)" in lines
 
 
 def timed(name: str, seconds: dict) -> tuple[Workload, list]:
@@ -88,3 +125,14 @@ def test_the_choice_is_measured_once_per_model_and_cached(cache, capsys):
     options, why = measured_precision(slower)
     assert options == ["--cpu"] and calls and "1.04x" in why and "model b (measured now" in why
     assert sorted(key.rsplit(" | ", 1)[1] for key in json.loads(cache.read_text())) == ["model a", "model b"]
+
+
+@pytest.mark.parametrize("damage", ["[1, 2]", '{"KEY": {"bf16_speedup": "fast"}}', '{"KEY": {}}', '{"KEY": 3}', "{"])
+def test_a_damaged_cache_is_measured_again(cache, damage):
+    work, calls = timed("model a", {False: 1.0, True: 0.5})
+    key = f"{precision.cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | model a"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(damage.replace("KEY", key.replace('"', '\\"')))
+    options, why = measured_precision(work)
+    assert options == ["--cpu", "--amp"] and calls and "(measured now" in why
+    assert json.loads(cache.read_text())[key] == {"bf16_speedup": 2.0}

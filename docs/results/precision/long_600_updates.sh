@@ -1,11 +1,13 @@
-cd /work/main && source scripts/env.sh
+# Run from anywhere: LOGS=FOLDER bash docs/results/precision/long_600_updates.sh (the logs go to FOLDER).
+LOGS="${LOGS:?give LOGS=folder for the logs}"
+cd "$(dirname "$0")/../../.." && source scripts/env.sh
 D=runs/multi30k/de-en/bin
 for amp in 1 0; do
   rm -rf $LOGS/ck
   AMP=$amp bash scripts/train.sh $D $LOGS/ck --arch rnn_seq2seq_attention_multi30k --max-update 600 --log-interval 50 --log-format json --disable-validation --no-save > $LOGS/long.$amp.log 2>&1
   echo "amp=$amp: $(grep -o '"wps": "[0-9.]*"' $LOGS/long.$amp.log | tr '\n' ' ')"
 done
-cd /work/main && source scripts/env.sh
+cd "$(dirname "$0")/../../.." && source scripts/env.sh
 D=runs/multi30k/de-en/bin
 for amp in 1; do
   rm -rf $LOGS/ck
@@ -13,7 +15,7 @@ for amp in 1; do
   echo "amp=$amp cache16k: $(grep -o '"wps": "[0-9.]*"' $LOGS/long2.$amp.log | tr '\n' ' ')"
   grep "Maximum resident" $LOGS/long2.$amp.log
 done
-cd /work/main && source scripts/env.sh
+cd "$(dirname "$0")/../../.." && source scripts/env.sh
 D=runs/multi30k/de-en/bin
 for amp in 1 0; do
   rm -rf $LOGS/ck3

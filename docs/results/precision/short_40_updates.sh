@@ -1,4 +1,6 @@
-cd /work/main && source scripts/env.sh
+# Run from anywhere: LOGS=FOLDER bash docs/results/precision/short_40_updates.sh (the logs go to FOLDER).
+LOGS="${LOGS:?give LOGS=folder for the logs}"
+cd "$(dirname "$0")/../../.." && source scripts/env.sh
 D=runs/multi30k/de-en/bin
 for round in 1 2; do
  for arch in rnn_seq2seq_attention_multi30k rnn_seq2seq_multi30k; do
