@@ -41,9 +41,10 @@ import torch
 from fairseq import checkpoint_utils, options, tasks
 from fairseq.data import Dictionary, data_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq.models import ARCH_MODEL_REGISTRY, BaseFairseqModel
 from fairseq.registry import REGISTRIES
-from omegaconf import OmegaConf
+from fairseq.tasks import FairseqTask
+from omegaconf import DictConfig, OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
@@ -76,7 +77,7 @@ MIN_VALIDATIONS = 5  # a run short in epochs still validates (selects, stops ear
 LONG_EPOCH = 2000  # updates an epoch above which validation and checkpoints go by updates
 MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs) (docs/training.md)
 SMALL = 10_000  # pairs below which the learning rate waits one more validation before it shrinks
-GIVEN_PRECISION = ("fp16", "bf16", "amp", "memory_efficient_fp16", "memory_efficient_bf16")  # options that set it
+GIVEN_PRECISION = ("fp16", "amp", "memory_efficient_fp16")  # options that set the precision (--bf16: refused)
 COMPONENTS = {"criterion": "criterion", "optimizer": "optimizer", "lr-scheduler": "lr_scheduler"}
 # the recipe's fixed options (section, field of configs/multi30k.yaml)
 FIXED = [("optimization", "lr"), ("optimization", "clip_norm"), ("dataset", "max_tokens"),
@@ -163,10 +164,14 @@ def check_counts(plan: argparse.Namespace) -> None:
 
 
 def check_device(plan: argparse.Namespace) -> None:
-    """Refuses float16 training where no CUDA is (fairseq-train fails deep inside instead)."""
+    """Refuses float16 training where no CUDA is, and --bf16, which fairseq 0.12 runs on a TPU only
+    (fairseq-train fails deep inside instead)."""
     if (plan.fp16 or plan.memory_efficient_fp16) and not torch.cuda.is_available():
         raise SystemExit("error: --fp16 trains on a CUDA GPU and there is none here: leave it out (train.sh "
                          "chooses float32 or bfloat16 autocast on a CPU; --amp forces bfloat16)")
+    if plan.bf16 or plan.memory_efficient_bf16:
+        raise SystemExit("error: --bf16 is fairseq 0.12's TPU precision (it sets --tpu): leave it out (on a CPU, "
+                         "--amp or AMP=1 trains in bfloat16 autocast)")
 
 
 def check_model(plan: argparse.Namespace) -> None:
@@ -261,7 +266,7 @@ KEPT_ON_RESUME = [("criterion", ["_name"], "criterion"), ("optimizer", None, "op
                   ("common", ["fp16", "amp", "bf16", "memory_efficient_fp16"], None)]
 
 
-def built(plan: argparse.Namespace) -> tuple:
+def built(plan: argparse.Namespace) -> tuple[DictConfig, FairseqTask, BaseFairseqModel]:
     """PLAN's config, task and model, as fairseq-train builds them."""
     with warnings.catch_warnings():  # hydra's deprecation notes on fairseq 0.12's use of it
         warnings.simplefilter("ignore")
@@ -344,7 +349,8 @@ def per_epoch(info: dict, plan: argparse.Namespace) -> int:
     count = len(batches(info, plan))
     if not count:
         raise SystemExit(f"error: no training pair of {plan.data} fits --max-tokens {plan.max_tokens} and the model's "
-                         "positions: fairseq-train would train on nothing (give a larger --max-tokens)")
+                         "positions: fairseq-train would train on nothing (give a larger --max-tokens, or larger "
+                         "--max-source-positions/--max-target-positions)")
     return max(1, math.ceil(math.ceil(count / plan.distributed_world_size) / plan.update_freq[-1]))
 
 

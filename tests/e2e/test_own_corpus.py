@@ -16,6 +16,7 @@ import torch
 
 import user_dir  # noqa: F401  (the checkpoint allow-list for weights_only reads; applied: conftest imported fairseq)
 from helpers import ROOT, run
+from user_dir import precision
 
 SCRIPTS = ROOT / "scripts"
 TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
@@ -220,11 +221,14 @@ def steady_wps(prepared: Path, save: Path, amp: str, arch: list[str]) -> float:
     return round(sum(float(u["wpb"]) for u in steady) / sum(float(u["wpb"]) / float(u["wps"]) for u in steady))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU precision probe")
+@pytest.mark.skipif(torch.cuda.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="the CPU precision probe, on a CPU with bfloat16")
 @pytest.mark.parametrize("arch", [[], ["--arch", "rnn_seq2seq_attention_multi30k"]], ids=["default", "attention"])
 def test_train_sh_picks_the_faster_precision_here(prepared, tmp_path, arch):
-    """train.sh's measured pick (fresh cache) for the presets against both precisions' steady speed in
-    fairseq-train, two alternating rounds; within 10% of each other either pick is right."""
+    """A smoke test on a small corpus (few batches, so few shapes): train.sh's measured pick (fresh
+    cache) for the presets against both precisions' steady speed in fairseq-train, two alternating
+    rounds; float32 unless bfloat16 is over 1.3x faster, either pick right within 10% of the margin.
+    Long runs on Multi30k: docs/results/precision/."""
     command = ["python", SCRIPTS / "train_settings.py", tmp_path / "args", prepared / "bin", tmp_path / "s", *arch,
                "--max-tokens", "1024"]
     settings = run(*command, env={"XDG_CACHE_HOME": str(tmp_path / "cache")}).stdout
@@ -237,8 +241,8 @@ def test_train_sh_picks_the_faster_precision_here(prepared, tmp_path, arch):
             speed[amp].append(steady_wps(prepared, tmp_path / f"{amp}{round_}", amp, arch))
     ratio = max(speed["1"]) / max(speed["0"])
     print(f"bfloat16/float32 words/s: {speed}, ratio {ratio:.2f}; picked bf16: {picked_bf16}")
-    if abs(ratio - 1) > 0.10:
-        assert picked_bf16 == (ratio > 1), (speed, settings)
+    if abs(ratio - precision.BF16_MARGIN) > 0.10 * precision.BF16_MARGIN:
+        assert picked_bf16 == (ratio > precision.BF16_MARGIN), (speed, settings)
 
 
 def test_tensorboard_logdir_writes_event_files(prepared, tmp_path):
