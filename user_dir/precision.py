@@ -92,7 +92,7 @@ def training_work(cfg: DictConfig, task, model: torch.nn.Module, sets: int = 5, 
     from fairseq.optim import lr_scheduler
 
     samples = training_samples(cfg, task, model, sets * size)
-    criterion = task.build_criterion(cfg.criterion)  # task.train_step puts both in training mode
+    criterion = task.build_criterion(cfg.criterion)  # task.train_step puts the model in training mode
     params = [p for p in [*model.parameters(), *criterion.parameters()] if p.requires_grad]
     optimizers = {False: optim.build_optimizer(cfg.optimizer, params),
                   True: optim.AMPOptimizer.build_optimizer(cfg, params)}
