@@ -77,7 +77,6 @@ MIN_VALIDATIONS = 5  # a run short in epochs still validates (selects, stops ear
 LONG_EPOCH = 2000  # updates an epoch above which validation and checkpoints go by updates
 MIN_UPDATES, EPOCHS = 2000, 9  # default length: max(MIN_UPDATES, EPOCHS epochs) (docs/training.md)
 SMALL = 10_000  # pairs below which the learning rate waits one more validation before it shrinks
-GIVEN_PRECISION = ("fp16", "amp", "memory_efficient_fp16")  # options that set the precision (--bf16: refused)
 COMPONENTS = {"criterion": "criterion", "optimizer": "optimizer", "lr-scheduler": "lr_scheduler"}
 # the recipe's fixed options (section, field of configs/multi30k.yaml)
 FIXED = [("optimization", "lr"), ("optimization", "clip_norm"), ("dataset", "max_tokens"),
@@ -442,9 +441,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     args += components(ours, {kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
     args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
     saved = saved_progress(pre)
-    machine, why = precision(gpus > 0, saved, several=nodes() > 1 or slurm)  # None: measured once training is left
-    if machine is None and any(given.get(option) for option in GIVEN_PRECISION):
-        machine, why = CPU_CHOICES[0], "as given in the options"  # the options' own wins: nothing to measure
+    machine, why = precision(gpus > 0, saved, nodes() > 1 or slurm, given)  # None: measured once training is left
     choices = [machine] if machine is not None else CPU_CHOICES
     argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])

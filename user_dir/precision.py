@@ -31,6 +31,7 @@ BF16_MARGIN = 1.3  # bfloat16 must be this much faster in the probe: float32 is 
 # updates read bfloat16 faster than a long fairseq-train run finds it (docs/training.md)
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fairseq-rnn-seq2seq" / "precision.json"
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}  # /proc/cpuinfo flags bfloat16 runs on
+GIVEN_PRECISION = ("fp16", "amp", "memory_efficient_fp16")  # fairseq-train options that set it (--bf16: refused)
 CPU_CHOICES = [["--cpu"], ["--cpu", "--amp"]]  # the precision options a CPU may get (float32, bfloat16 autocast)
 
 
@@ -43,7 +44,7 @@ class Workload:
     step: Callable[[bool, int], float]
 
 
-def cpu_name() -> str:
+def cpu_key() -> str:
     """The CPU's model name, its bfloat16 instructions and oneDNN's settings: a key of the precision cache
     (CPUs of one name can differ in these, and the settings change bfloat16's speed)."""
     name, flags = platform.processor() or platform.machine(), set()
@@ -152,10 +153,12 @@ def resumed_precision(common) -> list[str] | None:
     return (["--amp"] if common.get("amp") else []) if gpu else CPU_CHOICES[bool(common.get("amp"))]
 
 
-def precision(gpu: bool, saved: dict | None = None, several: bool = False) -> tuple[list[str] | None, str]:
+def precision(gpu: bool, saved: dict | None = None, several: bool = False,
+              given: dict | None = None) -> tuple[list[str] | None, str]:
     """fairseq-train's precision options on a GPU or the CPU, and why; None where only a probe can tell
-    (:func:`measured_precision`). Without AMP, a resumed run (SAVED) keeps its checkpoint's, and one
-    on SEVERAL machines trains in float32 (each would measure on its own, and might pick another)."""
+    (:func:`measured_precision`). Without AMP, a resumed run (SAVED) keeps its checkpoint's, one on
+    SEVERAL machines trains in float32 (each would measure on its own, and might pick another), and
+    one whose GIVEN options set the precision needs no probe (those options win)."""
     amp = amp_setting()
     kept = resumed_precision(saved["cfg"]["common"]) if saved and saved["optimizer"] and not amp else None
     if kept is not None:
@@ -168,12 +171,14 @@ def precision(gpu: bool, saved: dict | None = None, several: bool = False) -> tu
         return CPU_CHOICES[0], "this CPU has no bfloat16 instructions"
     if several:
         return CPU_CHOICES[0], "several machines, unmeasured (AMP=1: bfloat16 autocast on all)"
+    if any((given or {}).get(option) for option in GIVEN_PRECISION):
+        return CPU_CHOICES[0], "as given in the options"
     return None, "measured"
 
 
 def measured_precision(work: Workload) -> tuple[list[str], str]:
     """The CPU's faster precision for WORK, and why: from the cache, else probed now (and cached)."""
-    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {work.name}"
+    key = f"{cpu_key()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {work.name}"
     try:
         cache = json.loads(CACHE.read_text())
     except (OSError, ValueError):

@@ -133,7 +133,7 @@ def test_the_choice_is_measured_once_per_model_and_cached(cache, capsys):
                                     '{"KEY": {"bf16_speedup": -1}}'])
 def test_a_damaged_cache_is_measured_again(cache, damage):
     work, calls = timed("model a", {False: 1.0, True: 0.5})
-    key = f"{precision.cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | model a"
+    key = f"{precision.cpu_key()} | torch {torch.__version__} | {torch.get_num_threads()} threads | model a"
     cache.parent.mkdir(parents=True)
     cache.write_text(damage.replace("KEY", key.replace('"', '\\"')))
     options, why = measured_precision(work)
