@@ -30,6 +30,7 @@ import argparse
 import ast
 import contextlib
 import io
+import itertools
 import math
 import os
 import sys
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fairseq import checkpoint_utils, options, tasks
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import data_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import ARCH_MODEL_REGISTRY, BaseFairseqModel
 from fairseq.registry import REGISTRIES
@@ -50,7 +51,7 @@ from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
-from user_dir.machine import distributed, env_number, nodes, world
+from user_dir.machine import distributed, env_number, several_machines, world
 from user_dir.models.rnn_seq2seq import (
     RNNSeq2SeqConfig,
     RNNSeq2SeqModel,
@@ -67,7 +68,7 @@ from user_dir.precision import (
     training_work,
 )
 from user_dir.prepared import prepared_record
-from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, binarized, language_pair
+from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, language_pair, splits_of
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
 ARCH = "rnn_seq2seq_multi30k"
@@ -173,18 +174,17 @@ def check_device(plan: argparse.Namespace) -> None:
                          "--amp or AMP=1 trains in bfloat16 autocast)")
 
 
-def check_model(plan: argparse.Namespace) -> None:
-    """Refuses rnn_seq2seq options that cannot build a model, before anything is written (fairseq-train
-    would refuse them after the plan and the precision probe)."""
+def check_model(plan: argparse.Namespace, info: dict) -> None:
+    """Refuses rnn_seq2seq options that cannot build a model on INFO's dictionaries, before anything is
+    written (fairseq-train would refuse them after the plan and the precision probe)."""
     if ARCH_MODEL_REGISTRY.get(plan.arch) is not RNNSeq2SeqModel:
         return
     cfg = argparse.Namespace(**vars(plan))
     fill_defaults(cfg, RNNSeq2SeqConfig)  # the parser leaves the defaults to build_model
-    langs = (plan.source_lang, plan.target_lang) if plan.source_lang and plan.target_lang else language_pair(plan.data)
     try:
         check_config(cfg)
         if cfg.share_all_embeddings:
-            check_dictionaries(cfg, *(Dictionary.load(str(Path(plan.data) / f"dict.{lang}.txt")) for lang in langs))
+            check_dictionaries(cfg, *info["dictionaries"])
     except OptionError as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -198,20 +198,65 @@ def check_ends(plan: argparse.Namespace) -> None:
                          "(BUDGET_HOURS) ends the run: give --max-update N or --max-epoch N")
 
 
-def corpus(data: Path) -> dict:
-    """Tokenization, training pairs and tokens of DATA_BIN (prepare.json where prepare.py made it)."""
+def direction(plan: argparse.Namespace) -> tuple[str, str]:
+    """The (source, target) fairseq-train reads: -s and -t, else the folder's one pair (fairseq takes
+    it from the file names even where one of -s, -t is given: a contradicting one is refused)."""
+    given = (plan.source_lang, plan.target_lang)
+    if all(given):
+        return given
+    pair = language_pair(Path(plan.data))
+    for option, value, read in zip(("-s", "-t"), given, pair):
+        if value and value != read:
+            raise SystemExit(f"error: {option} {value} alone: fairseq-train reads the pair from {plan.data}'s file "
+                             f"names ({'->'.join(pair)}) unless both -s and -t are given: give both")
+    return pair
+
+
+def loaded(task: FairseqTask, subset: str, combine: bool, option: str) -> None:
+    """TASK's SUBSET loaded as fairseq-train loads it; a split it lacks (or its target side) is one line."""
+    data, src, tgt = Path(task.cfg.data), task.cfg.source_lang, task.cfg.target_lang
+    try:
+        task.load_dataset(subset, epoch=1, combine=combine)
+    except FileNotFoundError:
+        held = ", ".join(splits_of(data, src, tgt)) or "none"
+        raise SystemExit(f"error: {data} holds no split '{subset}' of {src}-{tgt} ({subset}.{src}-{tgt}.{src}.idx), "
+                         f"which fairseq-train loads ({option}); it holds: {held}") from None
+    if task.dataset(subset).tgt is None:
+        raise SystemExit(f"error: split '{subset}' of {data} has no {tgt} side ({subset}.{src}-{tgt}.{tgt}.idx): "
+                         f"fairseq-train needs its pairs ({option})")
+
+
+def corpus(plan: argparse.Namespace) -> dict:
+    """The training pairs fairseq-train trains on, read by its own task (the direction, --train-subset
+    with the train1, train2... parts fairseq adds to it, --upsample-primary), after the splits it
+    loads at its start (the validation subsets); tokenization: prepare.json's where prepare.py made
+    DATA_BIN, else detected from the target dictionary."""
+    data = Path(plan.data)
     made = prepared_record(data)  # an unreadable record: one error line
-    src, tgt = language_pair(data)
+    src, tgt = direction(plan)
+    cfg, task = configured(plan)
+    if not plan.disable_validation:
+        try:
+            data_utils.raise_if_valid_subsets_unintentionally_ignored(cfg)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        valid = ["valid"] if plan.combine_valid_subsets else plan.valid_subset.split(",")
+        for subset in valid:
+            loaded(task, subset, plan.combine_valid_subsets, f"--valid-subset {plan.valid_subset}")
+    subset, held = plan.train_subset, set(splits_of(data, src, tgt))
+    parts = [subset, *itertools.takewhile(held.__contains__, (f"{subset}{k}" for k in itertools.count(1)))]
+    if len(parts) > 1 and plan.upsample_primary < 1:
+        raise SystemExit(f"error: {data} holds {', '.join(parts[1:])}, which fairseq-train adds to '{subset}' with "
+                         f"--upsample-primary copies of '{subset}' (default -1: it fails): give --upsample-primary 1 "
+                         "(or more), or move them out")
+    loaded(task, subset, True, f"--train-subset {subset}")
+    train = task.dataset(subset)
     tokenization = made.get("tokenization")
     if tokenization is None:
-        pieces = uses_sentencepiece(Dictionary.load(str(data / f"dict.{tgt}.txt")))
-        tokenization = "sentencepiece" if pieces else "none"
-    sides = [binarized(data, "train", side) for side in (0, 1)]
-    if sides[0] is None or sides[1] is None:
-        raise SystemExit(f"error: {data} holds no training split (train.{src}-{tgt}.*.idx)")
-    where = "prepare.json" if made else "detected"  # sizes copied: they are views of the index's memory map
-    return {"tokenization": tokenization, "pairs": len(sides[0]), "source": where,
-            "sizes": tuple(np.array(side.sizes) for side in sides)}
+        tokenization = "sentencepiece" if uses_sentencepiece(task.target_dictionary) else "none"
+    return {"tokenization": tokenization, "pairs": len(train), "source": "prepare.json" if made else "detected",
+            "direction": (src, tgt), "parts": parts, "dictionaries": (task.source_dictionary, task.target_dictionary),
+            "sizes": (np.array(train.src_sizes), np.array(train.tgt_sizes))}  # copies, not views of memory maps
 
 
 def writable_folder(save: Path) -> None:
@@ -265,12 +310,21 @@ KEPT_ON_RESUME = [("criterion", ["_name"], "criterion"), ("optimizer", None, "op
                   ("common", ["fp16", "amp", "bf16", "memory_efficient_fp16"], None)]
 
 
-def built(plan: argparse.Namespace) -> tuple[DictConfig, FairseqTask, BaseFairseqModel]:
-    """PLAN's config, task and model, as fairseq-train builds them."""
+def configured(plan: argparse.Namespace) -> tuple[DictConfig, FairseqTask]:
+    """PLAN's config and task, as fairseq-train sets them up (a dictionary it lacks: one line)."""
     with warnings.catch_warnings():  # hydra's deprecation notes on fairseq 0.12's use of it
         warnings.simplefilter("ignore")
         cfg = convert_namespace_to_omegaconf(plan)
-    task = tasks.setup_task(cfg.task)
+    try:
+        return cfg, tasks.setup_task(cfg.task)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {plan.data} holds no {Path(e.filename or '?').name}, the dictionary of "
+                         f"{'->'.join(direction(plan))}") from None
+
+
+def built(plan: argparse.Namespace) -> tuple[DictConfig, FairseqTask, BaseFairseqModel]:
+    """PLAN's config, task and model, as fairseq-train builds them."""
+    cfg, task = configured(plan)
     return cfg, task, task.build_model(cfg.model)
 
 
@@ -396,8 +450,11 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
         processes += f" ({launcher}; --distributed-backend {plan.distributed_backend} --ddp-backend {plan.ddp_backend})"
     freq = plan.update_freq
     steady = f" from epoch {len(freq)} (--update-freq {','.join(map(str, freq))})" * (len(freq) > 1)
-    return [f"data: {plan.data}: {info['pairs']} training pairs, about {per_epoch(info, plan)} updates an epoch"
-            f"{steady}; "
+    parts = info["parts"]
+    read = f" ({'+'.join(parts)}" + f", --upsample-primary {plan.upsample_primary}" * (len(parts) > 1) + ")"
+    read *= parts != ["train"]
+    return [f"data: {plan.data}, {'->'.join(info['direction'])}: {info['pairs']} training pairs{read}, about "
+            f"{per_epoch(info, plan)} updates an epoch{steady}; "
             f"tokenization {info['tokenization']} ({info['source']}), "
             + ("removed before validation BLEU" if plan.eval_bleu_remove_bpe else "BLEU on the dictionary's tokens"),
             f"stop: {stop}", f"{when}; {rate}",
@@ -407,7 +464,6 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
 def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None, list[str], bool]:
     """fairseq-train's arguments (None: the run is complete), the lines that describe them, and whether
     torchrun starts its processes."""
-    info = corpus(data)
     patience = env_number("PATIENCE", int, 0, "a whole number of validations >= 0 (0: no early stopping)")
     budget = env_number("BUDGET_HOURS", float, 1e-9, "a number of hours > 0 (unset: no wall-clock limit)")
     ours, fixed = recipe()
@@ -425,6 +481,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     scale = distributed(size, gpus)
     pre = fairseq_options(head + names + fixed + ["--distributed-world-size", str(size)] + tail)
     check_counts(pre)
+    info = corpus(pre)
     epoch = per_epoch(info, pre)
     total = min(pre.max_update or sys.maxsize, pre.max_epoch * epoch or sys.maxsize)
     sized = "max_update" in given or "max_epoch" in given
@@ -441,12 +498,12 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     args += components(ours, {kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
     args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
     saved = saved_progress(pre)
-    machine, why = precision(gpus > 0, saved, nodes() > 1 or slurm, given)  # None: measured once training is left
+    machine, why = precision(gpus > 0, saved, several_machines(slurm), given)  # None: measured once training is left
     choices = [machine] if machine is not None else CPU_CHOICES
     argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
     check_counts(plan)
-    check_model(plan)
+    check_model(plan, info)
     check_ends(plan)
     check_device(plan)
     if saved is None or plan.reset_dataloader:

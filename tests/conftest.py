@@ -59,15 +59,16 @@ def _seed():
 
 @pytest.fixture
 def plan(toy_bin, tmp_path, monkeypatch):
-    """train_settings' plan for EXTRA on the toy data: (fairseq-train's parse of its arguments, printed lines)."""
+    """train_settings' plan for EXTRA on the toy data (or DATA): (fairseq-train's parse of its arguments,
+    printed lines)."""
     for name in ("PATIENCE", "BUDGET_HOURS", "NPROC", "NNODES", "TORCHRUN_ARGS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AMP", "0")
 
-    def make(*extra: str, **env: str):
+    def make(*extra: str, data: Path | None = None, **env: str):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        argv, lines, _ = settings(toy_bin, tmp_path / "save", list(extra))
+        argv, lines, _ = settings(data or toy_bin, tmp_path / "save", list(extra))
         return fairseq_options(argv), lines
     return make
 

@@ -27,6 +27,15 @@ def nodes() -> int:
     return int(env_number("NNODES", int, 1, "the number of machines, a whole number >= 1") or 1)
 
 
+def several_machines(slurm: bool) -> bool:
+    """Whether the run spans several machines: NNODES > 1 for torchrun's start; for fairseq's SLURM
+    start (SLURM), SLURM's node count of the step or job (several where SLURM does not say)."""
+    if not slurm:
+        return nodes() > 1
+    count = os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_JOB_NUM_NODES") or ""
+    return not (count.isascii() and count.isdigit() and int(count) == 1)
+
+
 def world(gpus: int, given: int | None, slurm: bool) -> tuple[int, bool]:
     """The processes fairseq-train trains in (on GPUS GPUs; 0: the CPU) and whether torchrun starts
     them: NPROC on each of NNODES machines, else fairseq-train's own (--distributed-world-size

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .files import atomic_write, discard, not_a_file
-from .workflow import LANGUAGE, language_pair
+from .workflow import LANGUAGE, language_pairs
 
 Pairs = tuple[list[str], list[str]]  # the source and target lines of a split
 RECORD, PENDING = "prepare.json", ".prepare-pending.json"  # a finished preparation; one under way
@@ -66,9 +66,9 @@ def _bin_problem(record: dict, data_bin: Path) -> Optional[str]:
     src, tgt = record["src"], record["tgt"]
     if not list(data_bin.glob("*.*-*.*.idx")):
         return f"{data_bin} holds no fairseq-preprocess output"
-    pair = language_pair(data_bin)
-    if pair != (src, tgt):
-        return f"it says {src}->{tgt}, but {data_bin} holds {'->'.join(pair)}"
+    pairs = language_pairs(data_bin)
+    if pairs != [(src, tgt)]:
+        return f"it says {src}->{tgt}, but {data_bin} holds {', '.join('->'.join(pair) for pair in pairs)}"
     for split in record["pairs"]:
         if not (data_bin / f"{split}.{src}-{tgt}.{tgt}.idx").is_file():
             return f"its split {split!r} is not in {data_bin}"

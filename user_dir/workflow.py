@@ -158,11 +158,21 @@ def encode_pieces(sp, lines: list[str]) -> list[str]:
     return [" ".join(pieces) for pieces in sp.encode(lines, out_type=str)]
 
 
+def language_pairs(data_bin: Path) -> list[tuple[str, str]]:
+    """Every (src, tgt) of fairseq-preprocess file names such as test.de-en.de.idx in DATA_BIN, sorted."""
+    return sorted({tuple(idx.name.split(".")[1].split("-")) for idx in Path(data_bin).glob("*.*-*.*.idx")})
+
+
 def language_pair(data_bin: Path) -> tuple[str, str]:
-    """(src, tgt) from fairseq-preprocess file names such as test.de-en.de.idx."""
-    for idx in sorted(Path(data_bin).glob("*.*-*.*.idx")):
-        return tuple(idx.name.split(".")[1].split("-"))
-    raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output")
+    """DATA_BIN's one (src, tgt); several are refused, since fairseq takes whichever file it lists first."""
+    pairs = language_pairs(data_bin)
+    if not pairs:
+        raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output")
+    if len(pairs) > 1:
+        raise SystemExit(f"error: {data_bin} holds several language pairs ({', '.join('-'.join(p) for p in pairs)}) "
+                         "and fairseq would take the first file it lists: give -s SRC -t TGT to train.sh and "
+                         "fairseq-train, or keep one pair per folder for the other scripts")
+    return pairs[0]
 
 
 def binarized(data_bin: Path, subset: str, side: int, dictionary=None):
@@ -173,15 +183,20 @@ def binarized(data_bin: Path, subset: str, side: int, dictionary=None):
     return data_utils.load_indexed_dataset(str(Path(data_bin) / f"{subset}.{'-'.join(pair)}.{pair[side]}"), dictionary)
 
 
+def splits_of(data_bin: Path, src: str, tgt: str) -> list[str]:
+    """The splits of SRC->TGT in DATA_BIN (their source side binarized, under either name of the pair)."""
+    return sorted({idx.name.split(".")[0] for pair in (f"{src}-{tgt}", f"{tgt}-{src}")
+                   for idx in Path(data_bin).glob(f"*.{pair}.{src}.idx")})
+
+
 def split_size(data_bin: Path, subset: str) -> int:
     """Number of sentences of a binarized split, read from its index."""
     src, tgt = language_pair(data_bin)
     prefix = Path(data_bin) / f"{subset}.{src}-{tgt}.{src}"
     dataset = binarized(data_bin, subset, 0)
     if dataset is None:
-        splits = sorted({idx.name.split(".")[0] for idx in Path(data_bin).glob(f"*.{src}-{tgt}.{src}.idx")})
         raise SystemExit(f"error: {data_bin} holds no split '{subset}' ({prefix}.idx); it holds: "
-                         f"{', '.join(splits) or 'none'}")
+                         f"{', '.join(splits_of(data_bin, src, tgt)) or 'none'}")
     return len(dataset)
 
 

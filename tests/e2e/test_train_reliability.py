@@ -86,6 +86,8 @@ def test_exit_status_is_non_zero_when_no_checkpoint_was_saved(toy_bin, tmp_path)
     ("forever", "mean no limit to fairseq-train, and no early stopping"),
     ("unknown option", "error: fairseq-train unrecognized arguments: --max-updates 5"),
     ("corrupt prepare.json", "prepare.json cannot be trusted"),
+    ("no validation split", "error: {data} holds no split 'valid' of src-tgt (valid.src-tgt.src.idx), which "
+     "fairseq-train loads (--valid-subset valid); it holds: test, train"),
 ])
 def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
     (tmp_path / "file").write_text("not a folder\n")
@@ -93,6 +95,8 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
     if case == "corrupt prepare.json":
         data = shutil.copytree(toy_bin, tmp_path / "out" / "bin")
         (tmp_path / "out" / "prepare.json").write_text("{truncated")
+    if case == "no validation split":  # fairseq-preprocess without --validpref
+        data = shutil.copytree(toy_bin, tmp_path / "data", ignore=shutil.ignore_patterns("valid.*"))
     args = {"no arguments": [toy_bin], "missing data": [tmp_path / "nowhere", save, *extra],
             "data without dictionaries": [tmp_path, save, *extra],
             "save is a file": [data, tmp_path / "file", *extra],
@@ -101,7 +105,7 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
             "forever": [data, save, "--max-update", "0"], "unknown option": [data, save, "--max-updates", "5"],
             }.get(case, [data, save, *extra])
     one_error_line(run("bash", TRAIN, *args, env=ENV, check=False),
-                   message.format(file=tmp_path / "file", nowhere=tmp_path / "nowhere", empty=tmp_path))
+                   message.format(file=tmp_path / "file", nowhere=tmp_path / "nowhere", empty=tmp_path, data=data))
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
 
 

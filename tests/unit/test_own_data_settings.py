@@ -5,6 +5,7 @@ import io
 import re
 import shutil
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,27 +96,102 @@ def test_the_plan_is_fairseqs_own_reading_of_the_options(plan, toy_bin, extra, e
     args, lines = plan(*extra)
     assert {k: getattr(args, k) for k in expect} == expect
     assert line in "\n".join(lines), lines
-    assert f"about {per_epoch(train_settings.corpus(toy_bin), args)} updates an epoch" in lines[0]
+    assert f"about {per_epoch(train_settings.corpus(args), args)} updates an epoch" in lines[0]
 
 
 @pytest.mark.parametrize("extra", [["--max-tokens", "600", "--update-freq", "2"], ["--batch-size", "16"],
                                    ["--max-tokens", "1000", "--required-batch-size-multiple", "8"],
                                    ["--max-tokens", "300", "--update-freq", "3"],
                                    ["--max-tokens", "300", "--update-freq", "1,3"],
-                                   ["--max-tokens", "5"], ["--max-source-positions", "4", "--max-tokens", "50"]])
-def test_the_updates_an_epoch_are_fairseqs_own_count(plan, toy_bin, extra):
-    """The plan's updates an epoch are the batches fairseq's iterator makes of the training split
-    (pairs longer than --max-tokens or the positions left out), grouped by --update-freq (its last value)."""
-    args, lines = plan(*extra, "--max-update", "5")
+                                   ["--max-tokens", "5"], ["--max-source-positions", "4", "--max-tokens", "50"],
+                                   ["--train-subset", "valid", "--max-tokens", "100"], ["-s", "tgt", "-t", "src"],
+                                   ["--upsample-primary", "2", "--max-tokens", "300", "data:train1"]])
+def test_the_updates_an_epoch_are_fairseqs_own_count(plan, toy_bin, tmp_path, extra):
+    """The plan's updates an epoch are the batches fairseq's iterator makes of the split it trains on
+    (--train-subset with the train1.. parts it adds, in the direction it reads; pairs longer than
+    --max-tokens or the positions left out), grouped by --update-freq (its last value)."""
+    data = with_train1(toy_bin, tmp_path) if "data:train1" in extra else None
+    args, lines = plan(*[x for x in extra if x != "data:train1"], "--max-update", "5", data=data)
     task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)  # as fairseq-train sets it up
-    task.load_dataset("train")
+    task.load_dataset(args.train_subset, combine=True)
     model_positions = args.max_source_positions, args.max_target_positions
     positions = utils.resolve_max_positions(task.max_positions(), model_positions, args.max_tokens)  # as the Trainer
-    batches = task.get_batch_iterator(task.dataset("train"), max_tokens=args.max_tokens, max_sentences=args.batch_size,
-                                      max_positions=positions, ignore_invalid_inputs=True,
-                                      required_batch_size_multiple=args.required_batch_size_multiple, seed=1)
+    batches = task.get_batch_iterator(task.dataset(args.train_subset), max_tokens=args.max_tokens,
+                                      max_sentences=args.batch_size, max_positions=positions, seed=1,
+                                      ignore_invalid_inputs=True,
+                                      required_batch_size_multiple=args.required_batch_size_multiple)
     updates = len(GroupedIterator(batches.next_epoch_itr(shuffle=True), args.update_freq[-1]))
     assert f"about {updates} updates an epoch" in lines[0]
+
+
+def with_train1(toy_bin: Path, tmp_path: Path) -> Path:
+    """The toy data with its validation split also as train1 (fairseq-train adds it to train)."""
+    data = shutil.copytree(toy_bin, tmp_path / "train1")
+    for path in data.glob("valid.*"):
+        shutil.copy(path, data / path.name.replace("valid.", "train1.", 1))
+    return data
+
+
+def test_the_plan_names_what_fairseq_trains_on(plan, toy_bin, tmp_path):
+    """The direction, the split and its added parts, the pairs counted in them."""
+    assert "src->tgt: 3000 training pairs, about" in plan("--max-update", "5")[1][0]
+    assert "tgt->src: 3000 training pairs, about" in plan("-s", "tgt", "-t", "src", "--max-update", "5")[1][0]
+    assert "src->tgt: 100 training pairs (valid), about" in plan("--train-subset", "valid", "--max-update", "5")[1][0]
+    lines = plan("--upsample-primary", "2", "--max-update", "5", data=with_train1(toy_bin, tmp_path))[1]
+    assert "src->tgt: 6100 training pairs (train+train1, --upsample-primary 2), about" in lines[0]
+    args, _ = plan("-s", "tgt", "-t", "src", "--max-update", "5")
+    forward, backward = (train_settings.corpus(a)["sizes"] for a in (plan("--max-update", "5")[0], args))
+    assert all((f == b).all() for f, b in zip(forward, reversed(backward)))
+
+
+def without(toy_bin: Path, tmp_path: Path, pattern: str) -> Path:
+    """The toy data without the files matching PATTERN."""
+    data = shutil.copytree(toy_bin, tmp_path / "data")
+    for path in data.glob(pattern):
+        path.unlink()
+    return data
+
+
+def with_pair(toy_bin: Path, tmp_path: Path, lang: str) -> Path:
+    """The toy data with its source also as the language LANG: two language pairs in one folder."""
+    data = shutil.copytree(toy_bin, tmp_path / "pairs")
+    for path in data.glob("*.src*"):
+        shutil.copy(path, data / path.name.replace("src", lang))
+    return data
+
+
+@pytest.mark.parametrize("data, extra, message", [
+    (lambda b, t: without(b, t, "valid.*"), [],
+     "holds no split 'valid' of src-tgt (valid.src-tgt.src.idx), which fairseq-train loads (--valid-subset valid); "
+     "it holds: test, train"),
+    (None, ["--valid-subset", "valid,dev"], "holds no split 'dev' of src-tgt (dev.src-tgt.src.idx), which fairseq-train"
+     " loads (--valid-subset valid,dev); it holds: test, train, valid"),
+    (None, ["--train-subset", "training"], "holds no split 'training' of src-tgt"),
+    (lambda b, t: without(b, t, "train.*"), [], "holds no split 'train' of src-tgt"),
+    (lambda b, t: without(b, t, "valid.src-tgt.tgt.*"), [], "split 'valid' of {data} has no tgt side"),
+    (None, ["-s", "tgt"], "-s tgt alone: fairseq-train reads the pair from {data}'s file names (src->tgt) unless"),
+    (None, ["-t", "src"], "-t src alone"),
+    (None, ["-s", "xx", "-t", "tgt"], "holds no dict.xx.txt, the dictionary of xx->tgt"),
+    (lambda b, t: with_pair(b, t, "fr"), [], "holds several language pairs (fr-tgt, src-tgt) and fairseq would take"),
+    (with_train1, [], "holds train1, which fairseq-train adds to 'train' with --upsample-primary copies"),
+])
+def test_data_fairseq_train_would_not_find_is_one_line_before_anything_is_written(plan, toy_bin, tmp_path, data,
+                                                                                    extra, message):
+    """Splits, sides, dictionaries and language pairs as fairseq-train reads them from the options: what
+    it would fail on after the plan (a traceback), or read otherwise than given, is refused first."""
+    folder = data(toy_bin, tmp_path) if data else toy_bin
+    with pytest.raises(SystemExit) as refused:
+        plan(*extra, "--max-update", "5", data=folder)
+    text = str(refused.value)
+    assert text.startswith("error: ") and message.format(data=folder) in text and "\n" not in text, text
+    assert not (tmp_path / "save").exists()
+
+
+def test_two_pairs_in_one_folder_train_with_s_and_t(plan, toy_bin, tmp_path):
+    data = with_pair(toy_bin, tmp_path, "fr")
+    assert "fr->tgt: 3000 training pairs" in plan("-s", "fr", "-t", "tgt", "--max-update", "5", data=data)[1][0]
+    with pytest.raises(SystemExit, match="holds several language pairs"):
+        workflow.language_pair(data)  # the scripts that read one pair from the folder
 
 
 def test_unsized_runs_get_a_length_and_early_stopping_and_unlimited_ones_need_an_end(plan):
@@ -254,13 +330,13 @@ def test_shared_embeddings_over_two_dictionaries_are_refused_before_anything_is_
 
 
 @pytest.mark.parametrize("record", ["{not json", "[1, 2]", "\xff\xfe"])
-def test_an_unreadable_prepare_json_is_one_line(toy_bin, tmp_path, record):
-    shutil.copytree(toy_bin, tmp_path / "out" / "bin")
+def test_an_unreadable_prepare_json_is_one_line(plan, toy_bin, tmp_path, record):
+    data = shutil.copytree(toy_bin, tmp_path / "out" / "bin")
     (tmp_path / "out" / "prepare.json").write_bytes(record.encode("latin1"))
     with pytest.raises(SystemExit, match=rf"^error: {tmp_path}/out/prepare.json [^\n]*$"):
-        train_settings.corpus(tmp_path / "out" / "bin")
+        plan("--max-update", "5", data=data)
     (tmp_path / "out" / "prepare.json").unlink()
-    assert train_settings.corpus(tmp_path / "out" / "bin")["source"] == "detected"
+    assert "tokenization none (detected)" in plan("--max-update", "5", data=data)[1][0]
 
 
 def test_save_dir_must_be_a_writable_folder(tmp_path):

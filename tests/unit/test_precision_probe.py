@@ -18,13 +18,13 @@ def drawn(plan, toy_bin, *extra: str, count: int = 15) -> tuple[list[tuple], lis
     lengths, and those of each batch of the epoch (fairseq breaks ties between equal lengths at
     random, which changes a batch's members, not its lengths)."""
     args, _ = plan(*TINY_MODEL, "--max-update", "5", *extra)
-    src, tgt = corpus(toy_bin)["sizes"]
+    src, tgt = corpus(args)["sizes"]
 
     def lengths(ids) -> tuple:
         return tuple(sorted(zip(src[ids].tolist(), tgt[ids].tolist())))
     samples = training_samples(*built(args), count)
     return ([tuple(s["id"].tolist()) for s in samples], [lengths(s["id"].numpy()) for s in samples],
-            {lengths(b) for b in batches(corpus(toy_bin), args)})
+            {lengths(b) for b in batches(corpus(args), args)})
 
 
 def test_the_probe_trains_on_fairseqs_own_batches_drawn_as_training_draws_them(plan, toy_bin):
@@ -95,6 +95,16 @@ def test_no_probe_where_the_options_or_several_machines_set_the_precision(plan, 
     argv, lines, _ = settings(toy_bin, tmp_path / "b", [*TINY_MODEL, "--max-update", "5"])
     assert "--amp" not in argv and "precision: float32, several machines, unmeasured (AMP=1: bfloat16 autocast on " \
         "all)" in lines
+    monkeypatch.delenv("NNODES")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-2]")  # fairseq's SLURM start: SLURM's node count decides
+    for name, count, several in (("SLURM_JOB_NUM_NODES", "2", True), ("SLURM_STEP_NUM_NODES", "1", False)):
+        monkeypatch.setenv(name, count)
+        extra = [*TINY_MODEL, "--max-update", "5", "--distributed-port", "12345"]
+        if several:
+            assert "several machines, unmeasured" in " ".join(settings(toy_bin, tmp_path / "c", extra)[1])
+        else:
+            with pytest.raises(AssertionError, match="probed"):  # one machine measures, as without SLURM
+                settings(toy_bin, tmp_path / "c", extra)
 
 
 def timed(name: str, seconds: dict) -> tuple[Workload, list]:
