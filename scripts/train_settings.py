@@ -328,20 +328,20 @@ def built(plan: argparse.Namespace) -> tuple[DictConfig, FairseqTask, BaseFairse
     return cfg, task, task.build_model(cfg.model)
 
 
-def check_resume(plan: argparse.Namespace, saved: dict) -> None:
+def check_resume(plan: argparse.Namespace, saved: dict) -> tuple[DictConfig, FairseqTask, BaseFairseqModel]:
     """Refuses resuming SAVE_DIR/checkpoint_last.pt with options it cannot resume with or would not
     apply: another model or data (fairseq-train's own check, :func:`misfit`); unless
     --reset-optimizer, another criterion, optimizer or precision (fairseq-train asserts), optimizer
     options (restored from its state, less --optimizer-overrides) or, with reduce_lr_on_plateau past
-    its warmup, --lr (the rate continues from the checkpoint's)."""
+    its warmup, --lr (the rate continues from the checkpoint's). Returns what it built (:func:`built`)."""
     path = saved["path"]
-    cfg, task, model = built(plan)
+    cfg, task, model = resumed = built(plan)
     try:
         model.load_state_dict(saved["model"], strict=True, model_cfg=cfg.model)
     except Exception as e:
         raise SystemExit(f"error: {misfit(str(path), e, cfg.model, task, saved['cfg']['model'])}") from None
     if not saved["optimizer"]:
-        return
+        return resumed
     overridden = set(ast.literal_eval(plan.optimizer_overrides or "{}"))
     differ = []
     for section, keys, name in KEPT_ON_RESUME:
@@ -357,6 +357,7 @@ def check_resume(plan: argparse.Namespace, saved: dict) -> None:
                          "criterion, optimizer state and precision" + (" (and learning rate)" if plateau else "")
                          + f"; give its values{where}, --reset-optimizer to start the optimizer afresh, or another "
                          "SAVE_DIR for a new run")
+    return resumed
 
 
 def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict) -> str | None:
@@ -508,15 +509,14 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     check_device(plan)
     if saved is None or plan.reset_dataloader:
         check_new_run(plan)
-    if saved is not None:
-        check_resume(plan, saved)
+    resumed = check_resume(plan, saved) if saved is not None else None
     done = complete(plan, argvs, saved) if saved is not None else None
     if done:
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch "
                       "trains on)"], False
     writable_folder(save)
     if machine is None:
-        machine, why = measured_precision(training_work(*built(plan)))
+        machine, why = measured_precision(training_work(*(resumed or built(plan))))  # a model built once
     argv = head + args + machine + scale + fixed + tail
     plan = plan if argv == argvs[0] else fairseq_options(argv)
     ours_name = precision_name("--fp16" in machine, "--amp" in machine)

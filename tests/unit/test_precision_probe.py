@@ -2,11 +2,13 @@
 batches, and the cache keyed by the model; in process, on the toy data. Whether its pick is the
 faster one in fairseq-train: tests/e2e/test_own_corpus.py."""
 import json
+import math
 
 import pytest
 import torch
 
 from helpers import TINY_MODEL
+from scripts import train_settings
 from scripts.train_settings import batches, built, corpus, settings
 from user_dir import precision
 from user_dir.precision import Workload, measured_precision, training_samples, training_work
@@ -166,3 +168,19 @@ def test_bf16_is_refused_in_one_line(plan):
     """fairseq 0.12's --bf16 sets --tpu: fairseq-train would fail deep inside on a CPU or GPU."""
     with pytest.raises(SystemExit, match=r"^error: --bf16 is fairseq 0.12's TPU precision \(it sets --tpu\)"):
         plan(*TINY_MODEL, "--max-update", "5", "--bf16")
+
+
+def test_a_resume_with_a_new_optimizer_builds_the_model_once(plan, toy_bin, tmp_path, monkeypatch, unmeasured):
+    """--reset-optimizer: the checkpoint's fit is checked and the precision probed on one model built."""
+    extra = [*TINY_MODEL, "--max-update", "5", "--reset-optimizer"]
+    args, _ = plan(*extra, AMP="0")
+    monkeypatch.delenv("AMP")
+    progress = {"path": tmp_path / "save" / "checkpoint_last.pt", "updates": 3, "epochs": 0, "hours": 0.0,
+                "cfg": {}, "model": built(args)[2].state_dict(), "optimizer": False}
+    models = []
+    monkeypatch.setattr(train_settings, "saved_progress", lambda plan: progress)
+    monkeypatch.setattr(train_settings, "built", lambda plan: models.append(built(plan)) or models[-1])
+    monkeypatch.setattr(train_settings, "training_work", lambda cfg, task, model: timed("resumed", {
+        False: 1.0, True: 2.0 if model is models[0][2] else math.nan})[0])
+    argv, lines, _ = settings(toy_bin, tmp_path / "save", extra)
+    assert len(models) == 1 and "--amp" not in argv and "probe: bfloat16 at 0.50x" in " ".join(lines)
