@@ -161,8 +161,11 @@ def split_targets(data_bin: Path, subset: str, dictionary, post_process: str) ->
     """The target side of DATA_BIN's SUBSET as fairseq-generate prints it (T- lines), by sentence
     id; empty when it has none."""
     dataset = binarized(data_bin, subset, 1, dictionary)
-    return {} if dataset is None else {i: dictionary.string(dataset[i], post_process or None)
-                                       for i in range(len(dataset))}
+    if dataset is None:
+        return {}
+    if getattr(dataset, "supports_prefetch", False):  # --dataset-impl cached/lazy: read before indexing
+        dataset.prefetch(range(len(dataset)))
+    return {i: dictionary.string(dataset[i], post_process or None) for i in range(len(dataset))}
 
 
 def trigrams(text: str) -> set[str]:

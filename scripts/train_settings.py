@@ -68,7 +68,7 @@ from user_dir.precision import (
     training_work,
 )
 from user_dir.prepared import prepared_record
-from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, language_pair, splits_of
+from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, language_pair, split_read, splits_of
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
 ARCH = "rnn_seq2seq_multi30k"
@@ -154,7 +154,12 @@ def check_whole_counts(extra: list[str]) -> None:
 
 
 def check_counts(plan: argparse.Namespace) -> None:
-    """Refuses a count fairseq-train would divide by zero with, train nothing with, or misread."""
+    """Refuses a count fairseq-train would divide by zero with, train nothing with, or misread (the
+    validation's, which its parser leaves as text, included)."""
+    for dest in ("max_tokens_valid", "batch_size_valid"):
+        text = str(getattr(plan, dest, None) or "")
+        if text and not (text.isascii() and text.isdigit() and int(text) > 0):
+            raise SystemExit(f"error: --{dest.replace('_', '-')} {text}: give a whole number >= 1")
     for dest, least in LEAST.items():
         value = getattr(plan, dest, None)
         if value is not None and min(value if isinstance(value, list) else [value]) < least:
@@ -216,7 +221,9 @@ def loaded(task: FairseqTask, subset: str, combine: bool, option: str) -> None:
     """TASK's SUBSET loaded as fairseq-train loads it; a split it lacks (or its target side) is one line."""
     data, src, tgt = Path(task.cfg.data), task.cfg.source_lang, task.cfg.target_lang
     try:
-        task.load_dataset(subset, epoch=1, combine=combine)
+        impl = f", --dataset-impl {task.cfg.dataset_impl}" * bool(task.cfg.dataset_impl)
+        with split_read(data, subset, f" as fairseq-train reads it ({option}{impl})"):
+            task.load_dataset(subset, epoch=1, combine=combine)
     except FileNotFoundError:
         held = ", ".join(splits_of(data, src, tgt)) or "none"
         raise SystemExit(f"error: {data} holds no split '{subset}' of {src}-{tgt} ({subset}.{src}-{tgt}.{src}.idx), "
@@ -243,6 +250,7 @@ def corpus(plan: argparse.Namespace) -> dict:
         valid = ["valid"] if plan.combine_valid_subsets else plan.valid_subset.split(",")
         for subset in valid:
             loaded(task, subset, plan.combine_valid_subsets, f"--valid-subset {plan.valid_subset}")
+    validation = {} if plan.disable_validation else {subset: sizes_of(task.dataset(subset)) for subset in valid}
     subset, held = plan.train_subset, set(splits_of(data, src, tgt))
     parts = [subset, *itertools.takewhile(held.__contains__, (f"{subset}{k}" for k in itertools.count(1)))]
     if len(parts) > 1 and plan.upsample_primary < 1:
@@ -256,7 +264,12 @@ def corpus(plan: argparse.Namespace) -> dict:
         tokenization = "sentencepiece" if uses_sentencepiece(task.target_dictionary) else "none"
     return {"tokenization": tokenization, "pairs": len(train), "source": "prepare.json" if made else "detected",
             "direction": (src, tgt), "parts": parts, "dictionaries": (task.source_dictionary, task.target_dictionary),
-            "sizes": (np.array(train.src_sizes), np.array(train.tgt_sizes))}  # copies, not views of memory maps
+            "sizes": sizes_of(train), "valid": validation}
+
+
+def sizes_of(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """A LanguagePairDataset's (source, target) lengths, copied (not views of memory maps)."""
+    return np.array(dataset.src_sizes), np.array(dataset.tgt_sizes)
 
 
 def writable_folder(save: Path) -> None:
@@ -383,14 +396,41 @@ def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict) -> s
     return f"{path} holds {done[0]}" if done else None
 
 
+def within(sizes: tuple[np.ndarray, np.ndarray], plan: argparse.Namespace, tokens: float) -> np.ndarray:
+    """Which pairs of SIZES (source, target lengths) fairseq keeps: none longer than the positions or TOKENS."""
+    src, tgt = sizes
+    return (src <= min(tokens, getattr(plan, "max_source_positions", math.inf))) & (
+        tgt <= min(tokens, getattr(plan, "max_target_positions", math.inf)))
+
+
+def validation_left_out(info: dict, plan: argparse.Namespace) -> dict[str, int]:
+    """The pairs of each validation split fairseq-train leaves out (longer than the positions, under
+    --skip-invalid-size-inputs-valid-test); refuses a split it would stop on at its first validation:
+    such pairs without that option, or pairs longer than --max-tokens-valid (it asserts either)."""
+    tokens = int(plan.max_tokens_valid or 0) or plan.max_tokens or math.inf  # a str: check_counts read it
+    left = {}
+    for subset, sizes in info["valid"].items():
+        fit = within(sizes, plan, math.inf)
+        if not fit.all() and not plan.skip_invalid_size_inputs_valid_test:
+            raise SystemExit(f"error: split '{subset}' holds {(~fit).sum()} pair(s) longer than the positions "
+                             f"(--max-source-positions {plan.max_source_positions}, --max-target-positions "
+                             f"{plan.max_target_positions}): fairseq-train would stop at its first validation; give "
+                             "larger positions, or --skip-invalid-size-inputs-valid-test to validate without them")
+        longest = int(np.maximum(*sizes)[fit].max(initial=0))
+        if longest > tokens:
+            raise SystemExit(f"error: split '{subset}' holds pairs of up to {longest} tokens, more than "
+                             f"--max-tokens-valid {tokens} (unset: --max-tokens): fairseq-train would stop at its "
+                             f"first validation; give --max-tokens-valid {longest} or more")
+        left[subset] = int((~fit).sum())
+    return left
+
+
 def batches(info: dict, plan: argparse.Namespace) -> list[np.ndarray]:
     """fairseq's own batches of the training pairs (indices of those it keeps: none longer than
     --max-tokens or the positions), in LanguagePairDataset's order, by --max-tokens, --batch-size and
     --required-batch-size-multiple."""
     src, tgt = info["sizes"]
-    tokens = plan.max_tokens or math.inf
-    kept = np.flatnonzero((src <= min(tokens, getattr(plan, "max_source_positions", math.inf))) & (
-        tgt <= min(tokens, getattr(plan, "max_target_positions", math.inf))))
+    kept = np.flatnonzero(within(info["sizes"], plan, plan.max_tokens or math.inf))
     order = kept[np.lexsort((tgt[kept], src[kept]))]  # by source length, then target length, as fairseq orders them
     return data_utils.batch_by_size(order, None, num_tokens_vec=np.maximum(src, tgt)[order].astype(np.int64),
                                     max_tokens=plan.max_tokens, max_sentences=plan.batch_size,
@@ -454,6 +494,10 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
     parts = info["parts"]
     read = f" ({'+'.join(parts)}" + f", --upsample-primary {plan.upsample_primary}" * (len(parts) > 1) + ")"
     read *= parts != ["train"]
+    dropped = len(info["sizes"][0]) - int(within(info["sizes"], plan, plan.max_tokens or math.inf).sum())
+    read += f" ({dropped} longer than --max-tokens or the positions, left out)" * bool(dropped)
+    read += "".join(f"; validation leaves out {n} of the {len(info['valid'][subset][0])} pairs of '{subset}' "
+                    "(longer than the positions)" for subset, n in validation_left_out(info, plan).items() if n)
     return [f"data: {plan.data}, {'->'.join(info['direction'])}: {info['pairs']} training pairs{read}, about "
             f"{per_epoch(info, plan)} updates an epoch{steady}; "
             f"tokenization {info['tokenization']} ({info['source']}), "
@@ -507,6 +551,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     check_model(plan, info)
     check_ends(plan)
     check_device(plan)
+    validation_left_out(info, plan)
     if saved is None or plan.reset_dataloader:
         check_new_run(plan)
     resumed = check_resume(plan, saved) if saved is not None else None

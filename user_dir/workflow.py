@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Optional
@@ -159,15 +161,25 @@ def encode_pieces(sp, lines: list[str]) -> list[str]:
 
 
 def language_pairs(data_bin: Path) -> list[tuple[str, str]]:
-    """Every (src, tgt) of fairseq-preprocess file names such as test.de-en.de.idx in DATA_BIN, sorted."""
-    return sorted({tuple(idx.name.split(".")[1].split("-")) for idx in Path(data_bin).glob("*.*-*.*.idx")})
+    """Every (src, tgt) of DATA_BIN's fairseq-preprocess file names SPLIT.SRC-TGT.LANG.idx, sorted (codes
+    holding '-' or '.' make names fairseq cannot read a pair from: not counted)."""
+    pairs = set()
+    for idx in Path(data_bin).glob("*.idx"):
+        parts = idx.name.split(".")
+        langs = tuple(parts[1].split("-")) if len(parts) == 4 else ()
+        if len(langs) == 2 and parts[2] in langs:
+            pairs.add(langs)
+    return sorted(pairs)
 
 
 def language_pair(data_bin: Path) -> tuple[str, str]:
     """DATA_BIN's one (src, tgt); several are refused, since fairseq takes whichever file it lists first."""
     pairs = language_pairs(data_bin)
     if not pairs:
-        raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output")
+        unread = sorted(Path(data_bin).glob("*.idx"))
+        raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output" + (
+            f" whose names give a language pair ({unread[0].name}: language codes with '-' or '.'): train.sh and "
+            "fairseq take -s SRC -t TGT; the other scripts need codes without them" if unread else ""))
     if len(pairs) > 1:
         raise SystemExit(f"error: {data_bin} holds several language pairs ({', '.join('-'.join(p) for p in pairs)}) "
                          "and fairseq would take the first file it lists: give -s SRC -t TGT to train.sh and "
@@ -175,12 +187,33 @@ def language_pair(data_bin: Path) -> tuple[str, str]:
     return pairs[0]
 
 
+@contextmanager
+def split_read(data_bin: Path, subset: str, how: str = ""):
+    """Reading DATA_BIN's binarized SUBSET: fairseq's errors on an empty or damaged split, sides of
+    different lengths or another --dataset-impl, as one line (HOW: the options that read it)."""
+    cannot = f"error: split '{subset}' of {data_bin} cannot be read{how}"
+    empty = [p.name for p in sorted(Path(data_bin).glob(f"{subset}.*.bin")) if p.stat().st_size == 0]
+    if empty:
+        raise SystemExit(f"{cannot}: {empty[0]} is empty (0 sentences)")
+    try:
+        yield
+    except (ValueError, AssertionError, KeyError, AttributeError, IndexError) as e:
+        hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+        try:  # fairseq's half-made dataset goes now, without its __del__'s complaints
+            traceback.clear_frames(e.__traceback__)
+        finally:
+            sys.unraisablehook = hook
+        raise SystemExit(f"{cannot}: {' '.join(f'{type(e).__name__}: {e}'.split())}") from None
+
+
 def binarized(data_bin: Path, subset: str, side: int, dictionary=None):
     """Side 0 (source) or 1 (target) of DATA_BIN's binarized SUBSET as fairseq loads it (None: absent)."""
     from fairseq.data import data_utils
 
     pair = language_pair(data_bin)
-    return data_utils.load_indexed_dataset(str(Path(data_bin) / f"{subset}.{'-'.join(pair)}.{pair[side]}"), dictionary)
+    with split_read(data_bin, subset):
+        return data_utils.load_indexed_dataset(str(Path(data_bin) / f"{subset}.{'-'.join(pair)}.{pair[side]}"),
+                                               dictionary)
 
 
 def splits_of(data_bin: Path, src: str, tgt: str) -> list[str]:

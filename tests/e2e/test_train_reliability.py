@@ -88,6 +88,8 @@ def test_exit_status_is_non_zero_when_no_checkpoint_was_saved(toy_bin, tmp_path)
     ("corrupt prepare.json", "prepare.json cannot be trusted"),
     ("no validation split", "error: {data} holds no split 'valid' of src-tgt (valid.src-tgt.src.idx), which "
      "fairseq-train loads (--valid-subset valid); it holds: test, train"),
+    ("another --dataset-impl", "error: split 'valid' of {data} cannot be read as fairseq-train reads it "
+     "(--valid-subset valid, --dataset-impl mmap): AssertionError: Index file doesn't match expected format."),
 ])
 def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
     (tmp_path / "file").write_text("not a folder\n")
@@ -97,6 +99,9 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
         (tmp_path / "out" / "prepare.json").write_text("{truncated")
     if case == "no validation split":  # fairseq-preprocess without --validpref
         data = shutil.copytree(toy_bin, tmp_path / "data", ignore=shutil.ignore_patterns("valid.*"))
+    if case == "another --dataset-impl":  # fairseq's half-read dataset adds nothing to the line at exit
+        data = preprocess(TOY, tmp_path / "lazy", ["--dataset-impl", "lazy"])
+        extra = [*extra, "--dataset-impl", "mmap"]
     args = {"no arguments": [toy_bin], "missing data": [tmp_path / "nowhere", save, *extra],
             "data without dictionaries": [tmp_path, save, *extra],
             "save is a file": [data, tmp_path / "file", *extra],

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fairseq import tasks, utils
+from fairseq import options, tasks, utils
 from fairseq.data.iterators import GroupedIterator
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import ARCH_CONFIG_REGISTRY
+from fairseq_cli import preprocess as fairseq_preprocess
 from omegaconf import OmegaConf
 
-from helpers import ROOT
+from helpers import ROOT, TOY, preprocess_args
 from scripts import train_settings
 from scripts.prepare import as_the_model_sees, hold_out
 from scripts.train_settings import (
@@ -185,6 +186,80 @@ def test_data_fairseq_train_would_not_find_is_one_line_before_anything_is_writte
     text = str(refused.value)
     assert text.startswith("error: ") and message.format(data=folder) in text and "\n" not in text, text
     assert not (tmp_path / "save").exists()
+
+
+def binarized_toy(tmp_path: Path, edit=None, extra=()) -> Path:
+    """data/toy, its raw text changed by EDIT(folder), binarized by fairseq-preprocess's own main."""
+    raw = shutil.copytree(TOY, tmp_path / "raw")
+    if edit:
+        edit(raw)
+    dest = tmp_path / "bin"
+    fairseq_preprocess.main(options.get_preprocessing_parser().parse_args(preprocess_args(raw, dest, extra)))
+    return dest
+
+
+def long_pairs(raw: Path) -> None:
+    """Three pairs of 40 copies of a sentence (120-280 tokens) added to the training and validation text."""
+    for split in ("train", "valid"):
+        for side in ("src", "tgt"):
+            first = (raw / f"{split}.{side}").read_text().splitlines()[0]
+            with open(raw / f"{split}.{side}", "a") as f:
+                f.write("".join(" ".join([first] * 40) + "\n" for _ in range(3)))
+
+
+def test_the_plan_says_which_pairs_fairseq_leaves_out(plan, tmp_path):
+    """Training leaves out pairs longer than --max-tokens or the positions; validation those longer than
+    the positions under --skip-invalid-size-inputs-valid-test."""
+    data = binarized_toy(tmp_path, long_pairs)
+    assert "3003 training pairs, about" in plan("--max-update", "5", data=data)[1][0]
+    line = plan("--max-tokens", "100", "--max-tokens-valid", "300", "--max-update", "5", data=data)[1][0]
+    assert "3003 training pairs (3 longer than --max-tokens or the positions, left out), about" in line
+    line = plan("--max-source-positions", "50", "--skip-invalid-size-inputs-valid-test", "--max-update", "5",
+                data=data)[1][0]
+    assert "(3 longer than --max-tokens or the positions, left out); validation leaves out 3 of the 103 pairs of " \
+        "'valid' (longer than the positions), about" in line
+
+
+@pytest.mark.parametrize("edit, extra, message", [
+    (long_pairs, ["--max-source-positions", "50"], "error: split 'valid' holds 3 pair(s) longer than the positions "
+     "(--max-source-positions 50, --max-target-positions 1024): fairseq-train would stop at its first validation"),
+    (long_pairs, ["--max-tokens", "100"], "error: split 'valid' holds pairs of up to"),
+    (None, ["--max-tokens-valid", "x"], "error: --max-tokens-valid x: give a whole number >= 1"),
+    (lambda raw: [(raw / f"valid.{side}").write_text("") for side in ("src", "tgt")], [],
+     "error: split 'valid' of {data} cannot be read as fairseq-train reads it (--valid-subset valid): "
+     "valid.src-tgt.src.bin is empty (0 sentences)"),
+    ("lazy", ["--dataset-impl", "mmap"], "error: split 'valid' of {data} cannot be read as fairseq-train reads it "
+     "(--valid-subset valid, --dataset-impl mmap): AssertionError: Index file doesn't match expected format."),
+])
+def test_splits_fairseq_train_would_fail_on_are_one_line(plan, tmp_path, edit, extra, message):
+    """Validation it would stop at (after a whole epoch), splits it cannot read: one line (nothing else
+    on stderr at exit: tests/e2e/test_train_reliability.py)."""
+    data = binarized_toy(tmp_path, None if edit == "lazy" else edit,
+                         ["--dataset-impl", "lazy"] if edit == "lazy" else ())
+    with pytest.raises(SystemExit) as refused:
+        plan(*extra, "--max-update", "5", data=data)
+    assert str(refused.value).startswith(message.format(data=data)) and "\n" not in str(refused.value), refused.value
+
+
+def test_the_reference_check_reads_the_targets_of_every_dataset_impl(toy_bin, tmp_path):
+    """evaluate.py compares the reference with the split's targets: read alike from mmap and lazy data."""
+    from fairseq.data import Dictionary
+
+    from scripts.evaluate import split_targets
+    lazy = binarized_toy(tmp_path, extra=["--dataset-impl", "lazy"])
+    targets = [split_targets(data, "test", Dictionary.load(str(data / "dict.tgt.txt")), "") for data in (toy_bin, lazy)]
+    assert targets[0] == targets[1] and len(targets[0]) == 203
+
+
+def test_language_codes_fairseq_cannot_read_from_file_names_need_s_and_t(plan, toy_bin, tmp_path):
+    data = shutil.copytree(toy_bin, tmp_path / "dash")
+    for path in data.iterdir():
+        path.rename(data / path.name.replace("src", "en_US").replace("tgt", "zh-Hans"))
+    with pytest.raises(SystemExit, match="holds no fairseq-preprocess output whose names give a language pair "
+                                         r"\(test.en_US-zh-Hans.en_US.idx: language codes with '-' or '.'\)"):
+        workflow.language_pair(data)
+    assert "en_US->zh-Hans: 3000 training pairs" in plan("-s", "en_US", "-t", "zh-Hans", "--max-update", "5",
+                                                         data=data)[1][0]
 
 
 def test_two_pairs_in_one_folder_train_with_s_and_t(plan, toy_bin, tmp_path):
