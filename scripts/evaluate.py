@@ -168,6 +168,10 @@ def split_targets(data_bin: Path, subset: str, dictionary, post_process: str) ->
     return {i: dictionary.string(dataset[i], post_process or None) for i in range(len(dataset))}
 
 
+RESEMBLE = 0.3  # share of letter trigrams from which a reference line resembles a target
+MISPLACED = 0.2  # by this much more like a neighbour's target than its own, a line is out of place
+
+
 def trigrams(text: str) -> set[str]:
     """The letter trigrams of TEXT, lower-cased, without white space, <unk>, pieces' marks or '@@':
     what a raw reference and its binarized, tokenized form share."""
@@ -190,19 +194,33 @@ def check_log(log: list[str], args: argparse.Namespace) -> None:
 
 
 def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> None:
-    """Refuse a reference that is not the target side of what is scored (another split or language
-    of the same length, lines in another order): at least half its lines must share 30% of their
-    letter trigrams with their sentence's target (margins: docs/troubleshooting.md)."""
+    """Refuse a reference that is not the target side of what is scored, line for line: at least half
+    its lines must share 30% of their letter trigrams with their sentence's target (another split or
+    language of the same length fails), and no two may resemble a neighbour's target more (by
+    MISPLACED) than their own (a line added, removed or moved: a shift from there on); margins:
+    docs/troubleshooting.md."""
     compared = [i for i in range(len(refs)) if i in sentences]  # a sentence a log lacks is named later
     if not compared:  # a split without a target side: nothing to compare with
         return
-    pairs = ((trigrams(refs[i]), trigrams(sentences[i])) for i in compared)
-    alike = sum(len(a & b) >= 0.3 * len(a | b) for a, b in pairs)
-    if alike < len(compared) / 2:
-        first = compared[0]
-        raise SystemExit(f"error: the reference does not match {what}: {alike} of its {len(compared)} lines "
+    ours = {i: trigrams(refs[i]) for i in compared}
+    theirs = {i: trigrams(sentences[i]) for i in compared}
+
+    def alike(i: int, j: int) -> float:
+        return len(ours[i] & theirs[j]) / max(1, len(ours[i] | theirs[j]))
+    resembling = sum(alike(i, i) >= RESEMBLE for i in compared)
+    first = compared[0]
+    if resembling < len(compared) / 2:
+        raise SystemExit(f"error: the reference does not match {what}: {resembling} of its {len(compared)} lines "
                          f"resemble their sentence's target (line {first + 1}: {refs[first][:50]!r} against "
                          f"{sentences[first][:50]!r}); give the reference of the sentences scored")
+    misplaced = [i for i in compared if any(
+        alike(i, j) >= RESEMBLE and alike(i, j) > alike(i, i) + MISPLACED for j in (i - 1, i + 1) if j in theirs)]
+    if len(misplaced) >= 2:
+        i = misplaced[0]
+        raise SystemExit(f"error: the reference is out of line with {what}: {len(misplaced)} of its lines resemble "
+                         f"a neighbouring sentence's target more than their own (line {i + 1}: {refs[i][:50]!r} "
+                         f"against {sentences[i][:50]!r}): a line added, removed or moved? give the reference of "
+                         "the sentences scored, line for line")
 
 
 def check_tokenization(args: argparse.Namespace, sources: list[str] | None):

@@ -243,6 +243,27 @@ def test_evaluate_refuses_a_reference_that_is_not_the_scored_sentences_target(to
     one_error_line(proc, rf"^error: the reference does not match {re.escape(what)}: \d+ of its 203 lines resemble")
 
 
+@pytest.mark.parametrize("case", ["a line left out, one added at the end", "two lines swapped",
+                                  "a generate log against a line left out"])
+def test_evaluate_refuses_a_reference_out_of_line_with_the_sentences(toy_bin, trained, tmp_path, case):
+    """Most lines still match their sentence's target here (the half-of-the-lines rule passes them),
+    and the count too: the lines out of place would score against the wrong sentences, silently."""
+    lines = (TOY / "test.tgt").read_text().splitlines(keepends=True)
+    edited = {"two lines swapped": lines[:49] + [lines[50], lines[49]] + lines[51:]}.get(
+        case, lines[:150] + lines[151:] + ["one two\n"])
+    ref = tmp_path / "ref.txt"
+    ref.write_text("".join(edited))
+    if case.startswith("a generate log"):
+        log = tmp_path / "generate.log"
+        log.write_text(run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--gen-subset",
+                           "test", "--beam", "2").stdout)
+        proc, what = evaluate(toy_bin, "--generate-log", log, "--ref", ref), f"the sentences of {log}"
+    else:
+        proc, what = evaluate(toy_bin, trained, "--ref", ref), f"split 'test' of {toy_bin}"
+    one_error_line(proc, rf"^error: the reference is out of line with {re.escape(what)}: \d+ of its lines resemble "
+                         "a neighbouring sentence's target more than their own")
+
+
 def interrupt_while_decoding(cmd: list, tmp_path: Path) -> subprocess.CompletedProcess:
     """Start ``cmd``, send it SIGINT once its fairseq-generate runs, and return how it ended; the
     child must be gone too."""
