@@ -1,5 +1,6 @@
 """Sequence-level knowledge distillation data (Kim & Rush, 2016): a teacher translates the
-training split, and its translations replace the training targets.
+training split (and the train1, train2, ... that fairseq-train adds to it), and its translations
+replace the training targets.
 
 Usage:
     python scripts/distill.py DATA_BIN TEACHER.pt OUT [--beam 5] [-- EXTRA fairseq-generate ARGS]
@@ -7,9 +8,9 @@ Usage:
         runs/multi30k/de-en-kd -- --amp
     bash scripts/train.sh runs/multi30k/de-en-kd/bin runs/student ...   # train a student on OUT/bin
 
-OUT/bin holds the teacher's translations as the training split, binarized with DATA_BIN's
-dictionaries (so students and teacher share a vocabulary), and DATA_BIN's other splits
-unchanged: students are validated and tested on the real references. Every training sentence
+OUT/bin holds the teacher's translations as the training splits, binarized with DATA_BIN's
+dictionaries (so students and teacher share a vocabulary) in its file format, and DATA_BIN's
+other splits unchanged: students are validated and tested on the real references. Every training sentence
 must come back; OUT/distill.json records the teacher, the beam and the teacher's decoding time
 (its cost, to report beside the student's) and the arguments after ``--``; none of them may set
 what distill.py sets itself (checkpoint, beam, subset, post-processing, languages). OUT is written
@@ -36,6 +37,7 @@ from user_dir.workflow import (
     run_fairseq,
     script_main,
     split_size,
+    training_parts,
 )
 
 # fairseq-generate destinations that distill.py sets itself -> what to use instead
@@ -46,25 +48,26 @@ OWNED = {"path": "give the teacher as TEACHER", "beam": "use distill.py's --beam
          "nbest": "the best hypothesis is the target", "replace_unk": "the targets must stay in the dictionary's units"}
 
 
-def translate_train(data_bin: Path, teacher: str, beam: int, extra: list[str]) -> tuple[list[str], list[str]]:
-    """(source pieces, teacher's best hypothesis pieces) for every training sentence, in order."""
-    expected = split_size(data_bin, "train")
-    out = run_fairseq(generate_command(data_bin, teacher, "train", beam, extra, "--max-tokens", "8000"),
-                      progress(expected, "distill.py: translated"))
+def translate(data_bin: Path, split: str, teacher: str, beam: int, extra: list[str]) -> tuple[list[str], list[str]]:
+    """(source pieces, teacher's best hypothesis pieces) for every sentence of SPLIT, in order."""
+    expected = split_size(data_bin, split)
+    out = run_fairseq(generate_command(data_bin, teacher, split, beam, extra, "--max-tokens", "8000"),
+                      progress(expected, f"distill.py: {split}: translated"))
     sources, hyps = generated(out.splitlines(), "S-"), generated(out.splitlines(), "H-")
     if len(hyps) != expected or len(sources) != expected:
-        raise SystemExit(f"error: the teacher translated {len(hyps)} of {expected} training sentences")
+        raise SystemExit(f"error: the teacher translated {len(hyps)} of {expected} sentences of '{split}'")
     return [sources[i] for i in range(expected)], [hyps[i] for i in range(expected)]
 
 
-def write_outputs(work: Path, data_bin: Path, train: dict[str, list[str]], record: dict) -> None:
-    """WORK/bin (the ``train`` texts binarized, DATA_BIN's other splits copied) and WORK/distill.json."""
-    for lang, lines in train.items():
-        with atomic_write(work / f"train.{lang}") as f:
-            f.write("".join(line + "\n" for line in lines).encode("utf-8"))
-    binarize_with(data_bin, "train", work / "train", work / "bin")
+def write_outputs(work: Path, data_bin: Path, texts: dict[str, dict[str, list[str]]], record: dict) -> None:
+    """WORK/bin (each training split's TEXTS binarized, DATA_BIN's other splits copied) and WORK/distill.json."""
+    for split, sides in texts.items():
+        for lang, lines in sides.items():
+            with atomic_write(work / f"{split}.{lang}") as f:
+                f.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        binarize_with(data_bin, split, work / split, work / "bin")
     for path in data_bin.glob("*.*-*.*.*"):  # the other splits, unchanged
-        if not path.name.startswith("train."):
+        if path.name.split(".")[0] not in texts:
             with open(path, "rb") as source, atomic_write(work / "bin" / path.name) as f:
                 shutil.copyfileobj(source, f)
     with atomic_write(work / "distill.json", "w") as f:
@@ -92,19 +95,26 @@ def main() -> None:
     except (CheckpointError, OutputError) as e:
         raise SystemExit(f"error: {e}")
     src, tgt = language_pair(args.data_bin)
-    start = time.time()
+    parts = training_parts(args.data_bin, src, tgt)  # train and the train1, train2... fairseq-train adds to it
+    start, texts = time.time(), {}
     with tempfile.TemporaryDirectory() as links:
-        sources, hyps = translate_train(args.data_bin, fairseq_ensemble(teachers, links), args.beam, extra)
+        teacher = fairseq_ensemble(teachers, links)
+        for split in parts:
+            sources, hyps = translate(args.data_bin, split, teacher, args.beam, extra)
+            texts[split] = {src: sources, tgt: hyps}
     seconds = round(time.time() - start, 1)
+    sentences = sum(len(sides[tgt]) for sides in texts.values())
     record = {"teacher": absolute_ensemble(str(args.teacher)), "data_bin": str(args.data_bin.resolve()),
-              "beam": args.beam, "generate_args": extra, "sentences": len(hyps), "teacher_decoding_seconds": seconds}
+              "beam": args.beam, "generate_args": extra, "splits": parts, "sentences": sentences,
+              "teacher_decoding_seconds": seconds}
     try:  # an error or Ctrl-C leaves no half-made OUT, nor its temporary folder
         with temporary_folder(args.out.parent, args.out.name) as work:
-            write_outputs(work, args.data_bin, {src: sources, tgt: hyps}, record)
+            write_outputs(work, args.data_bin, texts, record)
             work.rename(args.out)
     except WriteError as e:  # a full disk, a quota
         raise SystemExit(f"error: {e}") from None
-    print(f"{len(hyps)} training sentences translated by {args.teacher} in {seconds} s -> {args.out / 'bin'}")
+    print(f"{sentences} training sentences ({'+'.join(parts)}) translated by {args.teacher} in {seconds} s -> "
+          f"{args.out / 'bin'}")
 
 
 if __name__ == "__main__":

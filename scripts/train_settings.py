@@ -30,7 +30,6 @@ import argparse
 import ast
 import contextlib
 import io
-import itertools
 import math
 import os
 import sys
@@ -68,7 +67,16 @@ from user_dir.precision import (
     training_work,
 )
 from user_dir.prepared import prepared_record
-from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, language_pair, split_read, splits_of
+from user_dir.workflow import (
+    DONE,
+    ROOT,
+    USER_DIR,
+    argv_text,
+    language_pair,
+    split_read,
+    splits_of,
+    training_parts,
+)
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
 ARCH = "rnn_seq2seq_multi30k"
@@ -251,8 +259,8 @@ def corpus(plan: argparse.Namespace) -> dict:
         for subset in valid:
             loaded(task, subset, plan.combine_valid_subsets, f"--valid-subset {plan.valid_subset}")
     validation = {} if plan.disable_validation else {subset: sizes_of(task.dataset(subset)) for subset in valid}
-    subset, held = plan.train_subset, set(splits_of(data, src, tgt))
-    parts = [subset, *itertools.takewhile(held.__contains__, (f"{subset}{k}" for k in itertools.count(1)))]
+    subset = plan.train_subset
+    parts = training_parts(data, src, tgt, subset)
     if len(parts) > 1 and plan.upsample_primary < 1:
         raise SystemExit(f"error: {data} holds {', '.join(parts[1:])}, which fairseq-train adds to '{subset}' with "
                          f"--upsample-primary copies of '{subset}' (default -1: it fails): give --upsample-primary 1 "

@@ -8,6 +8,7 @@ need it import it when called, and the plugin registers itself then (``user_dir/
 script that never needs fairseq in its own process (``prepare.py``) starts, and refuses, at once.
 """
 import argparse
+import itertools
 import re
 import subprocess
 import sys
@@ -108,10 +109,22 @@ def preprocess_command(src: str, tgt: str, prefixes: dict, destdir: Path, dictio
 
 
 def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path) -> None:
-    """fairseq-preprocess of the raw pair PREFIX.{src,tgt} as SPLIT into DESTDIR with DATA_BIN's
-    dictionaries, so that the model sees exactly its training vocabulary."""
+    """fairseq-preprocess of the raw pair PREFIX.{src,tgt} as SPLIT (any name: train1 too) into DESTDIR
+    with DATA_BIN's dictionaries, so that the model sees exactly its training vocabulary, and in its
+    file format (--dataset-impl), so that one folder holds one format."""
+    from fairseq.data import indexed_dataset
+
     src, tgt = language_pair(data_bin)
-    run_fairseq(preprocess_command(src, tgt, {split: prefix}, destdir, dictionaries=data_bin))
+    first = Path(data_bin) / f"{splits_of(data_bin, src, tgt)[0]}.{src}-{tgt}.{src}"
+    impl = indexed_dataset.infer_dataset_impl(str(first))
+    Path(destdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destdir) as made:  # fairseq-preprocess names the split by its option
+        run_fairseq(preprocess_command(src, tgt, {"train": prefix}, Path(made), dictionaries=data_bin)
+                    + ["--dataset-impl", impl or "mmap"])
+        for path in Path(made).glob("train.*"):
+            path.replace(Path(destdir) / f"{split}.{path.name.split('.', 1)[1]}")
+        for path in Path(made).glob("dict.*.txt"):
+            path.replace(Path(destdir) / path.name)
 
 
 def _generate_options() -> dict:
@@ -220,6 +233,12 @@ def splits_of(data_bin: Path, src: str, tgt: str) -> list[str]:
     """The splits of SRC->TGT in DATA_BIN (their source side binarized, under either name of the pair)."""
     return sorted({idx.name.split(".")[0] for pair in (f"{src}-{tgt}", f"{tgt}-{src}")
                    for idx in Path(data_bin).glob(f"*.{pair}.{src}.idx")})
+
+
+def training_parts(data_bin: Path, src: str, tgt: str, subset: str = "train") -> list[str]:
+    """SUBSET and the SUBSET1, SUBSET2, ... splits that fairseq-train trains on with it (consecutive)."""
+    held = set(splits_of(data_bin, src, tgt))
+    return [subset, *itertools.takewhile(held.__contains__, (f"{subset}{k}" for k in itertools.count(1)))]
 
 
 def split_size(data_bin: Path, subset: str) -> int:

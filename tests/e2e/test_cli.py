@@ -237,6 +237,36 @@ def test_distill_replaces_training_targets_with_the_teachers_translations(toy_bi
     assert again.returncode != 0 and "exists" in again.stderr
 
 
+def test_distill_translates_every_training_split_in_the_datas_own_format(toy_bin, trained, tmp_path):
+    """train1 (which fairseq-train adds to train) is distilled too, not copied with its references; the
+    binarized output keeps the input's --dataset-impl (lazy here), so one folder holds one format."""
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split, lines in (("train", 200), ("valid", 100), ("test", 203)):
+        for side in ("src", "tgt"):
+            text = (TOY / f"{split}.{side}").read_text().splitlines(keepends=True)
+            (raw / f"{split}.{side}").write_text("".join(text[:lines]))
+    data = tmp_path / "bin"
+    run("fairseq-preprocess", "-s", "src", "-t", "tgt", "--srcdict", toy_bin / "dict.src.txt", "--tgtdict",
+        toy_bin / "dict.tgt.txt", "--dataset-impl", "lazy", "--workers", "1", "--destdir", data,
+        *[x for split in ("train", "valid", "test") for x in (f"--{split}pref", raw / split)])
+    for path in data.glob("valid.*"):
+        shutil.copy(path, data / path.name.replace("valid.", "train1.", 1))
+    out = tmp_path / "kd"
+    printed = run("python", ROOT / "scripts" / "distill.py", data, trained, out, "--beam", "2").stdout
+    record = json.loads((out / "distill.json").read_text())
+    assert record["splits"] == ["train", "train1"] and record["sentences"] == 300 and "(train+train1)" in printed
+    d = Dictionary.load(str(toy_bin / "dict.tgt.txt"))
+    for split, size in (("train", 200), ("train1", 100), ("valid", 100), ("test", 203)):
+        assert indexed_dataset.infer_dataset_impl(str(out / "bin" / f"{split}.src-tgt.tgt")) == "cached"
+        kd, orig = (data_utils.load_indexed_dataset(str(folder / f"{split}.src-tgt.tgt"), d, "lazy")
+                    for folder in (out / "bin", data))
+        equal = sum(torch.equal(kd[i], orig[i]) for i in range(size))
+        assert len(kd) == size and (equal == size if split in ("valid", "test") else equal < size), (split, equal)
+
+
 def test_generate_with_stock_flags_translates_every_sentence(toy_bin, trained):
     """fairseq-generate's default --required-batch-size-multiple is 8; the test split has 203 sentences."""
     out = run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--batch-size", "64").stdout
