@@ -30,6 +30,10 @@ data="$1" save="$2"; shift 2
 if [ -z "$threads" ] && [[ "${NPROC:-1}" =~ ^[0-9]+$ ]] && [ "${NPROC:-1}" -gt 1 ]; then
     export OMP_NUM_THREADS=$(( ($(nproc) + NPROC - 1) / NPROC ))  # NPROC processes share the cores
 fi
+if [ ! -d "$data" ] && [[ "$data" == *:* ]]; then  # fairseq's epoch shards
+    echo "error: DATA_BIN $data: train.sh trains on one folder, not fairseq's shards (a:b); give one, or run fairseq-train" >&2
+    exit 2
+fi
 [ -d "$data" ] || { echo "error: DATA_BIN $data does not exist (or is not a folder); scripts/prepare.py makes it" >&2
                    exit 2; }
 compgen -G "$data/dict.*.txt" > /dev/null ||

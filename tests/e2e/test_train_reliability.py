@@ -78,6 +78,7 @@ def test_exit_status_is_non_zero_when_no_checkpoint_was_saved(toy_bin, tmp_path)
 @pytest.mark.parametrize("case, message", [
     ("no arguments", "error: give DATA_BIN and SAVE_DIR"),
     ("missing data", "error: DATA_BIN {nowhere} does not exist (or is not a folder)"),
+    ("shards", "error: DATA_BIN {data}:{data}: train.sh trains on one folder, not fairseq's shards (a:b)"),
     ("data without dictionaries", "error: {empty} holds no fairseq-preprocess output (dict.*.txt)"),
     ("save is a file", "error: SAVE_DIR: cannot write in {file}: it is not a folder: choose another folder"),
     ("save under a file", "error: SAVE_DIR: cannot write in {file}/ckpt: Not a directory: choose another folder"),
@@ -103,7 +104,7 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
         data = preprocess(TOY, tmp_path / "lazy", ["--dataset-impl", "lazy"])
         extra = [*extra, "--dataset-impl", "mmap"]
     args = {"no arguments": [toy_bin], "missing data": [tmp_path / "nowhere", save, *extra],
-            "data without dictionaries": [tmp_path, save, *extra],
+            "data without dictionaries": [tmp_path, save, *extra], "shards": [f"{data}:{data}", save, *extra],
             "save is a file": [data, tmp_path / "file", *extra],
             "save under a file": [data, tmp_path / "file" / "ckpt", *extra],
             "not a number": [data, save, "--max-update", "1O"], "zero divisor": [data, save, *extra, "--update-freq=0"],
