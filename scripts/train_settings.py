@@ -267,6 +267,10 @@ def corpus(plan: argparse.Namespace) -> dict:
                          "(or more), or move them out")
     loaded(task, subset, True, f"--train-subset {subset}")
     train = task.dataset(subset)
+    if train.supports_prefetch:  # fairseq 0.12's epoch iterator leaves cached datasets unread: KeyError
+        raise SystemExit(f"error: {data} holds fairseq's indexed (lazy/cached) files, which fairseq-train reads as "
+                         f"--dataset-impl cached{' (inferred)' * (not plan.dataset_impl)} and then fails on (KeyError "
+                         "in its first batch): give --dataset-impl lazy")
     tokenization = made.get("tokenization")
     if tokenization is None:
         tokenization = "sentencepiece" if uses_sentencepiece(task.target_dictionary) else "none"

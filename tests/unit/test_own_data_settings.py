@@ -230,6 +230,9 @@ def test_the_plan_says_which_pairs_fairseq_leaves_out(plan, tmp_path):
      "valid.src-tgt.src.bin is empty (0 sentences)"),
     ("lazy", ["--dataset-impl", "mmap"], "error: split 'valid' of {data} cannot be read as fairseq-train reads it "
      "(--valid-subset valid, --dataset-impl mmap): AssertionError: Index file doesn't match expected format."),
+    ("lazy", [], "error: {data} holds fairseq's indexed (lazy/cached) files, which fairseq-train reads as "
+     "--dataset-impl cached (inferred) and then fails on (KeyError in its first batch): give --dataset-impl lazy"),
+    ("lazy", ["--dataset-impl", "cached"], "--dataset-impl cached and then fails on"),
 ])
 def test_splits_fairseq_train_would_fail_on_are_one_line(plan, tmp_path, edit, extra, message):
     """Validation it would stop at (after a whole epoch), splits it cannot read: one line (nothing else
@@ -238,7 +241,10 @@ def test_splits_fairseq_train_would_fail_on_are_one_line(plan, tmp_path, edit, e
                          ["--dataset-impl", "lazy"] if edit == "lazy" else ())
     with pytest.raises(SystemExit) as refused:
         plan(*extra, "--max-update", "5", data=data)
-    assert str(refused.value).startswith(message.format(data=data)) and "\n" not in str(refused.value), refused.value
+    assert message.format(data=data) in str(refused.value) and "\n" not in str(refused.value), refused.value
+    assert str(refused.value).startswith("error: ")
+    if edit == "lazy":
+        assert "training pairs" in plan("--dataset-impl", "lazy", "--max-update", "5", data=data)[1][0]
 
 
 def test_the_reference_check_reads_the_targets_of_every_dataset_impl(toy_bin, tmp_path):
