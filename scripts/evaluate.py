@@ -196,8 +196,8 @@ def check_log(log: list[str], args: argparse.Namespace) -> None:
 def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> None:
     """Refuse a reference that is not the target side of what is scored, line for line: at least half
     its lines must share 30% of their letter trigrams with their sentence's target (another split or
-    language of the same length fails), and no two may resemble a neighbour's target more (by
-    MISPLACED) than their own (a line added, removed or moved: a shift from there on); margins:
+    language of the same length fails), and no two neighbouring lines may resemble a neighbour's target
+    more (by MISPLACED) than their own (a line added, removed or moved: a shift from there on); margins:
     docs/troubleshooting.md."""
     compared = [i for i in range(len(refs)) if i in sentences]  # a sentence a log lacks is named later
     if not compared:  # a split without a target side: nothing to compare with
@@ -206,6 +206,7 @@ def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> No
     theirs = {i: trigrams(sentences[i]) for i in compared}
 
     def alike(i: int, j: int) -> float:
+        """The share of letter trigrams reference line I and target J have in common."""
         return len(ours[i] & theirs[j]) / max(1, len(ours[i] | theirs[j]))
     resembling = sum(alike(i, i) >= RESEMBLE for i in compared)
     first = compared[0]
@@ -213,10 +214,11 @@ def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> No
         raise SystemExit(f"error: the reference does not match {what}: {resembling} of its {len(compared)} lines "
                          f"resemble their sentence's target (line {first + 1}: {refs[first][:50]!r} against "
                          f"{sentences[first][:50]!r}); give the reference of the sentences scored")
-    misplaced = [i for i in compared if any(
-        alike(i, j) >= RESEMBLE and alike(i, j) > alike(i, i) + MISPLACED for j in (i - 1, i + 1) if j in theirs)]
-    if len(misplaced) >= 2:
-        i = misplaced[0]
+    misplaced = {i for i in compared if any(
+        alike(i, j) >= RESEMBLE and alike(i, j) > alike(i, i) + MISPLACED for j in (i - 1, i + 1) if j in theirs)}
+    runs = sorted(i for i in misplaced if i + 1 in misplaced)  # a shift or a swap: neighbours out of place together
+    if runs:
+        i = runs[0]
         raise SystemExit(f"error: the reference is out of line with {what}: {len(misplaced)} of its lines resemble "
                          f"a neighbouring sentence's target more than their own (line {i + 1}: {refs[i][:50]!r} "
                          f"against {sentences[i][:50]!r}): a line added, removed or moved? give the reference of "

@@ -225,58 +225,68 @@ def direction(plan: argparse.Namespace) -> tuple[str, str]:
     return pair
 
 
-def loaded(task: FairseqTask, subset: str, combine: bool, option: str) -> None:
-    """TASK's SUBSET loaded as fairseq-train loads it; a split it lacks (or its target side) is one line."""
+def loaded(task: FairseqTask, plan: argparse.Namespace, subset: str, combine: bool, option: str) -> list[str]:
+    """TASK's SUBSET loaded as fairseq-train loads it (COMBINE: with the SUBSET1, SUBSET2... parts it
+    adds, and --upsample-primary copies of SUBSET), and those parts; what fairseq would fail on is one
+    line: a split it lacks or cannot read, no target side, parts under --upsample-primary below 1,
+    files it reads as --dataset-impl cached (its first batch fails with KeyError)."""
     data, src, tgt = Path(task.cfg.data), task.cfg.source_lang, task.cfg.target_lang
+    parts = training_parts(data, src, tgt, subset) if combine else [subset]
+    if len(parts) > 1 and plan.upsample_primary < 1:
+        raise SystemExit(f"error: {data} holds {', '.join(parts[1:])}, which fairseq-train adds to '{subset}' with "
+                         f"--upsample-primary copies of '{subset}' (default -1: it fails): give --upsample-primary 1 "
+                         "(or more), or move them out")
     try:
-        impl = f", --dataset-impl {task.cfg.dataset_impl}" * bool(task.cfg.dataset_impl)
+        impl = f", --dataset-impl {plan.dataset_impl}" * bool(plan.dataset_impl)
         with split_read(data, subset, f" as fairseq-train reads it ({option}{impl})"):
             task.load_dataset(subset, epoch=1, combine=combine)
     except FileNotFoundError:
         held = ", ".join(splits_of(data, src, tgt)) or "none"
         raise SystemExit(f"error: {data} holds no split '{subset}' of {src}-{tgt} ({subset}.{src}-{tgt}.{src}.idx), "
                          f"which fairseq-train loads ({option}); it holds: {held}") from None
-    if task.dataset(subset).tgt is None:
+    dataset = task.dataset(subset)
+    if dataset.tgt is None:
         raise SystemExit(f"error: split '{subset}' of {data} has no {tgt} side ({subset}.{src}-{tgt}.{tgt}.idx): "
                          f"fairseq-train needs its pairs ({option})")
+    if dataset.supports_prefetch:  # fairseq 0.12's epoch iterator leaves cached datasets unread
+        raise SystemExit(f"error: {data} holds fairseq's indexed (lazy/cached) files, which fairseq-train reads as "
+                         f"--dataset-impl cached{' (inferred)' * (not plan.dataset_impl)} and then fails on (KeyError "
+                         "in its first batch): give --dataset-impl lazy")
+    return parts
 
 
 def corpus(plan: argparse.Namespace) -> dict:
-    """The training pairs fairseq-train trains on, read by its own task (the direction, --train-subset
-    with the train1, train2... parts fairseq adds to it, --upsample-primary), after the splits it
-    loads at its start (the validation subsets); tokenization: prepare.json's where prepare.py made
+    """The pairs fairseq-train trains and validates on, read by its own task (the direction,
+    --train-subset with the train1, train2... parts fairseq adds to it, --upsample-primary; the
+    validation subsets it loads at its start); tokenization: prepare.json's where prepare.py made
     DATA_BIN, else detected from the target dictionary."""
     data = Path(plan.data)
     made = prepared_record(data)  # an unreadable record: one error line
     src, tgt = direction(plan)
     cfg, task = configured(plan)
+    validation, valid_parts = {}, {}
     if not plan.disable_validation:
         try:
             data_utils.raise_if_valid_subsets_unintentionally_ignored(cfg)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
-        valid = ["valid"] if plan.combine_valid_subsets else plan.valid_subset.split(",")
-        for subset in valid:
-            loaded(task, subset, plan.combine_valid_subsets, f"--valid-subset {plan.valid_subset}")
-    validation = {} if plan.disable_validation else {subset: sizes_of(task.dataset(subset)) for subset in valid}
-    subset = plan.train_subset
-    parts = training_parts(data, src, tgt, subset)
-    if len(parts) > 1 and plan.upsample_primary < 1:
-        raise SystemExit(f"error: {data} holds {', '.join(parts[1:])}, which fairseq-train adds to '{subset}' with "
-                         f"--upsample-primary copies of '{subset}' (default -1: it fails): give --upsample-primary 1 "
-                         "(or more), or move them out")
-    loaded(task, subset, True, f"--train-subset {subset}")
-    train = task.dataset(subset)
-    if train.supports_prefetch:  # fairseq 0.12's epoch iterator leaves cached datasets unread: KeyError
-        raise SystemExit(f"error: {data} holds fairseq's indexed (lazy/cached) files, which fairseq-train reads as "
-                         f"--dataset-impl cached{' (inferred)' * (not plan.dataset_impl)} and then fails on (KeyError "
-                         "in its first batch): give --dataset-impl lazy")
+        names = plan.valid_subset.split(",")
+        if plan.combine_valid_subsets and names != ["valid"]:
+            raise SystemExit(f"error: --combine-valid-subsets loads 'valid' with its valid1, valid2... parts, and "
+                             f"fairseq-train then validates on each --valid-subset ({plan.valid_subset}), not loaded: "
+                             "give --valid-subset valid, or leave --combine-valid-subsets out")
+        for subset in names:
+            valid_parts[subset] = loaded(task, plan, subset, plan.combine_valid_subsets,
+                                         f"--valid-subset {plan.valid_subset}")
+            validation[subset] = sizes_of(task.dataset(subset))
+    parts = loaded(task, plan, plan.train_subset, True, f"--train-subset {plan.train_subset}")
+    train = task.dataset(plan.train_subset)
     tokenization = made.get("tokenization")
     if tokenization is None:
         tokenization = "sentencepiece" if uses_sentencepiece(task.target_dictionary) else "none"
     return {"tokenization": tokenization, "pairs": len(train), "source": "prepare.json" if made else "detected",
             "direction": (src, tgt), "parts": parts, "dictionaries": (task.source_dictionary, task.target_dictionary),
-            "sizes": sizes_of(train), "valid": validation}
+            "sizes": sizes_of(train), "valid": validation, "valid_parts": valid_parts}
 
 
 def sizes_of(dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -415,26 +425,32 @@ def within(sizes: tuple[np.ndarray, np.ndarray], plan: argparse.Namespace, token
         tgt <= min(tokens, getattr(plan, "max_target_positions", math.inf)))
 
 
-def validation_left_out(info: dict, plan: argparse.Namespace) -> dict[str, int]:
-    """The pairs of each validation split fairseq-train leaves out (longer than the positions, under
-    --skip-invalid-size-inputs-valid-test); refuses a split it would stop on at its first validation:
-    such pairs without that option, or pairs longer than --max-tokens-valid (it asserts either)."""
+def validation_kept(info: dict, plan: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Which pairs of each validation split fairseq-train validates on: none longer than the positions
+    (those it leaves out under --skip-invalid-size-inputs-valid-test, else fails on)."""
+    return {subset: within(sizes, plan, math.inf) for subset, sizes in info["valid"].items()}
+
+
+def check_validation(info: dict, plan: argparse.Namespace) -> None:
+    """Refuses validation fairseq-train would fail on in its dry run at the start (after this plan and
+    the probe): pairs longer than the positions without --skip-invalid-size-inputs-valid-test, none
+    left with it, pairs longer than --max-tokens-valid."""
     tokens = int(plan.max_tokens_valid or 0) or plan.max_tokens or math.inf  # a str: check_counts read it
-    left = {}
-    for subset, sizes in info["valid"].items():
-        fit = within(sizes, plan, math.inf)
+    for subset, fit in validation_kept(info, plan).items():
+        positions = (f"longer than the positions (--max-source-positions {plan.max_source_positions}, "
+                     f"--max-target-positions {plan.max_target_positions})")
         if not fit.all() and not plan.skip_invalid_size_inputs_valid_test:
-            raise SystemExit(f"error: split '{subset}' holds {(~fit).sum()} pair(s) longer than the positions "
-                             f"(--max-source-positions {plan.max_source_positions}, --max-target-positions "
-                             f"{plan.max_target_positions}): fairseq-train would stop at its first validation; give "
-                             "larger positions, or --skip-invalid-size-inputs-valid-test to validate without them")
-        longest = int(np.maximum(*sizes)[fit].max(initial=0))
+            raise SystemExit(f"error: split '{subset}' holds {(~fit).sum()} pair(s) {positions}: fairseq-train would "
+                             "fail at its start; give larger positions, or --skip-invalid-size-inputs-valid-test to "
+                             "validate without them")
+        if not fit.any():
+            raise SystemExit(f"error: every pair of split '{subset}' is {positions}: fairseq-train would validate on "
+                             "nothing and fail at its start; give larger positions")
+        longest = int(np.maximum(*info["valid"][subset])[fit].max())
         if longest > tokens:
             raise SystemExit(f"error: split '{subset}' holds pairs of up to {longest} tokens, more than "
-                             f"--max-tokens-valid {tokens} (unset: --max-tokens): fairseq-train would stop at its "
-                             f"first validation; give --max-tokens-valid {longest} or more")
-        left[subset] = int((~fit).sum())
-    return left
+                             f"--max-tokens-valid {tokens} (unset: --max-tokens): fairseq-train would fail at its "
+                             f"start; give --max-tokens-valid {longest} or more")
 
 
 def batches(info: dict, plan: argparse.Namespace) -> list[np.ndarray]:
@@ -508,8 +524,12 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
     read *= parts != ["train"]
     dropped = len(info["sizes"][0]) - int(within(info["sizes"], plan, plan.max_tokens or math.inf).sum())
     read += f" ({dropped} longer than --max-tokens or the positions, left out)" * bool(dropped)
-    read += "".join(f"; validation leaves out {n} of the {len(info['valid'][subset][0])} pairs of '{subset}' "
-                    "(longer than the positions)" for subset, n in validation_left_out(info, plan).items() if n)
+    for subset, fit in validation_kept(info, plan).items():
+        combined = info["valid_parts"][subset]
+        read += (f"; validation on {'+'.join(combined)} (--upsample-primary {plan.upsample_primary})"
+                 * (len(combined) > 1))
+        read += (f"; validation leaves out {(~fit).sum()} of the {len(fit)} pairs of '{subset}' (longer than the "
+                 "positions)" * (not fit.all()))
     return [f"data: {plan.data}, {'->'.join(info['direction'])}: {info['pairs']} training pairs{read}, about "
             f"{per_epoch(info, plan)} updates an epoch{steady}; "
             f"tokenization {info['tokenization']} ({info['source']}), "
@@ -563,7 +583,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     check_model(plan, info)
     check_ends(plan)
     check_device(plan)
-    validation_left_out(info, plan)
+    check_validation(info, plan)
     if saved is None or plan.reset_dataloader:
         check_new_run(plan)
     resumed = check_resume(plan, saved) if saved is not None else None

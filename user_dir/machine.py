@@ -28,12 +28,12 @@ def nodes() -> int:
 
 
 def several_machines(slurm: bool) -> bool:
-    """Whether the run spans several machines: NNODES > 1 for torchrun's start; for fairseq's SLURM
-    start (SLURM), SLURM's node count of the step or job (several where SLURM does not say)."""
-    if not slurm:
-        return nodes() > 1
-    count = os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_JOB_NUM_NODES") or ""
-    return not (count.isascii() and count.isdigit() and int(count) == 1)
+    """Whether the run spans several machines: NNODES > 1 where train.sh starts it (torchrun, or one
+    machine); under fairseq's own SLURM start (SLURM, no NPROC) SLURM_NNODES, as fairseq reads it
+    (several where it is not 1)."""
+    if slurm and env_number("NPROC", int, 1, "the number of processes, a whole number >= 1") is None:
+        return os.environ.get("SLURM_NNODES") != "1"
+    return nodes() > 1
 
 
 def world(gpus: int, given: int | None, slurm: bool) -> tuple[int, bool]:

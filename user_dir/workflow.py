@@ -17,7 +17,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from .files import OutputError, WriteError, atomic_write, check_output
 
@@ -115,8 +115,8 @@ def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path) -> No
     from fairseq.data import indexed_dataset
 
     src, tgt = language_pair(data_bin)
-    first = Path(data_bin) / f"{splits_of(data_bin, src, tgt)[0]}.{src}-{tgt}.{src}"
-    impl = indexed_dataset.infer_dataset_impl(str(first))
+    held = splits_of(data_bin, src, tgt)
+    impl = indexed_dataset.infer_dataset_impl(str(Path(data_bin) / f"{held[0]}.{src}-{tgt}.{src}")) if held else None
     Path(destdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destdir) as made:  # fairseq-preprocess names the split by its option
         run_fairseq(preprocess_command(src, tgt, {"train": prefix}, Path(made), dictionaries=data_bin)
@@ -201,7 +201,7 @@ def language_pair(data_bin: Path) -> tuple[str, str]:
 
 
 @contextmanager
-def split_read(data_bin: Path, subset: str, how: str = ""):
+def split_read(data_bin: Path, subset: str, how: str = "") -> Iterator[None]:
     """Reading DATA_BIN's binarized SUBSET: fairseq's errors on an empty or damaged split, sides of
     different lengths or another --dataset-impl, as one line (HOW: the options that read it)."""
     cannot = f"error: split '{subset}' of {data_bin} cannot be read{how}"

@@ -104,7 +104,9 @@ def test_the_plan_is_fairseqs_own_reading_of_the_options(plan, toy_bin, extra, e
                                    ["--max-tokens", "1000", "--required-batch-size-multiple", "8"],
                                    ["--max-tokens", "300", "--update-freq", "3"],
                                    ["--max-tokens", "300", "--update-freq", "1,3"],
-                                   ["--max-tokens", "5"], ["--max-source-positions", "4", "--max-tokens", "50"],
+                                   ["--max-tokens", "5", "--max-tokens-valid", "100"],
+                                   ["--max-source-positions", "4", "--max-tokens", "50",
+                                    "--skip-invalid-size-inputs-valid-test"],
                                    ["--train-subset", "valid", "--max-tokens", "100"], ["-s", "tgt", "-t", "src"],
                                    ["--upsample-primary", "2", "--max-tokens", "300", "data:train1"]])
 def test_the_updates_an_epoch_are_fairseqs_own_count(plan, toy_bin, tmp_path, extra):
@@ -218,11 +220,21 @@ def test_the_plan_says_which_pairs_fairseq_leaves_out(plan, tmp_path):
                 data=data)[1][0]
     assert "(3 longer than --max-tokens or the positions, left out); validation leaves out 3 of the 103 pairs of " \
         "'valid' (longer than the positions), about" in line
+    for path in data.glob("valid.*"):
+        shutil.copy(path, data / path.name.replace("valid.", "valid1.", 1))
+    line = plan("--combine-valid-subsets", "--upsample-primary", "2", "--max-update", "5", data=data)[1][0]
+    assert "3003 training pairs; validation on valid+valid1 (--upsample-primary 2), about" in line
 
 
 @pytest.mark.parametrize("edit, extra, message", [
     (long_pairs, ["--max-source-positions", "50"], "error: split 'valid' holds 3 pair(s) longer than the positions "
-     "(--max-source-positions 50, --max-target-positions 1024): fairseq-train would stop at its first validation"),
+     "(--max-source-positions 50, --max-target-positions 1024): fairseq-train would fail at its start"),
+    (lambda raw: [(raw / f"valid.{side}").write_text(" ".join(["w"] * 60) + "\n") for side in ("src", "tgt")],
+     ["--max-source-positions", "50", "--skip-invalid-size-inputs-valid-test"],
+     "error: every pair of split 'valid' is longer than the positions"),
+    (None, ["--combine-valid-subsets", "--valid-subset", "test"], "error: --combine-valid-subsets loads 'valid'"),
+    ("valid1", ["--combine-valid-subsets"], "error: {data} holds valid1, which fairseq-train adds to 'valid' with "
+     "--upsample-primary copies of 'valid' (default -1: it fails)"),
     (long_pairs, ["--max-tokens", "100"], "error: split 'valid' holds pairs of up to"),
     (None, ["--max-tokens-valid", "x"], "error: --max-tokens-valid x: give a whole number >= 1"),
     (lambda raw: [(raw / f"valid.{side}").write_text("") for side in ("src", "tgt")], [],
@@ -235,10 +247,13 @@ def test_the_plan_says_which_pairs_fairseq_leaves_out(plan, tmp_path):
     ("lazy", ["--dataset-impl", "cached"], "--dataset-impl cached and then fails on"),
 ])
 def test_splits_fairseq_train_would_fail_on_are_one_line(plan, tmp_path, edit, extra, message):
-    """Validation it would stop at (after a whole epoch), splits it cannot read: one line (nothing else
-    on stderr at exit: tests/e2e/test_train_reliability.py)."""
-    data = binarized_toy(tmp_path, None if edit == "lazy" else edit,
+    """Validation it would fail on at its start (after the plan and the probe), splits it cannot read:
+    one line (nothing else on stderr at exit: tests/e2e/test_train_reliability.py)."""
+    data = binarized_toy(tmp_path, None if isinstance(edit, str) else edit,
                          ["--dataset-impl", "lazy"] if edit == "lazy" else ())
+    if edit == "valid1":
+        for path in data.glob("valid.*"):
+            shutil.copy(path, data / path.name.replace("valid.", "valid1.", 1))
     with pytest.raises(SystemExit) as refused:
         plan(*extra, "--max-update", "5", data=data)
     assert message.format(data=data) in str(refused.value) and "\n" not in str(refused.value), refused.value

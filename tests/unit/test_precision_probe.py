@@ -88,7 +88,8 @@ def test_an_epoch_of_no_batch_is_refused_in_one_line(plan):
 
 def test_no_probe_where_the_options_or_several_machines_set_the_precision(plan, toy_bin, tmp_path, monkeypatch,
                                                                           unmeasured):
-    """--amp (or --fp16, --bf16) in the options wins; NNODES > 1 trains in float32 unless AMP says."""
+    """--amp (or --fp16, --bf16) in the options wins; NNODES > 1, or under fairseq's SLURM start a
+    SLURM_NNODES other than 1 (or none), trains in float32 unless AMP says."""
     argv, lines, _ = settings(toy_bin, tmp_path / "a", [*TINY_MODEL, "--max-update", "5", "--amp"])
     assert "--amp" in argv and "precision: bfloat16 autocast (--amp), as given in the options" in lines
     monkeypatch.setenv("NNODES", "2")
@@ -98,9 +99,11 @@ def test_no_probe_where_the_options_or_several_machines_set_the_precision(plan, 
     assert "--amp" not in argv and "precision: float32, several machines, unmeasured (AMP=1: bfloat16 autocast on " \
         "all)" in lines
     monkeypatch.delenv("NNODES")
+    monkeypatch.delenv("NPROC")  # fairseq's own SLURM start
     monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-2]")  # fairseq's SLURM start: SLURM's node count decides
-    for name, count, several in (("SLURM_JOB_NUM_NODES", "2", True), ("SLURM_STEP_NUM_NODES", "1", False)):
-        monkeypatch.setenv(name, count)
+    for count, several in ((None, True), ("2", True), ("1", False)):
+        if count:
+            monkeypatch.setenv("SLURM_NNODES", count)
         extra = [*TINY_MODEL, "--max-update", "5", "--distributed-port", "12345"]
         if several:
             assert "several machines, unmeasured" in " ".join(settings(toy_bin, tmp_path / "c", extra)[1])
