@@ -286,7 +286,8 @@ def corpus(plan: argparse.Namespace) -> dict:
         tokenization = "sentencepiece" if uses_sentencepiece(task.target_dictionary) else "none"
     return {"tokenization": tokenization, "pairs": len(train), "source": "prepare.json" if made else "detected",
             "direction": (src, tgt), "parts": parts, "dictionaries": (task.source_dictionary, task.target_dictionary),
-            "sizes": sizes_of(train), "valid": validation, "valid_parts": valid_parts}
+            "sizes": sizes_of(train), "valid": validation, "valid_parts": valid_parts,
+            "positions": task.max_positions()}
 
 
 def sizes_of(dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -418,17 +419,28 @@ def complete(plan: argparse.Namespace, argvs: list[list[str]], saved: dict) -> s
     return f"{path} holds {done[0]}" if done else None
 
 
-def within(sizes: tuple[np.ndarray, np.ndarray], plan: argparse.Namespace, tokens: float) -> np.ndarray:
-    """Which pairs of SIZES (source, target lengths) fairseq keeps: none longer than the positions or TOKENS."""
-    src, tgt = sizes
-    return (src <= min(tokens, getattr(plan, "max_source_positions", math.inf))) & (
-        tgt <= min(tokens, getattr(plan, "max_target_positions", math.inf)))
+def positions(info: dict, plan: argparse.Namespace) -> tuple[float, float]:
+    """The source and target lengths fairseq-train keeps: the smaller of the task's positions and the
+    model's (those the options give it; a model without them keeps the task's)."""
+    task_source, task_target = info["positions"]
+    return (min(task_source, getattr(plan, "max_source_positions", math.inf)),
+            min(task_target, getattr(plan, "max_target_positions", math.inf)))
+
+
+def within(sizes: tuple[np.ndarray, np.ndarray], limits: tuple[float, float], tokens: float) -> np.ndarray:
+    """Which pairs of SIZES (source, target lengths) fairseq keeps: none longer than LIMITS or TOKENS."""
+    return (sizes[0] <= min(tokens, limits[0])) & (sizes[1] <= min(tokens, limits[1]))
+
+
+def training_kept(info: dict, plan: argparse.Namespace) -> np.ndarray:
+    """Which training pairs fairseq-train trains on: none longer than --max-tokens or the positions."""
+    return within(info["sizes"], positions(info, plan), plan.max_tokens or math.inf)
 
 
 def validation_kept(info: dict, plan: argparse.Namespace) -> dict[str, np.ndarray]:
     """Which pairs of each validation split fairseq-train validates on: none longer than the positions
     (those it leaves out under --skip-invalid-size-inputs-valid-test, else fails on)."""
-    return {subset: within(sizes, plan, math.inf) for subset, sizes in info["valid"].items()}
+    return {subset: within(sizes, positions(info, plan), math.inf) for subset, sizes in info["valid"].items()}
 
 
 def check_validation(info: dict, plan: argparse.Namespace) -> None:
@@ -437,14 +449,14 @@ def check_validation(info: dict, plan: argparse.Namespace) -> None:
     left with it, pairs longer than --max-tokens-valid."""
     tokens = int(plan.max_tokens_valid or 0) or plan.max_tokens or math.inf  # a str: check_counts read it
     for subset, fit in validation_kept(info, plan).items():
-        positions = (f"longer than the positions (--max-source-positions {plan.max_source_positions}, "
-                     f"--max-target-positions {plan.max_target_positions})")
+        longer = "longer than the positions (--max-source-positions {}, --max-target-positions {})".format(
+            *positions(info, plan))
         if not fit.all() and not plan.skip_invalid_size_inputs_valid_test:
-            raise SystemExit(f"error: split '{subset}' holds {(~fit).sum()} pair(s) {positions}: fairseq-train would "
+            raise SystemExit(f"error: split '{subset}' holds {(~fit).sum()} pair(s) {longer}: fairseq-train would "
                              "fail at its start; give larger positions, or --skip-invalid-size-inputs-valid-test to "
                              "validate without them")
         if not fit.any():
-            raise SystemExit(f"error: every pair of split '{subset}' is {positions}: fairseq-train would validate on "
+            raise SystemExit(f"error: every pair of split '{subset}' is {longer}: fairseq-train would validate on "
                              "nothing and fail at its start; give larger positions")
         longest = int(np.maximum(*info["valid"][subset])[fit].max())
         if longest > tokens:
@@ -458,7 +470,7 @@ def batches(info: dict, plan: argparse.Namespace) -> list[np.ndarray]:
     --max-tokens or the positions), in LanguagePairDataset's order, by --max-tokens, --batch-size and
     --required-batch-size-multiple."""
     src, tgt = info["sizes"]
-    kept = np.flatnonzero(within(info["sizes"], plan, plan.max_tokens or math.inf))
+    kept = np.flatnonzero(training_kept(info, plan))
     order = kept[np.lexsort((tgt[kept], src[kept]))]  # by source length, then target length, as fairseq orders them
     return data_utils.batch_by_size(order, None, num_tokens_vec=np.maximum(src, tgt)[order].astype(np.int64),
                                     max_tokens=plan.max_tokens, max_sentences=plan.batch_size,
@@ -522,7 +534,7 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
     parts = info["parts"]
     read = f" ({'+'.join(parts)}" + f", --upsample-primary {plan.upsample_primary}" * (len(parts) > 1) + ")"
     read *= parts != ["train"]
-    dropped = len(info["sizes"][0]) - int(within(info["sizes"], plan, plan.max_tokens or math.inf).sum())
+    dropped = int((~training_kept(info, plan)).sum())
     read += f" ({dropped} longer than --max-tokens or the positions, left out)" * bool(dropped)
     for subset, fit in validation_kept(info, plan).items():
         combined = info["valid_parts"][subset]
