@@ -10,10 +10,10 @@ Usage:
 
 OUT/bin holds the teacher's translations as the training splits, binarized with DATA_BIN's
 dictionaries (so students and teacher share a vocabulary) in its file format, and DATA_BIN's
-other splits unchanged: students are validated and tested on the real references. Every training sentence
-must come back; OUT/distill.json records the teacher, the beam, the splits translated, the
-sentences and the teacher's decoding time
-(its cost, to report beside the student's) and the arguments after ``--``; none of them may set
+other splits unchanged: students are validated and tested on the real references. Every
+training sentence must come back; OUT/distill.json records the teacher, the beam, the splits
+translated, the sentences, the teacher's decoding time (its cost, to report beside the
+student's) and the arguments after ``--``; none of them may set
 what distill.py sets itself (checkpoint, beam, subset, post-processing, languages). OUT is written
 under a temporary name first and renamed when complete; an existing OUT, or one inside DATA_BIN,
 is refused before the teacher starts. The decoding reports its progress on stderr.
