@@ -12,9 +12,11 @@ OUT/bin holds the teacher's translations as the training splits, binarized with 
 dictionaries (so students and teacher share a vocabulary) in its file format, and DATA_BIN's
 other splits unchanged: students are validated and tested on the real references. Every
 training sentence must come back; OUT/distill.json records the teacher, the beam, the splits
-translated, the sentences, the teacher's decoding time (its cost, to report beside the
-student's) and the arguments after ``--``; none of them may set
-what distill.py sets itself (checkpoint, beam, subset, post-processing, languages). OUT is written
+translated, their direction, the sentences, the teacher's decoding time (its cost, to report
+beside the student's) and the arguments after ``--``; none of them may set what distill.py sets
+itself (checkpoint, beam, subset, post-processing, languages). The direction is the teacher's
+(-s/-t may name it; a folder of de-en serves an en->de teacher too, and its student trains with
+the same -s/-t). OUT is written
 under a temporary name first and renamed when complete; an existing OUT, or one inside DATA_BIN,
 is refused before the teacher starts. The decoding reports its progress on stderr.
 """
@@ -28,11 +30,14 @@ from pathlib import Path
 from user_dir.checkpoint_files import CheckpointError, absolute_ensemble, checked_ensemble, fairseq_ensemble
 from user_dir.files import OutputError, WriteError, atomic_write, check_output, make_folder, temporary_folder
 from user_dir.workflow import (
+    Pair,
     binarize_with,
     check_pass_through,
+    data_files,
+    decoding_direction,
     generate_command,
     generated,
-    language_pair,
+    language_code,
     positive,
     progress,
     run_fairseq,
@@ -44,15 +49,17 @@ from user_dir.workflow import (
 # fairseq-generate destinations that distill.py sets itself -> what to use instead
 OWNED = {"path": "give the teacher as TEACHER", "beam": "use distill.py's --beam", "gen_subset": "the training split",
          "post_process": "the training targets must stay in the dictionary's units (pieces)",
-         "source_lang": "the languages are DATA_BIN's", "target_lang": "the languages are DATA_BIN's",
+         "source_lang": "use distill.py's -s", "target_lang": "use distill.py's -t",
          "user_dir": "distill.py passes the plugin", "results_path": "leave it out", "quiet": "leave it out",
          "nbest": "the best hypothesis is the target", "replace_unk": "the targets must stay in the dictionary's units"}
 
 
-def translate(data_bin: Path, split: str, teacher: str, beam: int, extra: list[str]) -> tuple[list[str], list[str]]:
+def translate(data_bin: Path, split: str, pair: Pair, teacher: str, beam: int,
+              extra: list[str]) -> tuple[list[str], list[str]]:
     """(source pieces, teacher's best hypothesis pieces) for every sentence of SPLIT, in order."""
-    expected = split_size(data_bin, split)
-    out = run_fairseq(generate_command(data_bin, teacher, split, beam, extra, "--max-tokens", "8000"),
+    expected = split_size(data_bin, split, pair)
+    out = run_fairseq(generate_command(data_bin, teacher, split, beam, extra, "-s", pair[0], "-t", pair[1],
+                                       "--max-tokens", "8000"),
                       progress(expected, f"distill.py: {split}: translated"))
     sources, hyps = generated(out.splitlines(), "S-"), generated(out.splitlines(), "H-")
     if len(hyps) != expected or len(sources) != expected:
@@ -60,15 +67,16 @@ def translate(data_bin: Path, split: str, teacher: str, beam: int, extra: list[s
     return [sources[i] for i in range(expected)], [hyps[i] for i in range(expected)]
 
 
-def write_outputs(work: Path, data_bin: Path, texts: dict[str, dict[str, list[str]]], record: dict) -> None:
+def write_outputs(work: Path, data_bin: Path, pair: Pair, texts: dict[str, dict[str, list[str]]],
+                  record: dict) -> None:
     """WORK/bin (each training split's TEXTS binarized, DATA_BIN's other splits copied) and WORK/distill.json."""
     for split, sides in texts.items():
         for lang, lines in sides.items():
             with atomic_write(work / f"{split}.{lang}") as f:
                 f.write("".join(line + "\n" for line in lines).encode("utf-8"))
-        binarize_with(data_bin, split, work / split, work / "bin")
-    for path in data_bin.glob("*.*-*.*.*"):  # the other splits, unchanged
-        if path.name.split(".")[0] not in texts:
+        binarize_with(data_bin, split, work / split, work / "bin", pair)
+    for path, split, *_ in data_files(data_bin):  # the other splits, unchanged
+        if split not in texts:
             with open(path, "rb") as source, atomic_write(work / "bin" / path.name) as f:
                 shutil.copyfileobj(source, f)
     with atomic_write(work / "distill.json", "w") as f:
@@ -81,6 +89,9 @@ def main() -> None:
     p.add_argument("teacher", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--beam", type=positive, default=5)
+    p.add_argument("-s", "--source-lang", type=language_code, help="source language (default: the one the "
+                   "teacher was trained on, else DATA_BIN's)")
+    p.add_argument("-t", "--target-lang", type=language_code, help="target language (default as -s)")
     args, extra = p.parse_known_args()
     extra = check_pass_through([a for a in extra if a != "--"], OWNED)
     if args.out.exists():
@@ -95,22 +106,23 @@ def main() -> None:
             raise OutputError(f"OUT: cannot write {args.out}: it is inside the input folder {args.data_bin}")
     except (CheckpointError, OutputError) as e:
         raise SystemExit(f"error: {e}")
-    src, tgt = language_pair(args.data_bin)
+    src, tgt = pair = decoding_direction(args.data_bin, teachers, args.source_lang, args.target_lang)
     parts = training_parts(args.data_bin, src, tgt)  # train and the train1, train2... fairseq-train adds to it
     start, texts = time.time(), {}
     with tempfile.TemporaryDirectory() as links:
         teacher = fairseq_ensemble(teachers, links)
         for split in parts:
-            sources, hyps = translate(args.data_bin, split, teacher, args.beam, extra)
+            sources, hyps = translate(args.data_bin, split, pair, teacher, args.beam, extra)
             texts[split] = {src: sources, tgt: hyps}
     seconds = round(time.time() - start, 1)
     sentences = sum(len(sides[tgt]) for sides in texts.values())
     record = {"teacher": absolute_ensemble(str(args.teacher)), "data_bin": str(args.data_bin.resolve()),
+              "direction": f"{src}-{tgt}",
               "beam": args.beam, "generate_args": extra, "splits": parts, "sentences": sentences,
               "teacher_decoding_seconds": seconds}
     try:  # an error or Ctrl-C leaves no half-made OUT, nor its temporary folder
         with temporary_folder(args.out.parent, args.out.name) as work:
-            write_outputs(work, args.data_bin, texts, record)
+            write_outputs(work, args.data_bin, pair, texts, record)
             work.rename(args.out)
     except WriteError as e:  # a full disk, a quota
         raise SystemExit(f"error: {e}") from None

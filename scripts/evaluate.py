@@ -28,11 +28,12 @@ may set what evaluate.py sets and records: checkpoint, beam, subset, post-proces
 batch size; none may show the model the references, decode the pieces twice or ask for help),
 and the sentencepiece options against the model's dictionary (``--spm`` must be the model that
 made it, and leave the --src-raw text's pieces known). Without ``--ref``, the reference is the
-raw text prepare.py kept, refused when it changed since (the SHA-256 in OUT/prepare.json). A
-checkpoint is refused over data of the other direction. The JSON records the options that ran,
-the arguments after ``--`` included, and the reference scored against with its SHA-256. A long
-decode reports its progress on stderr (stdout is unchanged); Ctrl-C ends it with one line and
-exit status 130.
+raw text prepare.py kept, refused when it changed since (the SHA-256 in OUT/prepare.json). The
+direction is the one the checkpoint was trained in (a folder of de-en serves an en->de model too;
+the folder's one pair where the checkpoint records none), or -s/-t, which must agree with it. The
+JSON records the options that ran, the arguments after ``--`` included, the direction, and the
+reference scored against with its SHA-256. A long decode reports its progress on stderr (stdout
+is unchanged); Ctrl-C ends it with one line and exit status 130.
 """
 import argparse
 import hashlib
@@ -64,13 +65,15 @@ from user_dir.files import OutputError, WriteError, atomic_write, check_distinct
 from user_dir.prepared import prepared_record, prepared_record_path, sha256_file, verified_raw
 from user_dir.text import TextError, read_lines
 from user_dir.workflow import (
+    Pair,
     binarize_with,
     binarized,
     check_pass_through,
+    decoding_direction,
     encode_pieces,
     generate_command,
     generated,
-    language_pair,
+    language_code,
     positive,
     progress,
     run_fairseq,
@@ -78,21 +81,22 @@ from user_dir.workflow import (
     split_size,
 )
 
+UNK = "<unk>"  # how fairseq's dictionaries print a word they lack
 MAX_UNKNOWN = 0.2  # of --src-raw's pieces unknown to the dictionary: the right model's are about none
 # fairseq-generate destinations that evaluate.py sets and records itself -> what to use instead
 OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's --beam",
          "gen_subset": "use evaluate.py's --subset", "post_process": "use evaluate.py's --post-process",
-         "source_lang": "the languages are DATA_BIN's", "target_lang": "the languages are DATA_BIN's",
+         "source_lang": "use evaluate.py's -s", "target_lang": "use evaluate.py's -t",
          "batch_size": "use evaluate.py's --batch-size", "user_dir": "evaluate.py passes the plugin",
          "results_path": "it hides the hypotheses from evaluate.py; leave it out",
          "quiet": "it hides the hypotheses from evaluate.py; leave it out"}
 
 
-def generate(data_bin: str, checkpoint: str, subset: str, beam: int, post_process: str,
+def generate(data_bin: str, checkpoint: str, subset: str, pair: Pair, beam: int, post_process: str,
              batch_size: int, extra: list[str], sentences: int) -> list[str]:
     """Run fairseq-generate (its progress on stderr); return detokenized hypotheses in corpus order."""
-    cmd = generate_command(data_bin, checkpoint, subset, beam, extra, "--batch-size", str(batch_size),
-                           *(["--post-process", post_process] if post_process else []))
+    cmd = generate_command(data_bin, checkpoint, subset, beam, extra, "-s", pair[0], "-t", pair[1],
+                           "--batch-size", str(batch_size), *(["--post-process", post_process] if post_process else []))
     return hypotheses(run_fairseq(cmd, progress(sentences, "evaluate.py: translated", "D-")).splitlines())
 
 
@@ -123,9 +127,9 @@ def earlier_scores(path: Path) -> bool:
         return False
 
 
-def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | None) -> tuple[list, list | None]:
-    """Everything that can be wrong before decoding, each named; returns the reference lines
-    and the --src-raw lines (None without it). LOG: the --generate-log's lines."""
+def check_given(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """What can be wrong with the arguments themselves (paths, checkpoint files, the arguments after
+    ``--``), named before fairseq is imported where none follow ``--``; returns the checkpoints."""
     if args.generate_log and extra:
         raise SystemExit("error: --generate-log scores a finished decoding: fairseq-generate options do not apply")
     if not Path(args.data_bin).is_dir():
@@ -136,9 +140,15 @@ def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | No
             raise SystemExit(f"error: {option} {path} {not_a_file(path)}")
     checkpoints = checked_ensemble(args.checkpoint) if args.checkpoint else []
     check_pass_through(extra, OWNED)
+    return checkpoints
+
+
+def check_inputs(args: argparse.Namespace, checkpoints: list[str], log: list[str] | None) -> tuple[list, list | None]:
+    """Everything else that can be wrong before decoding, each named; returns the reference lines
+    and the --src-raw lines (None without it). LOG: the --generate-log's lines."""
     refs = read_lines(args.ref)
     sources = read_lines(args.src_raw) if args.src_raw else None
-    sentences = len(sources) if sources is not None else split_size(Path(args.data_bin), args.subset)
+    sentences = len(sources) if sources is not None else split_size(Path(args.data_bin), args.subset, args.pair)
     if sentences != len(refs):
         raise SystemExit(f"error: {args.ref} has {len(refs)} lines but the source has {sentences} sentences")
     inputs = [Path(p) for p in (args.data_bin, args.ref, args.src_raw, args.spm, args.generate_log, *checkpoints) if p]
@@ -152,15 +162,16 @@ def check_inputs(args: argparse.Namespace, extra: list[str], log: list[str] | No
         check_log(log, args)
         check_reference(refs, generated(log, "T-"), f"the sentences of {args.generate_log}")
     elif sources is None:
-        check_reference(refs, split_targets(Path(args.data_bin), args.subset, target_dictionary, args.post_process),
-                        f"split '{args.subset}' of {args.data_bin}")
+        check_reference(refs, split_targets(Path(args.data_bin), args.subset, args.pair, target_dictionary,
+                                            args.post_process),
+                        f"split '{args.subset}' of {args.data_bin} ({'->'.join(args.pair)}: its {args.pair[1]} side)")
     return refs, sources
 
 
-def split_targets(data_bin: Path, subset: str, dictionary, post_process: str) -> dict[int, str]:
-    """The target side of DATA_BIN's SUBSET as fairseq-generate prints it (T- lines), by sentence
-    id; empty when it has none."""
-    dataset = binarized(data_bin, subset, 1, dictionary)
+def split_targets(data_bin: Path, subset: str, pair: Pair, dictionary, post_process: str) -> dict[int, str]:
+    """The target side of PAIR in DATA_BIN's SUBSET as fairseq-generate prints it (T- lines), by
+    sentence id; empty when it has none."""
+    dataset = binarized(data_bin, subset, 1, dictionary, pair)
     if dataset is None:
         return {}
     if getattr(dataset, "supports_prefetch", False):  # --dataset-impl cached/lazy: read before indexing
@@ -173,10 +184,19 @@ MISPLACED = 0.2  # by this much more like a neighbour's target than its own, a l
 
 
 def trigrams(text: str) -> set[str]:
-    """The letter trigrams of TEXT, lower-cased, without white space, <unk>, pieces' marks or '@@':
-    what a raw reference and its binarized, tokenized form share."""
-    text = "".join(text.replace("<unk>", " ").replace(PIECE_START, " ").replace("@@", "").lower().split())
-    return {text[i:i + 3] for i in range(max(1, len(text) - 2))}
+    """The letter trigrams of TEXT, lower-cased, without white space, pieces' marks or '@@', none
+    across an <unk> (its word is not seen): what a raw reference and its binarized, tokenized form share."""
+    found: set[str] = set()
+    for part in text.lower().replace(PIECE_START, " ").replace("@@", "").split(UNK):
+        part = "".join(part.split())
+        found |= {part[i:i + 3] for i in range(max(1, len(part) - 2))} if part else set()
+    return found
+
+
+def judged(target: str) -> bool:
+    """Whether at least half the words of TARGET are known (not <unk>): only then can the reference
+    line be told from another one (a tiny dictionary leaves some lines nothing to compare)."""
+    return target.count(UNK) * 2 <= len(target.split())
 
 
 def check_log(log: list[str], args: argparse.Namespace) -> None:
@@ -188,7 +208,8 @@ def check_log(log: list[str], args: argparse.Namespace) -> None:
         if twice:
             raise SystemExit(f"error: {args.generate_log} holds sentence {twice[2:]} more than once ({twice} lines: "
                              "two decodings, e.g. appended with >>): give the output of one fairseq-generate run")
-    if not any(line.startswith("T-") for line in log) and binarized(Path(args.data_bin), args.subset, 1) is not None:
+    no_targets = not any(line.startswith("T-") for line in log)
+    if no_targets and binarized(Path(args.data_bin), args.subset, 1, pair=args.pair) is not None:
         raise SystemExit(f"error: {args.generate_log} holds no T- lines: give fairseq-generate's whole output (the "
                          "reference is checked against its T- lines, the targets of the sentences it decoded)")
 
@@ -197,10 +218,10 @@ def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> No
     """Refuse a reference that is not the target side of what is scored, line for line: at least half
     its lines must share 30% of their letter trigrams with their sentence's target (another split or
     language of the same length fails), and no two neighbouring lines may resemble a neighbour's target
-    more (by MISPLACED) than their own (a line added, removed or moved: a shift from there on); margins:
-    docs/troubleshooting.md."""
-    compared = [i for i in range(len(refs)) if i in sentences]  # a sentence a log lacks is named later
-    if not compared:  # a split without a target side: nothing to compare with
+    more (by MISPLACED) than their own (a line added, removed or moved: a shift from there on). Lines
+    whose target is mostly <unk> are not judged (:func:`judged`); margins: docs/troubleshooting.md."""
+    compared = [i for i in range(len(refs)) if i in sentences and judged(sentences[i])]  # a log's missing: later
+    if not compared:  # a split without a target side, or of unknown words only: nothing to compare with
         return
     ours = {i: trigrams(refs[i]) for i in compared}
     theirs = {i: trigrams(sentences[i]) for i in compared}
@@ -211,8 +232,9 @@ def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> No
     resembling = sum(alike(i, i) >= RESEMBLE for i in compared)
     first = compared[0]
     if resembling < len(compared) / 2:
-        raise SystemExit(f"error: the reference does not match {what}: {resembling} of its {len(compared)} lines "
-                         f"resemble their sentence's target (line {first + 1}: {refs[first][:50]!r} against "
+        lines = f"its {len(compared)} lines" + (" with a target of known words" if len(compared) < len(refs) else "")
+        raise SystemExit(f"error: the reference does not match {what}: {resembling} of {lines} resemble their "
+                         f"sentence's target (line {first + 1}: {refs[first][:50]!r} against "
                          f"{sentences[first][:50]!r}); give the reference of the sentences scored")
     misplaced = {i for i in compared if any(
         alike(i, j) >= RESEMBLE and alike(i, j) > alike(i, i) + MISPLACED for j in (i - 1, i + 1) if j in theirs)}
@@ -230,7 +252,7 @@ def check_tokenization(args: argparse.Namespace, sources: list[str] | None):
     the --src-raw text (SOURCES): at most MAX_UNKNOWN of its pieces unknown; returns the target dictionary."""
     from fairseq.data import Dictionary  # here: refusals before this need no fairseq (seconds to import)
 
-    src, tgt = language_pair(Path(args.data_bin))
+    src, tgt = args.pair
     dicts = {side: Dictionary.load(str(Path(args.data_bin) / f"dict.{lang}.txt"))
              for side, lang in (("source", src), ("target", tgt))}
     check_post_process(dicts["target"], args.post_process)
@@ -251,16 +273,17 @@ def check_tokenization(args: argparse.Namespace, sources: list[str] | None):
     return dicts["target"]
 
 
-def binarize_raw(data_bin: Path, sources: list[str], refs: list[str], spm_model: Path | None, work: Path) -> str:
+def binarize_raw(data_bin: Path, pair: Pair, sources: list[str], refs: list[str], spm_model: Path | None,
+                 work: Path) -> str:
     """Encode raw sentence pairs (sentencepiece when given) and binarize them as split 'test'
     with DATA_BIN's dictionaries, so the model sees exactly its training vocabulary."""
-    src, tgt = language_pair(data_bin)
+    src, tgt = pair
     sp = spm.SentencePieceProcessor(model_file=str(spm_model)) if spm_model else None
     for lang, lines in ((src, sources), (tgt, refs)):
         if sp is not None:
             lines = encode_pieces(sp, lines)
         (work / f"test.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    binarize_with(data_bin, "test", work / "test", work / "bin")
+    binarize_with(data_bin, "test", work / "test", work / "bin", pair)
     return str(work / "bin")
 
 
@@ -282,18 +305,16 @@ def prepared_defaults(args: argparse.Namespace) -> None:
     if args.ref is None:
         if args.src_raw:
             raise SystemExit("error: --src-raw needs --ref: only DATA_BIN's own splits have a recorded reference")
-        if not data_bin.is_dir():
-            raise SystemExit(f"error: DATA_BIN {data_bin} {not_a_file(data_bin) or 'is not a folder'}")
-        split_size(data_bin, args.subset)  # an unknown --subset is named before the record is asked for it
+        split_size(data_bin, args.subset, args.pair)  # an unknown --subset is named before the record is asked for
     needed = args.ref is None or not args.post_process  # a given --ref and --post-process need no record
-    record = prepared_record(data_bin) if needed and data_bin.is_dir() else None
+    record = prepared_record(data_bin) if needed else None
     if args.ref is None:
         if not record:
             where = prepared_record_path(data_bin)
             raise SystemExit(f"error: no --ref, and no record of the raw text of '{args.subset}': " + (
                 f"{where} {not_a_file(where)}" if (where.parent / "bin").resolve() == data_bin.resolve() else
                 f"{data_bin} is not the bin folder of a scripts/prepare.py output") + ": pass --ref with the reference")
-        args.ref = verified_raw(record, args.subset, "tgt")
+        args.ref = verified_raw(record, args.subset, "tgt" if args.pair[1] == record["tgt"] else "src")
     if record:
         args.post_process = args.post_process or record["tokenization"]
 
@@ -324,6 +345,9 @@ def parser() -> argparse.ArgumentParser:
                    "made by scripts/prepare.py: the raw text of --subset kept in OUT/raw, checked against the "
                    "SHA-256 recorded in OUT/prepare.json)")
     p.add_argument("--subset", default="test")
+    p.add_argument("-s", "--source-lang", type=language_code, help="source language (default: the one the "
+                   "checkpoint was trained on, else DATA_BIN's): a folder of de-en serves en->de too")
+    p.add_argument("-t", "--target-lang", type=language_code, help="target language (default as -s)")
     p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
     p.add_argument("--spm", type=Path, help="sentencepiece model to encode --src-raw with")
     p.add_argument("--beam", type=positive, help=f"beam size (default {DECODING['beam']})")
@@ -340,9 +364,10 @@ def decode(args: argparse.Namespace, extra: list[str], refs: list[str], sources:
     with tempfile.TemporaryDirectory() as work:
         data_bin, subset = args.data_bin, args.subset
         if sources is not None:
-            data_bin, subset = binarize_raw(Path(args.data_bin), sources, refs, args.spm, Path(work)), "test"
+            data_bin, subset = binarize_raw(Path(args.data_bin), args.pair, sources, refs, args.spm, Path(work)), "test"
         checkpoint = fairseq_ensemble(split_ensemble(args.checkpoint), Path(work))
-        return generate(data_bin, checkpoint, subset, args.beam, args.post_process, args.batch_size, extra, len(refs))
+        return generate(data_bin, checkpoint, subset, args.pair, args.beam, args.post_process, args.batch_size, extra,
+                        len(refs))
 
 
 def write_outputs(args: argparse.Namespace, hyps: list[str], result: dict) -> None:
@@ -367,11 +392,13 @@ def main() -> None:
         raise SystemExit("error: give a CHECKPOINT to decode with, or --generate-log to score: "
                          + ("not both" if args.checkpoint else "neither is given"))
     decoding_defaults(args)
-    prepared_defaults(args)
     extra = [a for a in extra if a != "--"]
     try:
-        log = read_lines(args.generate_log) if args.generate_log and not not_a_file(args.generate_log) else None
-        refs, sources = check_inputs(args, extra, log)
+        checkpoints = check_given(args, extra)
+        args.pair = decoding_direction(Path(args.data_bin), checkpoints, args.source_lang, args.target_lang)
+        prepared_defaults(args)
+        log = read_lines(args.generate_log) if args.generate_log else None
+        refs, sources = check_inputs(args, checkpoints, log)
         reference_sha256 = sha256_file(args.ref)  # what the JSON names: the file as it was scored
         hyps = hypotheses(log) if log is not None else None
     except (TextError, CheckpointError, OutputError, TokenizationError) as e:
@@ -385,7 +412,8 @@ def main() -> None:
     made_by = ({"generate_log": os.path.abspath(args.generate_log)} if args.generate_log else
                {"checkpoint": absolute_ensemble(args.checkpoint), "beam": args.beam,
                 "post_process": args.post_process, "generate_args": extra})
-    result.update(**made_by, source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}",
+    result.update(**made_by, direction="-".join(args.pair),
+                  source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}",
                   reference=os.path.abspath(args.ref), reference_sha256=reference_sha256)
     write_outputs(args, hyps, result)
     print(f"{result['bleu_detail']}\n{result['bleu_signature']}\n"

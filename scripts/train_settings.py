@@ -73,6 +73,7 @@ from user_dir.workflow import (
     USER_DIR,
     argv_text,
     language_pair,
+    raw_text,
     split_read,
     splits_of,
     training_parts,
@@ -242,6 +243,10 @@ def loaded(task: FairseqTask, plan: argparse.Namespace, subset: str, combine: bo
             task.load_dataset(subset, epoch=1, combine=combine)
     except FileNotFoundError:
         held = ", ".join(splits_of(data, src, tgt)) or "none"
+        if held != "none" and raw_text(data) != (plan.dataset_impl == "raw"):  # fairseq infers no text format
+            raise SystemExit(f"error: {data} holds fairseq-preprocess --dataset-impl raw files (text), which "
+                             "fairseq-train finds only with --dataset-impl raw: give it" if raw_text(data) else
+                             f"error: {data} holds binarized files, not text: leave --dataset-impl raw out") from None
         raise SystemExit(f"error: {data} holds no split '{subset}' of {src}-{tgt} ({subset}.{src}-{tgt}.{src}.idx), "
                          f"which fairseq-train loads ({option}); it holds: {held}") from None
     dataset = task.dataset(subset)

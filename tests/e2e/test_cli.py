@@ -237,9 +237,11 @@ def test_distill_replaces_training_targets_with_the_teachers_translations(toy_bi
     assert again.returncode != 0 and "exists" in again.stderr
 
 
-def test_distill_translates_every_training_split_in_the_datas_own_format(toy_bin, trained, tmp_path):
+@pytest.mark.parametrize("impl, inferred", [("lazy", "cached"), ("raw", "raw")])
+def test_distill_translates_every_training_split_in_the_datas_own_format(toy_bin, trained, tmp_path, impl, inferred):
     """train1 (which fairseq-train adds to train) is distilled too, not copied with its references; the
-    binarized output keeps the input's --dataset-impl (lazy here), so one folder holds one format."""
+    output keeps the input's --dataset-impl (lazy, or raw text), so one folder holds one format; evaluate.py
+    reads both (fairseq-generate is told raw: it infers only the binarized formats)."""
     from fairseq.data import Dictionary, data_utils, indexed_dataset
 
     raw = tmp_path / "raw"
@@ -250,7 +252,7 @@ def test_distill_translates_every_training_split_in_the_datas_own_format(toy_bin
             (raw / f"{split}.{side}").write_text("".join(text[:lines]))
     data = tmp_path / "bin"
     run("fairseq-preprocess", "-s", "src", "-t", "tgt", "--srcdict", toy_bin / "dict.src.txt", "--tgtdict",
-        toy_bin / "dict.tgt.txt", "--dataset-impl", "lazy", "--workers", "1", "--destdir", data,
+        toy_bin / "dict.tgt.txt", "--dataset-impl", impl, "--workers", "1", "--destdir", data,
         *[x for split in ("train", "valid", "test") for x in (f"--{split}pref", raw / split)])
     for path in data.glob("valid.*"):
         shutil.copy(path, data / path.name.replace("valid.", "train1.", 1))
@@ -260,11 +262,13 @@ def test_distill_translates_every_training_split_in_the_datas_own_format(toy_bin
     assert record["splits"] == ["train", "train1"] and record["sentences"] == 300 and "(train+train1)" in printed
     d = Dictionary.load(str(toy_bin / "dict.tgt.txt"))
     for split, size in (("train", 200), ("train1", 100), ("valid", 100), ("test", 203)):
-        assert indexed_dataset.infer_dataset_impl(str(out / "bin" / f"{split}.src-tgt.tgt")) == "cached"
-        kd, orig = (data_utils.load_indexed_dataset(str(folder / f"{split}.src-tgt.tgt"), d, "lazy")
+        assert indexed_dataset.infer_dataset_impl(str(out / "bin" / f"{split}.src-tgt.tgt")) == inferred
+        kd, orig = (data_utils.load_indexed_dataset(str(folder / f"{split}.src-tgt.tgt"), d, impl)
                     for folder in (out / "bin", data))
         equal = sum(torch.equal(kd[i], orig[i]) for i in range(size))
         assert len(kd) == size and (equal == size if split in ("valid", "test") else equal < size), (split, equal)
+    scored = run("python", ROOT / "scripts" / "evaluate.py", out / "bin", trained, "--ref", TOY / "test.tgt").stdout
+    assert "sentences = 203" in scored
 
 
 def test_generate_with_stock_flags_translates_every_sentence(toy_bin, trained):

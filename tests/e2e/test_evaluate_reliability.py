@@ -59,16 +59,50 @@ def model_dir(folder: Path, data_bin: Path, checkpoint: Path) -> Path:
 
 @pytest.mark.parametrize("path", ["fairseq-generate", "evaluate.py", "distill.py"])
 def test_the_other_direction_is_refused_on_every_cli_path(reversed_bin, trained, tmp_path, path):
+    """fairseq-generate reads the direction from the file names; the scripts take the checkpoint's,
+    and refuse -s/-t asking for the other one."""
     cmd = {"fairseq-generate": ["fairseq-generate", reversed_bin, "--user-dir", USER_DIR, "--path", trained,
                                 "--gen-subset", "test", "--beam", "2"],
-           "evaluate.py": [sys.executable, SCRIPTS / "evaluate.py", reversed_bin, trained, "--ref", TOY / "test.src"],
-           "distill.py": [sys.executable, SCRIPTS / "distill.py", reversed_bin, trained, tmp_path / "kd"]}[path]
+           "evaluate.py": [sys.executable, SCRIPTS / "evaluate.py", reversed_bin, trained, "--ref", TOY / "test.src",
+                           "-s", "tgt", "-t", "src"],
+           "distill.py": [sys.executable, SCRIPTS / "distill.py", reversed_bin, trained, tmp_path / "kd", "-s", "tgt",
+                          "-t", "src"]}[path]
     proc = run(*cmd, check=False)
     assert proc.returncode != 0 and not (tmp_path / "kd").exists()
     if path == "fairseq-generate":
         assert re.search(REVERSED, proc.stderr), proc.stderr[-3000:]
     else:
-        one_error_line(proc, REVERSED)
+        one_error_line(proc, r"-s/-t ask for tgt->src, but the checkpoint translates src->tgt")
+
+
+def bleu_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.splitlines()[0]
+
+
+def test_the_scripts_decode_in_the_checkpoints_direction_whatever_the_file_names_say(toy_bin, reversed_bin,
+                                                                                      trained, tmp_path):
+    """A model trained with -s/-t against the order of the file names (train.sh -s en -t de on a de-en
+    folder) is scored and distilled in its own direction, as fairseq-train read it: files of tgt-src
+    serve src->tgt too. A reference of the other side is named with the direction scored."""
+    scored = evaluate(reversed_bin, trained, "--ref", TOY / "test.tgt", "--json", tmp_path / "s.json")
+    assert bleu_line(scored) == bleu_line(evaluate(toy_bin, trained, "--ref", TOY / "test.tgt"))
+    assert json.loads((tmp_path / "s.json").read_text())["direction"] == "src-tgt"
+    one_error_line(evaluate(reversed_bin, trained, "--ref", TOY / "test.src"),
+                   rf"does not match split 'test' of {re.escape(str(reversed_bin))} \(src->tgt: its tgt side\)")
+    proc = run(sys.executable, SCRIPTS / "distill.py", reversed_bin, trained, tmp_path / "kd")
+    assert json.loads((tmp_path / "kd" / "distill.json").read_text())["direction"] == "src-tgt"
+    from fairseq.data import Dictionary
+
+    from user_dir.workflow import binarized, language_pairs
+
+    assert language_pairs(tmp_path / "kd" / "bin") == [("tgt", "src")], proc.stdout  # one pair name in a folder
+    teacher = run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--gen-subset", "train",
+                  "--beam", "5", "--max-tokens", "8000").stdout.splitlines()
+    hyps = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in teacher if line.startswith("H-")}
+    dictionary = Dictionary.load(str(toy_bin / "dict.tgt.txt"))
+    targets = binarized(tmp_path / "kd" / "bin", "train", 1, dictionary, ("src", "tgt"))
+    assert [dictionary.string(targets[i]) for i in range(len(targets))] == [hyps[i] for i in sorted(hyps)]
 
 
 def test_the_other_direction_is_refused_by_from_pretrained(toy_bin, reversed_bin, trained, tmp_path):
@@ -195,6 +229,39 @@ def test_evaluate_without_ref_names_what_is_wrong_with_the_recorded_reference(pr
     assert "--ref is required" not in proc.stderr and not (tmp_path / "s.json").exists()
 
 
+def test_evaluate_without_ref_scores_a_model_of_the_other_direction_against_its_target_languages_text(prepared,
+                                                                                                      tmp_path):
+    """prepare.py kept both sides' raw text: a model trained -s tgt -t src is scored against test.src."""
+    out = copy_of(prepared, tmp_path / "out")
+    run("fairseq-train", out / "bin", "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--max-update", "2",
+        "-s", "tgt", "-t", "src", "--save-dir", out / "back", "--no-epoch-checkpoints")
+    proc = evaluate(out / "bin", out / "back" / "checkpoint_best.pt", "--beam", "1", "--json", tmp_path / "s.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert (result["direction"], result["reference"]) == ("tgt-src", os.path.abspath(out / "raw" / "test.src"))
+
+
+def test_a_folder_of_several_pairs_is_decoded_in_the_checkpoints_pair_or_the_one_s_t_name(toy_bin, trained, tmp_path):
+    """fairseq would take whichever pair it lists first: without a direction from the checkpoint or
+    -s/-t, the scripts refuse; with one, they read that pair's files."""
+    both = tmp_path / "both"
+    shutil.copytree(toy_bin, both)
+    for path in toy_bin.iterdir():  # the same data again as fr->tgt
+        shutil.copy(path, both / path.name.replace("src", "fr"))
+    assert "sentences = 203" in evaluate(both, trained, "--ref", TOY / "test.tgt", "--beam", "2").stdout
+    log = tmp_path / "generate.log"
+    log.write_text(run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--gen-subset",
+                       "test", "--beam", "2").stdout)
+    one_error_line(evaluate(both, "--generate-log", log, "--ref", TOY / "test.tgt"),
+                   r"holds several language pairs \(fr-tgt, src-tgt\) .*: give -s SRC -t TGT")
+    one_error_line(evaluate(both, "--generate-log", log, "--ref", TOY / "test.tgt", "-t", "tgt"),
+                   r"holds several pairs for \?->tgt \(fr-tgt, src-tgt\): give both -s and -t")
+    assert "sentences = 203" in evaluate(both, "--generate-log", log, "--ref", TOY / "test.tgt", "-s", "fr",
+                                         "-t", "tgt").stdout
+    one_error_line(evaluate(both, "--generate-log", log, "--ref", TOY / "test.tgt", "-s", "de"),
+                   r"holds no de->\? data \(from -s/-t\); it holds fr-tgt, src-tgt")
+
+
 def test_evaluate_names_an_unknown_subset_and_the_splits_there(prepared):
     proc = evaluate(prepared / "bin", prepared / "ckpt" / "checkpoint_best.pt", "--subset", "tset")
     one_error_line(proc, r"holds no split 'tset' .*it holds: test, train, valid")
@@ -239,8 +306,28 @@ def test_evaluate_refuses_a_reference_that_is_not_the_scored_sentences_target(to
         assert "sentences = 203" in evaluate(toy_bin, "--generate-log", log, "--ref", TOY / "test.tgt").stdout
         proc, what = evaluate(toy_bin, "--generate-log", log, "--ref", ref), f"the sentences of {log}"
     else:
-        proc, what = evaluate(toy_bin, trained, "--ref", ref), f"split 'test' of {toy_bin}"
+        proc, what = evaluate(toy_bin, trained, "--ref", ref), f"split 'test' of {toy_bin} (src->tgt: its tgt side)"
     one_error_line(proc, rf"^error: the reference does not match {re.escape(what)}: \d+ of its 203 lines resemble")
+
+
+@pytest.mark.parametrize("words", [4, 8])
+def test_evaluate_judges_the_reference_by_the_words_a_small_dictionary_knows(tmp_path, words):
+    """A dictionary of 4 or 8 of the toy's 12 words leaves most targets <unk>: the right reference
+    passes (it was refused: too few letters in common), the wrong ones are still refused."""
+    data = tmp_path / "bin"
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", TOY / "train",
+        "--testpref", TOY / "test", "--destdir", data, "--nwordssrc", str(words + 4), "--nwordstgt", str(words + 4),
+        "--workers", "1")
+    run("fairseq-train", data, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--max-update", "2",
+        "--valid-subset", "test", "--save-dir", tmp_path / "ckpt", "--no-epoch-checkpoints")
+    checkpoint = tmp_path / "ckpt" / "checkpoint_best.pt"
+    right = evaluate(data, checkpoint, "--ref", TOY / "test.tgt", "--beam", "1")
+    assert right.returncode == 0 and "sentences = 203" in right.stdout, right.stderr[-3000:]
+    reversed_lines = tmp_path / "reversed.tgt"
+    reversed_lines.write_text("".join((TOY / "test.tgt").read_text().splitlines(keepends=True)[::-1]))
+    for wrong in (reversed_lines, TOY / "test.src"):
+        one_error_line(evaluate(data, checkpoint, "--ref", wrong), r"the reference does not match split 'test' .*: "
+                       r"\d+ of its \d+ lines with a target of known words resemble")
 
 
 @pytest.mark.parametrize("case", ["a line left out, one added at the end", "two lines swapped",
@@ -259,7 +346,7 @@ def test_evaluate_refuses_a_reference_out_of_line_with_the_sentences(toy_bin, tr
                            "test", "--beam", "2").stdout)
         proc, what = evaluate(toy_bin, "--generate-log", log, "--ref", ref), f"the sentences of {log}"
     else:
-        proc, what = evaluate(toy_bin, trained, "--ref", ref), f"split 'test' of {toy_bin}"
+        proc, what = evaluate(toy_bin, trained, "--ref", ref), f"split 'test' of {toy_bin} (src->tgt: its tgt side)"
     one_error_line(proc, rf"^error: the reference is out of line with {re.escape(what)}: \d+ of its lines resemble "
                          "a neighbouring sentence's target more than their own")
 

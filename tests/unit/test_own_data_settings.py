@@ -245,12 +245,15 @@ def test_the_plan_says_which_pairs_fairseq_leaves_out(plan, tmp_path):
     ("lazy", [], "error: {data} holds fairseq's indexed (lazy/cached) files, which fairseq-train reads as "
      "--dataset-impl cached (inferred) and then fails on (KeyError in its first batch): give --dataset-impl lazy"),
     ("lazy", ["--dataset-impl", "cached"], "--dataset-impl cached and then fails on"),
+    ("raw", [], "error: {data} holds fairseq-preprocess --dataset-impl raw files (text), which fairseq-train finds "
+     "only with --dataset-impl raw: give it"),
+    (None, ["--dataset-impl", "raw"], "error: {data} holds binarized files, not text: leave --dataset-impl raw out"),
 ])
 def test_splits_fairseq_train_would_fail_on_are_one_line(plan, tmp_path, edit, extra, message):
     """Validation it would fail on at its start (after the plan and the probe), splits it cannot read:
     one line (nothing else on stderr at exit: tests/e2e/test_train_reliability.py)."""
     data = binarized_toy(tmp_path, None if isinstance(edit, str) else edit,
-                         ["--dataset-impl", "lazy"] if edit == "lazy" else ())
+                         ["--dataset-impl", edit] if edit in ("lazy", "raw") else ())
     if edit == "valid1":
         for path in data.glob("valid.*"):
             shutil.copy(path, data / path.name.replace("valid.", "valid1.", 1))
@@ -258,18 +261,19 @@ def test_splits_fairseq_train_would_fail_on_are_one_line(plan, tmp_path, edit, e
         plan(*extra, "--max-update", "5", data=data)
     assert message.format(data=data) in str(refused.value) and "\n" not in str(refused.value), refused.value
     assert str(refused.value).startswith("error: ")
-    if edit == "lazy":
-        assert "training pairs" in plan("--dataset-impl", "lazy", "--max-update", "5", data=data)[1][0]
+    if edit in ("lazy", "raw"):  # what the message asks for trains
+        assert "training pairs" in plan("--dataset-impl", edit, "--max-update", "5", data=data)[1][0]
 
 
 def test_the_reference_check_reads_the_targets_of_every_dataset_impl(toy_bin, tmp_path):
-    """evaluate.py compares the reference with the split's targets: read alike from mmap and lazy data."""
+    """evaluate.py compares the reference with the split's targets: read alike from mmap, lazy and raw data."""
     from fairseq.data import Dictionary
 
     from scripts.evaluate import split_targets
-    lazy = binarized_toy(tmp_path, extra=["--dataset-impl", "lazy"])
-    targets = [split_targets(data, "test", Dictionary.load(str(data / "dict.tgt.txt")), "") for data in (toy_bin, lazy)]
-    assert targets[0] == targets[1] and len(targets[0]) == 203
+    folders = [toy_bin] + [binarized_toy(tmp_path / impl, extra=["--dataset-impl", impl]) for impl in ("lazy", "raw")]
+    targets = [split_targets(data, "test", ("src", "tgt"), Dictionary.load(str(data / "dict.tgt.txt")), "")
+               for data in folders]
+    assert targets[0] == targets[1] == targets[2] and len(targets[0]) == 203
 
 
 def test_language_codes_fairseq_cannot_read_from_file_names_need_s_and_t(plan, toy_bin, tmp_path):
