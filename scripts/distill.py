@@ -16,9 +16,9 @@ translated, their direction, the sentences, the teacher's decoding time (its cos
 beside the student's) and the arguments after ``--``; none of them may set what distill.py sets
 itself (checkpoint, beam, subset, post-processing, languages). The direction is the teacher's
 (-s/-t may name it; a folder of de-en serves an en->de teacher too, and its student trains with
-the same -s/-t). OUT is written
-under a temporary name first and renamed when complete; an existing OUT, or one inside DATA_BIN,
-is refused before the teacher starts. The decoding reports its progress on stderr.
+the same -s/-t). OUT is written under a temporary name first and renamed when complete; an
+existing OUT, or one inside DATA_BIN, is refused before the teacher starts. The decoding reports
+its progress on stderr.
 """
 import argparse
 import json
