@@ -9,16 +9,17 @@ Usage:
     bash scripts/train.sh runs/multi30k/de-en-kd/bin runs/student ...   # train a student on OUT/bin
 
 OUT/bin holds the teacher's translations as the training splits, binarized with DATA_BIN's
-dictionaries (so students and teacher share a vocabulary) in its file format, and DATA_BIN's
-other splits unchanged: students are validated and tested on the real references. Every
-training sentence must come back; OUT/distill.json records the teacher, the beam, the splits
-translated, their direction, the sentences, the teacher's decoding time (its cost, to report
-beside the student's) and the arguments after ``--``; none of them may set what distill.py sets
-itself (checkpoint, beam, subset, post-processing, languages). The direction is the teacher's
-(-s/-t may name it; a folder of de-en serves an en->de teacher too, and its student trains with
-the same -s/-t). OUT is written under a temporary name first and renamed when complete; an
-existing OUT, or one inside DATA_BIN, is refused before the teacher starts. The decoding reports
-its progress on stderr.
+dictionaries (so students and teacher share a vocabulary) in its file format, and the other splits
+of DATA_BIN's pair unchanged: students are validated and tested on the real references. Its files
+are named in the teacher's direction (SPLIT.SRC-TGT.*), so that a student trained there without
+-s/-t learns that direction. Every training sentence must come back; OUT/distill.json records the
+teacher, the beam, the splits translated, their direction, the sentences, the teacher's decoding
+time (its cost, to report beside the student's) and the arguments after ``--``; none of them may
+set what distill.py sets itself (checkpoint, beam, subset, post-processing, languages). The
+direction is the teacher's (-s/-t may name it; a folder of de-en serves an en->de teacher too).
+OUT is written under a temporary name first and renamed when complete; an existing OUT, or one
+inside DATA_BIN, is refused before the teacher starts. The decoding reports its progress on
+stderr.
 """
 import argparse
 import json
@@ -28,30 +29,33 @@ import time
 from pathlib import Path
 
 from user_dir.checkpoint_files import CheckpointError, absolute_ensemble, checked_ensemble, fairseq_ensemble
-from user_dir.files import OutputError, WriteError, atomic_write, check_output, make_folder, temporary_folder
-from user_dir.workflow import (
+from user_dir.data_folder import (
     Pair,
-    binarize_with,
-    check_pass_through,
     data_files,
     decoding_direction,
+    direction_options,
+    direction_owned,
+    split_size,
+    training_parts,
+)
+from user_dir.files import OutputError, WriteError, atomic_write, check_output, make_folder, temporary_folder
+from user_dir.workflow import (
+    binarize_with,
+    check_pass_through,
     generate_command,
     generated,
-    language_code,
     positive,
     progress,
     run_fairseq,
     script_main,
-    split_size,
-    training_parts,
 )
 
 # fairseq-generate destinations that distill.py sets itself -> what to use instead
 OWNED = {"path": "give the teacher as TEACHER", "beam": "use distill.py's --beam", "gen_subset": "the training split",
          "post_process": "the training targets must stay in the dictionary's units (pieces)",
-         "source_lang": "use distill.py's -s", "target_lang": "use distill.py's -t",
          "user_dir": "distill.py passes the plugin", "results_path": "leave it out", "quiet": "leave it out",
-         "nbest": "the best hypothesis is the target", "replace_unk": "the targets must stay in the dictionary's units"}
+         "nbest": "the best hypothesis is the target", "replace_unk": "the targets must stay in the dictionary's units",
+         **direction_owned("distill.py")}
 
 
 def translate(data_bin: Path, split: str, pair: Pair, teacher: str, beam: int,
@@ -75,9 +79,10 @@ def write_outputs(work: Path, data_bin: Path, pair: Pair, texts: dict[str, dict[
             with atomic_write(work / f"{split}.{lang}") as f:
                 f.write("".join(line + "\n" for line in lines).encode("utf-8"))
         binarize_with(data_bin, split, work / split, work / "bin", pair)
-    for path, split, *_ in data_files(data_bin):  # the other splits, unchanged
-        if split not in texts:
-            with open(path, "rb") as source, atomic_write(work / "bin" / path.name) as f:
+    for path, split, langs, _ in data_files(data_bin):  # the other splits of the pair, unchanged, named SRC-TGT
+        if split not in texts and set(langs) == set(pair):
+            name = path.name.replace(f".{'-'.join(langs)}.", f".{'-'.join(pair)}.", 1)
+            with open(path, "rb") as source, atomic_write(work / "bin" / name) as f:
                 shutil.copyfileobj(source, f)
     with atomic_write(work / "distill.json", "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")
@@ -89,9 +94,7 @@ def main() -> None:
     p.add_argument("teacher", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--beam", type=positive, default=5)
-    p.add_argument("-s", "--source-lang", type=language_code, help="source language (default: the one the "
-                   "teacher was trained on, else DATA_BIN's)")
-    p.add_argument("-t", "--target-lang", type=language_code, help="target language (default as -s)")
+    direction_options(p, "teacher")
     args, extra = p.parse_known_args()
     extra = check_pass_through([a for a in extra if a != "--"], OWNED)
     if args.out.exists():
@@ -117,7 +120,7 @@ def main() -> None:
     seconds = round(time.time() - start, 1)
     sentences = sum(len(sides[tgt]) for sides in texts.values())
     record = {"teacher": absolute_ensemble(str(args.teacher)), "data_bin": str(args.data_bin.resolve()),
-              "direction": f"{src}-{tgt}",
+              "direction": "-".join(pair),
               "beam": args.beam, "generate_args": extra, "splits": parts, "sentences": sentences,
               "teacher_decoding_seconds": seconds}
     try:  # an error or Ctrl-C leaves no half-made OUT, nor its temporary folder
@@ -126,8 +129,8 @@ def main() -> None:
             work.rename(args.out)
     except WriteError as e:  # a full disk, a quota
         raise SystemExit(f"error: {e}") from None
-    print(f"{sentences} training sentences ({'+'.join(parts)}) translated by {args.teacher} in {seconds} s -> "
-          f"{args.out / 'bin'}")
+    print(f"{sentences} training sentences ({'+'.join(parts)}) translated {src}->{tgt} by {args.teacher} in {seconds} "
+          f"s -> {args.out / 'bin'} (named {src}-{tgt}: students train {src}->{tgt} there)")
 
 
 if __name__ == "__main__":

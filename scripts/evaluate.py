@@ -1,4 +1,4 @@
-"""Translate a binarized split with fairseq-generate and score it with sacrebleu on raw references.
+"""Translate a split of fairseq-preprocess output with fairseq-generate and score it with sacrebleu on raw references.
 
 Usage:
     python scripts/evaluate.py DATA_BIN CHECKPOINT --ref data/toy/test.tgt
@@ -36,6 +36,7 @@ reference scored against with its SHA-256. A long decode reports its progress on
 is unchanged); Ctrl-C ends it with one line and exit status 130.
 """
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -53,6 +54,15 @@ from user_dir.checkpoint_files import (
     fairseq_ensemble,
     split_ensemble,
 )
+from user_dir.data_folder import (
+    Pair,
+    binarized,
+    decoding_direction,
+    dictionary_path,
+    direction_options,
+    direction_owned,
+    split_size,
+)
 from user_dir.dictionaries import (
     PIECE_START,
     TokenizationError,
@@ -65,20 +75,15 @@ from user_dir.files import OutputError, WriteError, atomic_write, check_distinct
 from user_dir.prepared import prepared_record, prepared_record_path, sha256_file, verified_raw
 from user_dir.text import TextError, read_lines
 from user_dir.workflow import (
-    Pair,
     binarize_with,
-    binarized,
     check_pass_through,
-    decoding_direction,
     encode_pieces,
     generate_command,
     generated,
-    language_code,
     positive,
     progress,
     run_fairseq,
     script_main,
-    split_size,
 )
 
 UNK = "<unk>"  # how fairseq's dictionaries print a word they lack
@@ -86,10 +91,14 @@ MAX_UNKNOWN = 0.2  # of --src-raw's pieces unknown to the dictionary: the right 
 # fairseq-generate destinations that evaluate.py sets and records itself -> what to use instead
 OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's --beam",
          "gen_subset": "use evaluate.py's --subset", "post_process": "use evaluate.py's --post-process",
-         "source_lang": "use evaluate.py's -s", "target_lang": "use evaluate.py's -t",
          "batch_size": "use evaluate.py's --batch-size", "user_dir": "evaluate.py passes the plugin",
          "results_path": "it hides the hypotheses from evaluate.py; leave it out",
-         "quiet": "it hides the hypotheses from evaluate.py; leave it out"}
+         "quiet": "it hides the hypotheses from evaluate.py; leave it out", **direction_owned("evaluate.py")}
+
+
+def direction(args: argparse.Namespace) -> Pair:
+    """The direction decoded: -s/-t, as :func:`main` settles them before anything else reads them."""
+    return args.source_lang, args.target_lang
 
 
 def generate(data_bin: str, checkpoint: str, subset: str, pair: Pair, beam: int, post_process: str,
@@ -148,7 +157,7 @@ def check_inputs(args: argparse.Namespace, checkpoints: list[str], log: list[str
     and the --src-raw lines (None without it). LOG: the --generate-log's lines."""
     refs = read_lines(args.ref)
     sources = read_lines(args.src_raw) if args.src_raw else None
-    sentences = len(sources) if sources is not None else split_size(Path(args.data_bin), args.subset, args.pair)
+    sentences = len(sources) if sources is not None else split_size(Path(args.data_bin), args.subset, direction(args))
     if sentences != len(refs):
         raise SystemExit(f"error: {args.ref} has {len(refs)} lines but the source has {sentences} sentences")
     inputs = [Path(p) for p in (args.data_bin, args.ref, args.src_raw, args.spm, args.generate_log, *checkpoints) if p]
@@ -158,20 +167,28 @@ def check_inputs(args: argparse.Namespace, checkpoints: list[str], log: list[str
     if args.json:
         check_output(args.json, "--json", inputs, earlier_scores)
     target_dictionary = check_tokenization(args, sources)
+    src, tgt = direction(args)
+    split = f"split '{args.subset}' of {args.data_bin} ({src}->{tgt}: its {tgt} side)"
+    if sources is None:
+        targets = split_targets(Path(args.data_bin), args.subset, (src, tgt), target_dictionary, args.post_process)
     if log is not None:
         check_log(log, args)
-        check_reference(refs, generated(log, "T-"), f"the sentences of {args.generate_log}")
+        logged = generated(log, "T-")
+        same, judged_lines = resembling(logged, targets)
+        if same < judged_lines / 2:
+            raise SystemExit(f"error: the T- lines of {args.generate_log} are not the targets of {split}: "
+                             f"{same} of {judged_lines} resemble them; a decoding of another direction or split? "
+                             "give its -s/-t and --subset")
+        check_reference(refs, logged, f"the sentences of {args.generate_log}")
     elif sources is None:
-        check_reference(refs, split_targets(Path(args.data_bin), args.subset, args.pair, target_dictionary,
-                                            args.post_process),
-                        f"split '{args.subset}' of {args.data_bin} ({'->'.join(args.pair)}: its {args.pair[1]} side)")
+        check_reference(refs, targets, split)
     return refs, sources
 
 
 def split_targets(data_bin: Path, subset: str, pair: Pair, dictionary, post_process: str) -> dict[int, str]:
     """The target side of PAIR in DATA_BIN's SUBSET as fairseq-generate prints it (T- lines), by
     sentence id; empty when it has none."""
-    dataset = binarized(data_bin, subset, 1, dictionary, pair)
+    dataset = binarized(data_bin, subset, 1, pair, dictionary)
     if dataset is None:
         return {}
     if getattr(dataset, "supports_prefetch", False):  # --dataset-impl cached/lazy: read before indexing
@@ -183,20 +200,34 @@ RESEMBLE = 0.3  # share of letter trigrams from which a reference line resembles
 MISPLACED = 0.2  # by this much more like a neighbour's target than its own, a line is out of place
 
 
-def trigrams(text: str) -> set[str]:
+@functools.lru_cache(maxsize=None)  # each line is compared with its neighbours' targets too
+def trigrams(text: str) -> frozenset[str]:
     """The letter trigrams of TEXT, lower-cased, without white space, pieces' marks or '@@', none
     across an <unk> (its word is not seen): what a raw reference and its binarized, tokenized form share."""
     found: set[str] = set()
     for part in text.lower().replace(PIECE_START, " ").replace("@@", "").split(UNK):
         part = "".join(part.split())
         found |= {part[i:i + 3] for i in range(max(1, len(part) - 2))} if part else set()
-    return found
+    return frozenset(found)
+
+
+def resembling(texts: dict[int, str], targets: dict[int, str]) -> tuple[int, int]:
+    """(how many TEXTS share RESEMBLE of their letter trigrams with their sentence's target, of how
+    many judged): whether one side of a decoding is another's."""
+    ids = [i for i in texts if i in targets and judged(targets[i])]
+    return sum(likeness(texts[i], targets[i]) >= RESEMBLE for i in ids), len(ids)
+
+
+def likeness(a: str, b: str) -> float:
+    """The share of letter trigrams texts A and B have in common, of those either has."""
+    ours, theirs = trigrams(a), trigrams(b)
+    return len(ours & theirs) / max(1, len(ours | theirs))
 
 
 def judged(target: str) -> bool:
-    """Whether at least half the words of TARGET are known (not <unk>): only then can the reference
-    line be told from another one (a tiny dictionary leaves some lines nothing to compare)."""
-    return target.count(UNK) * 2 <= len(target.split())
+    """Whether at most a quarter of TARGET's words are <unk>: only then does a reference line share
+    enough of its letters to be told from another one (a small dictionary leaves some lines too little)."""
+    return target.count(UNK) * 4 <= len(target.split())
 
 
 def check_log(log: list[str], args: argparse.Namespace) -> None:
@@ -209,7 +240,7 @@ def check_log(log: list[str], args: argparse.Namespace) -> None:
             raise SystemExit(f"error: {args.generate_log} holds sentence {twice[2:]} more than once ({twice} lines: "
                              "two decodings, e.g. appended with >>): give the output of one fairseq-generate run")
     no_targets = not any(line.startswith("T-") for line in log)
-    if no_targets and binarized(Path(args.data_bin), args.subset, 1, pair=args.pair) is not None:
+    if no_targets and binarized(Path(args.data_bin), args.subset, 1, direction(args)) is not None:
         raise SystemExit(f"error: {args.generate_log} holds no T- lines: give fairseq-generate's whole output (the "
                          "reference is checked against its T- lines, the targets of the sentences it decoded)")
 
@@ -220,23 +251,21 @@ def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> No
     language of the same length fails), and no two neighbouring lines may resemble a neighbour's target
     more (by MISPLACED) than their own (a line added, removed or moved: a shift from there on). Lines
     whose target is mostly <unk> are not judged (:func:`judged`); margins: docs/troubleshooting.md."""
-    compared = [i for i in range(len(refs)) if i in sentences and judged(sentences[i])]  # a log's missing: later
+    present = {i: refs[i] for i in range(len(refs)) if i in sentences}  # a sentence a log lacks is named later
+    same, compared = resembling(present, sentences)
     if not compared:  # a split without a target side, or of unknown words only: nothing to compare with
         return
-    ours = {i: trigrams(refs[i]) for i in compared}
-    theirs = {i: trigrams(sentences[i]) for i in compared}
-
-    def alike(i: int, j: int) -> float:
-        """The share of letter trigrams reference line I and target J have in common."""
-        return len(ours[i] & theirs[j]) / max(1, len(ours[i] | theirs[j]))
-    resembling = sum(alike(i, i) >= RESEMBLE for i in compared)
-    first = compared[0]
-    if resembling < len(compared) / 2:
-        lines = f"its {len(compared)} lines" + (" with a target of known words" if len(compared) < len(refs) else "")
-        raise SystemExit(f"error: the reference does not match {what}: {resembling} of {lines} resemble their "
+    if same < compared / 2:
+        first = next(i for i in present if judged(sentences[i]))
+        lines = f"its {compared} lines" + (" with a target of known words" if compared < len(present) else "")
+        raise SystemExit(f"error: the reference does not match {what}: {same} of {lines} resemble their "
                          f"sentence's target (line {first + 1}: {refs[first][:50]!r} against "
                          f"{sentences[first][:50]!r}); give the reference of the sentences scored")
-    misplaced = {i for i in compared if any(
+    theirs = {i for i in present if judged(sentences[i])}
+
+    def alike(i: int, j: int) -> float:
+        return likeness(refs[i], sentences[j])
+    misplaced = {i for i in theirs if any(
         alike(i, j) >= RESEMBLE and alike(i, j) > alike(i, i) + MISPLACED for j in (i - 1, i + 1) if j in theirs)}
     runs = sorted(i for i in misplaced if i + 1 in misplaced)  # a shift or a swap: neighbours out of place together
     if runs:
@@ -252,9 +281,9 @@ def check_tokenization(args: argparse.Namespace, sources: list[str] | None):
     the --src-raw text (SOURCES): at most MAX_UNKNOWN of its pieces unknown; returns the target dictionary."""
     from fairseq.data import Dictionary  # here: refusals before this need no fairseq (seconds to import)
 
-    src, tgt = args.pair
-    dicts = {side: Dictionary.load(str(Path(args.data_bin) / f"dict.{lang}.txt"))
-             for side, lang in (("source", src), ("target", tgt))}
+    pair = direction(args)
+    dicts = {side: Dictionary.load(dictionary_path(Path(args.data_bin), lang, pair))
+             for side, lang in zip(("source", "target"), pair)}
     check_post_process(dicts["target"], args.post_process)
     if uses_sentencepiece(dicts["target"]) and args.post_process != "sentencepiece" and not args.generate_log:
         raise SystemExit(f"error: the model writes sentencepiece pieces (its dictionary's entries start with "
@@ -305,7 +334,7 @@ def prepared_defaults(args: argparse.Namespace) -> None:
     if args.ref is None:
         if args.src_raw:
             raise SystemExit("error: --src-raw needs --ref: only DATA_BIN's own splits have a recorded reference")
-        split_size(data_bin, args.subset, args.pair)  # an unknown --subset is named before the record is asked for
+        split_size(data_bin, args.subset, direction(args))  # an unknown --subset, named before the record is asked
     needed = args.ref is None or not args.post_process  # a given --ref and --post-process need no record
     record = prepared_record(data_bin) if needed else None
     if args.ref is None:
@@ -314,7 +343,7 @@ def prepared_defaults(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: no --ref, and no record of the raw text of '{args.subset}': " + (
                 f"{where} {not_a_file(where)}" if (where.parent / "bin").resolve() == data_bin.resolve() else
                 f"{data_bin} is not the bin folder of a scripts/prepare.py output") + ": pass --ref with the reference")
-        args.ref = verified_raw(record, args.subset, "tgt" if args.pair[1] == record["tgt"] else "src")
+        args.ref = verified_raw(record, args.subset, "tgt" if direction(args)[1] == record["tgt"] else "src")
     if record:
         args.post_process = args.post_process or record["tokenization"]
 
@@ -345,9 +374,7 @@ def parser() -> argparse.ArgumentParser:
                    "made by scripts/prepare.py: the raw text of --subset kept in OUT/raw, checked against the "
                    "SHA-256 recorded in OUT/prepare.json)")
     p.add_argument("--subset", default="test")
-    p.add_argument("-s", "--source-lang", type=language_code, help="source language (default: the one the "
-                   "checkpoint was trained on, else DATA_BIN's): a folder of de-en serves en->de too")
-    p.add_argument("-t", "--target-lang", type=language_code, help="target language (default as -s)")
+    direction_options(p, "checkpoint")
     p.add_argument("--src-raw", type=Path, help="translate this raw source file instead of a binarized split")
     p.add_argument("--spm", type=Path, help="sentencepiece model to encode --src-raw with")
     p.add_argument("--beam", type=positive, help=f"beam size (default {DECODING['beam']})")
@@ -364,10 +391,11 @@ def decode(args: argparse.Namespace, extra: list[str], refs: list[str], sources:
     with tempfile.TemporaryDirectory() as work:
         data_bin, subset = args.data_bin, args.subset
         if sources is not None:
-            data_bin, subset = binarize_raw(Path(args.data_bin), args.pair, sources, refs, args.spm, Path(work)), "test"
+            data_bin = binarize_raw(Path(args.data_bin), direction(args), sources, refs, args.spm, Path(work))
+            subset = "test"
         checkpoint = fairseq_ensemble(split_ensemble(args.checkpoint), Path(work))
-        return generate(data_bin, checkpoint, subset, args.pair, args.beam, args.post_process, args.batch_size, extra,
-                        len(refs))
+        return generate(data_bin, checkpoint, subset, direction(args), args.beam, args.post_process, args.batch_size,
+                        extra, len(refs))
 
 
 def write_outputs(args: argparse.Namespace, hyps: list[str], result: dict) -> None:
@@ -395,7 +423,8 @@ def main() -> None:
     extra = [a for a in extra if a != "--"]
     try:
         checkpoints = check_given(args, extra)
-        args.pair = decoding_direction(Path(args.data_bin), checkpoints, args.source_lang, args.target_lang)
+        args.source_lang, args.target_lang = decoding_direction(Path(args.data_bin), checkpoints, args.source_lang,
+                                                                args.target_lang)
         prepared_defaults(args)
         log = read_lines(args.generate_log) if args.generate_log else None
         refs, sources = check_inputs(args, checkpoints, log)
@@ -412,7 +441,7 @@ def main() -> None:
     made_by = ({"generate_log": os.path.abspath(args.generate_log)} if args.generate_log else
                {"checkpoint": absolute_ensemble(args.checkpoint), "beam": args.beam,
                 "post_process": args.post_process, "generate_args": extra})
-    result.update(**made_by, direction="-".join(args.pair),
+    result.update(**made_by, direction="-".join(direction(args)),
                   source=str(args.src_raw) if args.src_raw else f"{args.data_bin}:{args.subset}",
                   reference=os.path.abspath(args.ref), reference_sha256=reference_sha256)
     write_outputs(args, hyps, result)

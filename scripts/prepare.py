@@ -57,6 +57,7 @@ from typing import Iterator
 
 import sentencepiece as spm
 
+from user_dir.data_folder import language_code
 from user_dir.files import (
     FolderBusy,
     OutputError,
@@ -69,7 +70,7 @@ from user_dir.files import (
 )
 from user_dir.prepared import OUTPUTS, Pairs, begin, claim, file_text, finish, others
 from user_dir.text import TextError, read_lines
-from user_dir.workflow import ROOT, at_least, encode_pieces, language_code, preprocess_command, run_fairseq, script_main
+from user_dir.workflow import ROOT, at_least, encode_pieces, preprocess_command, run_fairseq, script_main
 
 SHARED_RAW = ROOT.parent / "shared" / "data" / "multi30k"
 DEFAULT_RAW = SHARED_RAW if SHARED_RAW.is_dir() else ROOT / "runs" / "multi30k" / "raw"

@@ -47,6 +47,7 @@ from fairseq.tasks import FairseqTask
 from omegaconf import DictConfig, OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
+from user_dir.data_folder import language_pair, raw_text, split_read, splits_of, training_parts
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
@@ -67,17 +68,7 @@ from user_dir.precision import (
     training_work,
 )
 from user_dir.prepared import prepared_record
-from user_dir.workflow import (
-    DONE,
-    ROOT,
-    USER_DIR,
-    argv_text,
-    language_pair,
-    raw_text,
-    split_read,
-    splits_of,
-    training_parts,
-)
+from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
 ARCH = "rnn_seq2seq_multi30k"
@@ -242,13 +233,14 @@ def loaded(task: FairseqTask, plan: argparse.Namespace, subset: str, combine: bo
         with split_read(data, subset, f" as fairseq-train reads it ({option}{impl})"):
             task.load_dataset(subset, epoch=1, combine=combine)
     except FileNotFoundError:
-        held = ", ".join(splits_of(data, src, tgt)) or "none"
-        if held != "none" and raw_text(data) != (plan.dataset_impl == "raw"):  # fairseq infers no text format
-            raise SystemExit(f"error: {data} holds fairseq-preprocess --dataset-impl raw files (text), which "
-                             "fairseq-train finds only with --dataset-impl raw: give it" if raw_text(data) else
-                             f"error: {data} holds binarized files, not text: leave --dataset-impl raw out") from None
+        held = splits_of(data, src, tgt)
+        if subset in held and raw_text(data, subset) != (plan.dataset_impl == "raw"):  # fairseq infers no text format
+            raise SystemExit(f"error: split '{subset}' of {data} is fairseq-preprocess --dataset-impl raw text, which "
+                             "fairseq-train finds only with --dataset-impl raw: give it" if raw_text(data, subset) else
+                             f"error: split '{subset}' of {data} is binarized, not text: leave --dataset-impl raw out"
+                             ) from None
         raise SystemExit(f"error: {data} holds no split '{subset}' of {src}-{tgt} ({subset}.{src}-{tgt}.{src}.idx), "
-                         f"which fairseq-train loads ({option}); it holds: {held}") from None
+                         f"which fairseq-train loads ({option}); it holds: {', '.join(held) or 'none'}") from None
     dataset = task.dataset(subset)
     if dataset.tgt is None:
         raise SystemExit(f"error: split '{subset}' of {data} has no {tgt} side ({subset}.{src}-{tgt}.{tgt}.idx): "

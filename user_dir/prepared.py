@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from .data_folder import LANGUAGE, language_pairs
 from .files import atomic_write, discard, not_a_file
-from .workflow import LANGUAGE, language_pairs
 
 Pairs = tuple[list[str], list[str]]  # the source and target lines of a split
 RECORD, PENDING = "prepare.json", ".prepare-pending.json"  # a finished preparation; one under way

@@ -8,22 +8,18 @@ need it import it when called, and the plugin registers itself then (``user_dir/
 script that never needs fairseq in its own process (``prepare.py``) starts, and refuses, at once.
 """
 import argparse
-import itertools
-import re
 import subprocess
 import sys
 import tempfile
-import traceback
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
+from .data_folder import Pair, raw_text, split_prefix, splits_of
 from .files import OutputError, WriteError, atomic_write, check_output
 
 USER_DIR = Path(__file__).resolve().parent  # what fairseq's CLIs get as --user-dir
 ROOT = USER_DIR.parent  # the checkout: default places of runs/ and data next to it
-Pair = tuple[str, str]  # a direction: (source language, target language)
 
 
 def run_fairseq(cmd: list[str], on_line: Optional[Callable[[str], None]] = None) -> str:
@@ -84,17 +80,6 @@ def at_least(minimum: int) -> Callable[[str], int]:
 positive = at_least(1)
 
 
-LANGUAGE = re.compile(r"[A-Za-z0-9_]+")  # fairseq's file names (train.de-en.de) need codes without . - / or spaces
-
-
-def language_code(text: str) -> str:
-    """argparse type: a language suffix that fairseq's file names can hold."""
-    if not LANGUAGE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a language code fairseq's file names can hold "
-                                         "(letters, digits and _ only, e.g. de, pt_BR)")
-    return text
-
-
 def preprocess_command(src: str, tgt: str, prefixes: dict, destdir: Path, dictionaries: Optional[Path] = None,
                        workers: int = 1) -> list[str]:
     """fairseq-preprocess of the pairs PREFIX.{src,tgt} of each split (``prefixes``: split -> PREFIX)
@@ -109,19 +94,17 @@ def preprocess_command(src: str, tgt: str, prefixes: dict, destdir: Path, dictio
     return cmd + [x for split, prefix in prefixes.items() for x in (f"--{split}pref", str(prefix))]
 
 
-def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path, pair: Optional[Pair] = None) -> None:
-    """fairseq-preprocess of the raw pair PREFIX.{src,tgt} (PAIR, default DATA_BIN's one) as SPLIT (any
-    name: train1 too) into DESTDIR with DATA_BIN's dictionaries, so that the model sees exactly its
-    training vocabulary, named and in the file format (--dataset-impl) of DATA_BIN's files, so that
-    one folder holds one pair name and one format."""
+def binarize_with(data_bin: Path, split: str, prefix: Path, destdir: Path, pair: Pair) -> None:
+    """fairseq-preprocess of the raw pair PREFIX.{src,tgt} as SPLIT (any name: train1 too) of PAIR, named
+    SPLIT.SRC-TGT.*, into DESTDIR with DATA_BIN's dictionaries, so that the model sees exactly its training
+    vocabulary, and in the file format (--dataset-impl) of DATA_BIN's files, so that one folder holds one."""
     from fairseq.data import indexed_dataset
 
-    src, tgt = named_pair(data_bin, pair or language_pair(data_bin))
-    held = splits_of(data_bin, src, tgt)
-    impl = indexed_dataset.infer_dataset_impl(str(Path(data_bin) / f"{held[0]}.{src}-{tgt}.{src}")) if held else None
+    held = splits_of(data_bin, *pair)
+    impl = indexed_dataset.infer_dataset_impl(f"{split_prefix(data_bin, held[0], pair)}.{pair[0]}") if held else None
     Path(destdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destdir) as made:  # fairseq-preprocess names the split by its option
-        run_fairseq(preprocess_command(src, tgt, {"train": prefix}, Path(made), dictionaries=data_bin)
+        run_fairseq(preprocess_command(*pair, {"train": prefix}, Path(made), dictionaries=data_bin)
                     + ["--dataset-impl", impl or "mmap"])
         for path in Path(made).glob("train.*"):
             path.replace(Path(destdir) / f"{split}.{path.name.split('.', 1)[1]}")
@@ -175,167 +158,6 @@ def encode_pieces(sp, lines: list[str]) -> list[str]:
     return [" ".join(pieces) for pieces in sp.encode(lines, out_type=str)]
 
 
-def data_files(data_bin: Path) -> Iterator[tuple[Path, str, Pair, str]]:
-    """fairseq-preprocess's files in DATA_BIN, as (path, split, pair as named, language): SPLIT.A-B.LANG.idx
-    and .bin (binarized), and SPLIT.A-B.LANG (--dataset-impl raw: text). Codes holding '-' or '.' make
-    names fairseq cannot read a pair from: not counted."""
-    for path in Path(data_bin).glob("*.*-*.*"):
-        parts = path.name.split(".")
-        langs = tuple(parts[1].split("-"))
-        if (len(parts) == 3 or len(parts) == 4 and parts[3] in ("idx", "bin")) and len(langs) == 2 \
-                and parts[2] in langs and path.is_file():
-            yield path, parts[0], langs, parts[2]
-
-
-def indexes(data_bin: Path) -> Iterator[tuple[Path, str, Pair, str]]:
-    """The :func:`data_files` that index a split's side: .idx files, and raw text (its own index)."""
-    return ((path, *rest) for path, *rest in data_files(data_bin) if path.suffix != ".bin")
-
-
-def raw_text(data_bin: Path) -> bool:
-    """Whether DATA_BIN holds fairseq-preprocess --dataset-impl raw output, which fairseq reads only
-    when told (--dataset-impl raw: it infers the binarized formats alone)."""
-    return any(path.suffix not in (".idx", ".bin") for path, *_ in data_files(data_bin))
-
-
-def language_pairs(data_bin: Path) -> list[Pair]:
-    """Every (src, tgt) of DATA_BIN's fairseq-preprocess file names (:func:`data_files`), sorted."""
-    return sorted({langs for _, _, langs, _ in indexes(data_bin)})
-
-
-def language_pair(data_bin: Path, source: Optional[str] = None, target: Optional[str] = None,
-                  given: str = "-s/-t") -> Pair:
-    """The (src, tgt) to read DATA_BIN in: SOURCE -> TARGET (GIVEN: where they come from; one alone is
-    completed from the folder's pair that holds it), in either order of the file names, as fairseq's
-    task reads them; else the folder's one pair (several are refused: fairseq takes whichever file
-    it lists first)."""
-    pairs = language_pairs(data_bin)
-    if not pairs:
-        unread = sorted(Path(data_bin).glob("*.idx"))
-        raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output" + (
-            f" whose names give a language pair ({unread[0].name}: language codes with '-' or '.'): train.sh and "
-            "fairseq take -s SRC -t TGT; the other scripts need codes without them" if unread else ""))
-    held = ", ".join("-".join(p) for p in pairs)
-    if source or target:
-        found = sorted({(a, b) for pair in pairs for a, b in (pair, pair[::-1])
-                        if source in (None, a) and target in (None, b)})
-        if len(found) != 1:
-            wanted = f"{source or '?'}->{target or '?'}"
-            raise SystemExit(f"error: {data_bin} holds " + (f"several pairs for {wanted} ({held}): give both -s and -t"
-                             if found else f"no {wanted} data (from {given}); it holds {held}"))
-        return found[0]
-    if len(pairs) > 1:
-        raise SystemExit(f"error: {data_bin} holds several language pairs ({held}) and fairseq would take the first "
-                         "file it lists: give -s SRC -t TGT")
-    return pairs[0]
-
-
-def named_pair(data_bin: Path, pair: Pair) -> Pair:
-    """PAIR in the order of DATA_BIN's file names (SPLIT.A-B.LANG): de-en files serve en->de too."""
-    return pair if pair in language_pairs(data_bin) else pair[::-1]
-
-
-def trained_direction(checkpoints: list[str]) -> Optional[Pair]:
-    """The (src, tgt) CHECKPOINTS were trained in: their -s/-t, else the direction rnn_seq2seq records
-    beside its dictionaries; None where neither is saved (fairseq's models trained without -s/-t).
-    An ensemble of two directions is refused."""
-    from fairseq import checkpoint_utils
-
-    from .checkpoint_files import CheckpointError
-    from .dictionaries import DIRECTION_KEY, as_direction
-
-    found = {}
-    for path in checkpoints:
-        try:
-            state = checkpoint_utils.load_checkpoint_to_cpu(path)
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}") from None
-        task, record = (state.get("cfg") or {}).get("task") or {}, state.get("model", {}).get(DIRECTION_KEY)
-        langs = (task.get("source_lang"), task.get("target_lang"))
-        if not all(langs) and record is not None and record.numel():
-            langs = tuple(as_direction(record).split("-", 1))
-        if all(langs):
-            found[path] = langs
-    first_path, first = next(iter(found.items()), (None, None))
-    other_path, other = next(((p, d) for p, d in found.items() if d != first), (None, None))
-    if other:
-        raise SystemExit(f"error: checkpoint {other_path} translates {'->'.join(other)} but {first_path} "
-                         f"{'->'.join(first)}: an ensemble decodes one direction")
-    return first
-
-
-def decoding_direction(data_bin: Path, checkpoints: list[str], source: Optional[str] = None,
-                       target: Optional[str] = None) -> Pair:
-    """The (src, tgt) a script decodes DATA_BIN in: -s/-t (SOURCE, TARGET), else the direction
-    CHECKPOINTS were trained in, else the folder's one pair. -s/-t against the checkpoints' direction
-    is refused (the model would be scored the wrong way round), and so is a folder without it."""
-    trained = trained_direction(checkpoints)
-    if source or target:
-        given = language_pair(data_bin, source, target)
-        if trained and given != trained:
-            raise SystemExit(f"error: -s/-t ask for {'->'.join(given)}, but the checkpoint translates "
-                             f"{'->'.join(trained)}: leave -s/-t out, or give a checkpoint of {'->'.join(given)}")
-        return given
-    if trained:
-        return language_pair(data_bin, *trained, given="the direction the checkpoint was trained in")
-    return language_pair(data_bin)
-
-
-@contextmanager
-def split_read(data_bin: Path, subset: str, how: str = "") -> Iterator[None]:
-    """Reading DATA_BIN's binarized SUBSET: fairseq's errors on an empty or damaged split, sides of
-    different lengths or another --dataset-impl, as one line (HOW: the options that read it)."""
-    cannot = f"error: split '{subset}' of {data_bin} cannot be read{how}"
-    empty = sorted(p.name for p, split, *_ in data_files(data_bin) if split == subset and p.suffix != ".idx"
-                   and p.stat().st_size == 0)
-    if empty:
-        raise SystemExit(f"{cannot}: {empty[0]} is empty (0 sentences)")
-    try:
-        yield
-    except (ValueError, AssertionError, KeyError, AttributeError, IndexError) as e:
-        hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
-        try:  # fairseq's half-made dataset goes now, without its __del__'s complaints
-            traceback.clear_frames(e.__traceback__)
-        finally:
-            sys.unraisablehook = hook
-        raise SystemExit(f"{cannot}: {' '.join(f'{type(e).__name__}: {e}'.split())}") from None
-
-
-def binarized(data_bin: Path, subset: str, side: int, dictionary=None, pair: Optional[Pair] = None):
-    """Side 0 (source) or 1 (target) of PAIR (default DATA_BIN's one) in DATA_BIN's binarized SUBSET as
-    fairseq loads it (None: absent)."""
-    from fairseq.data import Dictionary, data_utils
-
-    pair = pair or language_pair(data_bin)
-    path = Path(data_bin) / f"{subset}.{'-'.join(named_pair(data_bin, pair))}.{pair[side]}"
-    if dictionary is None and path.is_file():  # raw text: read through its dictionary
-        dictionary = Dictionary.load(str(Path(data_bin) / f"dict.{pair[side]}.txt"))
-    with split_read(data_bin, subset):
-        return data_utils.load_indexed_dataset(str(path), dictionary)
-
-
-def splits_of(data_bin: Path, src: str, tgt: str) -> list[str]:
-    """The splits of SRC->TGT in DATA_BIN (their source side, under either name of the pair)."""
-    return sorted({split for _, split, langs, lang in indexes(data_bin) if set(langs) == {src, tgt} and lang == src})
-
-
-def training_parts(data_bin: Path, src: str, tgt: str, subset: str = "train") -> list[str]:
-    """SUBSET and the SUBSET1, SUBSET2, ... splits that fairseq-train trains on with it (consecutive)."""
-    held = set(splits_of(data_bin, src, tgt))
-    return [subset, *itertools.takewhile(held.__contains__, (f"{subset}{k}" for k in itertools.count(1)))]
-
-
-def split_size(data_bin: Path, subset: str, pair: Optional[Pair] = None) -> int:
-    """Number of sentences of a binarized split (of PAIR, default DATA_BIN's one), read from its index."""
-    src, tgt = pair = pair or language_pair(data_bin)
-    prefix = Path(data_bin) / f"{subset}.{'-'.join(named_pair(data_bin, pair))}.{src}"
-    dataset = binarized(data_bin, subset, 0, pair=pair)
-    if dataset is None:
-        raise SystemExit(f"error: {data_bin} holds no split '{subset}' ({prefix}.idx); it holds: "
-                         f"{', '.join(splits_of(data_bin, src, tgt)) or 'none'}")
-    return len(dataset)
-
-
 def generated(output: list[str], kind: str) -> dict[int, str]:
     """The text of fairseq-generate's first KIND line of each sentence, by sentence id: ``S-``/``T-``
     (``S-<id>\t<text>``) or ``H-``/``D-`` (``H-<id>\t<score>\t<text>``, best first)."""
@@ -355,7 +177,7 @@ def generate_command(data_bin: Path, checkpoint: str, subset: str, beam: int, ex
     with the --dataset-impl raw that fairseq needs to find it."""
     return ["fairseq-generate", str(data_bin), "--user-dir", str(USER_DIR), "--path", checkpoint,
             "--gen-subset", subset, "--beam", str(beam), "--num-workers", "0", "--no-progress-bar",
-            *["--dataset-impl", "raw"] * raw_text(data_bin), *options, *extra, "--nbest", "1"]
+            *(["--dataset-impl", "raw"] if raw_text(data_bin, subset) else []), *options, *extra, "--nbest", "1"]
 
 
 def script_main(main: Callable[[], None]) -> None:

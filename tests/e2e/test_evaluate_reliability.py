@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fairseq.data import Dictionary
 
 from helpers import ROOT, TINY_MODEL, TOY, TRAIN_ARGS, USER_DIR, run
+from user_dir.data_folder import binarized, language_pairs
+from user_dir.dictionaries import DIRECTION_KEY, direction_record
 
 SCRIPTS = ROOT / "scripts"
 REVERSED = r"the checkpoint translates src-tgt \(source-target\), but the data is tgt-src"
@@ -58,7 +61,7 @@ def model_dir(folder: Path, data_bin: Path, checkpoint: Path) -> Path:
 # F. a checkpoint is decoded and scored only in its own direction, whatever path loads it
 
 @pytest.mark.parametrize("path", ["fairseq-generate", "evaluate.py", "distill.py"])
-def test_the_other_direction_is_refused_on_every_cli_path(reversed_bin, trained, tmp_path, path):
+def test_the_other_direction_is_refused_where_asked_for_on_every_cli_path(reversed_bin, trained, tmp_path, path):
     """fairseq-generate reads the direction from the file names; the scripts take the checkpoint's,
     and refuse -s/-t asking for the other one."""
     cmd = {"fairseq-generate": ["fairseq-generate", reversed_bin, "--user-dir", USER_DIR, "--path", trained,
@@ -84,7 +87,8 @@ def test_the_scripts_decode_in_the_checkpoints_direction_whatever_the_file_names
                                                                                       trained, tmp_path):
     """A model trained with -s/-t against the order of the file names (train.sh -s en -t de on a de-en
     folder) is scored and distilled in its own direction, as fairseq-train read it: files of tgt-src
-    serve src->tgt too. A reference of the other side is named with the direction scored."""
+    serve src->tgt too. A reference of the other side is named with the direction scored, and so is a
+    fairseq-generate output of a direction other than the one assumed."""
     scored = evaluate(reversed_bin, trained, "--ref", TOY / "test.tgt", "--json", tmp_path / "s.json")
     assert bleu_line(scored) == bleu_line(evaluate(toy_bin, trained, "--ref", TOY / "test.tgt"))
     assert json.loads((tmp_path / "s.json").read_text())["direction"] == "src-tgt"
@@ -92,17 +96,44 @@ def test_the_scripts_decode_in_the_checkpoints_direction_whatever_the_file_names
                    rf"does not match split 'test' of {re.escape(str(reversed_bin))} \(src->tgt: its tgt side\)")
     proc = run(sys.executable, SCRIPTS / "distill.py", reversed_bin, trained, tmp_path / "kd")
     assert json.loads((tmp_path / "kd" / "distill.json").read_text())["direction"] == "src-tgt"
-    from fairseq.data import Dictionary
-
-    from user_dir.workflow import binarized, language_pairs
-
-    assert language_pairs(tmp_path / "kd" / "bin") == [("tgt", "src")], proc.stdout  # one pair name in a folder
+    assert "named src-tgt: students train src->tgt there" in proc.stdout
+    assert language_pairs(tmp_path / "kd" / "bin") == [("src", "tgt")]  # the teacher's direction: a student's too
     teacher = run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--gen-subset", "train",
                   "--beam", "5", "--max-tokens", "8000").stdout.splitlines()
     hyps = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in teacher if line.startswith("H-")}
     dictionary = Dictionary.load(str(toy_bin / "dict.tgt.txt"))
-    targets = binarized(tmp_path / "kd" / "bin", "train", 1, dictionary, ("src", "tgt"))
+    targets = binarized(tmp_path / "kd" / "bin", "train", 1, ("src", "tgt"), dictionary)
     assert [dictionary.string(targets[i]) for i in range(len(targets))] == [hyps[i] for i in sorted(hyps)]
+    log = tmp_path / "generate.log"
+    log.write_text(run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--gen-subset",
+                       "test", "--beam", "2").stdout)
+    one_error_line(evaluate(reversed_bin, "--generate-log", log, "--ref", TOY / "test.tgt"),
+                   rf"the T- lines of .*generate\.log are not the targets of split 'test' of "
+                   rf"{re.escape(str(reversed_bin))} \(tgt->src: its src side\): 0 of 203 .* give its -s/-t")
+    assert "sentences = 203" in evaluate(reversed_bin, "--generate-log", log, "--ref", TOY / "test.tgt", "-s", "src",
+                                         "-t", "tgt", "--json", tmp_path / "g.json").stdout
+    assert json.loads((tmp_path / "g.json").read_text())["direction"] == "src-tgt"
+
+
+def with_direction(trained: Path, path: Path, direction: tuple | None) -> Path:
+    """A copy of TRAINED recording DIRECTION (None: none, as checkpoints of fairseq's own models)."""
+    state = torch.load(trained, map_location="cpu", weights_only=False)
+    state["model"][DIRECTION_KEY] = direction_record(*direction) if direction else torch.zeros(0)
+    torch.save(state, path)
+    return path
+
+
+def test_an_ensemble_of_two_directions_is_refused_and_a_checkpoint_without_one_reads_the_folders_pair(
+        toy_bin, trained, tmp_path):
+    other = with_direction(trained, tmp_path / "other.pt", ("tgt", "src"))
+    for script in ("evaluate.py", "distill.py"):
+        out = ["--ref", TOY / "test.tgt"] if script == "evaluate.py" else [tmp_path / "kd"]
+        one_error_line(run(sys.executable, SCRIPTS / script, toy_bin, f"{trained}:{other}", *out, check=False),
+                       r"checkpoint .*other\.pt translates tgt->src but .*checkpoint_best\.pt src->tgt: an ensemble "
+                       "decodes one direction")
+    unrecorded = with_direction(trained, tmp_path / "none.pt", None)
+    assert bleu_line(evaluate(toy_bin, unrecorded, "--ref", TOY / "test.tgt")) == \
+        bleu_line(evaluate(toy_bin, trained, "--ref", TOY / "test.tgt"))
 
 
 def test_the_other_direction_is_refused_by_from_pretrained(toy_bin, reversed_bin, trained, tmp_path):
@@ -229,26 +260,36 @@ def test_evaluate_without_ref_names_what_is_wrong_with_the_recorded_reference(pr
     assert "--ref is required" not in proc.stderr and not (tmp_path / "s.json").exists()
 
 
-def test_evaluate_without_ref_scores_a_model_of_the_other_direction_against_its_target_languages_text(prepared,
-                                                                                                      tmp_path):
-    """prepare.py kept both sides' raw text: a model trained -s tgt -t src is scored against test.src."""
-    out = copy_of(prepared, tmp_path / "out")
+def test_evaluate_without_ref_scores_a_model_of_the_other_direction_against_its_target_languages_text(tmp_path):
+    """prepare.py keeps both sides' raw text: a model trained -s en -t de on de-en is scored against test.de."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    run(sys.executable, SCRIPTS / "make_toy_data.py", raw, "--train", "300", "--valid", "20", "--test", "25")
+    for path in raw.iterdir():
+        path.rename(raw / path.name.replace(".src", ".de").replace(".tgt", ".en"))
+    run(sys.executable, SCRIPTS / "prepare.py", "--raw-dir", raw, "--src", "de", "--tgt", "en", "--vocab-size", "60",
+        "--splits", "train=train", "valid=valid", "test=test", "--out", out)
     run("fairseq-train", out / "bin", "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--max-update", "2",
-        "-s", "tgt", "-t", "src", "--save-dir", out / "back", "--no-epoch-checkpoints")
+        "-s", "en", "-t", "de", "--save-dir", out / "back", "--no-epoch-checkpoints")
     proc = evaluate(out / "bin", out / "back" / "checkpoint_best.pt", "--beam", "1", "--json", tmp_path / "s.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "s.json").read_text())
-    assert (result["direction"], result["reference"]) == ("tgt-src", os.path.abspath(out / "raw" / "test.src"))
+    assert (result["direction"], result["reference"]) == ("en-de", os.path.abspath(out / "raw" / "test.de"))
 
 
 def test_a_folder_of_several_pairs_is_decoded_in_the_checkpoints_pair_or_the_one_s_t_name(toy_bin, trained, tmp_path):
     """fairseq would take whichever pair it lists first: without a direction from the checkpoint or
-    -s/-t, the scripts refuse; with one, they read that pair's files."""
+    -s/-t, the scripts refuse; with one, they read (and distil) that pair's files only."""
     both = tmp_path / "both"
     shutil.copytree(toy_bin, both)
     for path in toy_bin.iterdir():  # the same data again as fr->tgt
         shutil.copy(path, both / path.name.replace("src", "fr"))
-    assert "sentences = 203" in evaluate(both, trained, "--ref", TOY / "test.tgt", "--beam", "2").stdout
+    for given in ([], ["-t", "tgt"]):  # -t alone: the checkpoint's direction completes it
+        scored = evaluate(both, trained, "--ref", TOY / "test.tgt", "--beam", "2", *given)
+        assert scored.returncode == 0 and "sentences = 203" in scored.stdout, scored.stderr[-3000:]
+    one_error_line(evaluate(both, with_direction(trained, tmp_path / "none.pt", None), "--ref", TOY / "test.tgt"),
+                   r"holds several language pairs \(fr-tgt, src-tgt\)")
+    run(sys.executable, SCRIPTS / "distill.py", both, trained, tmp_path / "kd", "--beam", "1")
+    assert language_pairs(tmp_path / "kd" / "bin") == [("src", "tgt")]  # fr-tgt's splits are not copied half
     log = tmp_path / "generate.log"
     log.write_text(run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--gen-subset",
                        "test", "--beam", "2").stdout)

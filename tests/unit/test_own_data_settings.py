@@ -26,7 +26,7 @@ from scripts.train_settings import (
     settings,
     writable_folder,
 )
-from user_dir import machine, workflow
+from user_dir import data_folder, machine, workflow
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
 from user_dir.patches.distributed import config_allowed
 
@@ -245,9 +245,10 @@ def test_the_plan_says_which_pairs_fairseq_leaves_out(plan, tmp_path):
     ("lazy", [], "error: {data} holds fairseq's indexed (lazy/cached) files, which fairseq-train reads as "
      "--dataset-impl cached (inferred) and then fails on (KeyError in its first batch): give --dataset-impl lazy"),
     ("lazy", ["--dataset-impl", "cached"], "--dataset-impl cached and then fails on"),
-    ("raw", [], "error: {data} holds fairseq-preprocess --dataset-impl raw files (text), which fairseq-train finds "
-     "only with --dataset-impl raw: give it"),
-    (None, ["--dataset-impl", "raw"], "error: {data} holds binarized files, not text: leave --dataset-impl raw out"),
+    ("raw", [], "error: split 'valid' of {data} is fairseq-preprocess --dataset-impl raw text, which fairseq-train "
+     "finds only with --dataset-impl raw: give it"),
+    (None, ["--dataset-impl", "raw"], "error: split 'valid' of {data} is binarized, not text: leave --dataset-impl "
+     "raw out"),
 ])
 def test_splits_fairseq_train_would_fail_on_are_one_line(plan, tmp_path, edit, extra, message):
     """Validation it would fail on at its start (after the plan and the probe), splits it cannot read:
@@ -282,7 +283,7 @@ def test_language_codes_fairseq_cannot_read_from_file_names_need_s_and_t(plan, t
         path.rename(data / path.name.replace("src", "en_US").replace("tgt", "zh-Hans"))
     with pytest.raises(SystemExit, match="holds no fairseq-preprocess output whose names give a language pair "
                                          r"\(test.en_US-zh-Hans.en_US.idx: language codes with '-' or '.'\)"):
-        workflow.language_pair(data)
+        data_folder.language_pair(data)
     assert "en_US->zh-Hans: 3000 training pairs" in plan("-s", "en_US", "-t", "zh-Hans", "--max-update", "5",
                                                          data=data)[1][0]
 
@@ -291,7 +292,7 @@ def test_two_pairs_in_one_folder_train_with_s_and_t(plan, toy_bin, tmp_path):
     data = with_pair(toy_bin, tmp_path, "fr")
     assert "fr->tgt: 3000 training pairs" in plan("-s", "fr", "-t", "tgt", "--max-update", "5", data=data)[1][0]
     with pytest.raises(SystemExit, match="holds several language pairs"):
-        workflow.language_pair(data)  # the scripts that read one pair from the folder
+        data_folder.language_pair(data)  # fairseq would take either: -s/-t, or the checkpoint's direction, choose
 
 
 def test_unsized_runs_get_a_length_and_early_stopping_and_unlimited_ones_need_an_end(plan):
@@ -552,3 +553,39 @@ def test_a_training_state_with_its_config_loads_weights_only_with_the_broadcast_
         loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     assert loaded["cfg"].common.seed == 1 and list(loaded["cfg"].lr) == [0.002]
     assert set(map(id, torch.serialization.get_safe_globals())) == permanent  # the plugin's allow-list stays
+
+
+def test_the_data_folder_reads_pairs_splits_and_formats_from_file_names(tmp_path):
+    """As fairseq's task finds them: SPLIT.SRC-TGT.* else SPLIT.TGT-SRC.*, binarized or raw text."""
+    for name in ("train.de-en.de.bin", "train.de-en.de.idx", "train.de-en.en.bin", "train.de-en.en.idx",
+                 "valid.en-de.en", "valid.en-de.de", "dict.de.txt", "preprocess.log", "notes.de-en.txt"):
+        (tmp_path / name).write_text("")
+    assert data_folder.language_pairs(tmp_path) == [("de", "en"), ("en", "de")]
+    assert data_folder.language_pair(tmp_path, "en", "de") == ("en", "de")
+    assert data_folder.language_pair(tmp_path, target="de") == ("en", "de")
+    with pytest.raises(SystemExit, match="several language pairs"):
+        data_folder.language_pair(tmp_path)
+    with pytest.raises(SystemExit, match=r"no fr->\? data \(from -s/-t\); it holds de-en, en-de"):
+        data_folder.language_pair(tmp_path, "fr")
+    for pair in (("de", "en"), ("en", "de")):
+        assert data_folder.split_prefix(tmp_path, "train", pair).name == "train.de-en"
+        assert data_folder.split_prefix(tmp_path, "valid", pair).name == "valid.en-de"
+        assert data_folder.splits_of(tmp_path, *pair) == ["train", "valid"]
+    assert (data_folder.raw_text(tmp_path, "valid"), data_folder.raw_text(tmp_path, "train")) == (True, False)
+    assert data_folder.split_prefix(tmp_path, "test", ("en", "de")).name == "test.en-de"  # none: as asked
+
+
+def test_the_reference_check_judges_only_lines_whose_targets_show_enough_words():
+    """Targets of a small dictionary ('the <unk> of the <unk>': 40% <unk>) leave too few letters to tell
+    the right line from another: not judged, so the right reference passes; lines of known words are."""
+    from scripts.evaluate import check_reference
+
+    nouns = ["kiheze", "socizo", "vabore", "lumita", "gerupo", "tesanu", "mirovi", "dakelo"]
+    refs = [f"the {a} of the {b}" for a, b in zip(nouns, nouns[1:] + nouns[:1])]
+    check_reference(refs, {i: "the <unk> of the <unk>" for i in range(len(refs))}, "x")
+    known = {i: line.replace(" of ", " of <unk> ", 1) if i % 2 else line for i, line in enumerate(refs)}  # 1 in 6
+    check_reference(refs, known, "x")
+    with pytest.raises(SystemExit, match=r"does not match x: 0 of its 8 lines resemble"):
+        check_reference(refs[1:] + refs[:1], {i: f"a {n} sat" for i, n in enumerate(nouns[::-1])}, "x")
+    with pytest.raises(SystemExit, match=r"out of line with x"):
+        check_reference(refs[1:] + refs[:1], known, "x")

@@ -11,8 +11,8 @@ from helpers import TINY_MODEL
 from scripts import train_settings
 from scripts.train_settings import batches, built, corpus, settings
 from user_dir import precision
+from user_dir.data_folder import binarized, language_pair
 from user_dir.precision import Workload, measured_precision, training_samples, training_work
-from user_dir.workflow import binarized, language_pair
 
 
 def drawn(plan, toy_bin, *extra: str, count: int = 15) -> tuple[list[tuple], list[tuple], set[tuple]]:
@@ -45,7 +45,7 @@ def test_the_probe_draws_from_the_direction_fairseq_trains(plan, toy_bin):
     pair = language_pair(toy_bin)
     for side in (0, 1):
         args, _ = plan(*TINY_MODEL, "--max-update", "5", "-s", pair[side], "-t", pair[1 - side])
-        sentences = binarized(toy_bin, "train", side)
+        sentences = binarized(toy_bin, "train", side, pair)
         for sample in training_samples(*built(args), 3):
             rows = sample["net_input"]["src_tokens"]
             assert [row[row.ne(1)].tolist() for row in rows] == [sentences[i].tolist() for i in sample["id"]]
