@@ -35,6 +35,7 @@ from user_dir.data_folder import (
     decoding_direction,
     direction_options,
     direction_owned,
+    split_prefix,
     split_size,
     training_parts,
 )
@@ -73,14 +74,15 @@ def translate(data_bin: Path, split: str, pair: Pair, teacher: str, beam: int,
 
 def write_outputs(work: Path, data_bin: Path, pair: Pair, texts: dict[str, dict[str, list[str]]],
                   record: dict) -> None:
-    """WORK/bin (each training split's TEXTS binarized, DATA_BIN's other splits copied) and WORK/distill.json."""
+    """WORK/bin (each training split's TEXTS binarized, the other splits of PAIR copied, all named
+    SPLIT.SRC-TGT.*) and WORK/distill.json."""
     for split, sides in texts.items():
         for lang, lines in sides.items():
             with atomic_write(work / f"{split}.{lang}") as f:
                 f.write("".join(line + "\n" for line in lines).encode("utf-8"))
         binarize_with(data_bin, split, work / split, work / "bin", pair)
-    for path, split, langs, _ in data_files(data_bin):  # the other splits of the pair, unchanged, named SRC-TGT
-        if split not in texts and set(langs) == set(pair):
+    for path, split, langs, _ in data_files(data_bin):  # the files fairseq reads PAIR's other splits from
+        if split not in texts and path.name.startswith(split_prefix(data_bin, split, pair).name + "."):
             name = path.name.replace(f".{'-'.join(langs)}.", f".{'-'.join(pair)}.", 1)
             with open(path, "rb") as source, atomic_write(work / "bin" / name) as f:
                 shutil.copyfileobj(source, f)

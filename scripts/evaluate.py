@@ -36,7 +36,6 @@ reference scored against with its SHA-256. A long decode reports its progress on
 is unchanged); Ctrl-C ends it with one line and exit status 130.
 """
 import argparse
-import functools
 import hashlib
 import json
 import os
@@ -73,6 +72,7 @@ from user_dir.dictionaries import (
 )
 from user_dir.files import OutputError, WriteError, atomic_write, check_distinct, check_output, not_a_file
 from user_dir.prepared import prepared_record, prepared_record_path, sha256_file, verified_raw
+from user_dir.reference_check import check_reference, resembling
 from user_dir.text import TextError, read_lines
 from user_dir.workflow import (
     binarize_with,
@@ -86,7 +86,6 @@ from user_dir.workflow import (
     script_main,
 )
 
-UNK = "<unk>"  # how fairseq's dictionaries print a word they lack
 MAX_UNKNOWN = 0.2  # of --src-raw's pieces unknown to the dictionary: the right model's are about none
 # fairseq-generate destinations that evaluate.py sets and records itself -> what to use instead
 OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's --beam",
@@ -141,6 +140,8 @@ def check_given(args: argparse.Namespace, extra: list[str]) -> list[str]:
     ``--``), named before fairseq is imported where none follow ``--``; returns the checkpoints."""
     if args.generate_log and extra:
         raise SystemExit("error: --generate-log scores a finished decoding: fairseq-generate options do not apply")
+    if args.src_raw and args.ref is None:
+        raise SystemExit("error: --src-raw needs --ref: only DATA_BIN's own splits have a recorded reference")
     if not Path(args.data_bin).is_dir():
         raise SystemExit(f"error: DATA_BIN {args.data_bin} {not_a_file(args.data_bin) or 'is not a folder'}")
     for option, path in (("--ref", args.ref), ("--src-raw", args.src_raw), ("--spm", args.spm),
@@ -169,17 +170,11 @@ def check_inputs(args: argparse.Namespace, checkpoints: list[str], log: list[str
     target_dictionary = check_tokenization(args, sources)
     src, tgt = direction(args)
     split = f"split '{args.subset}' of {args.data_bin} ({src}->{tgt}: its {tgt} side)"
-    if sources is None:
-        targets = split_targets(Path(args.data_bin), args.subset, (src, tgt), target_dictionary, args.post_process)
+    targets = {} if sources is not None else split_targets(Path(args.data_bin), args.subset, (src, tgt),
+                                                           target_dictionary, args.post_process)
     if log is not None:
-        check_log(log, args)
-        logged = generated(log, "T-")
-        same, judged_lines = resembling(logged, targets)
-        if same < judged_lines / 2:
-            raise SystemExit(f"error: the T- lines of {args.generate_log} are not the targets of {split}: "
-                             f"{same} of {judged_lines} resemble them; a decoding of another direction or split? "
-                             "give its -s/-t and --subset")
-        check_reference(refs, logged, f"the sentences of {args.generate_log}")
+        check_log(log, args, targets, split)
+        check_reference(refs, generated(log, "T-"), f"the sentences of {args.generate_log}")
     elif sources is None:
         check_reference(refs, targets, split)
     return refs, sources
@@ -196,84 +191,25 @@ def split_targets(data_bin: Path, subset: str, pair: Pair, dictionary, post_proc
     return {i: dictionary.string(dataset[i], post_process or None) for i in range(len(dataset))}
 
 
-RESEMBLE = 0.3  # share of letter trigrams from which a reference line resembles a target
-MISPLACED = 0.2  # by this much more like a neighbour's target than its own, a line is out of place
-
-
-@functools.lru_cache(maxsize=None)  # each line is compared with its neighbours' targets too
-def trigrams(text: str) -> frozenset[str]:
-    """The letter trigrams of TEXT, lower-cased, without white space, pieces' marks or '@@', none
-    across an <unk> (its word is not seen): what a raw reference and its binarized, tokenized form share."""
-    found: set[str] = set()
-    for part in text.lower().replace(PIECE_START, " ").replace("@@", "").split(UNK):
-        part = "".join(part.split())
-        found |= {part[i:i + 3] for i in range(max(1, len(part) - 2))} if part else set()
-    return frozenset(found)
-
-
-def resembling(texts: dict[int, str], targets: dict[int, str]) -> tuple[int, int]:
-    """(how many TEXTS share RESEMBLE of their letter trigrams with their sentence's target, of how
-    many judged): whether one side of a decoding is another's."""
-    ids = [i for i in texts if i in targets and judged(targets[i])]
-    return sum(likeness(texts[i], targets[i]) >= RESEMBLE for i in ids), len(ids)
-
-
-def likeness(a: str, b: str) -> float:
-    """The share of letter trigrams texts A and B have in common, of those either has."""
-    ours, theirs = trigrams(a), trigrams(b)
-    return len(ours & theirs) / max(1, len(ours | theirs))
-
-
-def judged(target: str) -> bool:
-    """Whether at most a quarter of TARGET's words are <unk>: only then does a reference line share
-    enough of its letters to be told from another one (a small dictionary leaves some lines too little)."""
-    return target.count(UNK) * 4 <= len(target.split())
-
-
-def check_log(log: list[str], args: argparse.Namespace) -> None:
-    """Refuse a --generate-log that is not one whole decoding: a sentence decoded twice (two logs
-    appended), or no T- lines (the targets the reference is checked against) where the split has them."""
+def check_log(log: list[str], args: argparse.Namespace, targets: dict[int, str], split: str) -> None:
+    """Refuse a --generate-log that is not one whole decoding of SPLIT, whose TARGETS it is given: a
+    sentence decoded twice (two logs appended), no T- lines (the targets the reference is checked
+    against), or T- lines of another direction or split than the one evaluate.py records."""
     for kind in ("S-", "T-"):
         seen = Counter(line.split("\t", 1)[0] for line in log if line.startswith(kind) and "\t" in line)
         twice = next((sid for sid, n in seen.items() if n > 1), None)
         if twice:
             raise SystemExit(f"error: {args.generate_log} holds sentence {twice[2:]} more than once ({twice} lines: "
                              "two decodings, e.g. appended with >>): give the output of one fairseq-generate run")
-    no_targets = not any(line.startswith("T-") for line in log)
-    if no_targets and binarized(Path(args.data_bin), args.subset, 1, direction(args)) is not None:
+    logged = generated(log, "T-")
+    if targets and not logged:
         raise SystemExit(f"error: {args.generate_log} holds no T- lines: give fairseq-generate's whole output (the "
                          "reference is checked against its T- lines, the targets of the sentences it decoded)")
-
-
-def check_reference(refs: list[str], sentences: dict[int, str], what: str) -> None:
-    """Refuse a reference that is not the target side of what is scored, line for line: at least half
-    its lines must share 30% of their letter trigrams with their sentence's target (another split or
-    language of the same length fails), and no two neighbouring lines may resemble a neighbour's target
-    more (by MISPLACED) than their own (a line added, removed or moved: a shift from there on). Lines
-    whose target is mostly <unk> are not judged (:func:`judged`); margins: docs/troubleshooting.md."""
-    present = {i: refs[i] for i in range(len(refs)) if i in sentences}  # a sentence a log lacks is named later
-    same, compared = resembling(present, sentences)
-    if not compared:  # a split without a target side, or of unknown words only: nothing to compare with
-        return
+    same, compared = resembling(logged, targets, every=True)
     if same < compared / 2:
-        first = next(i for i in present if judged(sentences[i]))
-        lines = f"its {compared} lines" + (" with a target of known words" if compared < len(present) else "")
-        raise SystemExit(f"error: the reference does not match {what}: {same} of {lines} resemble their "
-                         f"sentence's target (line {first + 1}: {refs[first][:50]!r} against "
-                         f"{sentences[first][:50]!r}); give the reference of the sentences scored")
-    theirs = {i for i in present if judged(sentences[i])}
-
-    def alike(i: int, j: int) -> float:
-        return likeness(refs[i], sentences[j])
-    misplaced = {i for i in theirs if any(
-        alike(i, j) >= RESEMBLE and alike(i, j) > alike(i, i) + MISPLACED for j in (i - 1, i + 1) if j in theirs)}
-    runs = sorted(i for i in misplaced if i + 1 in misplaced)  # a shift or a swap: neighbours out of place together
-    if runs:
-        i = runs[0]
-        raise SystemExit(f"error: the reference is out of line with {what}: {len(misplaced)} of its lines resemble "
-                         f"a neighbouring sentence's target more than their own (line {i + 1}: {refs[i][:50]!r} "
-                         f"against {sentences[i][:50]!r}): a line added, removed or moved? give the reference of "
-                         "the sentences scored, line for line")
+        raise SystemExit(f"error: the T- lines of {args.generate_log} are not the targets of {split}: {same} of "
+                         f"{compared} resemble them; a decoding of another direction or split? give its -s/-t and "
+                         "--subset")
 
 
 def check_tokenization(args: argparse.Namespace, sources: list[str] | None):
@@ -332,8 +268,6 @@ def prepared_defaults(args: argparse.Namespace) -> None:
     OUT/prepare.json records."""
     data_bin = Path(args.data_bin)
     if args.ref is None:
-        if args.src_raw:
-            raise SystemExit("error: --src-raw needs --ref: only DATA_BIN's own splits have a recorded reference")
         split_size(data_bin, args.subset, direction(args))  # an unknown --subset, named before the record is asked
     needed = args.ref is None or not args.post_process  # a given --ref and --post-process need no record
     record = prepared_record(data_bin) if needed else None

@@ -47,7 +47,7 @@ from fairseq.tasks import FairseqTask
 from omegaconf import DictConfig, OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
-from user_dir.data_folder import language_pair, raw_text, split_read, splits_of, training_parts
+from user_dir.data_folder import language_pair, no_dictionary, raw_text, split_read, splits_of, training_parts
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
@@ -351,8 +351,7 @@ def configured(plan: argparse.Namespace) -> tuple[DictConfig, FairseqTask]:
     try:
         return cfg, tasks.setup_task(cfg.task)
     except FileNotFoundError as e:
-        raise SystemExit(f"error: {plan.data} holds no {Path(e.filename or '?').name}, the dictionary of "
-                         f"{'->'.join(direction(plan))}") from None
+        raise SystemExit(no_dictionary(plan.data, Path(e.filename or "?").name, direction(plan))) from None
 
 
 def built(plan: argparse.Namespace) -> tuple[DictConfig, FairseqTask, BaseFairseqModel]:

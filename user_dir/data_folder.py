@@ -12,10 +12,13 @@ import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from .checkpoint_files import CheckpointError, essence
 from .files import not_a_file
+
+if TYPE_CHECKING:
+    from fairseq.data import Dictionary, FairseqDataset
 
 Pair = tuple[str, str]  # a direction: (source language, target language)
 LANGUAGE = re.compile(r"[A-Za-z0-9_]+")  # fairseq's file names (train.de-en.de) need codes without . - / or spaces
@@ -64,9 +67,9 @@ def language_pair(data_bin: Path, source: Optional[str] = None, target: Optional
     pair (several are refused: fairseq takes whichever file it lists first)."""
     pairs = language_pairs(data_bin)
     if not pairs:
-        unread = sorted(p.name for p in Path(data_bin).glob("*.*.*") if p.suffix != ".bin" and p.name[:5] != "dict.")
+        unread = sorted(Path(data_bin).glob("*.idx"))
         raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output" + (
-            f" whose names give a language pair ({unread[0]}: language codes with '-' or '.'): train.sh and "
+            f" whose names give a language pair ({unread[0].name}: language codes with '-' or '.'): train.sh and "
             "fairseq take -s SRC -t TGT; the other scripts need codes without them" if unread else ""))
     held = ", ".join("-".join(p) for p in pairs)
     if source or target:
@@ -121,7 +124,8 @@ def split_read(data_bin: Path, subset: str, how: str = "") -> Iterator[None]:
         raise SystemExit(f"{cannot}: {' '.join(f'{type(e).__name__}: {e}'.split())}") from None
 
 
-def binarized(data_bin: Path, subset: str, side: int, pair: Pair, dictionary=None):
+def binarized(data_bin: Path, subset: str, side: int, pair: Pair,
+              dictionary: Optional["Dictionary"] = None) -> Optional["FairseqDataset"]:
     """Side 0 (source) or 1 (target) of PAIR in DATA_BIN's SUBSET as fairseq loads it (None: absent);
     raw text is read through its dictionary (DICTIONARY, else DATA_BIN's)."""
     from fairseq.data import Dictionary, data_utils
@@ -137,8 +141,13 @@ def dictionary_path(data_bin: Path, lang: str, pair: Pair) -> str:
     """DATA_BIN/dict.LANG.txt, or SystemExit naming it when it is missing."""
     path = Path(data_bin) / f"dict.{lang}.txt"
     if not_a_file(path):
-        raise SystemExit(f"error: {data_bin} holds no dict.{lang}.txt, the dictionary of {'->'.join(pair)}")
+        raise SystemExit(no_dictionary(data_bin, path.name, pair))
     return str(path)
+
+
+def no_dictionary(data_bin: Path, name: str, pair: Pair) -> str:
+    """The one line for a dictionary NAME that DATA_BIN lacks, for PAIR."""
+    return f"error: {data_bin} holds no {name}, the dictionary of {'->'.join(pair)}"
 
 
 def split_size(data_bin: Path, subset: str, pair: Pair) -> int:

@@ -8,7 +8,8 @@ from helpers import python_with_plugin as python
 
 
 def test_the_scripts_helpers_load_without_fairseq_or_torch():
-    loaded = python("import user_dir.files, user_dir.text, user_dir.workflow, user_dir.checkpoint_files; "
+    loaded = python("import user_dir.files, user_dir.text, user_dir.workflow, user_dir.checkpoint_files, "
+                    "user_dir.data_folder; "
                     "print(sorted(m for m in ('fairseq', 'torch') if m in sys.modules)); "
                     "import user_dir.dictionaries; print('fairseq' in sys.modules)").stdout
     assert loaded == "[]\nFalse\n"

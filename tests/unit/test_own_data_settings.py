@@ -576,16 +576,20 @@ def test_the_data_folder_reads_pairs_splits_and_formats_from_file_names(tmp_path
 
 
 def test_the_reference_check_judges_only_lines_whose_targets_show_enough_words():
-    """Targets of a small dictionary ('the <unk> of the <unk>': 40% <unk>) leave too few letters to tell
-    the right line from another: not judged, so the right reference passes; lines of known words are."""
-    from scripts.evaluate import check_reference
+    """Targets of a small dictionary ('the <unk> of the <unk>') leave too few letters to tell the right
+    line from another: a target with more than a quarter <unk> is not judged, one with a quarter is."""
+    from user_dir.reference_check import check_reference, judged
 
+    assert judged("a <unk> b c") and not judged("a <unk> b c <unk> d e") and judged("a <<unk>> b c")
     nouns = ["kiheze", "socizo", "vabore", "lumita", "gerupo", "tesanu", "mirovi", "dakelo"]
     refs = [f"the {a} of the {b}" for a, b in zip(nouns, nouns[1:] + nouns[:1])]
-    check_reference(refs, {i: "the <unk> of the <unk>" for i in range(len(refs))}, "x")
-    known = {i: line.replace(" of ", " of <unk> ", 1) if i % 2 else line for i, line in enumerate(refs)}  # 1 in 6
-    check_reference(refs, known, "x")
-    with pytest.raises(SystemExit, match=r"does not match x: 0 of its 8 lines resemble"):
-        check_reference(refs[1:] + refs[:1], {i: f"a {n} sat" for i, n in enumerate(nouns[::-1])}, "x")
-    with pytest.raises(SystemExit, match=r"out of line with x"):
-        check_reference(refs[1:] + refs[:1], known, "x")
+    check_reference(refs, {i: "the <unk> of the <unk>" for i in range(len(refs))}, "x")  # nothing judged
+    mixed = {i: line.replace(" of ", " of <unk> ", 1) if i % 2 else "the <unk> of the <unk>"
+             for i, line in enumerate(refs)}  # odd lines judged (1 <unk> in 6 words), even ones not
+    check_reference(refs, mixed, "x")
+    with pytest.raises(SystemExit, match=r"does not match x: 0 of its 4 lines judged \(targets of at most a quarter "
+                                         r"<unk>\) resemble"):
+        check_reference([f"a {n} sat" for n in nouns], mixed, "x")
+    swapped = refs[:3] + [refs[5], refs[4], refs[3]] + refs[6:]  # lines 4 and 6: neighbours among the judged
+    with pytest.raises(SystemExit, match=r"out of line with x: 2 of its lines .*\(line 4: 'the tesanu"):
+        check_reference(swapped, mixed, "x")
