@@ -173,8 +173,7 @@ def check_inputs(args: argparse.Namespace, checkpoints: list[str], log: list[str
     targets = {} if sources is not None else split_targets(Path(args.data_bin), args.subset, (src, tgt),
                                                            target_dictionary, args.post_process)
     if log is not None:
-        check_log(log, args, targets, split)
-        check_reference(refs, generated(log, "T-"), f"the sentences of {args.generate_log}")
+        check_reference(refs, check_log(log, args, targets, split), f"the sentences of {args.generate_log}")
     elif sources is None:
         check_reference(refs, targets, split)
     return refs, sources
@@ -191,10 +190,11 @@ def split_targets(data_bin: Path, subset: str, pair: Pair, dictionary, post_proc
     return {i: dictionary.string(dataset[i], post_process or None) for i in range(len(dataset))}
 
 
-def check_log(log: list[str], args: argparse.Namespace, targets: dict[int, str], split: str) -> None:
+def check_log(log: list[str], args: argparse.Namespace, targets: dict[int, str], split: str) -> dict[int, str]:
     """Refuse a --generate-log that is not one whole decoding of SPLIT, whose TARGETS it is given: a
     sentence decoded twice (two logs appended), no T- lines (the targets the reference is checked
-    against), or T- lines of another direction or split than the one evaluate.py records."""
+    against), or T- lines of another direction or split than the one evaluate.py records; returns
+    its T- lines by sentence id."""
     for kind in ("S-", "T-"):
         seen = Counter(line.split("\t", 1)[0] for line in log if line.startswith(kind) and "\t" in line)
         twice = next((sid for sid, n in seen.items() if n > 1), None)
@@ -210,6 +210,7 @@ def check_log(log: list[str], args: argparse.Namespace, targets: dict[int, str],
         raise SystemExit(f"error: the T- lines of {args.generate_log} are not the targets of {split}: {same} of "
                          f"{compared} resemble them; a decoding of another direction or split? give its -s/-t and "
                          "--subset")
+    return logged
 
 
 def check_tokenization(args: argparse.Namespace, sources: list[str] | None):
