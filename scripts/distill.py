@@ -81,8 +81,10 @@ def write_outputs(work: Path, data_bin: Path, pair: Pair, texts: dict[str, dict[
             with atomic_write(work / f"{split}.{lang}") as f:
                 f.write("".join(line + "\n" for line in lines).encode("utf-8"))
         binarize_with(data_bin, split, work / split, work / "bin", pair)
-    for path, split, langs, _ in data_files(data_bin):  # the files fairseq reads PAIR's other splits from
-        if split not in texts and path.name.startswith(split_prefix(data_bin, split, pair).name + "."):
+    files = list(data_files(data_bin))
+    read = {split: split_prefix(data_bin, split, pair).name + "." for _, split, _, _ in files}
+    for path, split, langs, _ in files:  # the files fairseq reads PAIR's other splits from
+        if split not in texts and path.name.startswith(read[split]):
             name = path.name.replace(f".{'-'.join(langs)}.", f".{'-'.join(pair)}.", 1)
             with open(path, "rb") as source, atomic_write(work / "bin" / name) as f:
                 shutil.copyfileobj(source, f)
@@ -122,9 +124,8 @@ def main() -> None:
     seconds = round(time.time() - start, 1)
     sentences = sum(len(sides[tgt]) for sides in texts.values())
     record = {"teacher": absolute_ensemble(str(args.teacher)), "data_bin": str(args.data_bin.resolve()),
-              "direction": "-".join(pair),
-              "beam": args.beam, "generate_args": extra, "splits": parts, "sentences": sentences,
-              "teacher_decoding_seconds": seconds}
+              "direction": "-".join(pair), "beam": args.beam, "generate_args": extra, "splits": parts,
+              "sentences": sentences, "teacher_decoding_seconds": seconds}
     try:  # an error or Ctrl-C leaves no half-made OUT, nor its temporary folder
         with temporary_folder(args.out.parent, args.out.name) as work:
             write_outputs(work, args.data_bin, pair, texts, record)

@@ -233,10 +233,10 @@ def loaded(task: FairseqTask, plan: argparse.Namespace, subset: str, combine: bo
         with split_read(data, subset, f" as fairseq-train reads it ({option}{impl})"):
             task.load_dataset(subset, epoch=1, combine=combine)
     except FileNotFoundError:
-        held = splits_of(data, src, tgt)
-        if subset in held and raw_text(data, subset) != (plan.dataset_impl == "raw"):  # fairseq infers no text format
+        held, raw = splits_of(data, src, tgt), raw_text(data, subset)
+        if subset in held and raw != (plan.dataset_impl == "raw"):  # fairseq infers no text format
             raise SystemExit(f"error: split '{subset}' of {data} is fairseq-preprocess --dataset-impl raw text, which "
-                             "fairseq-train finds only with --dataset-impl raw: give it" if raw_text(data, subset) else
+                             "fairseq-train finds only with --dataset-impl raw: give it" if raw else
                              f"error: split '{subset}' of {data} is binarized, not text: leave --dataset-impl raw out"
                              ) from None
         raise SystemExit(f"error: {data} holds no split '{subset}' of {src}-{tgt} ({subset}.{src}-{tgt}.{src}.idx), "
