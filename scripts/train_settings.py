@@ -47,7 +47,15 @@ from fairseq.tasks import FairseqTask
 from omegaconf import DictConfig, OmegaConf
 
 from user_dir.checkpoint_files import CheckpointError
-from user_dir.data_folder import language_pair, no_dictionary, raw_text, split_read, splits_of, training_parts
+from user_dir.data_folder import (
+    language_pair,
+    no_dictionary,
+    raw_text,
+    side_file,
+    split_read,
+    splits_of,
+    training_parts,
+)
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
 from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
@@ -230,7 +238,7 @@ def loaded(task: FairseqTask, plan: argparse.Namespace, subset: str, combine: bo
                          "(or more), or move them out")
     try:
         impl = f", --dataset-impl {plan.dataset_impl}" * bool(plan.dataset_impl)
-        with split_read(data, subset, f" as fairseq-train reads it ({option}{impl})"):
+        with split_read(data, subset, (src, tgt), f" as fairseq-train reads it ({option}{impl})"):
             task.load_dataset(subset, epoch=1, combine=combine)
     except FileNotFoundError:
         held, raw = splits_of(data, src, tgt), raw_text(data, subset)
@@ -239,11 +247,13 @@ def loaded(task: FairseqTask, plan: argparse.Namespace, subset: str, combine: bo
                              "fairseq-train finds only with --dataset-impl raw: give it" if raw else
                              f"error: split '{subset}' of {data} is binarized, not text: leave --dataset-impl raw out"
                              ) from None
-        raise SystemExit(f"error: {data} holds no split '{subset}' of {src}-{tgt} ({subset}.{src}-{tgt}.{src}.idx), "
+        raise SystemExit(f"error: {data} holds no split '{subset}' of {src}-{tgt} "
+                         f"({side_file(data, subset, (src, tgt), raw=plan.dataset_impl == 'raw')}), "
                          f"which fairseq-train loads ({option}); it holds: {', '.join(held) or 'none'}") from None
     dataset = task.dataset(subset)
     if dataset.tgt is None:
-        raise SystemExit(f"error: split '{subset}' of {data} has no {tgt} side ({subset}.{src}-{tgt}.{tgt}.idx): "
+        raise SystemExit(f"error: split '{subset}' of {data} has no {tgt} side "
+                         f"({side_file(data, subset, (src, tgt), 1, plan.dataset_impl == 'raw')}): "
                          f"fairseq-train needs its pairs ({option})")
     if dataset.supports_prefetch:  # fairseq 0.12's epoch iterator leaves cached datasets unread
         raise SystemExit(f"error: {data} holds fairseq's indexed (lazy/cached) files, which fairseq-train reads as "

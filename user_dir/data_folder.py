@@ -93,6 +93,13 @@ def split_prefix(data_bin: Path, subset: str, pair: Pair) -> Path:
     return Path(data_bin) / f"{subset}.{a}-{b}"
 
 
+def side_file(data_bin: Path, subset: str, pair: Pair, side: int = 0, raw: Optional[bool] = None) -> str:
+    """The name of SIDE of SUBSET of PAIR that fairseq reads: SPLIT.SRC-TGT.LANG, with .idx unless it is
+    raw text (RAW; None: as the folder's other splits are)."""
+    raw = any(path.suffix not in (".idx", ".bin") for path, *_ in data_files(data_bin)) if raw is None else raw
+    return f"{subset}.{pair[0]}-{pair[1]}.{pair[side]}" + ".idx" * (not raw)
+
+
 def splits_of(data_bin: Path, src: str, tgt: str) -> list[str]:
     """The splits of SRC->TGT in DATA_BIN (their source side, named either way round)."""
     return sorted({split for split, langs, lang in sides(data_bin) if set(langs) == {src, tgt} and lang == src})
@@ -105,12 +112,12 @@ def training_parts(data_bin: Path, src: str, tgt: str, subset: str = "train") ->
 
 
 @contextmanager
-def split_read(data_bin: Path, subset: str, how: str = "") -> Iterator[None]:
-    """Reading DATA_BIN's SUBSET: fairseq's errors on an empty or damaged split, sides of different
-    lengths or another --dataset-impl, as one line (HOW: the options that read it)."""
+def split_read(data_bin: Path, subset: str, pair: Pair, how: str = "") -> Iterator[None]:
+    """Reading DATA_BIN's SUBSET of PAIR: fairseq's errors on an empty or damaged split, sides of
+    different lengths or another --dataset-impl, as one line (HOW: the options that read it)."""
     cannot = f"error: split '{subset}' of {data_bin} cannot be read{how}"
-    empty = sorted(p.name for p, split, *_ in data_files(data_bin) if split == subset and p.suffix != ".idx"
-                   and p.stat().st_size == 0)
+    empty = sorted(p.name for p, split, langs, _ in data_files(data_bin) if split == subset and p.suffix != ".idx"
+                   and set(langs) == set(pair) and p.stat().st_size == 0)
     if empty:
         raise SystemExit(f"{cannot}: {empty[0]} is empty (0 sentences)")
     try:
@@ -131,7 +138,7 @@ def binarized(data_bin: Path, subset: str, side: int, pair: Pair,
     from fairseq.data import Dictionary, data_utils
 
     path = Path(f"{split_prefix(data_bin, subset, pair)}.{pair[side]}")
-    with split_read(data_bin, subset):
+    with split_read(data_bin, subset, pair):
         if dictionary is None and path.is_file():
             dictionary = Dictionary.load(dictionary_path(data_bin, pair[side], pair))
         return data_utils.load_indexed_dataset(str(path), dictionary)
@@ -155,12 +162,13 @@ def split_size(data_bin: Path, subset: str, pair: Pair) -> int:
     reads them: not every line encoded)."""
     path = Path(f"{split_prefix(data_bin, subset, pair)}.{pair[0]}")
     if path.is_file():
-        with split_read(data_bin, subset), open(path, encoding="utf-8") as lines:
+        with split_read(data_bin, subset, pair), open(path, encoding="utf-8") as lines:
             return sum(1 for _ in lines)
     dataset = binarized(data_bin, subset, 0, pair)
     if dataset is None:
-        raise SystemExit(f"error: {data_bin} holds no split '{subset}' of {'->'.join(pair)} ({path}.idx); it holds: "
-                         f"{', '.join(splits_of(data_bin, *pair)) or 'none'}")
+        held = ", ".join(splits_of(data_bin, *pair)) or "none"
+        raise SystemExit(f"error: {data_bin} holds no split '{subset}' of {'->'.join(pair)} "
+                         f"({side_file(data_bin, subset, pair)}); it holds: {held}")
     return len(dataset)
 
 

@@ -573,6 +573,19 @@ def test_the_data_folder_reads_pairs_splits_and_formats_from_file_names(tmp_path
         assert data_folder.splits_of(tmp_path, *pair) == ["train", "valid"]
     assert (data_folder.raw_text(tmp_path, "valid"), data_folder.raw_text(tmp_path, "train")) == (True, False)
     assert data_folder.split_prefix(tmp_path, "test", ("en", "de")).name == "test.en-de"  # none: as asked
+    assert data_folder.side_file(tmp_path, "test", ("en", "de")) == "test.en-de.en"  # as the raw split is named
+    assert data_folder.side_file(tmp_path, "test", ("en", "de"), 1, raw=False) == "test.en-de.de.idx"
+
+
+def test_an_empty_side_is_named_only_when_its_pair_is_read(tmp_path):
+    """One pair's empty split does not refuse another pair's split of the same name."""
+    for name, text in (("valid.de-en.de", "a\n"), ("valid.de-en.en", "b\n"), ("valid.fr-en.fr", "")):
+        (tmp_path / name).write_text(text)
+    with data_folder.split_read(tmp_path, "valid", ("en", "de")):
+        pass
+    with pytest.raises(SystemExit, match=r"^error: split 'valid' of .* cannot be read: valid.fr-en.fr is empty"):
+        with data_folder.split_read(tmp_path, "valid", ("fr", "en")):
+            pass
 
 
 def test_the_reference_check_judges_only_lines_whose_targets_show_enough_words():
