@@ -34,6 +34,25 @@ def test_greedy_generate_with_fairseq_scorer(toy_bin, trained):
     assert sum(line.startswith("H-") for line in out.splitlines()) == 203
 
 
+def repeated_ngrams(words: list[str], n: int) -> int:
+    """How many of the N-grams of WORDS occurred earlier in them."""
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_no_repeat_ngram_size_bans_repeats_on_a_cpu(toy_bin, trained):
+    """fairseq's CPU n-gram ban read the buffer's padded end and banned nothing: the toy's references
+    repeat words ("nine nine"), so the model does too, until --no-repeat-ngram-size forbids it."""
+    def repeats(n: int, *extra: str) -> int:
+        lines = generate_lines(toy_bin, trained, "--beam", "5", "--batch-size", "64", *extra, prefixes=("H-",))
+        assert len(lines) == 203
+        return sum(repeated_ngrams(line.split("\t")[2].split(), n) > 0 for line in lines)
+
+    assert repeats(1) > 20  # the model repeats words where the ban is off
+    for n in (1, 2):
+        assert repeats(n, "--no-repeat-ngram-size", str(n)) == 0, n
+
+
 def test_interactive_translates_a_line(trained, toy_bin):
     out = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained,
               "--source-lang", "src", "--target-lang", "tgt", "--beam", "5",

@@ -24,7 +24,7 @@ ALL = ["AMPOptimizer.__init__", "FairseqTask.train_step", "Trainer.valid_step",
        "checkpoint_utils.torch_persistent_save", "checkpoint_utils.verify_checkpoint_directory",
        "Trainer.load_checkpoint", "distributed.utils.call_main", "FairseqTask.build_generator",
        "fairseq_cli.generate.main", "fairseq_cli.interactive.main", "fairseq_cli.interactive.make_batches",
-       "DiverseBeamSearch.step", "FairseqTask.build_bpe",
+       "DiverseBeamSearch.step", "NGramRepeatBlock._no_repeat_ngram", "FairseqTask.build_bpe",
        "utils.post_process_prediction", "FairseqTask.get_interactive_tokens_and_lengths",
        "TranslationTask.build_dataset_for_inference", "FairseqTask.filter_indices_by_size",
        "SequenceGenerator.generate", "SequenceGeneratorWithAlignment.generate",
@@ -59,13 +59,13 @@ def levels(first: str, then: str) -> tuple[dict, list[str]]:
 
 def test_all_is_every_replacement_made_before_levels_existed():
     assert list(patches.APPLIED) == ALL  # this process: RNN_SEQ2SEQ_PATCHES unset
-    assert patches.summary() == f"rnn_seq2seq patches: all (29 replacements of fairseq: {', '.join(ALL)})"
+    assert patches.summary() == f"rnn_seq2seq patches: all (30 replacements of fairseq: {', '.join(ALL)})"
 
 
 def test_minimal_keeps_at_most_three_replacements_and_a_reload_puts_fairseqs_own_back():
     state, logged = levels("all", "minimal")
     assert len(MINIMAL) <= 3 and state["applied"] == MINIMAL and state["replaced"] == sorted(MINIMAL)
-    assert logged == [f"user_dir.patches rnn_seq2seq patches: all (29 replacements of fairseq: {', '.join(ALL)})",
+    assert logged == [f"user_dir.patches rnn_seq2seq patches: all (30 replacements of fairseq: {', '.join(ALL)})",
                       f"user_dir.patches rnn_seq2seq patches: minimal (3 replacements of fairseq: "
                       f"{', '.join(MINIMAL)})"]
     state, logged = levels("minimal", "all")  # and back: every replacement, once
@@ -201,3 +201,15 @@ def saved_config(**changes):
 ])
 def test_only_options_that_change_the_parameters_are_named(task, changes, named):
     assert model_changing(saved_config(), saved_config(**changes), task) == named
+
+
+@pytest.mark.parametrize("n, banned", [(1, {5, 6}), (2, {6}), (3, set()), (4, set())])
+def test_the_cpu_ngram_ban_forbids_the_ngrams_a_hypothesis_holds(n, banned):
+    """After 2 (begin), 5 6 5 and padding: N = 1 bans 5 and 6, N = 2 bans 6 (5 6 again), longer N nothing."""
+    from fairseq.ngram_repeat_block import NGramRepeatBlock
+
+    tokens = torch.tensor([[2, 5, 6, 5, 1, 1, 1], [2, 7, 7, 7, 1, 1, 1]])
+    lprobs = torch.zeros(2, 9)
+    NGramRepeatBlock(n, use_extension=False)(tokens, lprobs, bsz=1, beam_size=2, step=3)
+    assert set(torch.isinf(lprobs[0]).nonzero().flatten().tolist()) == banned
+    assert set(torch.isinf(lprobs[1]).nonzero().flatten().tolist()) == ({7} if n <= 3 else set())

@@ -24,6 +24,9 @@ validate their input as the file readers do, at the points every path passes thr
 * ``search.DiverseBeamSearch.step``: its per-sentence group overlap is indexed by the sentences'
   dataset ids, not their rows in the batch (an IndexError once an id reaches the batch's size, in
   fairseq-generate and ``--eval-bleu``; another sentence's overlap below it): it is given the rows.
+* ``NGramRepeatBlock._no_repeat_ngram`` (``--no-repeat-ngram-size`` without fairseq's CUDA
+  extension, e.g. on a CPU): it read the n-grams at the padded end of the token buffer and banned
+  nothing; it bans each n-gram the hypothesis already holds (:func:`repeated_ngram_ends`).
 * ``fairseq_cli.interactive.make_batches``: the warnings number sentences as fairseq-interactive's
   S- lines do, across its --buffer-size chunks (its datasets count from 0 in each).
 """
@@ -35,6 +38,7 @@ from typing import Callable
 import torch
 from fairseq import search, utils
 from fairseq.dataclass.configs import GenerationConfig
+from fairseq.ngram_repeat_block import NGramRepeatBlock
 from fairseq.sequence_generator import SequenceGenerator, SequenceGeneratorWithAlignment
 from fairseq.tasks import FairseqTask
 from fairseq.tasks.translation import TranslationTask
@@ -292,6 +296,25 @@ def _rows_not_ids(step):
     return step_by_rows
 
 
+def repeated_ngram_ends(hypothesis: list[int], n: int) -> list[int]:
+    """The tokens that would end an N-gram that HYPOTHESIS (its tokens so far, after the
+    beginning-of-sentence) already holds: the N-1 tokens before them are its last N-1."""
+    tail = hypothesis[len(hypothesis) - n + 1:] if n > 1 else []
+    return [hypothesis[i + n - 1] for i in range(len(hypothesis) - n + 1) if hypothesis[i:i + n - 1] == tail]
+
+
+def _ngrams_of_the_hypotheses(no_repeat_ngram):
+    def no_repeat_ngram_so_far(self, tokens, lprobs, bsz: int, beam_size: int, step: int):
+        """fairseq's ban, on each row's tokens 1..STEP (those decoded), not the buffer's padded end."""
+        for row, hypothesis in enumerate(tokens[:, 1: step + 1].tolist()):
+            banned = repeated_ngram_ends(hypothesis, self.no_repeat_ngram_size)
+            if banned:
+                lprobs[row, banned] = -math.inf
+        return lprobs
+
+    return no_repeat_ngram_so_far
+
+
 def _numbered_across_chunks(make_batches):
     def make_batches_numbered(lines, *args, **kwargs):
         start = _chunk["first"]
@@ -311,6 +334,7 @@ replace(fairseq_generate, "main", _valid_generation_options_first)
 replace(fairseq_interactive, "main", _valid_generation_options_first)
 replace(fairseq_interactive, "make_batches", _numbered_across_chunks)
 replace(search.DiverseBeamSearch, "step", _rows_not_ids)
+replace(NGramRepeatBlock, "_no_repeat_ngram", _ngrams_of_the_hypotheses)
 replace(FairseqTask, "build_bpe", _pieces_match_dictionaries)
 replace(utils, "post_process_prediction", _post_process_fits)
 replace(FairseqTask, "get_interactive_tokens_and_lengths", _typed_text_in_pieces)
