@@ -150,16 +150,18 @@ POST_PROCESS: dict[str, Units] = {
 }
 
 
-def check_post_process(dictionary: Dictionary, scheme: Optional[str], option: str = "--post-process") -> None:
+def check_post_process(dictionary: Optional[Dictionary], scheme: Optional[str], option: str = "--post-process") -> None:
     """Refuse a ``--post-process`` scheme (or another OPTION's) fairseq does not know, or one whose
-    units ``dictionary`` (the model's target side) does not hold: it would join the words wrongly,
-    silently. On a dictionary of words, a scheme that only removes marks it never writes changes
-    nothing and is accepted."""
+    units ``dictionary`` (the model's target side; None: not loaded yet) does not hold: it would join
+    the words wrongly, silently. On a dictionary of words, a scheme that only removes marks it never
+    writes changes nothing and is accepted."""
     if scheme in (None, "", "none"):
         return
     if scheme not in POST_PROCESS:
         raise TokenizationError(f"{option} {scheme!r} is not a scheme fairseq knows: use one of "
                                 f"{', '.join(repr(s) for s in POST_PROCESS)} or leave it out")
+    if dictionary is None:
+        return
     # fillers only: a tag-like <SIL> is the unit of "silence"
     words = [w for w in dictionary.symbols[dictionary.nspecial:] if not w.startswith(MADE_UP)]
     if POST_PROCESS[scheme].fits(words):

@@ -240,19 +240,26 @@ def test_interactive_answers_empty_unknown_and_over_long_lines_and_keeps_going(t
                       output) == ["4"]
 
 
-@pytest.mark.parametrize("command, scheme, units", [
-    ("fairseq-interactive", "sentencepiece", "sentencepiece pieces"),
-    ("fairseq-generate", "sentencepiece", "sentencepiece pieces"),
-    ("fairseq-generate", "wordpiece", r"wordpiece units \(entries starting with '_'\)"),
-    ("fairseq-interactive", "letter", r"letters \(with the word boundary '\|'\)"),
+WORDS_NOT = r"TokenizationError: --post-process {}: the model's target dictionary holds words, not {}; leave it out"
+UNKNOWN_SCHEME = r"TokenizationError: --post-process 'foo' is not a scheme fairseq knows: use one of 'sentencepiece'"
+
+
+@pytest.mark.parametrize("command, scheme, message", [
+    ("fairseq-interactive", "sentencepiece", WORDS_NOT.format("sentencepiece", "sentencepiece pieces")),
+    ("fairseq-generate", "sentencepiece", WORDS_NOT.format("sentencepiece", "sentencepiece pieces")),
+    ("fairseq-generate", "wordpiece", WORDS_NOT.format("wordpiece", r"wordpiece units \(entries starting with '_'\)")),
+    ("fairseq-interactive", "letter", WORDS_NOT.format("letter", r"letters \(with the word boundary '\|'\)")),
+    ("fairseq-generate", "foo", UNKNOWN_SCHEME),
+    ("fairseq-interactive", "foo", UNKNOWN_SCHEME),
 ])
-def test_post_processing_a_word_level_models_output_is_refused(toy_bin, trained, command, scheme, units):
-    """C: a --post-process scheme would join a word-level model's words: refused by name."""
-    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--post-process", scheme,
-               input="one two\n", check=False)
-    fails_with(proc, rf"TokenizationError: --post-process {scheme}: the model's target dictionary holds words, "
-                     rf"not {units}; leave it out")
-    assert "Traceback" not in proc.stderr
+def test_post_processing_a_word_level_models_output_is_refused(toy_bin, trained, command, scheme, message):
+    """C: a --post-process scheme would join a word-level model's words, or is none fairseq knows:
+    refused by name before a line is printed (fairseq applies it to the S- line first)."""
+    batches = ["--batch-size", "16"] if command == "fairseq-generate" else ["--buffer-size", "2"]
+    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--post-process", scheme, *batches,
+               input="one two\nthree\n", check=False)
+    fails_with(proc, message)
+    assert "Traceback" not in proc.stderr and not re.search(r"^[SHWDP]-", proc.stdout, re.M), proc.stdout
 
 
 def test_remove_bpe_on_a_word_level_model_changes_nothing_as_in_fairseq(toy_bin, trained):
@@ -282,6 +289,8 @@ def test_interactive_with_alignments_answers_an_empty_line_with_nothing(toy_bin,
     ("fairseq-interactive", ["--max-len-a", "-1"], r"--max-len-a \(-1.0\), .* must not be negative"),
     ("fairseq-generate", ["--sampling", "--beam", "2"], r"--sampling returns every one of --beam samples"),
     ("fairseq-interactive", ["--sampling", "--beam", "3", "--nbest", "2"], r"--sampling returns every one"),
+    ("fairseq-interactive", ["--batch-size", "4"], r"--batch-size 4 is above --buffer-size 1, the lines"),
+    ("fairseq-interactive", ["--batch-size", "4", "--buffer-size", "3"], r"--batch-size 4 is above --buffer-size 3"),
 ])
 def test_generation_options_fairseq_asserts_on_are_one_line(toy_bin, trained, command, options, message):
     """H: what fairseq would assert on (or obey silently: fewer hypotheses than --nbest) is named in

@@ -4,7 +4,10 @@ validate their input as the file readers do, at the points every path passes thr
 * ``FairseqTask.build_generator``: generation options fairseq asserts on (a beam or ``--nbest``
   below 1, ``--nbest`` above the beam, ``--min-len`` above the longest translation allowed, ...)
   are refused by name, one rule each in :data:`GENERATION_RULES`; fairseq-generate's and
-  fairseq-interactive's ``main`` check them first, with ``--sampling`` needing ``--nbest`` = ``--beam``.
+  fairseq-interactive's ``main`` check them first, with ``--sampling`` needing ``--nbest`` = ``--beam``
+  and fairseq-interactive's ``--batch-size`` at most its ``--buffer-size``.
+  fairseq-generate's and fairseq-interactive's ``--post-process`` is checked there too, against the
+  target dictionary, before a line is printed (fairseq applies it first to the S- line).
 * ``FairseqTask.build_bpe``: a sentencepiece model is checked against the source dictionary it
   must have made (:func:`user_dir.dictionaries.check_pieces`); fairseq encodes only the source with it.
 * ``FairseqTask.get_interactive_tokens_and_lengths`` (fairseq-interactive): raw words typed into
@@ -65,6 +68,7 @@ _FOR_INFERENCE = "_user_dir_for_inference"  # set on the datasets made from type
 # own hands): the warnings below number the sentences as its S- lines do
 _chunk: dict = {"first": 0, "ids": None}  # the chunk's first number, the ids of the batch being decoded
 _over_long: set = set()  # sentences answered empty for their length: not warned about again as empty
+_cli: dict = {"post_process": None}  # fairseq-generate's or -interactive's --post-process, while its main runs
 
 
 # the generation options that the rules read, with fairseq's defaults
@@ -146,9 +150,19 @@ def check_generation(args, models: list, cli: bool = False) -> None:
 def _valid_generation_options(build_generator):
     def build_generator_checked(self, models, args, *rest, **kwargs):
         check_generation(args, models)
+        check_post_process(self.target_dictionary, _cli["post_process"])  # before a line is printed
         return build_generator(self, models, args, *rest, **kwargs)
 
     return build_generator_checked
+
+
+def check_buffer(dataset, interactive) -> None:
+    """fairseq-interactive asserts --batch-size at most --buffer-size (the lines it reads before it
+    translates; below 1 it reads 1): refused by name."""
+    batch, buffer = getattr(dataset, "batch_size", None), max(getattr(interactive, "buffer_size", 0) or 0, 1)
+    if batch and batch > buffer:
+        raise GenerationOptionError(f"--batch-size {batch} is above --buffer-size {buffer}, the lines fairseq-"
+                                    "interactive reads before it translates: give --buffer-size at least --batch-size")
 
 
 def _valid_generation_options_first(main):
@@ -156,15 +170,24 @@ def _valid_generation_options_first(main):
     other than ``--beam`` before any generator is built: the same rules run first, by name, and the
     ``--path`` checkpoints are checked. A refusal of the plugin's ends the command with its one
     line, no traceback (fairseq-generate calls ``main`` itself, not through ``call_main``)."""
+    interactive = main.__module__ == fairseq_interactive.__name__
+
     def main_checked(cfg, *args, **kwargs):
         try:
             check_generation(getattr(cfg, "generation", cfg), [], cli=True)  # a Namespace, or the DictConfig's group
-            path = getattr(getattr(cfg, "common_eval", cfg), "path", None)
+            if interactive:
+                check_buffer(getattr(cfg, "dataset", cfg), getattr(cfg, "interactive", cfg))
+            common_eval = getattr(cfg, "common_eval", cfg)
+            check_post_process(None, getattr(common_eval, "post_process", None))  # fairseq: a traceback at S-
+            path = getattr(common_eval, "path", None)
             if path and "://" not in path:  # fairseq's own check is a traceback ("Model file not found")
                 checked_ensemble(path, contents=False)  # the load reads them (patches/checkpoints.py)
+            _cli["post_process"] = getattr(common_eval, "post_process", None)  # build_generator checks its fit
             return main(cfg, *args, **kwargs)
         except Refusal as e:
             raise in_one_line(e) from None
+        finally:
+            _cli["post_process"] = None
 
     return main_checked
 
