@@ -300,6 +300,20 @@ def test_generation_options_fairseq_asserts_on_are_one_line(toy_bin, trained, co
     assert proc.stderr.splitlines()[-1].startswith("GenerationOptionError: --") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("command, overrides, message", [
+    ("fairseq-generate", {"decoder_attention": "additive"}, r"\d+ missing \(decoder\.attention\."),
+    ("fairseq-generate", {"encoder_hidden_size": 64}, r"\S+ \([\d, ]+\) in the checkpoint, \([\d, ]+\) here"),
+    ("fairseq-interactive", {"cell": "gru"}, r"\S+ \([\d, ]+\) in the checkpoint, \([\d, ]+\) here"),
+])
+def test_model_overrides_that_change_the_weights_are_one_line(toy_bin, trained, command, overrides, message):
+    """--model-overrides that reshape the model: torch's pages of keys become one line naming the first."""
+    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--model-overrides", str(overrides),
+               input="one two\n", check=False)
+    fails_with(proc, r"WeightsMismatch: the checkpoint's weights do not fit the model its options build here: .*"
+                     + message)
+    assert "Traceback" not in proc.stderr
+
+
 def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin, trained, tmp_path):
     proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--beam", "0",
                input="one\n", check=False)

@@ -130,6 +130,23 @@ class DataMismatch(Refusal, ValueError):
     """A checkpoint's weights made for other data: another dictionary, or the other direction."""
 
 
+class WeightsMismatch(Refusal, RuntimeError):
+    """A checkpoint's weights that do not fit the model its options build now (--model-overrides of a
+    size, the cell, the attention...); a RuntimeError, as torch's own, so that a resume names the options."""
+
+
+def weights_misfit(model: dict, saved: dict) -> str:
+    """The parameters in which MODEL's state dict and a checkpoint's (SAVED) differ: missing,
+    unexpected, or of another shape, the first of each named."""
+    def named(kind: str, keys: list[str]) -> list[str]:
+        return [f"{len(keys)} {kind} ({keys[0]}{', ...' * (len(keys) > 1)})"] if keys else []
+
+    shapes = [f"{k} {tuple(saved[k].shape)} in the checkpoint, {tuple(model[k].shape)} here"
+              for k in model.keys() & saved.keys() if getattr(saved[k], "shape", None) != model[k].shape]
+    return ", ".join(named("missing", sorted(model.keys() - saved.keys()))
+                     + named("unexpected", sorted(saved.keys() - model.keys())) + sorted(shapes)[:1])
+
+
 def fill_defaults(cfg, dataclass: type) -> None:
     """Give ``cfg`` the default of every field of ``dataclass`` that it lacks: fairseq 0.12 merges the
     defaults into the config of the base architecture only, so a preset's config (``--arch
@@ -283,7 +300,15 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
                     f"{as_hex(saved)}), but the data's dictionary has {len(getattr(self, name).dictionary)} "
                     f"(fingerprint {as_hex(ours)}): use the data folder (dict.*.txt) the model was trained with"
                 )
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        try:
+            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        except RuntimeError:  # torch's "Error(s) in loading state_dict": pages of keys
+            misfit = weights_misfit(self.state_dict(), state_dict)  # as fairseq upgraded it, in place
+            if not misfit:
+                raise
+            raise WeightsMismatch(f"the checkpoint's weights do not fit the model its options build here: {misfit}; "
+                                  "the options that shape the model (sizes, cell, layers, attention, tying) must be "
+                                  "the checkpoint's (--model-overrides may change others, e.g. dropout)") from None
 
     def check_direction(self, saved) -> None:
         """Refuse a checkpoint of another direction (de-en over en-de data: with joint dictionaries
