@@ -72,6 +72,18 @@ def test_hydra_train_with_yaml_config(toy_bin, tmp_path):
     assert state["optimizer_history"][-1]["num_updates"] == 20
 
 
+def test_hydra_train_refuses_a_preset_it_would_ignore(toy_bin, tmp_path):
+    """model._name=PRESET: fairseq's add_defaults gives the fields rnn_seq2seq's defaults, so the
+    preset would be ignored without a word (an LSTM for rnn_seq2seq_d2l's GRU): refused by name."""
+    proc = run("fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", "toy",
+               f"task.data={toy_bin}", f"common.user_dir={USER_DIR}", f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+               "optimization.max_update=2", "model._name=rnn_seq2seq_d2l", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert ("OptionError: model._name=rnn_seq2seq_d2l: fairseq-hydra-train gives a model's fields its dataclass "
+            "defaults, not those of an --arch preset") in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("ckpt/*.pt"))
+
+
 def test_arch_preset_d2l_and_label_smoothing(toy_bin, tmp_path):
     run("fairseq-train", toy_bin, "--user-dir", USER_DIR, "--arch", "rnn_seq2seq_d2l", *TRAIN_ARGS,
         "--label-smoothing", "0.1", "--max-update", "5", "--save-dir", tmp_path, "--no-epoch-checkpoints")

@@ -157,6 +157,19 @@ def fill_defaults(cfg, dataclass: type) -> None:
             setattr(cfg, f.name, f.default)
 
 
+def check_not_a_hydra_preset(cfg) -> None:
+    """fairseq-hydra-train gives ``model._name=PRESET`` the dataclass defaults (fairseq's add_defaults
+    reads a preset as its model), so the preset would be ignored without a word: refused."""
+    from hydra.core.hydra_config import HydraConfig
+
+    name = getattr(cfg, "_name", None)
+    if OmegaConf.is_config(cfg) and name not in (None, "rnn_seq2seq") and HydraConfig.initialized():
+        raise OptionError(f"model._name={name}: fairseq-hydra-train gives a model's fields its dataclass defaults, "
+                          f"not those of an --arch preset, so this would train rnn_seq2seq's defaults: give "
+                          f"model._name=rnn_seq2seq and the preset's fields (configs/multi30k.yaml and "
+                          f"configs/multi30k_attention.yaml spell out the Multi30k presets)")
+
+
 def check_config(cfg: RNNSeq2SeqConfig) -> None:
     """Reject option combinations that cannot build a model, naming the option."""
     if cfg.encoder_layers != cfg.decoder_layers:
@@ -227,6 +240,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg: RNNSeq2SeqConfig, task: FairseqTask) -> "RNNSeq2SeqModel":
+        check_not_a_hydra_preset(cfg)
         fill_defaults(cfg, RNNSeq2SeqConfig)
         check_config(cfg)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
