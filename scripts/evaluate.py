@@ -36,7 +36,6 @@ reference scored against with its SHA-256. A long decode reports its progress on
 is unchanged); Ctrl-C ends it with one line and exit status 130.
 """
 import argparse
-import hashlib
 import json
 import os
 import tempfile
@@ -70,7 +69,16 @@ from user_dir.dictionaries import (
     unknown_share,
     uses_sentencepiece,
 )
-from user_dir.files import OutputError, WriteError, atomic_write, check_distinct, check_output, not_a_file
+from user_dir.files import (
+    OutputError,
+    WriteError,
+    atomic_write,
+    check_distinct,
+    check_output,
+    not_a_file,
+    write_recorded,
+    written_before,
+)
 from user_dir.prepared import prepared_record, prepared_record_path, sha256_file, verified_raw
 from user_dir.reference_check import check_reference, resembling
 from user_dir.text import TextError, read_lines
@@ -86,6 +94,7 @@ from user_dir.workflow import (
     script_main,
 )
 
+HYPOTHESES = "evaluate"  # the kind of --hyp-out's record: .NAME.evaluate.sha256 beside it
 MAX_UNKNOWN = 0.2  # of --src-raw's pieces unknown to the dictionary: the right model's are about none
 # fairseq-generate destinations that evaluate.py sets and records itself -> what to use instead
 OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's --beam",
@@ -112,19 +121,6 @@ def hypotheses(generate_output: list[str]) -> list[str]:
     """The best detokenized hypothesis of each sentence of fairseq-generate's output lines, in corpus order."""
     hyps = generated(generate_output, "D-")
     return [hyps[i] for i in sorted(hyps)]
-
-
-def hypotheses_record(path: Path) -> Path:
-    """Where evaluate.py keeps the SHA-256 of a --hyp-out it wrote: how it knows its own outputs."""
-    return path.parent / f".{path.name}.evaluate.sha256"
-
-
-def earlier_hypotheses(path: Path) -> bool:
-    """Recognise a --hyp-out that evaluate.py wrote and nobody changed since (its recorded hash)."""
-    try:
-        return hypotheses_record(path).read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return False
 
 
 def earlier_scores(path: Path) -> bool:
@@ -164,7 +160,7 @@ def check_inputs(args: argparse.Namespace, checkpoints: list[str], log: list[str
     inputs = [Path(p) for p in (args.data_bin, args.ref, args.src_raw, args.spm, args.generate_log, *checkpoints) if p]
     check_distinct({"--hyp-out": args.hyp_out, "--json": args.json})
     if args.hyp_out:
-        check_output(args.hyp_out, "--hyp-out", inputs, earlier_hypotheses)
+        check_output(args.hyp_out, "--hyp-out", inputs, lambda path: written_before(path, HYPOTHESES))
     if args.json:
         check_output(args.json, "--json", inputs, earlier_scores)
     target_dictionary = check_tokenization(args, sources)
@@ -337,11 +333,7 @@ def write_outputs(args: argparse.Namespace, hyps: list[str], result: dict) -> No
     """--hyp-out (with the SHA-256 record beside it) and --json, each written whole or not at all."""
     try:
         if args.hyp_out:
-            text = "".join(h + "\n" for h in hyps).encode("utf-8")
-            with atomic_write(args.hyp_out) as f:
-                f.write(text)
-            with atomic_write(hypotheses_record(Path(args.hyp_out))) as f:
-                f.write(hashlib.sha256(text).hexdigest().encode() + b"\n")
+            write_recorded(args.hyp_out, HYPOTHESES, "".join(h + "\n" for h in hyps).encode("utf-8"))
         if args.json:
             with atomic_write(args.json, "w") as f:
                 f.write(json.dumps(result, indent=2) + "\n")

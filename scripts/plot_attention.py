@@ -47,6 +47,9 @@ def main() -> None:
     args = p.parse_args()
     if not args.sentence.strip():
         raise SystemExit("error: the sentence is empty: nothing to translate")
+    if not (args.model_dir / "bin").is_dir():
+        raise SystemExit(f"error: MODEL_DIR {args.model_dir} holds no bin/ folder: give the folder scripts/prepare.py "
+                         "made (spm.model, bin/), or one laid out as it is")
     check_figure(args.out, [args.model_dir, args.checkpoint])
     src, tgt, weights = attention(args.model_dir, args.checkpoint, args.sentence, args.beam)
     plt = pyplot()

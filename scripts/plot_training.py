@@ -11,7 +11,8 @@ validation included, summed over resumes; CPU-minutes for a one-thread run) and 
 
 Reads fairseq's end-of-epoch lines (``| train | epoch 003 | loss 5.1 | ...`` and
 ``| valid | epoch 003 | valid on 'valid' subset | loss ... | bleu 21.3 | ...``), in simple or
-tqdm/none log formats, and fairseq-hydra-train's (``[...][train][INFO] - epoch 003 | ...``). A
+tqdm/none log formats, fairseq-hydra-train's (``[...][train][INFO] - epoch 003 | ...``) and
+fairseq-train's ``--log-file`` (``epoch 003 | ...``, validation lines told by ``valid on``). A
 resumed run's repeated epochs keep their last values; a log that holds
 several runs (fairseq-train's "No existing checkpoint found" starts each) is plotted from its
 last run, and says so.
@@ -23,8 +24,9 @@ from pathlib import Path
 from user_dir.files import not_a_file
 from user_dir.workflow import check_figure, pyplot, save_figure, script_main
 
-# fairseq-train's "... | INFO | train | epoch 003 | ..." or fairseq-hydra-train's "[...][train][INFO] - epoch 003 | ..."
-LINE = re.compile(r"(?:\| (?P<plain>train|valid) \||\]\[(?P<hydra>train|valid)\]\[\w+\] -) "
+# fairseq-train's "... | INFO | train | epoch 003 | ...", fairseq-hydra-train's "[...][train][INFO] - epoch 003 | ..."
+# or --log-file's "epoch 003 | ..." (its validation lines go on "valid on 'valid' subset")
+LINE = re.compile(r"(?:\| (?P<plain>train|valid) \| |\]\[(?P<hydra>train|valid)\]\[\w+\] - |^)"
                   r"epoch (?P<epoch>\d+) \|(?P<rest>.*)")
 FIELD = re.compile(r"\| (\w+) (-?inf|nan|[-\d.]+)")
 
@@ -46,7 +48,8 @@ def parse(log: str) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
             before = last
         m = LINE.search(line)
         if m:
-            split, epoch, rest = m["plain"] or m["hydra"], int(m["epoch"]), "|" + m["rest"]
+            split = m["plain"] or m["hydra"] or ("valid" if m["rest"].startswith(" valid on ") else "train")
+            epoch, rest = int(m["epoch"]), "|" + m["rest"]
             values = {k: float(v) for k, v in FIELD.findall(rest)}
             if split == "train" and "wall" in values:
                 values["wall"] = last = before + values["wall"]
@@ -95,7 +98,9 @@ def read_curves(log: Path) -> dict:
         raise SystemExit(f"error: {log} {not_a_file(log)}")
     curves, runs = parse(log.read_text(encoding="utf-8", errors="replace"))
     if not curves["train"] or not curves["valid"]:
-        raise SystemExit(f"error: no end-of-epoch train/valid lines in {log}")
+        raise SystemExit(f"error: no end-of-epoch train/valid lines in {log}: plot_training.py reads fairseq-train's "
+                         "output and --log-file in --log-format simple, tqdm or none (train.sh's train.log), and "
+                         "fairseq-hydra-train's, with validation; not --log-format json")
     if runs > 1:
         print(f"{log} holds {runs} runs (each started from nothing): plotting the last")
     return curves

@@ -11,6 +11,7 @@ after an interrupted run (:func:`remove_orphans`).
 """
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -69,6 +70,28 @@ def _same(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+def output_record(path: Path, kind: str) -> Path:
+    """Where a script keeps the SHA-256 of the output of KIND it wrote at PATH: how it knows its own
+    outputs again (one changed since, or made by something else, is not replaced)."""
+    return Path(path).parent / f".{Path(path).name}.{kind}.sha256"
+
+
+def written_before(path: Path, kind: str) -> bool:
+    """Whether PATH is an output of KIND that a script wrote and nobody changed since (its record)."""
+    try:
+        return output_record(path, kind).read_text().strip() == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return False
+
+
+def write_recorded(path: Path, kind: str, data: bytes) -> None:
+    """Write DATA to PATH and its :func:`output_record`, each whole or not at all (WriteError)."""
+    with atomic_write(path) as f:
+        f.write(data)
+    with atomic_write(output_record(path, kind)) as f:
+        f.write(hashlib.sha256(data).hexdigest().encode() + b"\n")
 
 
 def check_output(path: Path, option: str, inputs: Iterable[Path] = (),

@@ -8,6 +8,7 @@ need it import it when called, and the plugin registers itself then (``user_dir/
 script that never needs fairseq in its own process (``prepare.py``) starts, and refuses, at once.
 """
 import argparse
+import io
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from types import ModuleType
 from typing import Callable, Optional
 
 from .data_folder import Pair, raw_text, split_prefix, splits_of
-from .files import OutputError, WriteError, atomic_write, check_output
+from .files import OutputError, WriteError, atomic_write, check_output, write_recorded, written_before
 
 USER_DIR = Path(__file__).resolve().parent  # what fairseq's CLIs get as --user-dir
 ROOT = USER_DIR.parent  # the checkout: default places of runs/ and data next to it
@@ -193,23 +194,17 @@ def script_main(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
-# the figure formats the plotting scripts write, by file name suffix, with how their files begin
-FIGURES = {".png": (b"\x89PNG",), ".pdf": (b"%PDF",), ".svg": (b"<?xml", b"<svg"), ".jpg": (b"\xff\xd8",),
-           ".jpeg": (b"\xff\xd8",)}
+FIGURES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # the figure formats the plotting scripts write, by suffix
+FIGURE = "figure"  # the kind of a figure's record: .NAME.figure.sha256 beside it
 
 
 def check_figure(path: Path, inputs: list[Path]) -> None:
     """Refuse, before any work, a figure --out with no known format suffix, one that would replace
-    an input or a file that is not a figure of its format, or in a missing folder."""
-    starts = FIGURES.get(path.suffix.lower())
-    if starts is None:
+    an input or a file that is not a figure these scripts wrote (unchanged since), or in a missing folder."""
+    if path.suffix.lower() not in FIGURES:
         raise SystemExit(f"error: --out {path}: name a figure file ending in {', '.join(FIGURES)}")
-
-    def earlier(existing: Path) -> bool:
-        with open(existing, "rb") as f:
-            return f.read(8).startswith(starts)
     try:
-        check_output(path, "--out", inputs, earlier)
+        check_output(path, "--out", inputs, lambda existing: written_before(existing, FIGURE))
     except OutputError as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -225,10 +220,12 @@ def pyplot() -> ModuleType:
 
 
 def save_figure(fig, path: Path, dpi: int) -> None:
-    """Write a matplotlib figure atomically (never half a file) in the format of its suffix."""
+    """Write a matplotlib figure atomically (never half a file) in the format of its suffix, with the
+    record that lets a later run replace it (:func:`check_figure`)."""
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix[1:].lower(), dpi=dpi)
     try:
-        with atomic_write(path) as f:
-            fig.savefig(f, format=path.suffix[1:].lower(), dpi=dpi)
+        write_recorded(path, FIGURE, image.getvalue())
     except WriteError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -194,6 +194,7 @@ def epoch_lines(epochs, loss="2.5", start="No existing checkpoint found ckpt/che
     ("missing folder", "error: --out: cannot write {tmp}/no/plot.png: folder {tmp}/no does not exist"),
     ("the log itself", "error: --out: cannot write {tmp}/a/run.png: it is an input of this run"),
     ("a file that is not a figure", "error: --out: cannot write {tmp}/notes.png: it exists and is not an earlier"),
+    ("an image made elsewhere", "error: --out: cannot write {tmp}/holiday.png: it exists and is not an earlier"),
     ("a folder as the log", "error: {tmp}/a is a folder"),
     ("one label twice", "error: --labels x x: give each log its own label"),
     ("a comparison without BLEU", "error: {tmp}/b/train.log holds no validation BLEU (fairseq-train --eval-bleu)"),
@@ -206,12 +207,14 @@ def test_plot_training_refuses_in_one_line_and_writes_nothing(tmp_path, case, me
     if case == "a comparison without BLEU":
         (tmp_path / "b" / "train.log").write_text(epoch_lines(range(1, 4)).replace("| bleu", "| x"))
     (tmp_path / "notes.png").write_text("my notes\n")
+    (tmp_path / "holiday.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a PNG the scripts did not write
     logs = [tmp_path / "a" / "train.log"]
     args = {"not a figure suffix": [*logs, "--out", tmp_path / "plot.txt"],
             "no suffix": [*logs, "--out", tmp_path / "plot"],
             "missing folder": [*logs, "--out", tmp_path / "no" / "plot.png"],
             "the log itself": [tmp_path / "a" / "run.png"],
             "a file that is not a figure": [*logs, "--out", tmp_path / "notes.png"],
+            "an image made elsewhere": [*logs, "--out", tmp_path / "holiday.png"],
             "a folder as the log": [tmp_path / "a"],
             "one label twice": [*logs, tmp_path / "b" / "train.log", "--labels", "x", "x"],
             "a comparison without BLEU": [*logs, tmp_path / "b" / "train.log", "--out", tmp_path / "c.png"]}[case]
@@ -237,8 +240,13 @@ def test_plot_training_tells_runs_apart(tmp_path):
     assert f"{tmp_path}/x/ckpt/train.log holds 2 runs (each started from nothing): plotting the last" in out
     assert "(x/ckpt: 2 epochs, y/ckpt: 5 epochs)" in out and "y/ckpt/train.log holds" not in out
     assert (tmp_path / "c.svg").read_bytes().startswith(b"<?xml")
-    out = run("python", SCRIPTS / "plot_training.py", tmp_path / "y" / "ckpt" / "train.log").stdout
-    assert (tmp_path / "y" / "ckpt" / "train.png").read_bytes()[:4] == b"\x89PNG" and "5 epochs" in out
+    for _ in range(2):  # its own figure, unchanged, is replaced; once changed, it is not
+        out = run("python", SCRIPTS / "plot_training.py", tmp_path / "y" / "ckpt" / "train.log").stdout
+        assert (tmp_path / "y" / "ckpt" / "train.png").read_bytes()[:4] == b"\x89PNG" and "5 epochs" in out
+    with open(tmp_path / "y" / "ckpt" / "train.png", "ab") as f:
+        f.write(b"edited")
+    proc = run("python", SCRIPTS / "plot_training.py", tmp_path / "y" / "ckpt" / "train.log", check=False)
+    assert proc.returncode != 0 and "exists and is not an earlier output of this kind" in proc.stderr
 
 
 def test_plot_training_reads_fairseq_hydra_trains_log():
@@ -359,8 +367,11 @@ def test_plot_attention_draws_the_weights_of_an_attention_model(prepared, traine
         proc = run("python", script, prepared, save / "checkpoint_last.pt", *args, check=False)
         assert proc.returncode != 0 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert "Traceback" not in proc.stderr and not (tmp_path / "b.png").exists()
-    proc = run("python", script, tmp_path / "nowhere", save, sentence, "--out", tmp_path / "b.png", check=False)
-    assert proc.returncode != 0 and proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+    for model_dir in (tmp_path / "nowhere", prepared / "bin"):  # a missing folder, a bin/ given for MODEL_DIR
+        proc = run("python", script, model_dir, save / "checkpoint_last.pt", sentence, "--out", tmp_path / "b.png",
+                   check=False)
+        assert proc.returncode != 0 and proc.stderr.strip() == f"error: MODEL_DIR {model_dir} holds no bin/ folder: " \
+            "give the folder scripts/prepare.py made (spm.model, bin/), or one laid out as it is", proc.stderr
 
 
 @pytest.mark.parametrize("extra, expect", [
@@ -414,3 +425,13 @@ def test_hub_takes_the_sentencepiece_model_a_checkpoint_or_the_caller_names(trai
     with pytest.raises(FileNotFoundError, match=r"^from_pretrained: the checkpoint's --sentencepiece-model: file "
                                                 r"\S+/elsewhere/spm.model not found: copy spm.model into"):
         RNNSeq2SeqModel.from_pretrained(str(bare))
+
+
+def test_plot_training_reads_fairseq_trains_log_file():
+    """fairseq-train --log-file writes the messages alone ("epoch 001 | ..."): read as its stdout is."""
+    from scripts.plot_training import parse
+
+    stdout = epoch_lines(range(1, 4))
+    log_file = "".join(line.split(" | ", 3)[3] + "\n" for line in stdout.splitlines())
+    assert log_file.startswith("No existing checkpoint found") and "\nepoch 002 | valid on 'valid' subset" in log_file
+    assert parse(log_file) == parse(stdout) and parse(stdout)[0]["valid"][2]["bleu"] == 2.5
