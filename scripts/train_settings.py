@@ -394,7 +394,7 @@ def check_resume(plan: argparse.Namespace, saved: dict) -> tuple[DictConfig, Fai
     if plateau and "lr" not in overridden:
         differ += option_differences(as_dict(saved["cfg"].get("optimization")), cfg.optimization, ["lr"])
     if differ:
-        where = " (on a GPU: it was trained in float16)" if "--fp16 True" in " ".join(differ) else ""
+        where = " (on a GPU: it was trained in float16)" if any(d.startswith("--fp16 (") for d in differ) else ""
         raise SystemExit(f"error: {path} was trained with {', '.join(differ)}: resuming it keeps the checkpoint's "
                          "criterion, optimizer state and precision" + (" (and learning rate)" if plateau else "")
                          + f"; give its values{where}, --reset-optimizer to start the optimizer afresh, or another "

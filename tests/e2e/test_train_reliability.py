@@ -135,7 +135,7 @@ def earlier_run(toy_bin, tmp_path_factory) -> Path:
     ("resume, other optimizer options", ["--max-update", "5", "--weight-decay", "0.1"], {},
      "was trained with --weight-decay 0.0 (this command: 0.1)"),
     pytest.param("resume, another precision", ["--max-update", "5"], {"AMP": "1"},
-                 "was trained with --amp False (this command: True)",
+                 "was trained with no --amp (this command: --amp)",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU's precisions")),
     ("new run among its checkpoints", [], {}, "holds checkpoints of an earlier run (checkpoint"),
     ("new run from epoch 1 among them", ["--max-update", "5", "--reset-dataloader"], {},

@@ -256,10 +256,11 @@ def test_decoder_output_depends_on_source(task):
 
 @pytest.mark.parametrize("overrides, option", [
     ({"encoder_layers": 2, "decoder_layers": 1}, "--encoder-layers"),
-    ({"share_decoder_input_output_embed": True}, "--decoder-hidden-size"),
+    ({"share_decoder_input_output_embed": True}, r"needs --decoder-hidden-size \(\d+\) == --decoder-embed-dim "
+                                                 r"\(\d+\), or --decoder-deep-output with --decoder-out-embed-dim"),
     ({"share_decoder_input_output_embed": True, "decoder_deep_output": True, "decoder_out_embed_dim": 5},
      "--decoder-out-embed-dim"),
-    ({"share_all_embeddings": True}, "--encoder-embed-dim"),
+    ({"share_all_embeddings": True}, r"--encoder-embed-dim \(\d+\) == --decoder-embed-dim \(\d+\)"),
     ({"share_all_embeddings": True, "encoder_embed_dim": 8}, "--share-all-embeddings ties the output projection"),
     ({"dropout": 1.5}, "--dropout"),
     ({"dropout_in": -0.1}, "--dropout-in"),

@@ -408,7 +408,8 @@ def test_train_sh_is_told_what_starts_the_processes(plan, toy_bin, tmp_path, mon
     (["--max-update", "0", "--disable-validation"], {"PATIENCE": "4"}, "no early stopping (PATIENCE, with valid"),
     (["--save-dir", "elsewhere"], {}, "error: --save-dir in the options: give the folder as train.sh's SAVE_DIR"),
     (["--decoder-embed-dim", "32"], {}, "error: --share-decoder-input-output-embed ties the output projection to the "
-                                        "decoder embedding: it needs --decoder-out-embed-dim (512) == --decoder-embed"),
+                                        "decoder embedding: it needs --decoder-out-embed-dim (512) == "
+                                        "--decoder-embed-dim (32) (--arch rnn_seq2seq_multi30k sets some of these)"),
     (["--encoder-layers", "2"], {}, "error: --encoder-layers (2) must equal --decoder-layers (1)"),
     (["--arch", "rnn_seq2seq", "--dropout", "1.5"], {}, "error: --dropout must be in [0, 1), got 1.5"),
 ])

@@ -154,7 +154,7 @@ def test_option_differences_name_each_option():
     now = {"_name": "rnn_seq2seq", "encoder_hidden_size": 64, "cell": "gru", "share_all_embeddings": True}
     assert option_differences(saved, now) == ["--cell lstm (this command: gru)",
                                               "--encoder-hidden-size 128 (this command: 64)",
-                                              "--share-all-embeddings False (this command: True)"]
+                                              "no --share-all-embeddings (this command: --share-all-embeddings)"]
 
 
 def test_a_checkpoint_of_another_model_is_named_by_its_model(task):

@@ -185,15 +185,18 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value < 1.0:
             raise OptionError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+    preset = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
+    given = f" (--arch {preset} sets some of these)" if preset not in (None, "rnn_seq2seq") else ""
     if cfg.share_all_embeddings and cfg.encoder_embed_dim != cfg.decoder_embed_dim:
-        raise OptionError("--share-all-embeddings needs --encoder-embed-dim == --decoder-embed-dim")
+        raise OptionError(f"--share-all-embeddings needs --encoder-embed-dim ({cfg.encoder_embed_dim}) == "
+                          f"--decoder-embed-dim ({cfg.decoder_embed_dim}){given}")
     out_dim = cfg.decoder_out_embed_dim if cfg.decoder_deep_output else cfg.decoder_hidden_size
     if ties_output(cfg) and out_dim != cfg.decoder_embed_dim:
         flag = "--share-all-embeddings" if cfg.share_all_embeddings else "--share-decoder-input-output-embed"
-        which = ("--decoder-out-embed-dim" if cfg.decoder_deep_output
-                 else "--decoder-hidden-size (or use --decoder-deep-output)")
+        which = "--decoder-out-embed-dim" if cfg.decoder_deep_output else "--decoder-hidden-size"
+        deep = "" if cfg.decoder_deep_output else ", or --decoder-deep-output with --decoder-out-embed-dim equal to it"
         raise OptionError(f"{flag} ties the output projection to the decoder embedding: it needs {which} ({out_dim}) "
-                         f"== --decoder-embed-dim ({cfg.decoder_embed_dim})")
+                          f"== --decoder-embed-dim ({cfg.decoder_embed_dim}){deep}{given}")
 
 
 def check_dictionaries(cfg: RNNSeq2SeqConfig, src_dict, tgt_dict) -> None:

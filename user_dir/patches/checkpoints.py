@@ -176,13 +176,23 @@ def option_differences(saved, current, keys: Optional[Iterable[str]] = None, nam
     configs give differently; ``name``: the option a ``_name`` field is (``--criterion``)."""
     saved, current = as_dict(saved), as_dict(current)
     differ = {key for key in saved.keys() & current.keys() if not _same_value(saved[key], current[key])}
-    return [f"--{name if key == '_name' and name else key.lstrip('_').replace('_', '-')} {_shown(saved[key])} "
-            f"(this command: {_shown(current[key])})" for key in sorted(differ if keys is None else differ & set(keys))]
+    def flag(key: str) -> str:
+        return f"--{name if key == '_name' and name else key.lstrip('_').replace('_', '-')}"
+
+    return [f"{flag(key)} {_shown(saved[key])} (this command: {_shown(current[key])})"
+            if not isinstance(saved[key], bool) else
+            f"{_switch(flag(key), saved[key])} (this command: {_switch(flag(key), current[key])})"
+            for key in sorted(differ if keys is None else differ & set(keys))]
 
 
 def _shown(value):
     """An option's value as it is given on the command line: a list of one (--lr) as its item."""
     return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def _switch(flag: str, on: bool) -> str:
+    """A switch as the command line gives it: FLAG, or ``no FLAG``."""
+    return flag if on else f"no {flag}"
 
 
 def _parameter_shapes(model_cfg, task) -> Optional[dict]:
