@@ -233,3 +233,13 @@ def test_model_overrides_reach_options_newer_than_the_checkpoint():
     assert "decoder_graphs" not in checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]
     model = checkpoint_utils.load_checkpoint_to_cpu(path, {"decoder_graphs": "off", "beam": 3})["cfg"]["model"]
     assert model["decoder_graphs"] == "off" and "beam" not in model  # a generation option is not the model's
+
+
+@pytest.mark.parametrize("saved", [{"encoder.embed_tokens.weight": torch.zeros(2, 2)}, {"a": 1}, {"model": {}}])
+def test_a_file_torch_saved_but_not_by_fairseq_is_named_as_such(tmp_path, saved):
+    """A bare state_dict (or any dict) that torch loads: fairseq's upgrade ended in KeyError: 'best_loss'."""
+    path = tmp_path / "weights.pt"
+    torch.save(saved, path)
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {path} is not a fairseq checkpoint: it has no 'best_loss' "
+                                              r"entry \(fairseq-train's hold 'model', 'cfg' and 'optimizer_history'"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))

@@ -92,6 +92,10 @@ def _explain_load_errors(load):
                 raise CheckpointError(f"checkpoint {path} holds pickled objects that are not allowed (refused "
                                       "for safety, only trust files you made): Unsupported global(s) "
                                       f"{', '.join(refused)}") from None
+            if isinstance(e, KeyError):  # fairseq's upgrade reads entries that only its own checkpoints hold
+                raise CheckpointError(f"checkpoint {path} is not a fairseq checkpoint: it has no {essence(e)} entry "
+                                      "(fairseq-train's hold 'model', 'cfg' and 'optimizer_history'; a torch.save of a "
+                                      "state_dict or of another object is not one)") from None
             raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {essence(e)})") from e
         override_new_options(state.get("cfg"), arg_overrides)
         return state
