@@ -92,6 +92,7 @@ def test_truncated_checkpoint_is_named(toy_bin, trained, tmp_path):
     (["--encoder-layers", "2"], r"--encoder-layers \(2\) must equal --decoder-layers \(1\)"),
     (["--share-decoder-input-output-embed"],
      r"--share-decoder-input-output-embed ties the output projection .* needs --decoder-hidden-size"),
+    (["--eval-bleu", "--eval-bleu-args", '{"beam": 0}'], r'OptionError: --eval-bleu-args \{"beam": 0\}: --beam must'),
 ])
 def test_bad_options_are_named(toy_bin, tmp_path, args, message):
     fails_with(train(toy_bin, tmp_path, "--max-update", "1", *args, check=False), message)

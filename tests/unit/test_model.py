@@ -503,3 +503,19 @@ def test_retain_dropout_keeps_the_dropouts_of_the_modules_it_names_when_decoding
     differ = {"encoder": not torch.equal(runs[0][0]["state"], runs[1][0]["state"]),
               "decoder": not torch.equal(runs[0][1], runs[1][1])}
     assert {part for part, d in differ.items() if d} == changed
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"beam": 2, "nbest": 3}', r'^--eval-bleu-args \{"beam": 2, "nbest": 3\}: --nbest 3 is above --beam 2'),
+    ("{beam: 2}", r"^--eval-bleu-args \{beam: 2\} is not JSON \(Expecting property name"),
+    ("[4]", r"^--eval-bleu-args \[4\] is not a JSON object of generation options"),
+])
+def test_eval_bleu_args_fairseq_would_fail_on_are_named_as_that_option(text, message):
+    """fairseq parses --eval-bleu-args after building the model (a JSONDecodeError or an assertion):
+    the same rules as on the command line, under the option's own name."""
+    from user_dir.errors import OptionError
+    from user_dir.models.rnn_seq2seq import check_eval_bleu_args
+
+    with pytest.raises(OptionError, match=message):
+        check_eval_bleu_args(text)
+    check_eval_bleu_args('{"beam": 4, "lenpen": 0.6}')

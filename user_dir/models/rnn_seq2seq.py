@@ -10,7 +10,9 @@ The context ``c`` is the encoder's final top-layer hidden state (``--decoder-att
 or at step t the attention over the encoder's outputs with the first decoder layer's previous
 state as query; it enters the same two places either way. The pieces live in ``user_dir/modules``.
 """
+import argparse
 import contextlib
+import json
 import os
 import tempfile
 from dataclasses import MISSING, dataclass, field, fields
@@ -199,6 +201,26 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
                           f"== --decoder-embed-dim ({cfg.decoder_embed_dim}){deep}{given}")
 
 
+EXAMPLE = """'{"beam": 4}'"""  # --eval-bleu-args as a shell takes it
+
+
+def check_eval_bleu_args(text: Optional[str]) -> None:
+    """--eval-bleu-args as fairseq's translation task reads it (a JSON object of generation options),
+    checked by the generation rules under its own name: fairseq fails on it after the model is built."""
+    from ..patches.decoding import GenerationOptionError, check_generation
+
+    try:
+        options = json.loads(text or "{}")
+    except ValueError as e:
+        raise OptionError(f"--eval-bleu-args {text} is not JSON ({e}): give an object, e.g. {EXAMPLE}") from None
+    if not isinstance(options, dict):
+        raise OptionError(f"--eval-bleu-args {text} is not a JSON object of generation options, e.g. {EXAMPLE}")
+    try:
+        check_generation(argparse.Namespace(**options), [])
+    except GenerationOptionError as e:
+        raise OptionError(f"--eval-bleu-args {text}: {e}") from None
+
+
 def check_dictionaries(cfg: RNNSeq2SeqConfig, src_dict, tgt_dict) -> None:
     """Reject options the data's dictionaries cannot serve: one embedding for two vocabularies."""
     if cfg.share_all_embeddings and src_dict != tgt_dict:
@@ -251,6 +273,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         task_cfg = getattr(task, "cfg", None)  # its languages: given, or inferred from the data's file names
         if getattr(task_cfg, "eval_bleu", False):  # validation BLEU on words joined wrongly picks the wrong best
             check_post_process(tgt_dict, task_cfg.eval_bleu_remove_bpe, "--eval-bleu-remove-bpe")
+            check_eval_bleu_args(task_cfg.eval_bleu_args)
         encoder_embed = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad(), cfg.init,
                                   output=cfg.share_all_embeddings)
         if cfg.share_all_embeddings:
