@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 import user_dir.patches  # noqa: F401  (fairseq's checkpoint_utils with safe loads and atomic saves)
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.dictionaries import DIRECTION_KEY, FINGERPRINT_KEYS, as_direction, as_hex, directions_differ
-from user_dir.files import OutputError, WriteError, check_output
+from user_dir.files import OutputError, WriteError, check_output, same_file
 from user_dir.workflow import positive, script_main
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")
@@ -172,6 +172,10 @@ def main() -> None:
         paths, out = args.inputs, args.out
         if out is None:
             p.error("--inputs needs --out")
+        twice = next(((a, b) for i, a in enumerate(paths) for b in paths[i + 1:] if same_file(a, b)), None)
+        if twice:
+            p.error(f"--inputs names {twice[0]} twice" + f" (as {twice[1]})" * (twice[0] != twice[1])
+                    + ": it would weigh double in the average")
     try:
         check_output(out, "--out", paths, earlier_output)
         state = ema(args.ema) if args.ema is not None else average(paths)

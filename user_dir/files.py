@@ -65,7 +65,8 @@ def not_a_file(path: "str | Path") -> Optional[str]:
     return f"is {KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a regular file"
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether A and B are one file (links, hard links and other spellings of its path included)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -103,7 +104,7 @@ def check_output(path: Path, option: str, inputs: Iterable[Path] = (),
     path = Path(path)
     problem = None
     for given in map(Path, inputs) if path.exists() else ():
-        if _same(path, given):
+        if same_file(path, given):
             problem = f"it is an input of this run ({given})"
         elif given.is_dir() and path.resolve().is_relative_to(given.resolve()):
             problem = f"it is inside the input folder {given}"
