@@ -315,6 +315,21 @@ def test_model_overrides_that_change_the_weights_are_one_line(toy_bin, trained, 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("command, model, message", [
+    ("fairseq-interactive", "dict.src.txt", "is not a sentencepiece model (prepare.py's OUT/spm.model is one)"),
+    ("fairseq-generate", "dict.src.txt", "is not a sentencepiece model"),
+    ("fairseq-interactive", "missing.model", "does not exist"),
+])
+def test_a_sentencepiece_model_that_is_none_is_one_line(toy_bin, trained, command, model, message):
+    """--sentencepiece-model naming a file sentencepiece cannot load, or none: fairseq's OSError or
+    'could not parse ModelProto' traceback after loading the models becomes one line, first."""
+    path = toy_bin / model
+    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--bpe", "sentencepiece",
+               "--sentencepiece-model", path, input="one two\n", check=False)
+    fails_with(proc, f"TokenizationError: --sentencepiece-model {re.escape(str(path))} {re.escape(message)}")
+    assert "Traceback" not in proc.stderr
+
+
 def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin, trained, tmp_path):
     proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--beam", "0",
                input="one\n", check=False)

@@ -5,7 +5,8 @@ validate their input as the file readers do, at the points every path passes thr
   below 1, ``--nbest`` above the beam, ``--min-len`` above the longest translation allowed, ...)
   are refused by name, one rule each in :data:`GENERATION_RULES`; fairseq-generate's and
   fairseq-interactive's ``main`` check them first, with ``--sampling`` needing ``--nbest`` = ``--beam``
-  and fairseq-interactive's ``--batch-size`` at most its ``--buffer-size``.
+  and fairseq-interactive's ``--batch-size`` at most its ``--buffer-size``; a ``--sentencepiece-model``
+  sentencepiece cannot load is named there too.
   fairseq-generate's and fairseq-interactive's ``--post-process`` is checked there too, against the
   target dictionary, before a line is printed (fairseq applies it first to the S- line).
 * ``FairseqTask.build_bpe``: a sentencepiece model is checked against the source dictionary it
@@ -38,6 +39,7 @@ import logging
 import math
 from typing import Callable
 
+import sentencepiece as spm
 import torch
 from fairseq import search, utils
 from fairseq.dataclass.configs import GenerationConfig
@@ -58,6 +60,7 @@ from ..dictionaries import (
     uses_sentencepiece,
 )
 from ..errors import Refusal
+from ..files import not_a_file
 from . import replace
 from .refusals import in_one_line
 
@@ -156,6 +159,24 @@ def _valid_generation_options(build_generator):
     return build_generator_checked
 
 
+def check_sentencepiece_file(cfg) -> None:
+    """--bpe sentencepiece's --sentencepiece-model (CFG: fairseq's config or its Namespace): a file
+    sentencepiece can load (fairseq: an OSError or RuntimeError traceback after loading the models)."""
+    bpe = getattr(cfg, "bpe", None)
+    group = cfg if bpe is None or isinstance(bpe, str) else bpe  # a Namespace holds --bpe's name, a config its group
+    name = bpe if bpe is None or isinstance(bpe, str) else getattr(bpe, "_name", None)
+    path = getattr(group, "sentencepiece_model", None) if name == "sentencepiece" else None
+    if path is None or "://" in path:
+        return
+    if not_a_file(path):
+        raise TokenizationError(f"--sentencepiece-model {path} {not_a_file(path)}")
+    try:
+        spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError):  # sentencepiece's "could not parse ModelProto"
+        raise TokenizationError(f"--sentencepiece-model {path} is not a sentencepiece model (prepare.py's "
+                                "OUT/spm.model is one)") from None
+
+
 def check_buffer(dataset, interactive) -> None:
     """fairseq-interactive asserts --batch-size at most --buffer-size (the lines it reads before it
     translates; below 1 it reads 1): refused by name."""
@@ -179,6 +200,7 @@ def _valid_generation_options_first(main):
                 check_buffer(getattr(cfg, "dataset", cfg), getattr(cfg, "interactive", cfg))
             common_eval = getattr(cfg, "common_eval", cfg)
             check_post_process(None, getattr(common_eval, "post_process", None))  # fairseq: a traceback at S-
+            check_sentencepiece_file(cfg)
             path = getattr(common_eval, "path", None)
             if path and "://" not in path:  # fairseq's own check is a traceback ("Model file not found")
                 checked_ensemble(path, contents=False)  # the load reads them (patches/checkpoints.py)
