@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from user_dir.checkpoint_files import CheckpointError, absolute_ensemble, split_ensemble
+from user_dir.files import not_a_file
 from user_dir.workflow import check_figure, positive, pyplot, save_figure, script_main
 
 
@@ -47,6 +48,8 @@ def main() -> None:
     args = p.parse_args()
     if not args.sentence.strip():
         raise SystemExit("error: the sentence is empty: nothing to translate")
+    if not args.model_dir.is_dir():
+        raise SystemExit(f"error: MODEL_DIR {args.model_dir} {not_a_file(args.model_dir) or 'is not a folder'}")
     if not (args.model_dir / "bin").is_dir():
         raise SystemExit(f"error: MODEL_DIR {args.model_dir} holds no bin/ folder: give the folder scripts/prepare.py "
                          "made (spm.model, bin/), or one laid out as it is")

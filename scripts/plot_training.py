@@ -12,7 +12,8 @@ validation included, summed over resumes; CPU-minutes for a one-thread run) and 
 Reads fairseq's end-of-epoch lines (``| train | epoch 003 | loss 5.1 | ...`` and
 ``| valid | epoch 003 | valid on 'valid' subset | loss ... | bleu 21.3 | ...``), in simple or
 tqdm/none log formats, fairseq-hydra-train's (``[...][train][INFO] - epoch 003 | ...``) and
-fairseq-train's ``--log-file`` (``epoch 003 | ...``, validation lines told by ``valid on``). A
+fairseq-train's ``--log-file`` (``epoch 003 | ...``, validation lines told by ``valid on``; a start
+whose first epoch is 1 begins a run there, another is a resume). A
 resumed run's repeated epochs keep their last values; a log that holds
 several runs (fairseq-train's "No existing checkpoint found" starts each) is plotted from its
 last run, and says so.
@@ -33,20 +34,24 @@ FIELD = re.compile(r"\| (\w+) (-?inf|nan|[-\d.]+)")
 
 NEW_RUN = "No existing checkpoint found"  # fairseq-train's line when it starts from nothing (not a resume)
 RESUMED = "Loaded checkpoint"  # ... when it resumes: its ``wall`` clock starts again from 0
+# --log-file holds neither line: each start writes its config first, and the run's first epoch tells
+# a start from nothing (epoch 1) from a resume
+STARTED = re.compile(r"^\{'_name': None, 'common': ")
 
 
 def parse(log: str) -> tuple[dict[str, dict[int, dict[str, float]]], int]:
     """{"train"|"valid": {epoch: {metric: value}}} from the end-of-epoch lines of the log's last run,
     and the number of runs (each fairseq-train start from nothing begins one; a resume goes on, its
     ``wall`` added to the time before it)."""
-    runs, before, last = 0, 0.0, 0.0
+    runs, before, last, started = 0, 0.0, 0.0, False
     curves: dict[str, dict[int, dict[str, float]]] = {"train": {}, "valid": {}}
     for line in log.splitlines():
-        if NEW_RUN in line:
-            runs, curves, before, last = runs + 1, {"train": {}, "valid": {}}, 0.0, 0.0
-        elif RESUMED in line:
-            before = last
         m = LINE.search(line)
+        if NEW_RUN in line or (started and m and int(m["epoch"]) == 1):
+            runs, curves, before, last = runs + 1, {"train": {}, "valid": {}}, 0.0, 0.0
+        elif RESUMED in line or (started and m):
+            before = last
+        started = bool(STARTED.match(line)) or (started and not m)
         if m:
             split = m["plain"] or m["hydra"] or ("valid" if m["rest"].startswith(" valid on ") else "train")
             epoch, rest = int(m["epoch"]), "|" + m["rest"]

@@ -290,7 +290,8 @@ def test_interactive_with_alignments_answers_an_empty_line_with_nothing(toy_bin,
     ("fairseq-interactive", ["--max-len-a", "-1"], r"--max-len-a \(-1.0\), .* must not be negative"),
     ("fairseq-generate", ["--sampling", "--beam", "2"], r"--sampling returns every one of --beam samples"),
     ("fairseq-interactive", ["--sampling", "--beam", "3", "--nbest", "2"], r"--sampling returns every one"),
-    ("fairseq-interactive", ["--batch-size", "4"], r"--batch-size 4 is above --buffer-size 1, the lines"),
+    ("fairseq-interactive", ["--batch-size", "4"], r"--batch-size 4 is above --buffer-size 1 \(its default 0 reads "
+                                                   r"as 1\), the lines"),
     ("fairseq-interactive", ["--batch-size", "4", "--buffer-size", "3"], r"--batch-size 4 is above --buffer-size 3"),
 ])
 def test_generation_options_fairseq_asserts_on_are_one_line(toy_bin, trained, command, options, message):
@@ -319,14 +320,16 @@ def test_model_overrides_that_change_the_weights_are_one_line(toy_bin, trained, 
     ("fairseq-interactive", "dict.src.txt", "is not a sentencepiece model (prepare.py's OUT/spm.model is one)"),
     ("fairseq-generate", "dict.src.txt", "is not a sentencepiece model"),
     ("fairseq-interactive", "missing.model", "does not exist"),
+    ("fairseq-generate", None, "needs --sentencepiece-model PATH"),
 ])
 def test_a_sentencepiece_model_that_is_none_is_one_line(toy_bin, trained, command, model, message):
     """--sentencepiece-model naming a file sentencepiece cannot load, or none: fairseq's OSError or
     'could not parse ModelProto' traceback after loading the models becomes one line, first."""
-    path = toy_bin / model
-    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--bpe", "sentencepiece",
-               "--sentencepiece-model", path, input="one two\n", check=False)
-    fails_with(proc, f"TokenizationError: --sentencepiece-model {re.escape(str(path))} {re.escape(message)}")
+    given = ["--sentencepiece-model", toy_bin / model] if model else []
+    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--bpe", "sentencepiece", *given,
+               input="one two\n", check=False)
+    named = f"--sentencepiece-model {toy_bin / model} " if model else "--bpe sentencepiece "
+    fails_with(proc, f"TokenizationError: {re.escape(named + message)}")
     assert "Traceback" not in proc.stderr
 
 

@@ -9,7 +9,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from helpers import ROOT, USER_DIR, built_once, run
+from helpers import ROOT, TINY_MODEL, TRAIN_ARGS, USER_DIR, built_once, run
 
 SCRIPTS = ROOT / "scripts"
 TINY = ["--arch", "rnn_seq2seq", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
@@ -367,11 +367,12 @@ def test_plot_attention_draws_the_weights_of_an_attention_model(prepared, traine
         proc = run("python", script, prepared, save / "checkpoint_last.pt", *args, check=False)
         assert proc.returncode != 0 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
         assert "Traceback" not in proc.stderr and not (tmp_path / "b.png").exists()
-    for model_dir in (tmp_path / "nowhere", prepared / "bin"):  # a missing folder, a bin/ given for MODEL_DIR
+    for model_dir, problem in ((tmp_path / "nowhere", "does not exist"),
+                               (prepared / "bin", "holds no bin/ folder: give the folder scripts/prepare.py made "
+                                                  "(spm.model, bin/), or one laid out as it is")):
         proc = run("python", script, model_dir, save / "checkpoint_last.pt", sentence, "--out", tmp_path / "b.png",
                    check=False)
-        assert proc.returncode != 0 and proc.stderr.strip() == f"error: MODEL_DIR {model_dir} holds no bin/ folder: " \
-            "give the folder scripts/prepare.py made (spm.model, bin/), or one laid out as it is", proc.stderr
+        assert proc.returncode != 0 and proc.stderr.strip() == f"error: MODEL_DIR {model_dir} {problem}", proc.stderr
 
 
 @pytest.mark.parametrize("extra, expect", [
@@ -427,11 +428,19 @@ def test_hub_takes_the_sentencepiece_model_a_checkpoint_or_the_caller_names(trai
         RNNSeq2SeqModel.from_pretrained(str(bare))
 
 
-def test_plot_training_reads_fairseq_trains_log_file():
-    """fairseq-train --log-file writes the messages alone ("epoch 001 | ..."): read as its stdout is."""
+def test_plot_training_reads_fairseq_trains_log_file(toy_bin, tmp_path):
+    """fairseq-train --log-file writes the messages alone ("epoch 001 | ..."), without the lines that
+    start a run or a resume: a start whose first epoch is 1 begins a run. A run, its resume and a new
+    run appended to one file read as their stdout does."""
     from scripts.plot_training import parse
 
-    stdout = epoch_lines(range(1, 4))
-    log_file = "".join(line.split(" | ", 3)[3] + "\n" for line in stdout.splitlines())
-    assert log_file.startswith("No existing checkpoint found") and "\nepoch 002 | valid on 'valid' subset" in log_file
-    assert parse(log_file) == parse(stdout) and parse(stdout)[0]["valid"][2]["bleu"] == 2.5
+    log = tmp_path / "file.log"
+    train = ["fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *TRAIN_ARGS, "--log-file", log,
+             "--no-epoch-checkpoints", "--log-format", "simple"]
+    stdout = [run(*train, "--save-dir", tmp_path / "a", "--max-epoch", str(epochs)).stdout for epochs in (2, 3)]
+    assert "epoch 003 | valid on" in log.read_text() and "No existing checkpoint" not in log.read_text()
+    assert parse(log.read_text()) == parse("".join(stdout)) and parse("".join(stdout))[1] == 1
+    assert sorted(parse(log.read_text())[0]["train"]) == [1, 2, 3]
+    run(*train, "--save-dir", tmp_path / "b", "--max-epoch", "1")
+    curves, runs = parse(log.read_text())
+    assert runs == 2 and sorted(curves["train"]) == sorted(curves["valid"]) == [1]

@@ -519,3 +519,22 @@ def test_eval_bleu_args_fairseq_would_fail_on_are_named_as_that_option(text, mes
     with pytest.raises(OptionError, match=message):
         check_eval_bleu_args(text)
     check_eval_bleu_args('{"beam": 4, "lenpen": 0.6}')
+
+
+def test_only_a_preset_name_over_the_dataclass_defaults_is_refused():
+    """fairseq's Hydra path merges rnn_seq2seq's defaults under model._name=PRESET (the preset is lost):
+    refused. A checkpoint's config of a preset (a plain config) and a command line's (a Namespace) build."""
+    from argparse import Namespace
+
+    from fairseq.dataclass.utils import merge_with_parent
+    from omegaconf import OmegaConf
+
+    from user_dir.errors import OptionError
+    from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, check_not_a_hydra_preset
+
+    merged = merge_with_parent(RNNSeq2SeqConfig(), OmegaConf.create({"_name": "rnn_seq2seq_d2l", "cell": "gru"}))
+    with pytest.raises(OptionError, match=r"^model._name=rnn_seq2seq_d2l: fairseq-hydra-train gives"):
+        check_not_a_hydra_preset(merged)
+    check_not_a_hydra_preset(merge_with_parent(RNNSeq2SeqConfig(), OmegaConf.create({"_name": "rnn_seq2seq"})))
+    check_not_a_hydra_preset(OmegaConf.create({"_name": "rnn_seq2seq_d2l", "cell": "gru"}))  # a checkpoint's
+    check_not_a_hydra_preset(Namespace(_name="rnn_seq2seq_d2l", arch="rnn_seq2seq_d2l", cell="gru"))

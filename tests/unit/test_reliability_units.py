@@ -155,6 +155,7 @@ def test_option_differences_name_each_option():
     assert option_differences(saved, now) == ["--cell lstm (this command: gru)",
                                               "--encoder-hidden-size 128 (this command: 64)",
                                               "no --share-all-embeddings (this command: --share-all-embeddings)"]
+    assert option_differences({"amp": None}, {"amp": True}) == ["no --amp (this command: --amp)"]  # unset: off
 
 
 def test_a_checkpoint_of_another_model_is_named_by_its_model(task):

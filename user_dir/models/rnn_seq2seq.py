@@ -143,7 +143,10 @@ def weights_misfit(model: dict, saved: dict) -> str:
     def named(kind: str, keys: list[str]) -> list[str]:
         return [f"{len(keys)} {kind} ({keys[0]}{', ...' * (len(keys) > 1)})"] if keys else []
 
-    shapes = [f"{k} {tuple(saved[k].shape)} in the checkpoint, {tuple(model[k].shape)} here"
+    def shape(value) -> str:
+        return str(tuple(value.shape)) if hasattr(value, "shape") else f"a {type(value).__name__}"
+
+    shapes = [f"{k} {shape(saved[k])} in the checkpoint, {shape(model[k])} here"
               for k in model.keys() & saved.keys() if getattr(saved[k], "shape", None) != model[k].shape]
     return ", ".join(named("missing", sorted(model.keys() - saved.keys()))
                      + named("unexpected", sorted(saved.keys() - model.keys())) + sorted(shapes)[:1])
@@ -159,13 +162,12 @@ def fill_defaults(cfg, dataclass: type) -> None:
             setattr(cfg, f.name, f.default)
 
 
-def check_not_a_hydra_preset(cfg) -> None:
-    """fairseq-hydra-train gives ``model._name=PRESET`` the dataclass defaults (fairseq's add_defaults
-    reads a preset as its model), so the preset would be ignored without a word: refused."""
-    from hydra.core.hydra_config import HydraConfig
-
+def check_not_a_hydra_preset(cfg: RNNSeq2SeqConfig) -> None:
+    """A config that fairseq filled with the dataclass defaults under a preset's name (fairseq-hydra-train's
+    ``model._name=PRESET``: add_defaults reads a preset as its model) would ignore the preset without a
+    word: refused. A checkpoint's config of a preset is never merged so, nor is a command line's."""
     name = getattr(cfg, "_name", None)
-    if OmegaConf.is_config(cfg) and name not in (None, "rnn_seq2seq") and HydraConfig.initialized():
+    if OmegaConf.is_config(cfg) and OmegaConf.get_type(cfg) is RNNSeq2SeqConfig and name != "rnn_seq2seq":
         raise OptionError(f"model._name={name}: fairseq-hydra-train gives a model's fields its dataclass defaults, "
                           f"not those of an --arch preset, so this would train rnn_seq2seq's defaults: give "
                           f"model._name=rnn_seq2seq and the preset's fields (configs/multi30k.yaml and "
@@ -201,7 +203,7 @@ def check_config(cfg: RNNSeq2SeqConfig) -> None:
                           f"== --decoder-embed-dim ({cfg.decoder_embed_dim}){deep}{given}")
 
 
-EXAMPLE = """'{"beam": 4}'"""  # --eval-bleu-args as a shell takes it
+EVAL_BLEU_ARGS_EXAMPLE = """'{"beam": 4}'"""  # --eval-bleu-args as a shell takes it
 
 
 def check_eval_bleu_args(text: Optional[str]) -> None:
@@ -212,9 +214,11 @@ def check_eval_bleu_args(text: Optional[str]) -> None:
     try:
         options = json.loads(text or "{}")
     except ValueError as e:
-        raise OptionError(f"--eval-bleu-args {text} is not JSON ({e}): give an object, e.g. {EXAMPLE}") from None
+        raise OptionError(f"--eval-bleu-args {text} is not JSON ({e}): give an object, e.g. "
+                          f"{EVAL_BLEU_ARGS_EXAMPLE}") from None
     if not isinstance(options, dict):
-        raise OptionError(f"--eval-bleu-args {text} is not a JSON object of generation options, e.g. {EXAMPLE}")
+        raise OptionError(f"--eval-bleu-args {text} is not a JSON object of generation options, e.g. "
+                          f"{EVAL_BLEU_ARGS_EXAMPLE}")
     try:
         check_generation(argparse.Namespace(**options), [])
     except GenerationOptionError as e:
@@ -348,7 +352,8 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
                 raise
             raise WeightsMismatch(f"the checkpoint's weights do not fit the model its options build here: {misfit}; "
                                   "the options that shape the model (sizes, cell, layers, attention, tying) must be "
-                                  "the checkpoint's (--model-overrides may change others, e.g. dropout)") from None
+                                  "the checkpoint's; only others, e.g. dropout, may differ (also in --model-overrides)"
+                                  ) from None
 
     def check_direction(self, saved) -> None:
         """Refuse a checkpoint of another direction (de-en over en-de data: with joint dictionaries

@@ -92,7 +92,7 @@ def _explain_load_errors(load):
                 raise CheckpointError(f"checkpoint {path} holds pickled objects that are not allowed (refused "
                                       "for safety, only trust files you made): Unsupported global(s) "
                                       f"{', '.join(refused)}") from None
-            if isinstance(e, KeyError):  # fairseq's upgrade reads entries that only its own checkpoints hold
+            if type(e) is KeyError and e.args == ("best_loss",):  # fairseq's upgrade of a dict without its entries
                 raise CheckpointError(f"checkpoint {path} is not a fairseq checkpoint: it has no {essence(e)} entry "
                                       "(fairseq-train's hold 'model', 'cfg' and 'optimizer_history'; a torch.save of a "
                                       "state_dict or of another object is not one)") from None
@@ -184,7 +184,7 @@ def option_differences(saved, current, keys: Optional[Iterable[str]] = None, nam
         return f"--{name if key == '_name' and name else key.lstrip('_').replace('_', '-')}"
 
     return [f"{flag(key)} {_shown(saved[key])} (this command: {_shown(current[key])})"
-            if not isinstance(saved[key], bool) else
+            if not isinstance(saved[key], bool) and not isinstance(current[key], bool) else
             f"{_switch(flag(key), saved[key])} (this command: {_switch(flag(key), current[key])})"
             for key in sorted(differ if keys is None else differ & set(keys))]
 
@@ -194,8 +194,8 @@ def _shown(value):
     return value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
-def _switch(flag: str, on: bool) -> str:
-    """A switch as the command line gives it: FLAG, or ``no FLAG``."""
+def _switch(flag: str, on: Optional[bool]) -> str:
+    """A switch as the command line gives it: FLAG, or ``no FLAG`` (off or unset)."""
     return flag if on else f"no {flag}"
 
 

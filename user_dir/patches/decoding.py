@@ -6,9 +6,9 @@ validate their input as the file readers do, at the points every path passes thr
   are refused by name, one rule each in :data:`GENERATION_RULES`; fairseq-generate's and
   fairseq-interactive's ``main`` check them first, with ``--sampling`` needing ``--nbest`` = ``--beam``
   and fairseq-interactive's ``--batch-size`` at most its ``--buffer-size``; a ``--sentencepiece-model``
-  sentencepiece cannot load is named there too.
-  fairseq-generate's and fairseq-interactive's ``--post-process`` is checked there too, against the
-  target dictionary, before a line is printed (fairseq applies it first to the S- line).
+  that sentencepiece cannot load, and a ``--post-process`` scheme fairseq does not know, are named
+  there as well. ``build_generator`` checks that scheme against the target dictionary, before a
+  line is printed (fairseq applies it first to the S- line).
 * ``FairseqTask.build_bpe``: a sentencepiece model is checked against the source dictionary it
   must have made (:func:`user_dir.dictionaries.check_pieces`); fairseq encodes only the source with it.
 * ``FairseqTask.get_interactive_tokens_and_lengths`` (fairseq-interactive): raw words typed into
@@ -37,7 +37,7 @@ validate their input as the file readers do, at the points every path passes thr
 import dataclasses
 import logging
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import sentencepiece as spm
 import torch
@@ -153,21 +153,24 @@ def check_generation(args, models: list, cli: bool = False) -> None:
 def _valid_generation_options(build_generator):
     def build_generator_checked(self, models, args, *rest, **kwargs):
         check_generation(args, models)
-        check_post_process(self.target_dictionary, _cli["post_process"])  # before a line is printed
+        if _cli["post_process"]:  # before a line is printed
+            check_post_process(self.target_dictionary, _cli["post_process"])
         return build_generator(self, models, args, *rest, **kwargs)
 
     return build_generator_checked
 
 
-def check_sentencepiece_file(cfg) -> None:
+def check_sentencepiece_file(cfg: Any) -> None:
     """--bpe sentencepiece's --sentencepiece-model (CFG: fairseq's config or its Namespace): a file
     sentencepiece can load (fairseq: an OSError or RuntimeError traceback after loading the models)."""
     bpe = getattr(cfg, "bpe", None)
     group = cfg if bpe is None or isinstance(bpe, str) else bpe  # a Namespace holds --bpe's name, a config its group
     name = bpe if bpe is None or isinstance(bpe, str) else getattr(bpe, "_name", None)
     path = getattr(group, "sentencepiece_model", None) if name == "sentencepiece" else None
-    if path is None or "://" in path:
+    if name != "sentencepiece" or (path and "://" in path):
         return
+    if path in (None, "", "???"):  # unset: fairseq's config marks it "???"
+        raise TokenizationError("--bpe sentencepiece needs --sentencepiece-model PATH (prepare.py's OUT/spm.model)")
     if not_a_file(path):
         raise TokenizationError(f"--sentencepiece-model {path} {not_a_file(path)}")
     try:
@@ -177,13 +180,14 @@ def check_sentencepiece_file(cfg) -> None:
                                 "OUT/spm.model is one)") from None
 
 
-def check_buffer(dataset, interactive) -> None:
+def check_buffer(dataset: Any, interactive: Any) -> None:
     """fairseq-interactive asserts --batch-size at most --buffer-size (the lines it reads before it
-    translates; below 1 it reads 1): refused by name."""
-    batch, buffer = getattr(dataset, "batch_size", None), max(getattr(interactive, "buffer_size", 0) or 0, 1)
-    if batch and batch > buffer:
-        raise GenerationOptionError(f"--batch-size {batch} is above --buffer-size {buffer}, the lines fairseq-"
-                                    "interactive reads before it translates: give --buffer-size at least --batch-size")
+    translates; below 1, its default 0 too, it reads 1): refused by name."""
+    batch, given = getattr(dataset, "batch_size", None), getattr(interactive, "buffer_size", 0) or 0
+    if batch and batch > max(given, 1):
+        raise GenerationOptionError(f"--batch-size {batch} is above --buffer-size {max(given, 1)}"
+                                    + " (its default 0 reads as 1)" * (given < 1) + ", the lines fairseq-interactive "
+                                    "reads before it translates: give --buffer-size at least --batch-size")
 
 
 def _valid_generation_options_first(main):
