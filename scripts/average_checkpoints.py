@@ -174,8 +174,8 @@ def main() -> None:
             p.error("--inputs needs --out")
         twice = next(((a, b) for i, a in enumerate(paths) for b in paths[i + 1:] if same_file(a, b)), None)
         if twice:
-            p.error(f"--inputs names {twice[0]} twice" + f" (as {twice[1]})" * (twice[0] != twice[1])
-                    + ": it would weigh double in the average")
+            raise SystemExit(f"error: --inputs names {twice[0]} twice" + f" (as {twice[1]})" * (twice[0] != twice[1])
+                             + ": it would weigh double in the average")
     try:
         check_output(out, "--out", paths, earlier_output)
         state = ema(args.ema) if args.ema is not None else average(paths)

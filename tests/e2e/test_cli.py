@@ -223,8 +223,8 @@ def test_average_checkpoints_means_the_last_epochs_and_decodes(toy_bin, tmp_path
                           ([tmp_path, "--last", "2", "--ema", tmp_path / "checkpoint3.pt"], "(not --last and --ema)"),
                           (["--inputs", tmp_path / "checkpoint3.pt", tmp_path / "checkpoint2.pt",
                             tmp_path / ".." / tmp_path.name / "checkpoint3.pt", "--out", tmp_path / "x.pt"],
-                           f"--inputs names {tmp_path / 'checkpoint3.pt'} twice (as {tmp_path / '..' / tmp_path.name}"
-                           "/checkpoint3.pt): it would weigh double in the average")):
+                           f"error: --inputs names {tmp_path / 'checkpoint3.pt'} twice (as "
+                           f"{tmp_path / '..' / tmp_path.name}/checkpoint3.pt): it would weigh double in the average")):
         proc = run("python", script, *args, check=False)
         assert proc.returncode != 0 and message in proc.stderr and not (tmp_path / "x.pt").exists(), proc.stderr
 

@@ -499,7 +499,7 @@ def test_translate_names_an_argument_fairseq_would_ignore(toy_bin, trained, tmp_
 def test_an_output_inside_a_file_is_one_line(toy_bin, trained, tmp_path, script):
     (tmp_path / "plain").write_text("x\n")
     args = {"distill.py": [toy_bin, trained, tmp_path / "plain" / "kd"],
-            "average_checkpoints.py": ["--inputs", trained, trained, "--out", tmp_path / "plain" / "avg.pt"]}[script]
+            "average_checkpoints.py": ["--inputs", trained, "--out", tmp_path / "plain" / "avg.pt"]}[script]
     proc = run(sys.executable, SCRIPTS / script, *args, check=False)
     one_error_line(proc, {"distill.py": rf"^error: OUT: cannot write in {tmp_path}/plain: it is not a folder: choose "
                                         "another folder$"}.get(script, r"plain"))

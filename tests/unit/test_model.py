@@ -522,19 +522,31 @@ def test_eval_bleu_args_fairseq_would_fail_on_are_named_as_that_option(text, mes
 
 
 def test_only_a_preset_name_over_the_dataclass_defaults_is_refused():
-    """fairseq's Hydra path merges rnn_seq2seq's defaults under model._name=PRESET (the preset is lost):
-    refused. A checkpoint's config of a preset (a plain config) and a command line's (a Namespace) build."""
+    """fairseq-hydra-train merges rnn_seq2seq's defaults under model._name=PRESET (the preset is lost):
+    refused there. fairseq-train's --arch PRESET (merged after the preset applied), a checkpoint's
+    config of a preset (a plain config), a Namespace, and other Hydra jobs build."""
     from argparse import Namespace
 
     from fairseq.dataclass.utils import merge_with_parent
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from user_dir.errors import OptionError
     from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig, check_not_a_hydra_preset
 
     merged = merge_with_parent(RNNSeq2SeqConfig(), OmegaConf.create({"_name": "rnn_seq2seq_d2l", "cell": "gru"}))
-    with pytest.raises(OptionError, match=r"^model._name=rnn_seq2seq_d2l: fairseq-hydra-train gives"):
-        check_not_a_hydra_preset(merged)
-    check_not_a_hydra_preset(merge_with_parent(RNNSeq2SeqConfig(), OmegaConf.create({"_name": "rnn_seq2seq"})))
-    check_not_a_hydra_preset(OmegaConf.create({"_name": "rnn_seq2seq_d2l", "cell": "gru"}))  # a checkpoint's
-    check_not_a_hydra_preset(Namespace(_name="rnn_seq2seq_d2l", arch="rnn_seq2seq_d2l", cell="gru"))
+    check_not_a_hydra_preset(merged)  # fairseq-train: no Hydra job
+    saved = HydraConfig.instance().cfg
+    try:
+        for job in ("hydra_train", "my_app"):
+            HydraConfig.instance().cfg = OmegaConf.create({"hydra": {"job": {"name": job}}})  # what a job sets
+            if job == "hydra_train":
+                with pytest.raises(OptionError, match=r"^model._name=rnn_seq2seq_d2l: fairseq-hydra-train gives"):
+                    check_not_a_hydra_preset(merged)
+            else:
+                check_not_a_hydra_preset(merged)
+            check_not_a_hydra_preset(merge_with_parent(RNNSeq2SeqConfig(), OmegaConf.create({"_name": "rnn_seq2seq"})))
+            check_not_a_hydra_preset(OmegaConf.create({"_name": "rnn_seq2seq_d2l", "cell": "gru"}))  # a checkpoint's
+            check_not_a_hydra_preset(Namespace(_name="rnn_seq2seq_d2l", arch="rnn_seq2seq_d2l", cell="gru"))
+    finally:
+        HydraConfig.instance().cfg = saved

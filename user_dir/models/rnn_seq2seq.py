@@ -163,11 +163,15 @@ def fill_defaults(cfg, dataclass: type) -> None:
 
 
 def check_not_a_hydra_preset(cfg: RNNSeq2SeqConfig) -> None:
-    """A config that fairseq filled with the dataclass defaults under a preset's name (fairseq-hydra-train's
-    ``model._name=PRESET``: add_defaults reads a preset as its model) would ignore the preset without a
-    word: refused. A checkpoint's config of a preset is never merged so, nor is a command line's."""
+    """fairseq-hydra-train's ``model._name=PRESET``: its add_defaults reads a preset as its model and
+    fills every field with the dataclass default, so the preset would be ignored without a word:
+    refused. fairseq-train's --arch PRESET is applied before that merge, and a checkpoint's config of
+    a preset (another Hydra job, or the same job loading one) is never merged so."""
+    from hydra.core.hydra_config import HydraConfig
+
     name = getattr(cfg, "_name", None)
-    if OmegaConf.is_config(cfg) and OmegaConf.get_type(cfg) is RNNSeq2SeqConfig and name != "rnn_seq2seq":
+    if (OmegaConf.is_config(cfg) and OmegaConf.get_type(cfg) is RNNSeq2SeqConfig and name != "rnn_seq2seq"
+            and HydraConfig.initialized() and HydraConfig.get().job.name == "hydra_train"):
         raise OptionError(f"model._name={name}: fairseq-hydra-train gives a model's fields its dataclass defaults, "
                           f"not those of an --arch preset, so this would train rnn_seq2seq's defaults: give "
                           f"model._name=rnn_seq2seq and the preset's fields (configs/multi30k.yaml and "
