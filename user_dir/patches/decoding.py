@@ -166,7 +166,7 @@ def check_sentencepiece_file(cfg: Any) -> None:
     bpe = getattr(cfg, "bpe", None)
     group = cfg if bpe is None or isinstance(bpe, str) else bpe  # a Namespace holds --bpe's name, a config its group
     name = bpe if bpe is None or isinstance(bpe, str) else getattr(bpe, "_name", None)
-    path = getattr(group, "sentencepiece_model", None) if name == "sentencepiece" else None
+    path = getattr(group, "sentencepiece_model", None)
     if name != "sentencepiece" or (path and "://" in path):
         return
     if path in (None, "", "???"):  # unset: fairseq's config marks it "???"
