@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 from user_dir import workflow  # fairseq-free: the parent process stays torch-free
+from user_dir.machine import cpu_name
 
 ROOT, USER_DIR = workflow.ROOT, str(workflow.USER_DIR)
 OURS, THEIRS = ["--criterion", "masked_ce"], ["--criterion", "cross_entropy"]  # each model with its own loss
@@ -279,7 +280,7 @@ def paired(args) -> dict:
 def device_name(device: str) -> str:
     import torch
 
-    return torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    return torch.cuda.get_device_name() if device == "cuda" else f"cpu: {cpu_name()} ({os.cpu_count()} cores)"
 
 
 def precision_of(args) -> tuple:

@@ -2,8 +2,8 @@
 
 Usage:
     python lab/bleu_by_length.py SRC_RAW REF NAME=HYP [NAME=HYP ...] [--edges 10 15 20] [--json out.json]
-    python lab/bleu_by_length.py ../shared/data/multi30k/test_2016_flickr.de.gz \\
-        ../shared/data/multi30k/test_2016_flickr.en.gz none=runs/none.hyp additive=runs/attn.hyp
+    python lab/bleu_by_length.py runs/multi30k/raw/test_2016_flickr.de.gz \\
+        runs/multi30k/raw/test_2016_flickr.en.gz none=runs/none.hyp additive=runs/attn.hyp
 
 Sentences are grouped by their source length in words (whitespace-separated), with bucket edges
 ``--edges`` (default 10 15 20: 1-10, 11-15, 16-20, 21+ words). HYP files are evaluate.py's

@@ -3,14 +3,14 @@
 Usage:
     python scripts/evaluate.py DATA_BIN CHECKPOINT --ref data/toy/test.tgt
     python scripts/evaluate.py runs/multi30k/de-en/bin runs/multi30k/de-en/ckpt/checkpoint_best.pt \\
-        --ref ../shared/data/multi30k/test_2016_flickr.en.gz --post-process sentencepiece \\
+        --ref runs/multi30k/raw/test_2016_flickr.en.gz --post-process sentencepiece \\
         --subset test --beam 5 --json runs/multi30k/de-en/test.json
     # any raw file pair: encoded with the sentencepiece model, binarized with DATA_BIN's dictionaries
     python scripts/evaluate.py runs/multi30k/de-en/bin runs/multi30k/de-en/ckpt/checkpoint_best.pt \\
         --src-raw my.de --ref my.en --spm runs/multi30k/de-en/spm.model --post-process sentencepiece
     # a fairseq-generate output made elsewhere (e.g. on a GPU machine without the raw references)
     python scripts/evaluate.py runs/multi30k/de-en/bin --generate-log gpu/generate.log \\
-        --ref ../shared/data/multi30k/test_2016_flickr.en.gz
+        --ref runs/multi30k/raw/test_2016_flickr.en.gz
 
 Hypotheses are put back in corpus order (fairseq-generate prints them by length) and scored
 against the raw reference text, never against references rebuilt from the binarized data

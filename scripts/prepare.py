@@ -1,9 +1,9 @@
 """Prepare a parallel corpus for fairseq: sentencepiece + fairseq-preprocess.
 
 Usage:
-    python scripts/prepare.py                                 # Multi30k de->en from ../shared/data/multi30k
-    python scripts/prepare.py --download                      # no shared folder: fetch Multi30k first
-    python scripts/prepare.py --src en --tgt de --vocab-size 8000 --out runs/m30k-en-de-v8k
+    python scripts/prepare.py --download                      # Multi30k de->en, fetched into runs/multi30k/raw first
+    python scripts/prepare.py --raw-dir path/to/multi30k      # Multi30k's files already here
+    python scripts/prepare.py --download --src en --tgt de --vocab-size 8000 --out runs/m30k-en-de-v8k
     # one file pair (corpus.de, corpus.en, plain or .gz): validation and test sets held out here
     python scripts/prepare.py --corpus data/corpus --src de --tgt en --out runs/mine/de-en
     # given splits (test optional)
@@ -72,8 +72,7 @@ from user_dir.prepared import OUTPUTS, Pairs, begin, claim, file_text, finish, o
 from user_dir.text import TextError, read_lines
 from user_dir.workflow import ROOT, at_least, encode_pieces, preprocess_command, run_fairseq, script_main
 
-SHARED_RAW = ROOT.parent / "shared" / "data" / "multi30k"
-DEFAULT_RAW = SHARED_RAW if SHARED_RAW.is_dir() else ROOT / "runs" / "multi30k" / "raw"
+DEFAULT_RAW = ROOT / "runs" / "multi30k" / "raw"  # where --download puts Multi30k
 MULTI30K_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 SPLITS = ("train", "valid", "test")
@@ -380,13 +379,14 @@ def main() -> None:
     p.add_argument("--test-size", type=at_least(0),
                    help="--corpus: test pairs (default as --valid-size; 0: no test split)")
     p.add_argument("--seed", type=int, default=1, help="--corpus: seed of the held-out draw (default 1)")
-    p.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW, help="folder of raw {prefix}.{lang}[.gz] files")
+    p.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW,
+                   help="folder of raw {prefix}.{lang}[.gz] files (default runs/multi30k/raw, --download's folder)")
     p.add_argument("--splits", nargs=3, metavar="SPLIT=PREFIX",
                    help="raw file prefixes in --raw-dir of train, valid and test (default: Multi30k's names)")
     p.add_argument("--src", type=language_code, default="de", help="source language suffix (letters, digits, _)")
     p.add_argument("--tgt", type=language_code, default="en", help="target language suffix (letters, digits, _)")
     p.add_argument("--vocab-size", type=at_least(MIN_VOCAB), default=4000,
-                   help="joint sentencepiece vocabulary size (the default was chosen on Multi30k: README)")
+                   help="joint sentencepiece vocabulary size (the default was chosen on Multi30k: docs/results.md)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/NAME/SRC-TGT, NAME: multi30k, the "
                                             "--corpus file name or the --raw-dir name; required with --train)")
     p.add_argument("--download", nargs="?", const=MULTI30K_URL, metavar="URL",

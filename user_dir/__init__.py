@@ -9,7 +9,7 @@ fairseq 0.12 needs to run on current torch).
 Registering imports fairseq (seconds): the package registers at once where fairseq is loaded (as
 under ``--user-dir``), otherwise as soon as fairseq has been imported and no module of the package
 is half-loaded, so that the scripts' fairseq-free helpers (``files``, ``text``, ``workflow``,
-``data_folder``) load without it.
+``data_folder``, ``prepared``, ``checkpoint_files``) load without it.
 """
 import importlib.abc
 import importlib.util

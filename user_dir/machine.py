@@ -4,7 +4,20 @@ one on a CPU. Its precision: :mod:`user_dir.precision`.
 """
 import math
 import os
+import platform
 import re
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo's, else the platform's): records name the machine they were made on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def env_number(name: str, kind: type, minimum: float, meaning: str) -> float | None:

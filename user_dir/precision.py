@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -26,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .files import atomic_write
+from .machine import cpu_name
 
 BF16_MARGIN = 1.3  # bfloat16 must be this much faster in the probe: float32 is exact, and the probe's dozen
 # updates read bfloat16 faster than a long fairseq-train run finds it (docs/training.md)
@@ -47,17 +47,15 @@ class Workload:
 def cpu_key() -> str:
     """The CPU's model name, its bfloat16 instructions and oneDNN's settings: a key of the precision cache
     (CPUs of one name can differ in these, and the settings change bfloat16's speed)."""
-    name, flags = platform.processor() or platform.machine(), set()
+    flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split()) & BF16_FLAGS
     except OSError:
         pass
     onednn = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("ONEDNN_", "DNNL_"))]
-    return " ".join([name, *sorted(flags), *onednn])
+    return " ".join([cpu_name(), *sorted(flags), *onednn])
 
 
 def training_samples(cfg: DictConfig, task, model: torch.nn.Module, count: int) -> list[dict]:
