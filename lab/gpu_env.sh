@@ -56,7 +56,8 @@ install_wheels() {  # fairseq and what a CUDA image lacks, from the wheels folde
     fi
     if [ "$(cat "$site/.wheels" 2> /dev/null)" != "$(cd "$wheels" && ls ./*.whl)" ]; then
         rm -rf "$site" && mkdir -p "$site" && echo "installing" > "$site/.wheels" || exit 1
-        stage install 40 python3 -m pip install --no-index --no-deps --target "$site" "$wheels"/*.whl || exit 1
+        stage install 90 python3 -m pip install --no-index --no-deps --no-compile -q --target "$site" \
+            "$wheels"/*.whl || exit 1
         (cd "$wheels" && ls ./*.whl) > "$site/.wheels"
     fi
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"

@@ -13,7 +13,8 @@ pin() { grep -E "^$1==" "$root/constraints.txt" || { echo "error: $1 is not pinn
 # binary wheels for the GPU machine's interpreter, whatever this machine runs
 pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-    --dest "$dir" "$(pin ve-fairseq)" "$(pin hydra-core)" "$(pin omegaconf)" "$(pin bitarray)"
+    --dest "$dir" "$(pin ve-fairseq)" "$(pin hydra-core)" "$(pin omegaconf)" "$(pin bitarray)" \
+    "$(pin pytest-xdist)" "$(pin execnet)"  # the GPU tests in parallel processes (pure Python)
 # antlr4-python3-runtime 4.9.3 has no wheel on PyPI: build one (pure Python, any interpreter)
 pip wheel --no-deps --wheel-dir "$dir" "$(pin antlr4-python3-runtime)"
 ls -l "$dir"

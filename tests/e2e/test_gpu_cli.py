@@ -14,14 +14,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 GRAPHS = ["--decoder-graphs", "on"]
 
 
-@pytest.mark.parametrize("precision, model",
-                         [("--fp16", []), ("--amp", []), ("--fp16", ["--decoder-attention", "additive"]),
-                          ("--fp16", GRAPHS), ("--amp", ["--decoder-attention", "additive", *GRAPHS])],
-                         ids=["fp16", "amp", "fp16-attention", "fp16-graphs", "amp-attention-graphs"])
+@pytest.mark.parametrize("precision, model",  # the graphs first: a run cut short by its time limit has them
+                         [("--fp16", GRAPHS), ("--amp", ["--decoder-attention", "additive", *GRAPHS]),
+                          ("--fp16", []), ("--amp", []), ("--fp16", ["--decoder-attention", "additive"])],
+                         ids=["fp16-graphs", "amp-attention-graphs", "fp16", "amp", "fp16-attention"])
 def test_fairseq_train_on_gpu_then_generate_on_gpu_and_cpu(toy_bin, tmp_path, precision, model):
     log = run("fairseq-train", toy_bin, "--user-dir", USER_DIR, *TINY_MODEL, *model, *TRAIN_ARGS, precision,
               "--max-update", "60", "--validate-interval-updates", "20", "--log-format", "simple",
               "--log-interval", "20", "--save-dir", tmp_path, "--no-epoch-checkpoints").stdout
+    for mode in ("train", "forward"):  # training and validation ran from graphs, or not at all
+        assert (f"--decoder-graphs: capturing {mode} graphs" in log) == (model[-2:] == GRAPHS), log[-2000:]
     losses = [float(x) for x in re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", log)]
     assert losses and all(x == x and x < 20 for x in losses), log[-2000:]  # finite, validated each epoch
     assert losses[-1] < losses[0], "validation loss did not fall"

@@ -125,6 +125,26 @@ def test_decoder_graphs_train_as_the_step_by_step_decoder(task, cell, attention,
 
 
 @pytest.mark.parametrize("cell, attention", GRAPH_VARIANTS)
+def test_decoder_graphs_validate_as_the_step_by_step_decoder(task, cell, attention):
+    """Teacher forcing without gradients in evaluation, as validation runs it: the same logits and
+    attention at the real target positions over two buckets and the first again, one graph per bucket."""
+    eager, graphed = graphed_pair(task, cell, attention)
+    eager.eval()
+    graphed.eval()
+    batches = [([5, 3, 1], [6, 4, 1]), ([9, 9, 4, 2, 8], [12, 9, 3, 3, 1]), ([4, 3, 2], [3, 5, 2])]
+    for src_lengths, tgt_lengths in batches:
+        src, lengths, prev = right_padded_batch(task, src_lengths, tgt_lengths)
+        padding = prev.eq(eager.decoder.padding_idx).unsqueeze(2)
+        with torch.no_grad():
+            (want, want_extra), (got, got_extra) = (m(src, lengths, prev) for m in (eager, graphed))
+        assert_close(got.masked_fill(padding, 0), want.masked_fill(padding, 0), rtol=1e-4, atol=1e-5)
+        if attention != "none":
+            assert_close(got_extra["attn"][0].masked_fill(padding, 0), want_extra["attn"][0].masked_fill(padding, 0),
+                         rtol=1e-4, atol=1e-5)
+    assert [k[0] for k in graphed.decoder.graphs.graphs] == ["forward", "forward"]
+
+
+@pytest.mark.parametrize("cell, attention", GRAPH_VARIANTS)
 def test_decoder_graphs_give_the_same_beam_hypotheses(task, cell, attention):
     from fairseq.sequence_generator import SequenceGenerator
 

@@ -13,6 +13,7 @@ on or off (the choice itself is saved in a checkpoint's config); on a CPU the gr
 entered.
 """
 import gc
+import itertools
 import logging
 import math
 import weakref
@@ -273,11 +274,13 @@ class DecoderGraphs:
         """``fn(emb, encoder_out[, cache])`` replayed from its bucket's graph (captured on first
         use), or ``fn`` unpadded when its mode has no graph left."""
         params = [p for p in module.parameters() if p.requires_grad]
-        if tuple(p.data_ptr() for p in params) != self.params:  # moved, cast or replaced: capture anew
+        # any parameter or buffer moved, cast or replaced (frozen ones too: graphs read their addresses): capture anew
+        addresses = tuple(t.data_ptr() for t in itertools.chain(module.parameters(), module.buffers()))
+        if addresses != self.params:
             self.graphs.clear()
             self.pools.clear()
             self.full.clear()
-            self.params = tuple(p.data_ptr() for p in params)
+            self.params = addresses
         args = [emb, encoder_out] if cache is None else [emb, encoder_out, cache]
         actual = call_shape(emb, encoder_out)
         autocast = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
@@ -308,4 +311,5 @@ class DecoderGraphs:
             self.stream = torch.cuda.Stream()
         if key[0] not in self.pools:
             self.pools[key[0]] = Pool(self.stream)
+            logger.info(f"--decoder-graphs: capturing {key[0]} graphs (the first of bucket {key[1]})")
         self.graphs[key] = Captured(fn, args, key[1], params, self.pools[key[0]])
