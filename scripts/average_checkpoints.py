@@ -183,7 +183,11 @@ def main() -> None:
     except (CheckpointError, OutputError, WriteError) as e:
         raise SystemExit(f"error: {e}")
     what = "the EMA weights of" if args.ema is not None else f"averaged {len(paths)} checkpoints"
-    print(f"{what} {', '.join(q.name for q in paths)} -> {out}")
+    if len({q.parent for q in paths}) == 1:  # which files, unambiguously
+        names = ", ".join(q.name for q in paths) + f" in {paths[0].parent}"
+    else:
+        names = ", ".join(map(str, paths))
+    print(f"{what} {names} -> {out}")
 
 
 if __name__ == "__main__":

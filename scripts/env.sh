@@ -23,4 +23,9 @@ fi
 if [ -z "${OMP_NUM_THREADS:-}" ] || [ "$OMP_NUM_THREADS" = "${RNN_SEQ2SEQ_THREADS:-}" ]; then
     export OMP_NUM_THREADS="$(nproc)" RNN_SEQ2SEQ_THREADS="$(nproc)"
 fi
+# torch's OpenMP (GNU libgomp) spins long before a thread sleeps: on a core another program uses, training
+# ran 20-30x slower; a short spin costs nothing idle (docs/results/threads/). Yours, if you set either, wins.
+if [ -z "${GOMP_SPINCOUNT:-}" ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
+    export GOMP_SPINCOUNT=10000
+fi
 unset _root _venv _stamp

@@ -202,7 +202,7 @@ def test_average_checkpoints_means_the_last_epochs_and_decodes(toy_bin, tmp_path
         "--save-dir", tmp_path, "--keep-last-epochs", "3", "--disable-validation")
     script = ROOT / "scripts" / "average_checkpoints.py"
     out = run("python", script, tmp_path, "--last", "2").stdout
-    assert "checkpoint2.pt, checkpoint3.pt" in out
+    assert f"averaged 2 checkpoints checkpoint2.pt, checkpoint3.pt in {tmp_path} -> " in out  # which files, by folder
     states = [torch.load(tmp_path / f"checkpoint{e}.pt", weights_only=True)["model"] for e in (2, 3)]
     averaged = torch.load(tmp_path / "checkpoint_avg2.pt", weights_only=True)
     assert averaged["last_optimizer_state"] is None
