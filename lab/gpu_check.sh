@@ -63,7 +63,7 @@ fi
 stage bench 130 python lab/benchmark.py --data "$data" --repeats 1 --graphs --worker-timeout 45 "${bench[@]}" \
     --out "$out/bench"
 
-stage cli_tests 100 python -m pytest -v -rfs --durations=0 "${parallel[@]}" -p no:cacheprovider \
+stage cli_tests 120 python -m pytest -v -rfs --durations=0 "${parallel[@]}" -p no:cacheprovider \
     tests/e2e/test_gpu_cli.py
 
 budget=()

@@ -47,7 +47,7 @@ gpu_setup() {
 }
 
 install_wheels() {  # fairseq and what a CUDA image lacks, from the wheels folder, unless python3 has them
-    python3 -c 'import fairseq' 2> /dev/null && return
+    python3 -c 'import fairseq, xdist' 2> /dev/null && return  # xdist: the GPU tests in parallel processes
     local wheels="${WHEELS:-$root/lab/wheels}" site="$root/runs/gpu_site"
     compgen -G "$wheels/*.whl" > /dev/null ||
         { echo "error: no wheels in $wheels: run 'bash lab/gpu_wheels.sh $wheels' where PyPI is reachable" >&2; exit 2; }

@@ -7,13 +7,13 @@ batch has been seen (bfloat16's kernels are made per shape: the first epoch is s
 right when it is float32 and bfloat16 is under BF16_MARGIN (1.3x) faster, or bfloat16 and it is
 over; within 10 % of the margin either pick is right. Exit status 1 when the pick is wrong.
 
-Usage, from the repository root, on a small prepared corpus (few batches, so few shapes), alone on the machine:
+Usage, from the repository root after `source scripts/env.sh` (train.sh's threads), on a small prepared corpus
+(few batches, so few shapes), alone on the machine:
     python lab/precision_check.py DATA_BIN [--rounds 2] [-- --arch rnn_seq2seq_attention_multi30k]
 """
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -37,10 +37,11 @@ def steady_wps(data_bin: Path, save: Path, amp: str, arch: list[str]) -> float:
     """Words/s of ARCH through train.sh in its third and fourth epochs."""
     log = run("bash", SCRIPTS / "train.sh", data_bin, save, *arch, "--max-epoch", "4", "--max-tokens", "1024",
               "--log-interval", "1", "--log-format", "json", "--disable-validation", "--no-save", env={"AMP": amp})
-    epoch = int(re.search(r"about (\d+) updates an epoch", log)[1])
-    steady = [json.loads(line.split(" | train_inner | ", 1)[1]) for line in log.splitlines()
-              if " | train_inner | " in line]
-    steady = [u for u in steady if int(u["num_updates"]) > 2 * epoch]
+    updates = [json.loads(line.split(" | train_inner | ", 1)[1]) for line in log.splitlines()
+               if " | train_inner | " in line]
+    steady = [u for u in updates if int(u["epoch"]) > 2]
+    if not steady:
+        raise SystemExit(f"error: train.sh logged no update of epochs 3 and 4 for AMP={amp}:\n{log[-2000:]}")
     return sum(float(u["wpb"]) for u in steady) / sum(float(u["wpb"]) / float(u["wps"]) for u in steady)
 
 

@@ -1,6 +1,6 @@
 # Source me: creates .venv on first use (the exact versions of constraints.txt), then activates it.
 #   source scripts/env.sh
-# Re-installs when setup.cfg or constraints.txt changes. PYTHON picks the interpreter (default python3, >= 3.10).
+# Re-installs when setup.cfg or constraints.txt changes. PYTHON picks the interpreter (default python3; 3.11 or 3.12).
 # VENV=0 uses the Python environment already on PATH instead (a cluster's, with fairseq and this package: pip install -e .).
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="$_root/.venv"
@@ -24,8 +24,11 @@ if [ -z "${OMP_NUM_THREADS:-}" ] || [ "$OMP_NUM_THREADS" = "${RNN_SEQ2SEQ_THREAD
     export OMP_NUM_THREADS="$(nproc)" RNN_SEQ2SEQ_THREADS="$(nproc)"
 fi
 # torch's OpenMP (GNU libgomp) spins long before a thread sleeps: on a core another program uses, training
-# ran 20-30x slower; a short spin costs nothing idle (docs/results/threads/). Yours, if you set either, wins.
-if [ -z "${GOMP_SPINCOUNT:-}" ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
-    export GOMP_SPINCOUNT=10000
+# ran 22-33x slower; a short spin costs nothing idle (docs/results/threads/). A GOMP_SPINCOUNT or OMP_WAIT_POLICY
+# of yours wins (libgomp reads a set spin count whatever the policy: env.sh's own, marked, goes).
+if [ -n "${OMP_WAIT_POLICY:-}" ] && [ "${GOMP_SPINCOUNT:-}" = "${RNN_SEQ2SEQ_SPIN:-}" ]; then
+    unset GOMP_SPINCOUNT RNN_SEQ2SEQ_SPIN
+elif [ -z "${GOMP_SPINCOUNT:-}" ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
+    export GOMP_SPINCOUNT=10000 RNN_SEQ2SEQ_SPIN=10000
 fi
 unset _root _venv _stamp

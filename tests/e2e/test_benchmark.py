@@ -3,6 +3,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from helpers import ROOT, run
 from user_dir.machine import cpu_name
@@ -23,7 +24,9 @@ def test_benchmark_runs_every_model_and_writes_record(toy_bin, tmp_path, precisi
     assert [o["model"] for o in outcomes] == list(record["models"])  # each as its worker ended
     assert [o["train_tokens_per_s"] for o in outcomes] == [m["train_tokens_per_s"] for m in record["models"].values()]
     assert record["precision"] == ("bfloat16 autocast" if precision else "float32")
-    assert record["device"].startswith(f"cpu: {cpu_name()} (")  # the record names the machine
+    # the record names the machine
+    assert record["device"] == torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        record["device"].startswith(f"cpu: {cpu_name()} (")
     # each model with its own loss, or every model with --criterion's
     assert record["criteria"] == {"rnn_seq2seq": "masked_ce", "rnn_seq2seq attention": "masked_ce",
                                   "fairseq lstm": "masked_ce" if precision else "cross_entropy",

@@ -266,8 +266,10 @@ def test_env_sh_marks_the_threads_it_sets(given, expect):
     (":", "10000 "),  # unset: a short spin (a core another program uses slows training 20-30x otherwise)
     ("export GOMP_SPINCOUNT=5", "5 "),  # the user's: kept
     ("export OMP_WAIT_POLICY=ACTIVE", " ACTIVE"),  # the user's policy: no spin count of env.sh's over it
+    ("source scripts/env.sh > /dev/null; export OMP_WAIT_POLICY=PASSIVE", " PASSIVE"),  # set after env.sh's spin
+    ("export GOMP_SPINCOUNT=5 OMP_WAIT_POLICY=PASSIVE", "5 PASSIVE"),  # both the user's: both kept
 ])
 def test_env_sh_keeps_openmps_spinning_short_unless_the_user_set_it(given, expect):
-    script = (f"unset GOMP_SPINCOUNT OMP_WAIT_POLICY; {given}; source scripts/env.sh > /dev/null; "
+    script = (f"unset GOMP_SPINCOUNT OMP_WAIT_POLICY RNN_SEQ2SEQ_SPIN; {given}; source scripts/env.sh > /dev/null; "
               'echo "${GOMP_SPINCOUNT:-} ${OMP_WAIT_POLICY:-}"')
     assert run("bash", "-c", script, cwd=ROOT).stdout.strip("\n") == expect

@@ -1,6 +1,6 @@
 """train.sh's precision probe on a CPU (user_dir/precision.py): what it trains, how it draws the
 batches, and the cache keyed by the model; in process, on the toy data. Whether its pick is the
-faster one in fairseq-train: tests/e2e/test_own_corpus.py."""
+faster one in fairseq-train: lab/precision_check.py (a speed check, not a test)."""
 import json
 import math
 

@@ -274,8 +274,10 @@ class DecoderGraphs:
         """``fn(emb, encoder_out[, cache])`` replayed from its bucket's graph (captured on first
         use), or ``fn`` unpadded when its mode has no graph left."""
         params = [p for p in module.parameters() if p.requires_grad]
-        # any parameter or buffer moved, cast or replaced (frozen ones too: graphs read their addresses): capture anew
-        addresses = tuple(t.data_ptr() for t in itertools.chain(module.parameters(), module.buffers()))
+        # any parameter or buffer moved, cast, replaced (frozen ones too: graphs read their addresses) or
+        # frozen or unfrozen (a graph's gradients are those of its capture's trainable parameters): capture anew
+        held = itertools.chain(module.parameters(), module.buffers())
+        addresses = tuple((t.data_ptr(), t.requires_grad) for t in held)
         if addresses != self.params:
             self.graphs.clear()
             self.pools.clear()

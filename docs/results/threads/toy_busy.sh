@@ -1,4 +1,5 @@
 cd /work/main && source scripts/env.sh
+unset GOMP_SPINCOUNT RNN_SEQ2SEQ_SPIN  # libgomp's default (the runs were made before env.sh set it)
 t() { # name, env...
   local name=$1; shift
   rm -rf /tmp/omp/$name

@@ -1,4 +1,5 @@
 cd /work/main && source scripts/env.sh
+unset GOMP_SPINCOUNT RNN_SEQ2SEQ_SPIN  # libgomp's default (the runs were made before env.sh set it)
 t() { local name=$1; shift; rm -rf /tmp/omp/$name
   env "$@" AMP=0 bash scripts/train.sh runs/demo/bin /tmp/omp/$name --max-update 40 --no-save > /tmp/omp/$name.log 2>&1
   echo "$name $(grep -o 'done training in [0-9.]* seconds' /tmp/omp/$name.log)"; }
