@@ -9,15 +9,18 @@ import re
 from pathlib import Path
 
 
+def cpuinfo(field: str) -> str:
+    """The first FIELD value of /proc/cpuinfo ("" where there is none, or no such file)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(field)), "")
+
+
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo's, else the platform's): records name the machine they were made on."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def env_number(name: str, kind: type, minimum: float, meaning: str) -> float | None:

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .files import atomic_write
-from .machine import cpu_name
+from .machine import cpu_name, cpuinfo
 
 BF16_MARGIN = 1.3  # bfloat16 must be this much faster in the probe: float32 is exact, and the probe's dozen
 # updates read bfloat16 faster than a long fairseq-train run finds it (docs/training.md)
@@ -47,13 +47,7 @@ class Workload:
 def cpu_key() -> str:
     """The CPU's model name, its bfloat16 instructions and oneDNN's settings: a key of the precision cache
     (CPUs of one name can differ in these, and the settings change bfloat16's speed)."""
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split()) & BF16_FLAGS
-    except OSError:
-        pass
+    flags = set(cpuinfo("flags").split()) & BF16_FLAGS
     onednn = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("ONEDNN_", "DNNL_"))]
     return " ".join([cpu_name(), *sorted(flags), *onednn])
 

@@ -273,7 +273,6 @@ class DecoderGraphs:
                  cache: Optional[Cache] = None) -> Outputs:
         """``fn(emb, encoder_out[, cache])`` replayed from its bucket's graph (captured on first
         use), or ``fn`` unpadded when its mode has no graph left."""
-        params = [p for p in module.parameters() if p.requires_grad]
         # any parameter or buffer moved, cast, replaced (frozen ones too: graphs read their addresses) or
         # frozen or unfrozen (a graph's gradients are those of its capture's trainable parameters): capture anew
         held = itertools.chain(module.parameters(), module.buffers())
@@ -297,7 +296,7 @@ class DecoderGraphs:
         # no autocast cache: a cast weight cached outside the graph would be read at a stale address
         with torch.autocast("cuda", enabled=autocast[0], dtype=autocast[1], cache_enabled=False):
             if action == "capture":
-                self.capture(key, fn, args, params)
+                self.capture(key, fn, args, [p for p in module.parameters() if p.requires_grad])
             return self.graphs[key](tensors, actual)
 
     def warn_full(self, mode: str) -> None:
