@@ -10,6 +10,14 @@ if [ "${VENV:-1}" = 0 ]; then
         { echo "error: VENV=0 but python3 cannot import fairseq and user_dir: run python3 -m pip install -e $_root" >&2; return 1; }
 else
     if [ ! -f "$_stamp" ]; then
+        # ve-fairseq has wheels for CPython 3.11 and 3.12 only: any other fails deep in pip, so say it first
+        _version="$("${PYTHON:-python3}" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2> /dev/null)"
+        case "$_version" in
+            3.11|3.12) ;;
+            *) echo "error: ${PYTHON:-python3} is ${_version:+Python }${_version:-not a Python found on PATH}; fairseq" \
+                    "(ve-fairseq) installs on Python 3.11 or 3.12: give one, e.g. PYTHON=python3.12 source scripts/env.sh" >&2
+               unset _root _venv _stamp _version; return 1 ;;
+        esac
         echo "setting up $_venv (first run: about a minute)" >&2
         "${PYTHON:-python3}" -m venv "$_venv" || return 1
         "$_venv/bin/python" -m pip install -q --upgrade pip || return 1
@@ -31,4 +39,4 @@ if [ -n "${OMP_WAIT_POLICY:-}" ] && [ "${GOMP_SPINCOUNT:-}" = "${RNN_SEQ2SEQ_SPI
 elif [ -z "${GOMP_SPINCOUNT:-}" ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
     export GOMP_SPINCOUNT=10000 RNN_SEQ2SEQ_SPIN=10000
 fi
-unset _root _venv _stamp
+unset _root _venv _stamp _version

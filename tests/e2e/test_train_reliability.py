@@ -273,3 +273,27 @@ def test_env_sh_keeps_openmps_spinning_short_unless_the_user_set_it(given, expec
     script = (f"unset GOMP_SPINCOUNT OMP_WAIT_POLICY RNN_SEQ2SEQ_SPIN; {given}; source scripts/env.sh > /dev/null; "
               'echo "${GOMP_SPINCOUNT:-} ${OMP_WAIT_POLICY:-}"')
     assert run("bash", "-c", script, cwd=ROOT).stdout.strip("\n") == expect
+
+
+@pytest.mark.parametrize("interpreter, says", [
+    ("no-such-python", "no-such-python is not a Python found on PATH"),
+    ("{bin}/python3.13", "{bin}/python3.13 is Python 3.13"),  # a newer Python: ve-fairseq has no wheel for it
+    ("{bin}/python3.10", "{bin}/python3.10 is Python 3.10"),
+])
+def test_env_sh_refuses_a_python_fairseq_does_not_install_on_before_making_the_venv(tmp_path, interpreter, says):
+    """Another Python would fail deep in pip ("No matching distribution found for ve-fairseq"): env.sh
+    names the interpreter and its version in one line, and makes no .venv."""
+    root, bin_ = tmp_path / "checkout", tmp_path / "bin"
+    (root / "scripts").mkdir(parents=True)
+    bin_.mkdir()
+    for name in ("scripts/env.sh", "setup.cfg", "constraints.txt"):
+        shutil.copy(ROOT / name, root / name)
+    for version in ("3.13", "3.10"):  # an interpreter answers env.sh's question as that Python would
+        (bin_ / f"python{version}").write_text(f"#!/bin/sh\necho {version}\n")
+        (bin_ / f"python{version}").chmod(0o755)
+    interpreter = interpreter.format(bin=bin_)
+    proc = run("bash", "-c", f"PYTHON={interpreter} source scripts/env.sh; echo \"rc=$?\"", cwd=root, check=False)
+    assert proc.stdout == "rc=1\n"
+    assert proc.stderr == (f"error: {says.format(bin=bin_)}; fairseq (ve-fairseq) installs on Python 3.11 or 3.12: "
+                           "give one, e.g. PYTHON=python3.12 source scripts/env.sh\n")
+    assert not (root / ".venv").exists()
