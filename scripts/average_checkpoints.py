@@ -16,7 +16,7 @@ never averaged, and a mix is refused naming the files; an identity that some inp
 change) is left out of the output.
 Floating-point parameters are averaged in float64; buffers that are equal in every input are
 copied. ``--ema`` writes the EMA weights of one checkpoint (refused, by name, when it holds none). The output keeps
-the newest input's configuration and drops the optimizer state: it is for
+the last input's configuration (with ``--last``, the newest's) and drops the optimizer state: it is for
 fairseq-generate/interactive, not for resuming. What made it is noted under
 ``extra_state["made_by"]`` (a key fairseq does not read). It is written atomically, and never
 over an input, a training run's checkpoint (checkpoint_last.pt, checkpoint_best.pt, ...) or an
@@ -51,7 +51,7 @@ def last_epochs(save_dir: Path, n: int) -> list[Path]:
 
 
 def average(paths: list[Path]) -> dict:
-    """The newest checkpoint's state with every parameter replaced by the mean over ``paths``."""
+    """The last checkpoint's state (of ``paths``) with every parameter replaced by the mean over ``paths``."""
     states = [checkpoint_utils.load_checkpoint_to_cpu(str(p)) for p in paths]
     models = [s["model"] for s in states]
     first_parameters = parameters(models[0])

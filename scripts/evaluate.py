@@ -43,7 +43,6 @@ from collections import Counter
 from pathlib import Path
 
 import sacrebleu
-import sentencepiece as spm
 
 from user_dir.checkpoint_files import (
     CheckpointError,
@@ -66,6 +65,7 @@ from user_dir.dictionaries import (
     TokenizationError,
     check_post_process,
     check_spm_model,
+    load_spm,
     unknown_share,
     uses_sentencepiece,
 )
@@ -222,7 +222,7 @@ def check_tokenization(args: argparse.Namespace, sources: list[str] | None):
         raise SystemExit(f"error: the model writes sentencepiece pieces (its dictionary's entries start with "
                          f"{PIECE_START}): pass --post-process sentencepiece, or the score is computed on pieces")
     if args.spm:
-        sp = spm.SentencePieceProcessor(model_file=str(args.spm))
+        sp = load_spm(args.spm, "--spm")
         check_spm_model(dicts, sp, f"--spm {args.spm}")
         share = unknown_share(sp, dicts["source"], sources) if sources else 0.0
         if share > MAX_UNKNOWN:
@@ -240,7 +240,7 @@ def binarize_raw(data_bin: Path, pair: Pair, sources: list[str], refs: list[str]
     """Encode raw sentence pairs (sentencepiece when given) and binarize them as split 'test'
     with DATA_BIN's dictionaries, so the model sees exactly its training vocabulary."""
     src, tgt = pair
-    sp = spm.SentencePieceProcessor(model_file=str(spm_model)) if spm_model else None
+    sp = load_spm(spm_model, "--spm") if spm_model else None
     for lang, lines in ((src, sources), (tgt, refs)):
         if sp is not None:
             lines = encode_pieces(sp, lines)

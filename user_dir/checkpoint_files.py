@@ -24,6 +24,22 @@ class CheckpointError(Refusal, RuntimeError):
     """A checkpoint that cannot or must not be loaded; the message names the file."""
 
 
+FILE_ATTRIBUTE = "checkpoint_file"  # set on loaded weights (an OrderedDict), as torch sets ``_metadata`` there
+
+
+def note_file(state: dict, path: str) -> None:
+    """Note on the weights of a loaded checkpoint ``state`` the file they came from, so that a model
+    refusing them names it (which member of an ensemble); a plain dict of weights is left as it is."""
+    if hasattr(state.get("model"), "__dict__"):
+        setattr(state["model"], FILE_ATTRIBUTE, path)
+
+
+def named_file(weights: object) -> str:
+    """``checkpoint PATH: `` for weights :func:`note_file` marked, else nothing: a refusal's opening."""
+    path = getattr(weights, FILE_ATTRIBUTE, None)
+    return f"checkpoint {path}: " if path else ""
+
+
 def check_archive(path: str, z: zipfile.ZipFile) -> None:
     """Refuse a torch zip whose members could not have been written by ``torch.save``."""
     size = os.path.getsize(path)

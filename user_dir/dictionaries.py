@@ -8,6 +8,7 @@ import hashlib
 import re
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
+import sentencepiece as spm
 import torch
 
 from .errors import Refusal
@@ -51,6 +52,16 @@ def is_added(entry: str) -> bool:
 
 class TokenizationError(Refusal, ValueError):
     """A sentencepiece model or option that does not fit the model's dictionary."""
+
+
+def load_spm(path: str, option: str) -> spm.SentencePieceProcessor:
+    """The sentencepiece model at PATH (given as OPTION); a file that is not one is refused by name
+    (sentencepiece says only "could not parse ModelProto", in a traceback)."""
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError):
+        raise TokenizationError(f"{option} {path} is not a sentencepiece model (prepare.py's OUT/spm.model is "
+                                "one)") from None
 
 
 def piece_vocabulary(sp) -> set:

@@ -202,15 +202,16 @@ def discard(path: "str | Path") -> None:
 
 
 @contextmanager
-def atomic_write(path: str, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
-    """Yield a new file in ``path``'s folder; when the block ends without error it is flushed to
-    disk and renamed over ``path``, otherwise removed. The temporary file is created exclusively
-    under a random name, so a file or link planted at a predictable name cannot receive the data."""
+def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
+    """Yield a new file in ``path``'s folder (text modes in UTF-8, whatever the locale); when the block
+    ends without error it is flushed to disk and renamed over ``path``, otherwise removed. The
+    temporary file is created exclusively under a random name, so a file or link planted at a
+    predictable name cannot receive the data."""
     folder, name = os.path.split(os.path.abspath(path))
     tmp, fd = _create(folder, name, lambda p: os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, mode, **open_kwargs) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -28,18 +28,17 @@ def run_fairseq(cmd: list[str], on_line: Optional[Callable[[str], None]] = None)
     progress), or one line: the exception it ended with (the last unindented line of stderr: a
     traceback's details, such as omegaconf's, are indented)."""
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full pipe cannot stall the child
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=err, text=True)
         out = []
-        try:
-            for line in proc.stdout:
-                out.append(line)
-                if on_line is not None:
-                    on_line(line)
-        except BaseException:  # Ctrl-C: the child must not decode on alone
-            proc.kill()
-            proc.wait()
-            raise
-        returncode = proc.wait()
+        with subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            try:
+                for line in proc.stdout:
+                    out.append(line)
+                    if on_line is not None:
+                        on_line(line)
+            except BaseException:  # Ctrl-C: the child must not decode on alone
+                proc.kill()
+                raise
+        returncode = proc.returncode
         err.seek(0)
         stderr = err.read()
     if returncode != 0:
@@ -48,11 +47,11 @@ def run_fairseq(cmd: list[str], on_line: Optional[Callable[[str], None]] = None)
     return "".join(out)
 
 
-def progress(total: int, what: str, kind: str = "H-", every: Optional[int] = None) -> Callable[[str], None]:
+def progress(total: int, what: str, kind: str = "H-") -> Callable[[str], None]:
     """An ``on_line`` for :func:`run_fairseq` that counts fairseq-generate's ``kind`` lines (one per
-    sentence) and writes ``what: N/TOTAL sentences`` to stderr every ``every`` sentences (default:
-    a tenth, at least 100), so a long decode shows it is moving; stdout stays the result's."""
-    every = every or max(100, total // 10)
+    sentence) and writes ``what: N/TOTAL sentences`` to stderr every tenth of them (at least 100),
+    so a long decode shows it is moving; stdout stays the result's."""
+    every = max(100, total // 10)
     done = 0
 
     def on_line(line: str) -> None:
@@ -243,8 +242,8 @@ def record_finished(args_file: str | Path, save: str | Path) -> None:
     record). train.sh calls it once training finished: this module loads without fairseq."""
     done = Path(save) / DONE
     try:
-        with atomic_write(done, "w") as f:
-            f.write(Path(args_file).read_text())
+        with atomic_write(done) as f:
+            f.write(Path(args_file).read_bytes())
     except OSError as e:  # WriteError names the path itself
         why = str(e) if isinstance(e, WriteError) else f"cannot write {done}: {e.strerror}"
         raise SystemExit(f"error: {why}") from None

@@ -146,8 +146,37 @@ def test_checkpoint_refuses_a_same_size_dictionary_with_other_entries(toy_bin, t
                rf"but the data's dictionary has {size} \(fingerprint [0-9a-f]{{16}}\)")
     fails_with(proc, message)
     scored = run("python", SCRIPTS / "evaluate.py", tmp_path / "bin", trained, "--ref", TOY / "test.tgt", check=False)
-    fails_with(scored, rf"(^|\n)error: fairseq-generate failed: DataMismatch: the checkpoint was {message}[^\n]*\n$")
+    fails_with(scored, r"(^|\n)error: fairseq-generate failed: DataMismatch: checkpoint \S+: the checkpoint was "
+               rf"{message}[^\n]*\n$")
 
+
+
+@pytest.mark.parametrize("change, says", [
+    ("source_dictionary_fingerprint", "DataMismatch: {member}: the checkpoint was trained with a source dictionary"),
+    ("language_direction", r"DataMismatch: {member}: the checkpoint translates tgt-src \(source-target\)"),
+    ("encoder.rnn.rnn.bias_hh_l0", "WeightsMismatch: {member}: the checkpoint's weights do not fit the model"),
+])
+def test_an_ensemble_refusal_names_the_member_that_does_not_fit(toy_bin, trained, tmp_path, change, says):
+    """fairseq-generate loads an ensemble's members one after the other: the refusal names the member
+    (first or second) made for other data or another model, not just "the checkpoint"."""
+    import torch
+
+    from user_dir.dictionaries import direction_record
+
+    state = torch.load(trained, weights_only=True)
+    weights = state["model"]
+    if change == "language_direction":
+        weights[change] = direction_record("tgt", "src")
+    elif change.endswith("fingerprint"):
+        weights[change] = 255 - weights[change]
+    else:
+        del weights[change]
+    other = tmp_path / "other.pt"
+    torch.save(state, other)
+    for members in ([trained, other], [other, trained]):
+        proc = run("fairseq-generate", toy_bin, "--user-dir", USER_DIR, "--path", ":".join(map(str, members)),
+                   check=False)
+        fails_with(proc, says.format(member=re.escape(f"checkpoint {other}")))
 
 # 4. scripts: paths from the caller's folder, checked first; one hypothesis per sentence
 

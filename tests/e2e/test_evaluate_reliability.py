@@ -332,16 +332,20 @@ def corrupt_gzip(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["corrupt gzip reference", "json inside a file", "json is a folder",
-                                  "hyp-out inside a file"])
+                                  "hyp-out inside a file", "spm not a sentencepiece model"])
 def test_evaluate_refuses_bad_files_with_one_line(toy_bin, trained, tmp_path, case):
     (tmp_path / "plain").write_text("x\n")
     (tmp_path / "folder").mkdir()
     args = {"corrupt gzip reference": ["--ref", corrupt_gzip(tmp_path / "ref.gz")],
             "json inside a file": ["--ref", TOY / "test.tgt", "--json", tmp_path / "plain" / "s.json"],
             "json is a folder": ["--ref", TOY / "test.tgt", "--json", tmp_path / "folder"],
-            "hyp-out inside a file": ["--ref", TOY / "test.tgt", "--hyp-out", tmp_path / "plain" / "h.txt"]}[case]
+            "hyp-out inside a file": ["--ref", TOY / "test.tgt", "--hyp-out", tmp_path / "plain" / "h.txt"],
+            "spm not a sentencepiece model": ["--ref", TOY / "test.tgt", "--src-raw", TOY / "test.src",
+                                              "--spm", tmp_path / "plain"]}[case]
     proc = evaluate(toy_bin, trained, *args)
-    one_error_line(proc, {"corrupt gzip reference": r"ref\.gz: cannot be read"}.get(case, r"cannot write"))
+    one_error_line(proc, {"corrupt gzip reference": r"ref\.gz: cannot be read",
+                          "spm not a sentencepiece model": r"^error: --spm \S+plain is not a sentencepiece model \("
+                          }.get(case, r"cannot write"))
 
 
 @pytest.mark.parametrize("case", ["lines in another order", "the source side", "another split's lines",

@@ -311,8 +311,8 @@ def test_model_overrides_that_change_the_weights_are_one_line(toy_bin, trained, 
     """--model-overrides that reshape the model: torch's pages of keys become one line naming the first."""
     proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--model-overrides", str(overrides),
                input="one two\n", check=False)
-    fails_with(proc, r"WeightsMismatch: the checkpoint's weights do not fit the model its options build here: .*"
-                     + message)
+    fails_with(proc, rf"WeightsMismatch: checkpoint {re.escape(str(trained))}: the checkpoint's weights do not fit "
+                     r"the model its options build here: .*" + message)
     assert "Traceback" not in proc.stderr
 
 

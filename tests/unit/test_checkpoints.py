@@ -205,6 +205,27 @@ def test_checkpoint_save_is_not_redirected_by_a_planted_link(tmp_path):
     assert oct(dst.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
 
 
+class FailsOnce:
+    """Pickled as 5, except the first time, which fails as a write to a flaky disk would, midway."""
+    tries = 0
+
+    def __reduce__(self):
+        FailsOnce.tries += 1
+        if FailsOnce.tries == 1:
+            raise OSError("the disk failed once")
+        return int, (5,)
+
+
+def test_a_save_that_succeeds_on_a_later_try_is_one_readable_checkpoint(tmp_path):
+    """fairseq tries torch.save three times on the same file: a try after a failed one wrote a second
+    archive after the first's part, and the checkpoint published could not be read."""
+    dst = tmp_path / "checkpoint_last.pt"
+    checkpoint_utils.torch_persistent_save({"w": torch.ones(1000), "n": FailsOnce()}, str(dst))
+    assert FailsOnce.tries == 2
+    saved = torch.load(dst, weights_only=False)
+    assert torch.equal(saved["w"], torch.ones(1000)) and saved["n"] == 5
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

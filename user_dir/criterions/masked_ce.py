@@ -10,7 +10,9 @@ Padding is not only masked but skipped: for encoder-decoder models (``extract_fe
 softmax run on the real target positions only, the largest share of the work at these sizes.
 There the loss is taken from the logits by one autograd function (:class:`TokenNLL`) whose
 backward writes the gradient into the saved log-probabilities: no N x V tensor is allocated in
-the backward pass, where log-softmax, gather and sum each allocated their own.
+the backward pass, where log-softmax, gather and sum each allocated their own. A model wrapped for
+training in several processes takes the full B x T x V path, with the same loss: torch's DDP must
+see the model's forward, which ``extract_features`` would go around.
 """
 import math
 from dataclasses import dataclass, field

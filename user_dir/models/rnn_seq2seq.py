@@ -24,7 +24,7 @@ from fairseq.models import FairseqEncoderDecoderModel, register_model, register_
 from fairseq.tasks import FairseqTask
 from omegaconf import II, OmegaConf, open_dict
 
-from ..checkpoint_files import checked_ensemble, fairseq_ensemble
+from ..checkpoint_files import checked_ensemble, fairseq_ensemble, named_file
 from ..dictionaries import (
     DIRECTION_KEY,
     TokenizationError,
@@ -57,10 +57,12 @@ class RNNSeq2SeqConfig(FairseqDataclass):
         default="lstm", metadata={"help": "recurrent cell of both encoder and decoder"}
     )
     init: ChoiceEnum(INITS) = field(  # type: ignore[valid-type]
-        default="uniform", metadata={"help": "uniform: every embedding and weight U(-0.1, 0.1), biases 0 "
-                                             "(fairseq's lstm draws its biases from U(-0.1, 0.1) too); torch: the "
-                                             "textbook's, torch's defaults (embeddings N(0, 1), N(0, 1/dim) when "
-                                             "also the output projection; RNN parameters U(-1/sqrt(H), 1/sqrt(H)))"}
+        default="uniform", metadata={"help": "uniform: embeddings and RNN weights U(-0.1, 0.1), RNN biases 0, "
+                                             "attention parameters U(-0.1, 0.1); the bridge, deep output and output "
+                                             "projection keep torch's nn.Linear initialisation (fairseq's lstm draws "
+                                             "those from U(-0.1, 0.1) too); torch: the textbook's, torch's defaults "
+                                             "(embeddings N(0, 1), N(0, 1/dim) when also the output projection; RNN "
+                                             "parameters U(-1/sqrt(H), 1/sqrt(H)))"}
     )
     encoder_embed_dim: int = field(default=256, metadata={"help": "encoder embedding dimension"})
     encoder_hidden_size: int = field(default=512, metadata={"help": "encoder hidden size (per direction)"})
@@ -111,7 +113,8 @@ class RNNSeq2SeqConfig(FairseqDataclass):
         default=None, metadata={"help": "dropout on the encoder's and decoder's embeddings (default: --dropout)"}
     )
     dropout_out: Optional[float] = field(
-        default=None, metadata={"help": "dropout on the decoder's RNN output and deep output (default: --dropout)"}
+        default=None, metadata={"help": "dropout on the decoder's RNN output and deep output, and with attention on "
+                                        "the encoder's outputs (default: --dropout)"}
     )
     word_dropout: float = field(
         default=0.0, metadata={"help": "in training, drop each source and target token's whole embedding with this "
@@ -331,9 +334,10 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Name a dictionary mismatch (size or entries) or the other direction instead of loading
-        weights over it."""
+        weights over it, and the checkpoint file where the loading noted it (an ensemble's member)."""
+        where = named_file(state_dict)
         state_dict = dict(state_dict)
-        self.check_direction(state_dict.get(DIRECTION_KEY))
+        self.check_direction(state_dict.get(DIRECTION_KEY), where)
         state_dict[DIRECTION_KEY] = getattr(self, DIRECTION_KEY)  # an identity, checked: never loaded over ours
         for side, name in (("source", "encoder"), ("target", "decoder")):
             key, ours = f"{side}_dictionary_fingerprint", getattr(self, f"{side}_dictionary_fingerprint")
@@ -344,7 +348,7 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
             saved = state_dict.setdefault(key, ours)  # checkpoints before fingerprints: size check only
             if saved_size != len(getattr(self, name).dictionary) or as_hex(saved) != as_hex(ours):
                 raise DataMismatch(
-                    f"the checkpoint was trained with a {side} dictionary of {saved_size} entries (fingerprint "
+                    f"{where}the checkpoint was trained with a {side} dictionary of {saved_size} entries (fingerprint "
                     f"{as_hex(saved)}), but the data's dictionary has {len(getattr(self, name).dictionary)} "
                     f"(fingerprint {as_hex(ours)}): use the data folder (dict.*.txt) the model was trained with"
                 )
@@ -354,18 +358,18 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
             misfit = weights_misfit(self.state_dict(), state_dict)  # as fairseq upgraded it, in place
             if not misfit:
                 raise
-            raise WeightsMismatch(f"the checkpoint's weights do not fit the model its options build here: {misfit}; "
-                                  "the options that shape the model (sizes, cell, layers, attention, tying) must be "
-                                  "the checkpoint's; only others, e.g. dropout, may differ (also in --model-overrides)"
-                                  ) from None
+            raise WeightsMismatch(f"{where}the checkpoint's weights do not fit the model its options build here: "
+                                  f"{misfit}; the options that shape the model (sizes, cell, layers, attention, "
+                                  "tying) must be the checkpoint's; only others, e.g. dropout, may differ (also in "
+                                  "--model-overrides)") from None
 
-    def check_direction(self, saved) -> None:
+    def check_direction(self, saved, where: str = "") -> None:
         """Refuse a checkpoint of another direction (de-en over en-de data: with joint dictionaries
         the fingerprints agree); one without the record (older) or data without languages passes."""
         ours = getattr(self, DIRECTION_KEY)
         if directions_differ(saved, ours):
-            raise DataMismatch(f"the checkpoint translates {as_direction(saved)} (source-target), but the data is "
-                             f"{as_direction(ours)}: use data of the model's direction (or the checkpoint of "
+            raise DataMismatch(f"{where}the checkpoint translates {as_direction(saved)} (source-target), but the data "
+                             f"is {as_direction(ours)}: use data of the model's direction (or the checkpoint of "
                              f"{as_direction(ours)})")
 
 

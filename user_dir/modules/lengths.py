@@ -80,7 +80,7 @@ def rnn_per_length(rnn: RNN, x: Tensor, order: Tensor, lengths: List[int], rows:
 def unpad_like(right_padded: Tensor, padding_mask: Tensor) -> Tensor:
     """Move each row of B x S x C right-padded outputs to the positions of a source whose
     padding is ``padding_mask`` (B x S): left-padded sources get left-padded outputs."""
-    if not padding_mask[:, 0].any():  # already right-padded (or no padding)
+    if not padding_mask.is_cuda and not padding_mask[:, 0].any():  # already right-padded (a GPU gathers: no wait)
         return right_padded
     num_pads = padding_mask.sum(dim=1, keepdim=True)
     positions = torch.arange(padding_mask.size(1), device=padding_mask.device).unsqueeze(0)

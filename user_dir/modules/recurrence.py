@@ -166,7 +166,7 @@ class ContextRNN(nn.Module):
         self.hidden_proj = nn.Linear(hidden_size, gates)                  # W_hh, b_hh
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)  # --retain-dropout keeps it too
         self.upper = RNN(cell, hidden_size, hidden_size, layers - 1, dropout, init) if layers > 1 else None
-        init_rnn_(self, hidden_size, init)
+        init_rnn_(self, hidden_size, init)  # ``upper`` drawn again: the recorded runs' draws (tests/data)
 
     def context_term(self, context: Tensor) -> Tensor:
         return self.input_proj.context_term(context)

@@ -57,7 +57,7 @@ class NoScaler:
 
     def step(self, optimizer: FairseqOptimizer) -> None:
         grads = [p.grad for p in optimizer.params if p.grad is not None]
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        if grads and not torch.isfinite(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))):
             self.skipped += 1
             if self.skipped >= MAX_SKIPPED:
                 raise FloatingPointError(f"{self.skipped} updates in a row had gradients that are not finite "

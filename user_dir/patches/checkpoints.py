@@ -32,6 +32,7 @@ import ast
 import copy
 import os
 import shutil
+import time
 from typing import Iterable, Optional
 
 import numpy as np
@@ -42,7 +43,14 @@ from fairseq.trainer import Trainer
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
-from ..checkpoint_files import CheckpointError, check_file, essence, pickled_globals, refused_globals
+from ..checkpoint_files import (
+    CheckpointError,
+    check_file,
+    essence,
+    note_file,
+    pickled_globals,
+    refused_globals,
+)
 from ..files import FolderBusy, atomic_write, lock_folder, remove_orphans
 from . import replace
 
@@ -98,6 +106,7 @@ def _explain_load_errors(load):
                                       "state_dict or of another object is not one)") from None
             raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {essence(e)})") from e
         override_new_options(state.get("cfg"), arg_overrides)
+        note_file(state, path)
         return state
 
     load_checkpoint_to_cpu.__wrapped__ = load
@@ -113,12 +122,29 @@ def copy_atomic(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
     return True
 
 
+def save_retried(obj, filename: str, tries: int = 3, pause: float = 2.5) -> None:
+    """fairseq's tries of ``torch.save``, each into a new file of its own (``atomic_write``): fairseq's
+    own wrote a try after the part a failed one left, a checkpoint torch cannot read."""
+    for attempt in range(tries):
+        try:
+            with atomic_write(filename) as f:
+                try:
+                    return torch.save(obj, f)
+                except RuntimeError:  # torch's words for a short write ("unexpected pos"): a byte more gets
+                    f.write(b"\0")    # the system's (a full disk), which atomic_write names with the path
+                    f.flush()
+                    raise
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            time.sleep(pause)
+
+
 def _atomic_saves(save):
     def torch_persistent_save(obj, filename, async_write: bool = False):
         if async_write or not isinstance(filename, str) or PathManager.path_requires_pathmanager(filename):
             return save(obj, filename, async_write)
-        with atomic_write(filename) as f:  # fairseq's own goes through the fixed name FILENAME.tmp
-            checkpoint_utils._torch_persistent_save(obj, f)
+        save_retried(obj, filename)  # fairseq's own goes through the fixed name FILENAME.tmp
 
     return torch_persistent_save
 
@@ -233,7 +259,8 @@ def misfit(filename: str, cause: Exception, model_cfg, task, saved=None) -> Chec
     differ and change its parameters, else ``cause``. Resuming (Trainer) and train.sh's check of a
     complete run (scripts/train_settings.py) both say it in these words."""
     if isinstance(cause, ValueError):  # the model's own check (dictionaries) says what differs
-        return CheckpointError(f"checkpoint {filename}: {cause}")
+        said, named = str(cause), f"checkpoint {filename}: "
+        return CheckpointError(said if said.startswith(named) else named + said)
     if saved is None:
         saved = checkpoint_utils.load_checkpoint_to_cpu(filename)["cfg"]["model"]
     kinds = [model_name(as_dict(cfg).get("_name")) for cfg in (saved, model_cfg)]  # _name: the --arch preset

@@ -39,7 +39,6 @@ import logging
 import math
 from typing import Any, Callable
 
-import sentencepiece as spm
 import torch
 from fairseq import search, utils
 from fairseq.dataclass.configs import GenerationConfig
@@ -57,6 +56,7 @@ from ..dictionaries import (
     check_bpe_model,
     check_post_process,
     is_added,
+    load_spm,
     uses_sentencepiece,
 )
 from ..errors import Refusal
@@ -173,11 +173,7 @@ def check_sentencepiece_file(cfg: Any) -> None:
         raise TokenizationError("--bpe sentencepiece needs --sentencepiece-model PATH (prepare.py's OUT/spm.model)")
     if not_a_file(path):
         raise TokenizationError(f"--sentencepiece-model {path} {not_a_file(path)}")
-    try:
-        spm.SentencePieceProcessor(model_file=path)
-    except (RuntimeError, OSError):  # sentencepiece's "could not parse ModelProto"
-        raise TokenizationError(f"--sentencepiece-model {path} is not a sentencepiece model (prepare.py's "
-                                "OUT/spm.model is one)") from None
+    load_spm(path, "--sentencepiece-model")
 
 
 def check_buffer(dataset: Any, interactive: Any) -> None:
