@@ -11,7 +11,7 @@ if [ "${VENV:-1}" = 0 ]; then
 else
     if [ ! -f "$_stamp" ]; then
         # ve-fairseq has wheels for CPython 3.11 and 3.12 only: any other fails deep in pip, so say it first
-        _version="$("${PYTHON:-python3}" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2> /dev/null)"
+        _version="$("${PYTHON:-python3}" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2> /dev/null || :)"
         case "$_version" in
             3.11|3.12) ;;
             *) echo "error: ${PYTHON:-python3} is ${_version:+Python }${_version:-not a Python found on PATH}; fairseq" \

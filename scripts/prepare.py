@@ -392,7 +392,8 @@ def main() -> None:
     p.add_argument("--download", nargs="?", const=MULTI30K_URL, metavar="URL",
                    help=f"first fetch missing raw files into --raw-dir from URL (default {MULTI30K_URL})")
     p.add_argument("--overwrite", action="store_true",
-                   help="redo OUT from scratch when it was prepared from other inputs or options")
+                   help="redo OUT from scratch (without it, a preparation of these inputs and options is kept, "
+                        "and one of others refused)")
     args = p.parse_args()
     try:
         prepare(args)

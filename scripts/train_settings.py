@@ -75,7 +75,7 @@ from user_dir.precision import (
     precision_name,
     training_work,
 )
-from user_dir.prepared import prepared_record
+from user_dir.prepared import prepared_record, prepared_record_path
 from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
@@ -300,6 +300,16 @@ def corpus(plan: argparse.Namespace) -> dict:
 def sizes_of(dataset) -> tuple[np.ndarray, np.ndarray]:
     """A LanguagePairDataset's (source, target) lengths, copied (not views of memory maps)."""
     return np.array(dataset.src_sizes), np.array(dataset.tgt_sizes)
+
+
+def check_save_outside_data(data: Path, save: Path) -> None:
+    """SAVE_DIR may not lie in DATA_BIN, nor in a prepare.py folder's raw/ or spm/: the data's folders,
+    which prepare.py replaces whole when it prepares them again."""
+    folders = [data, *(data.parent / name for name in ("raw", "spm") if prepared_record_path(data).is_file())]
+    for folder in folders:
+        if save.resolve().is_relative_to(folder.resolve()):
+            raise SystemExit(f"error: SAVE_DIR {save} is inside {folder}, a folder of the data: give one beside it "
+                             f"(e.g. {data.parent / 'ckpt'})")
 
 
 def writable_folder(save: Path) -> None:
@@ -568,6 +578,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     check_whole_counts(extra)
     if "save_dir" in given:
         raise SystemExit("error: --save-dir in the options: give the folder as train.sh's SAVE_DIR instead")
+    check_save_outside_data(data, save)
     head[1:1] = ["--save-dir", save.as_posix()]
     gpus = 0 if given.get("cpu") or not torch.cuda.is_available() else torch.cuda.device_count()
     slurm = given.get("distributed_port", 0) > 0 and bool(os.environ.get("SLURM_STEP_NODELIST",

@@ -9,6 +9,7 @@ evaluate.py trust the folder.
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -201,10 +202,37 @@ def remove_made(out: Path, made: dict) -> None:
         discard(out / name)
 
 
+OWN_FILES = {"raw": r"[^/]+\.{lang}", "spm": r"[^/]+\.{lang}",  # SPLIT.LANG; fairseq-preprocess's outputs in bin
+             "bin": r"dict\.{lang}\.txt|preprocess\.log|[^/]+\.{lang}-{lang}\.{lang}\.(bin|idx)"}
+
+
+def strangers(out: Path, made: dict) -> list[str]:
+    """What OUT's raw/, spm/ and bin/ hold that a preparation of MADE's languages does not make there (a
+    checkpoint saved into bin/, notes): removing the outputs, which goes folder by folder, would lose it."""
+    langs = [made[side] for side in ("src", "tgt") if isinstance(made.get(side), str)]
+    lang = f"({'|'.join(re.escape(x) for x in langs)})" if langs else r"[^.]+"
+    found = []
+    for folder, pattern in OWN_FILES.items():
+        if (out / folder).is_dir() and not (out / folder).is_symlink():
+            found += [f"{folder}/{p.name}" for p in sorted((out / folder).iterdir())
+                      if p.is_dir() or not re.fullmatch(pattern.format(lang=lang), p.name)]
+    return found
+
+
+def removable(out: Path, made: dict) -> dict:
+    """MADE, the record of outputs to remove, once nothing but prepare.py's own files is in them."""
+    if found := strangers(out, made):
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise SystemExit(f"error: {out} holds {shown}, which prepare.py did not make, in the folders a redo "
+                         f"replaces whole ({', '.join(OWN_FILES)}): move them out first (a folder beside them, "
+                         f"e.g. {out / 'ckpt'}, is kept)")
+    return made
+
+
 def claim(out: Path, wanted: dict, overwrite: bool) -> dict | None:
     """Decide what becomes of OUT's outputs for ``wanted``: None to keep them (made from it,
     finished or left unfinished by a failed run), else the record of those to remove first
-    ({}: none): an unfinished preparation of other inputs, a finished one with --overwrite.
+    ({}: none): an unfinished preparation of other inputs, a finished one with --overwrite (of any inputs).
     Refuse a finished one of other inputs without --overwrite, and files prepare.py has no record of.
     A record of outputs under removal (PENDING with REMOVING) comes first."""
     record, pending = out / RECORD, out / PENDING
@@ -214,6 +242,7 @@ def claim(out: Path, wanted: dict, overwrite: bool) -> dict | None:
             return print(f"continue: {out} (an earlier run with these inputs did not finish)")
         why = "was interrupted while it removed older outputs" if made.get(REMOVING) else \
             "with other inputs or options did not finish"
+        removable(out, made)
         print(f"redo: {out} (an earlier run {why})")
         return made
     if record.exists():
@@ -222,9 +251,11 @@ def claim(out: Path, wanted: dict, overwrite: bool) -> dict | None:
             if not overwrite:
                 raise SystemExit(f"error: {out} was prepared from other inputs or options (they differ: "
                                  f"{', '.join(differ)}): use another --out, or --overwrite to redo it")
-            return made
-        if mismatch := record_problem(record):  # made from these inputs and options: redone, nothing is lost
-            print(f"redo: {out} (its files do not match {RECORD}: {mismatch})")
+            return removable(out, made)
+        mismatch = record_problem(record)  # made from these inputs and options: redone, nothing is lost
+        if mismatch or overwrite:
+            removable(out, made)
+            print(f"redo: {out} ({f'its files do not match {RECORD}: {mismatch}' if mismatch else '--overwrite'})")
             return made
         if "format" not in made:
             print(f"update: {record} (an older prepare.py wrote it: its checksums are added)")

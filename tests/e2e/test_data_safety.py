@@ -190,6 +190,20 @@ def test_train_sh_resolves_paths_against_the_callers_folder(toy_bin, tmp_path):
                r"error: DATA_BIN nowhere does not exist")
 
 
+def test_train_sh_refuses_a_save_dir_inside_the_datas_folders(tmp_path):
+    """Checkpoints in DATA_BIN, or in a prepare.py folder's raw/ or spm/, sit in folders that a second
+    preparation replaces whole: refused before anything is made; OUT/ckpt beside them is the place."""
+    out = tmp_path / "out"
+    prepare(raw_copy(tmp_path), out)
+    for save, folder in ((out / "bin", out / "bin"), (out / "bin" / "ckpt", out / "bin"),
+                         (out / "raw" / "ckpt", out / "raw")):
+        proc = run("bash", SCRIPTS / "train.sh", out / "bin", save, check=False)
+        assert proc.returncode != 0 and proc.stderr.splitlines()[-1] == (
+            f"error: SAVE_DIR {save} is inside {folder}, a folder of the data: give one beside it "
+            f"(e.g. {out / 'ckpt'})"), proc.stderr[-2000:]
+    assert not (out / "bin" / "ckpt").exists() and not (out / "raw" / "ckpt").exists()
+
+
 def test_evaluate_scores_the_best_hypothesis_whatever_the_extra_options(toy_bin, trained, tmp_path):
     outs = []
     for name, extra in (("plain", []), ("nbest", ["--", "--nbest", "3", "--unnormalized"])):

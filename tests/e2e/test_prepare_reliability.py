@@ -130,6 +130,40 @@ def test_outputs_without_a_record_are_never_deleted_even_with_overwrite(raw, tmp
     assert (out / "bin" / "mine.txt").read_text() == "keep me\n"
 
 
+@pytest.mark.parametrize("change", [[], ["--vocab-size", "41"]])
+def test_a_redo_never_deletes_what_prepare_py_did_not_make_inside_its_folders(raw, prepared, tmp_path, change):
+    """raw/, spm/ and bin/ are replaced whole: a checkpoint saved into bin/, a folder there or notes in
+    spm/ are named and the redo refused (same inputs or others); moved beside them, they are kept."""
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    mine = {out / "bin" / "checkpoint_best.pt": b"model", out / "bin" / "ckpt" / "checkpoint_last.pt": b"last",
+            out / "spm" / "NOTES.txt": b"notes"}
+    for path, data in mine.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    fails_with(prepare(*splits(raw), "--out", out, *change, "--overwrite", check=False),
+               f"error: {out} holds spm/NOTES.txt, bin/checkpoint_best.pt, bin/ckpt, which prepare.py did not "
+               "make, in the folders a redo replaces whole (raw, spm, bin): move them out first")
+    assert all(path.read_bytes() == data for path, data in mine.items())
+    shutil.move(out / "bin" / "ckpt", out / "ckpt")
+    for path in (out / "bin" / "checkpoint_best.pt", out / "spm" / "NOTES.txt"):
+        path.unlink()
+    redone = prepare(*splits(raw), "--out", out, *change, "--overwrite").stdout
+    assert f"kept: ckpt in {out}" in redone and (out / "ckpt" / "checkpoint_last.pt").read_bytes() == b"last"
+    assert verified_raw(prepared_record(out / "bin"), "test", "tgt") == out / "raw" / "test.en"
+
+
+def test_overwrite_redoes_a_preparation_of_the_same_inputs(raw, prepared, tmp_path):
+    """Without it the same inputs are kept ("skip"), even with a damaged split in bin/; with it, redone."""
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    damaged = next((out / "bin").glob("train.*.en.bin"))
+    damaged.write_bytes(damaged.read_bytes()[:10])
+    assert "redo: " not in prepare(*splits(raw), "--out", out).stdout and damaged.stat().st_size == 10
+    assert f"redo: {out} (--overwrite)" in prepare(*splits(raw), "--out", out, "--overwrite").stdout
+    assert damaged.stat().st_size == (prepared / "bin" / damaged.name).stat().st_size
+
+
 def test_an_overwrite_stopped_while_it_removes_is_redone_by_the_next_run(raw, prepared, tmp_path, monkeypatch):
     """The removal of older outputs is recorded before it starts and prepare.json goes first: one
     stopped half-way is never read as finished, and the next run redoes it, whatever its options."""

@@ -292,8 +292,11 @@ def test_env_sh_refuses_a_python_fairseq_does_not_install_on_before_making_the_v
         (bin_ / f"python{version}").write_text(f"#!/bin/sh\necho {version}\n")
         (bin_ / f"python{version}").chmod(0o755)
     interpreter = interpreter.format(bin=bin_)
+    line = (f"error: {says.format(bin=bin_)}; fairseq (ve-fairseq) installs on Python 3.11 or 3.12: "
+            "give one, e.g. PYTHON=python3.12 source scripts/env.sh\n")
     proc = run("bash", "-c", f"PYTHON={interpreter} source scripts/env.sh; echo \"rc=$?\"", cwd=root, check=False)
-    assert proc.stdout == "rc=1\n"
-    assert proc.stderr == (f"error: {says.format(bin=bin_)}; fairseq (ve-fairseq) installs on Python 3.11 or 3.12: "
-                           "give one, e.g. PYTHON=python3.12 source scripts/env.sh\n")
+    assert proc.stdout == "rc=1\n" and proc.stderr == line
+    # as demo.sh and train.sh source it: under set -e, the question's failure must not end the script first
+    proc = run("bash", "-c", f"set -euo pipefail; PYTHON={interpreter} source scripts/env.sh", cwd=root, check=False)
+    assert proc.returncode == 1 and proc.stderr == line
     assert not (root / ".venv").exists()
