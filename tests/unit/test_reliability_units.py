@@ -190,6 +190,38 @@ def test_a_non_finite_validation_metric_is_never_saved(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def bleu_log(counts: list[int], totals: list[int], sys_len: int, ref_len: int) -> dict:
+    """One validation batch's logging output as fairseq's translation task and masked_ce write it."""
+    return {"loss": 1.0, "nll_loss": 1.0, "ntokens": ref_len, "nsentences": 2, "sample_size": ref_len,
+            "_bleu_sys_len": sys_len, "_bleu_ref_len": ref_len,
+            **{f"_bleu_counts_{i}": c for i, c in enumerate(counts)},
+            **{f"_bleu_totals_{i}": t for i, t in enumerate(totals)}}
+
+
+@pytest.mark.parametrize("batches, expected", [
+    ([([0] * 4, [0] * 4, 0, 12)], 0.0),  # every hypothesis empty: fairseq logged no BLEU at all
+    ([([5, 3, 2, 1], [6, 4, 2, 1], 6, 7), ([0] * 4, [0] * 4, 0, 5)], "sacrebleu"),  # an empty batch among others
+    ([([0] * 4, [0] * 4, 0, 5), ([5, 3, 2, 1], [6, 4, 2, 1], 6, 7)], "sacrebleu"),  # ... first
+])
+def test_validation_bleu_is_logged_when_hypotheses_are_empty(task, batches, expected):
+    """--best-checkpoint-metric bleu reads it after every validation: a validation of empty
+    hypotheses (a model that learned nothing yet) ended fairseq-train in KeyError: 'bleu'."""
+    from fairseq.logging import metrics
+    from sacrebleu.metrics import BLEU
+
+    from user_dir.criterions.masked_ce import MaskedCrossEntropyCriterion
+
+    task.cfg.eval_bleu = True
+    with metrics.aggregate(new_root=True) as agg:
+        for batch in batches:
+            task.reduce_metrics([bleu_log(*batch)], MaskedCrossEntropyCriterion(task, False))
+        bleu = agg.get_smoothed_values()["bleu"]
+    if expected == "sacrebleu":  # the counts of all batches, the empty one's reference words too
+        expected = round(BLEU.compute_bleu(correct=[5, 3, 2, 1], total=[6, 4, 2, 1], sys_len=6, ref_len=12,
+                                           smooth_method="exp").score, 2)
+    assert bleu == expected
+
+
 def test_bfloat16_path_stops_after_a_run_of_non_finite_updates():
     param = torch.nn.Parameter(torch.ones(2))
 

@@ -7,10 +7,16 @@
   updates in a row; either becomes :class:`TrainingDiverged`, naming the update and what to do.
 * ``checkpoint_utils.save_checkpoint``: a validation metric that is not finite (which fairseq
   would take as the first ``checkpoint_best.pt``) stops the run before anything is saved.
+* ``TranslationTask.reduce_metrics``: where every validation hypothesis is empty (a model that has
+  learned nothing yet, a too-high --lr), fairseq logs no BLEU and ``--best-checkpoint-metric bleu``
+  ends the run in ``KeyError: 'bleu'``; BLEU is logged as sacrebleu scores such output, 0.
 """
 import math
 
+import numpy as np
 from fairseq import checkpoint_utils
+from fairseq.logging import metrics
+from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationTask
 from fairseq.trainer import Trainer
 
 from ..errors import Refusal
@@ -45,5 +51,30 @@ def _refuse_non_finite_validation(save_checkpoint):
     return save_checkpoint_if_finite
 
 
+def corpus_bleu(meters) -> float:
+    """sacrebleu's BLEU of the validation so far, from the n-gram counts fairseq logs (0 for no words)."""
+    from sacrebleu.metrics import BLEU
+
+    return round(BLEU.compute_bleu(correct=meters["_bleu_counts"].sum, total=meters["_bleu_totals"].sum,
+                                   sys_len=int(meters["_bleu_sys_len"].sum), ref_len=int(meters["_bleu_ref_len"].sum),
+                                   smooth_method="exp").score, 2)
+
+
+def _bleu_of_empty_hypotheses(reduce_metrics):
+    def reduce_metrics_with_bleu(self, logging_outputs, criterion):
+        reduce_metrics(self, logging_outputs, criterion)
+        validating = self.cfg.eval_bleu and any("_bleu_totals_0" in log for log in logging_outputs)
+        if not validating or sum(log.get("_bleu_totals_0", 0) for log in logging_outputs) > 0:
+            return  # fairseq logged this batch's counts (or it is training)
+        metrics.log_scalar("_bleu_counts", np.zeros(EVAL_BLEU_ORDER))  # the same meters, no hypothesis word
+        metrics.log_scalar("_bleu_totals", np.zeros(EVAL_BLEU_ORDER))
+        metrics.log_scalar("_bleu_sys_len", 0)
+        metrics.log_scalar("_bleu_ref_len", sum(log.get("_bleu_ref_len", 0) for log in logging_outputs))
+        metrics.log_derived("bleu", corpus_bleu)  # fairseq's own, where a batch had words, computes the same
+
+    return reduce_metrics_with_bleu
+
+
 replace(Trainer, "train_step", _stop_on_non_finite_gradients)
 replace(checkpoint_utils, "save_checkpoint", _refuse_non_finite_validation)
+replace(TranslationTask, "reduce_metrics", _bleu_of_empty_hypotheses)
