@@ -333,6 +333,18 @@ def test_a_sentencepiece_model_that_is_none_is_one_line(toy_bin, trained, comman
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("command", ["fairseq-generate", "fairseq-interactive"])
+def test_pieces_decoded_twice_are_refused(toy_bin, trained, command):
+    """--bpe sentencepiece decodes the pieces: --post-process sentencepiece as well ran the words
+    together ("Thecatsleeps", BLEU 0), without a word."""
+    proc = run(command, toy_bin, "--user-dir", USER_DIR, "--path", trained, "--bpe", "sentencepiece",
+               "--sentencepiece-model", toy_bin / "spm.model", "--post-process", "sentencepiece",
+               input="one two\n", check=False)
+    fails_with(proc, r"TokenizationError: --post-process sentencepiece with --bpe sentencepiece decodes the pieces "
+                     r"twice \(the words run together\): leave --post-process out")
+    assert "Traceback" not in proc.stderr
+
+
 def test_interactive_and_translate_refuse_beam_zero_and_a_missing_folder(toy_bin, trained, tmp_path):
     proc = run("fairseq-interactive", toy_bin, "--user-dir", USER_DIR, "--path", trained, "--beam", "0",
                input="one\n", check=False)

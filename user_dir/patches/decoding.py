@@ -160,12 +160,27 @@ def _valid_generation_options(build_generator):
     return build_generator_checked
 
 
+def bpe_of(cfg: Any) -> tuple[str | None, Any]:
+    """--bpe's name and the options of its group in CFG (fairseq's config, or its Namespace, which
+    holds the name itself and every option)."""
+    bpe = getattr(cfg, "bpe", None)
+    if bpe is None or isinstance(bpe, str):
+        return bpe, cfg
+    return getattr(bpe, "_name", None), bpe
+
+
+def check_decoded_once(cfg: Any, post_process: str | None) -> None:
+    """--bpe sentencepiece decodes each hypothesis's pieces; --post-process sentencepiece then took its
+    spaces too, and the words ran together ("Thecatsleeps"): refused."""
+    if bpe_of(cfg)[0] == "sentencepiece" and post_process == "sentencepiece":
+        raise TokenizationError("--post-process sentencepiece with --bpe sentencepiece decodes the pieces twice (the "
+                                "words run together): leave --post-process out, as --bpe decodes them already")
+
+
 def check_sentencepiece_file(cfg: Any) -> None:
     """--bpe sentencepiece's --sentencepiece-model (CFG: fairseq's config or its Namespace): a file
     sentencepiece can load (fairseq: an OSError or RuntimeError traceback after loading the models)."""
-    bpe = getattr(cfg, "bpe", None)
-    group = cfg if bpe is None or isinstance(bpe, str) else bpe  # a Namespace holds --bpe's name, a config its group
-    name = bpe if bpe is None or isinstance(bpe, str) else getattr(bpe, "_name", None)
+    name, group = bpe_of(cfg)
     path = getattr(group, "sentencepiece_model", None)
     if name != "sentencepiece" or (path and "://" in path):
         return
@@ -200,6 +215,7 @@ def _valid_generation_options_first(main):
                 check_buffer(getattr(cfg, "dataset", cfg), getattr(cfg, "interactive", cfg))
             common_eval = getattr(cfg, "common_eval", cfg)
             check_post_process(None, getattr(common_eval, "post_process", None))  # fairseq: a traceback at S-
+            check_decoded_once(cfg, getattr(common_eval, "post_process", None))
             check_sentencepiece_file(cfg)
             path = getattr(common_eval, "path", None)
             if path and "://" not in path:  # fairseq's own check is a traceback ("Model file not found")
