@@ -92,9 +92,10 @@ def same_seed(paths: list[Path], states: list[dict]) -> None:
     (first, seed), *rest = seeds
     for path, other in rest:
         if other != seed:
-            raise SystemExit(f"error: {path} was trained with --seed {other} but {first} with --seed {seed}: not "
-                             "checkpoints of one run (an average of two runs is no model); decode them together "
-                             f"as an ensemble instead: {first}:{path}")
+            raise SystemExit(f"error: {path} was trained with --seed {other} but {first} with --seed {seed}: "
+                             "checkpoints of two runs (an average of two runs is no model), or of one resumed with "
+                             "another --seed (average only those of one seed); decode them together as an ensemble "
+                             f"instead: {first}:{path}")
 
 
 def same_identity(named: list[tuple["Path | str", dict]]) -> None:

@@ -36,8 +36,11 @@ if [ ! -d "$data" ] && [[ "$data" == *:* ]]; then  # fairseq's epoch shards
 fi
 [ -d "$data" ] || { echo "error: DATA_BIN $data does not exist (or is not a folder); scripts/prepare.py makes it" >&2
                    exit 2; }
-compgen -G "$data/dict.*.txt" > /dev/null ||
-    { echo "error: $data holds no fairseq-preprocess output (dict.*.txt); scripts/prepare.py makes it" >&2; exit 2; }
+if ! compgen -G "$data/dict.*.txt" > /dev/null; then
+    compgen -G "$data/bin/dict.*.txt" > /dev/null && made="; give its bin folder: ${data%/}/bin" ||
+        made="; scripts/prepare.py makes it"
+    echo "error: $data holds no fairseq-preprocess output (dict.*.txt)$made" >&2; exit 2
+fi
 tmp="$(mktemp -d)" launcher="" stage=" before training started"
 exec 4>&2  # train.sh's own stderr, also inside stoppable's redirections
 stop_launcher() {  # the running (unreaped) launcher and its process group (workers die with it: with_parent.py)

@@ -68,9 +68,11 @@ def language_pair(data_bin: Path, source: Optional[str] = None, target: Optional
     pairs = language_pairs(data_bin)
     if not pairs:
         unread = sorted(Path(data_bin).glob("*.idx"))
+        inside = Path(data_bin) / "bin"  # a prepare.py folder given for its bin/
         raise SystemExit(f"error: {data_bin} holds no fairseq-preprocess output" + (
             f" whose names give a language pair ({unread[0].name}: language codes with '-' or '.'): train.sh and "
-            "fairseq take -s SRC -t TGT; the other scripts need codes without them" if unread else ""))
+            "fairseq take -s SRC -t TGT; the other scripts need codes without them" if unread else
+            f"; give its bin folder: {inside}" if language_pairs(inside) else ""))
     held = ", ".join("-".join(p) for p in pairs)
     if source or target:
         found = sorted({(a, b) for pair in pairs for a, b in (pair, pair[::-1])

@@ -178,8 +178,8 @@ def test_averaging_refuses_checkpoints_of_runs_with_other_seeds(trained, tmp_pat
     torch.save(state, tmp_path / "seed2.pt")
     proc = run(sys.executable, SCRIPTS / "average_checkpoints.py", "--inputs", trained, tmp_path / "seed2.pt",
                "--out", tmp_path / "avg.pt", check=False)
-    one_error_line(proc, r"seed2\.pt was trained with --seed 2 but .*checkpoint_best\.pt with --seed 1: not "
-                         r"checkpoints of one run .* as an ensemble instead: .*checkpoint_best\.pt:.*seed2\.pt$")
+    one_error_line(proc, r"seed2\.pt was trained with --seed 2 but .*checkpoint_best\.pt with --seed 1: "
+                         r"checkpoints of two runs .* as an ensemble instead: .*checkpoint_best\.pt:.*seed2\.pt$")
     assert not (tmp_path / "avg.pt").exists()
 
 
@@ -319,6 +319,12 @@ def test_a_folder_of_several_pairs_is_decoded_in_the_checkpoints_pair_or_the_one
 def test_evaluate_names_an_unknown_subset_and_the_splits_there(prepared):
     proc = evaluate(prepared / "bin", prepared / "ckpt" / "checkpoint_best.pt", "--subset", "tset")
     one_error_line(proc, r"holds no split 'tset' .*it holds: test, train, valid")
+
+
+def test_evaluate_given_a_prepare_py_folder_names_its_bin(prepared):
+    proc = evaluate(prepared, prepared / "ckpt" / "checkpoint_best.pt")
+    one_error_line(proc, rf"^error: {re.escape(str(prepared))} holds no fairseq-preprocess output; give its bin "
+                         rf"folder: {re.escape(str(prepared / 'bin'))}$")
 
 
 # H. every user mistake is one error line, a non-zero exit, nothing written

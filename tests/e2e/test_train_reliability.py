@@ -79,7 +79,9 @@ def test_exit_status_is_non_zero_when_no_checkpoint_was_saved(toy_bin, tmp_path)
     ("no arguments", "error: give DATA_BIN and SAVE_DIR"),
     ("missing data", "error: DATA_BIN {nowhere} does not exist (or is not a folder)"),
     ("shards", "error: DATA_BIN {data}:{data}: train.sh trains on one folder, not fairseq's shards (a:b)"),
-    ("data without dictionaries", "error: {empty} holds no fairseq-preprocess output (dict.*.txt)"),
+    ("data without dictionaries", "error: {empty} holds no fairseq-preprocess output (dict.*.txt); scripts/prepare.py"),
+    ("the folder above bin", "error: {above} holds no fairseq-preprocess output (dict.*.txt); give its bin folder: "
+     "{above}/bin\n"),
     ("save is a file", "error: SAVE_DIR: cannot write in {file}: it is not a folder: choose another folder"),
     ("save under a file", "error: SAVE_DIR: cannot write in {file}/ckpt: Not a directory: choose another folder"),
     ("not a number", "error: fairseq-train argument --max-update: invalid int value: '1O'"),
@@ -98,20 +100,24 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
     if case == "corrupt prepare.json":
         data = shutil.copytree(toy_bin, tmp_path / "out" / "bin")
         (tmp_path / "out" / "prepare.json").write_text("{truncated")
+    if case == "the folder above bin":  # prepare.py's OUT given for its OUT/bin
+        shutil.copytree(toy_bin, tmp_path / "out" / "bin")
     if case == "no validation split":  # fairseq-preprocess without --validpref
         data = shutil.copytree(toy_bin, tmp_path / "data", ignore=shutil.ignore_patterns("valid.*"))
     if case == "another --dataset-impl":  # fairseq's half-read dataset adds nothing to the line at exit
         data = preprocess(TOY, tmp_path / "lazy", ["--dataset-impl", "lazy"])
         extra = [*extra, "--dataset-impl", "mmap"]
     args = {"no arguments": [toy_bin], "missing data": [tmp_path / "nowhere", save, *extra],
-            "data without dictionaries": [tmp_path, save, *extra], "shards": [f"{data}:{data}", save, *extra],
+            "data without dictionaries": [tmp_path, save, *extra], "the folder above bin": [tmp_path / "out", save],
+            "shards": [f"{data}:{data}", save, *extra],
             "save is a file": [data, tmp_path / "file", *extra],
             "save under a file": [data, tmp_path / "file" / "ckpt", *extra],
             "not a number": [data, save, "--max-update", "1O"], "zero divisor": [data, save, *extra, "--update-freq=0"],
             "forever": [data, save, "--max-update", "0"], "unknown option": [data, save, "--max-updates", "5"],
             }.get(case, [data, save, *extra])
     one_error_line(run("bash", TRAIN, *args, env=ENV, check=False),
-                   message.format(file=tmp_path / "file", nowhere=tmp_path / "nowhere", empty=tmp_path, data=data))
+                   message.format(file=tmp_path / "file", nowhere=tmp_path / "nowhere", empty=tmp_path, data=data,
+                                  above=tmp_path / "out"))
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
 
 
