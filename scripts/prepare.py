@@ -68,7 +68,7 @@ from user_dir.files import (
     remove_orphans,
     temporary_folder,
 )
-from user_dir.prepared import OUTPUTS, Pairs, begin, claim, file_text, finish, others
+from user_dir.prepared import OUTPUTS, Pairs, begin, claim, differences, file_text, finish, others
 from user_dir.text import TextError, read_lines
 from user_dir.workflow import ROOT, at_least, encode_pieces, preprocess_command, run_fairseq, script_main
 
@@ -341,8 +341,9 @@ def prepare(args: argparse.Namespace) -> None:
         if made is not None:
             begin(out, wanted, made)
             if made and (kept := others(out)):
-                print(f"kept: {', '.join(kept)} in {out} (not prepare.py's; a model trained on the earlier "
-                      "preparation does not fit the new one: train.sh and evaluate.py refuse it)")
+                print(f"kept: {', '.join(kept)} in {out} (not prepare.py's" + ("; a model trained on the earlier "
+                      "preparation does not fit the new one: train.sh and evaluate.py refuse it)"
+                      if differences(made, wanted) else ")"))
         write_splits(out / "raw", data, langs)
         model = train_spm(out, data["train"][0] + data["train"][1], args.vocab_size)
         sp = spm.SentencePieceProcessor(model_file=str(model))

@@ -75,7 +75,7 @@ from user_dir.precision import (
     precision_name,
     training_work,
 )
-from user_dir.prepared import prepared_record, prepared_record_path
+from user_dir.prepared import RECORD, prepared_record, prepared_record_path
 from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
@@ -305,11 +305,12 @@ def sizes_of(dataset) -> tuple[np.ndarray, np.ndarray]:
 def check_save_outside_data(data: Path, save: Path) -> None:
     """SAVE_DIR may not lie in DATA_BIN, nor in a prepare.py folder's raw/ or spm/: the data's folders,
     which prepare.py replaces whole when it prepares them again."""
-    folders = [data, *(data.parent / name for name in ("raw", "spm") if prepared_record_path(data).is_file())]
+    out = prepared_record_path(data).parent  # DATA_BIN's folder, links resolved
+    folders = [data, *(out / name for name in ("raw", "spm") if (out / RECORD).is_file())]
     for folder in folders:
         if save.resolve().is_relative_to(folder.resolve()):
             raise SystemExit(f"error: SAVE_DIR {save} is inside {folder}, a folder of the data: give one beside it "
-                             f"(e.g. {data.parent / 'ckpt'})")
+                             f"(e.g. {out / 'ckpt'})")
 
 
 def writable_folder(save: Path) -> None:

@@ -12,6 +12,7 @@ import pickle
 import pickletools
 import stat
 import zipfile
+from collections import OrderedDict
 from typing import Iterable
 
 from .errors import Refusal
@@ -29,7 +30,10 @@ FILE_ATTRIBUTE = "checkpoint_file"  # set on loaded weights (an OrderedDict), as
 
 def note_file(state: dict, path: str) -> None:
     """Note on the weights of a loaded checkpoint ``state`` the file they came from, so that a model
-    refusing them names it (which member of an ensemble); a plain dict of weights is left as it is."""
+    refusing them names it (which member of an ensemble); a plain dict of them (an averaged
+    checkpoint's) becomes an OrderedDict, as torch's own state_dict is, to hold the note."""
+    if type(state.get("model")) is dict:
+        state["model"] = OrderedDict(state["model"])
     if hasattr(state.get("model"), "__dict__"):
         setattr(state["model"], FILE_ATTRIBUTE, path)
 

@@ -9,7 +9,6 @@ evaluate.py trust the folder.
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -170,6 +169,7 @@ def verified_raw(record: Prepared, split: str, side: str) -> Path:
 
 
 OUTPUTS = ("raw", "spm.model", "spm.vocab", "spm", "bin", RECORD)  # what a preparation makes in OUT
+OWN_FOLDERS = ("raw", "spm", "bin")  # removed whole by a redo
 
 
 def file_text(lines: list[str]) -> bytes:
@@ -202,21 +202,27 @@ def remove_made(out: Path, made: dict) -> None:
         discard(out / name)
 
 
-OWN_FILES = {"raw": r"[^/]+\.{lang}", "spm": r"[^/]+\.{lang}",  # SPLIT.LANG; fairseq-preprocess's outputs in bin
-             "bin": r"dict\.{lang}\.txt|preprocess\.log|[^/]+\.{lang}-{lang}\.{lang}\.(bin|idx)"}
+def own_files(made: dict) -> dict[str, set[str]] | None:
+    """The names a preparation recorded as MADE writes in OUT's raw/, spm/ and bin/ (SPLIT.LANG, and
+    fairseq-preprocess's files of SRC-TGT), None where the record names no inputs to tell them by."""
+    inputs, src, tgt = made.get("inputs"), made.get("src"), made.get("tgt")
+    if not isinstance(inputs, dict) or not isinstance(src, str) or not isinstance(tgt, str):
+        return None
+    splits = {name.rsplit(".", 1)[0] for name in inputs}
+    binarized = {f"{split}.{src}-{tgt}.{lang}.{kind}" for split in splits for lang in (src, tgt)
+                 for kind in ("bin", "idx")}
+    return {"raw": set(inputs), "spm": set(inputs),
+            "bin": binarized | {f"dict.{lang}.txt" for lang in (src, tgt)} | {"preprocess.log"}}
 
 
 def strangers(out: Path, made: dict) -> list[str]:
-    """What OUT's raw/, spm/ and bin/ hold that a preparation of MADE's languages does not make there (a
-    checkpoint saved into bin/, notes): removing the outputs, which goes folder by folder, would lose it."""
-    langs = [made[side] for side in ("src", "tgt") if isinstance(made.get(side), str)]
-    lang = f"({'|'.join(re.escape(x) for x in langs)})" if langs else r"[^.]+"
-    found = []
-    for folder, pattern in OWN_FILES.items():
-        if (out / folder).is_dir() and not (out / folder).is_symlink():
-            found += [f"{folder}/{p.name}" for p in sorted((out / folder).iterdir())
-                      if p.is_dir() or not re.fullmatch(pattern.format(lang=lang), p.name)]
-    return found
+    """What OUT's raw/, spm/ and bin/ hold that the preparation recorded as MADE does not write there (a
+    checkpoint saved into bin/, a test set of yours in raw/): removing the outputs, folder by folder,
+    would lose it. Where the record cannot tell, everything there."""
+    own = own_files(made) or {}
+    folders = [folder for folder in OWN_FOLDERS if (out / folder).is_dir() and not (out / folder).is_symlink()]
+    return [f"{folder}/{p.name}" for folder in folders for p in sorted((out / folder).iterdir())
+            if p.is_dir() or p.name not in own.get(folder, ())]
 
 
 def removable(out: Path, made: dict) -> dict:
@@ -224,7 +230,7 @@ def removable(out: Path, made: dict) -> dict:
     if found := strangers(out, made):
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise SystemExit(f"error: {out} holds {shown}, which prepare.py did not make, in the folders a redo "
-                         f"replaces whole ({', '.join(OWN_FILES)}): move them out first (a folder beside them, "
+                         f"replaces whole ({', '.join(OWN_FOLDERS)}): move them out first (a folder beside them, "
                          f"e.g. {out / 'ckpt'}, is kept)")
     return made
 

@@ -167,6 +167,7 @@ def test_an_ensemble_refusal_names_the_member_that_does_not_fit(toy_bin, trained
     weights = state["model"]
     if change == "language_direction":
         weights[change] = direction_record("tgt", "src")
+        state["model"] = dict(weights)  # a plain dict, as average_checkpoints.py writes them
     elif change.endswith("fingerprint"):
         weights[change] = 255 - weights[change]
     else:
@@ -219,6 +220,7 @@ def test_evaluate_scores_the_best_hypothesis_whatever_the_extra_options(toy_bin,
     (["--ref", TOY / "valid.tgt"], r"has 100 lines but the source has 203 sentences"),
     (["--", "--quiet"], r"--quiet after -- would contradict .*: it hides the hypotheses from evaluate\.py"),
     (["--", "--results-path=/tmp/x"], r"--results-path after -- would contradict .*: it hides the hypotheses"),
+    (["--", "--bpe", "sentencepiece"], r"--bpe after -- would contradict .*: evaluate\.py decodes the pieces itself"),
 ])
 def test_evaluate_checks_everything_before_decoding(toy_bin, trained, args, message):
     base = ["--ref", TOY / "test.tgt"] if "--ref" not in args else []

@@ -137,16 +137,17 @@ def test_a_redo_never_deletes_what_prepare_py_did_not_make_inside_its_folders(ra
     out = tmp_path / "out"
     shutil.copytree(prepared, out)
     mine = {out / "bin" / "checkpoint_best.pt": b"model", out / "bin" / "ckpt" / "checkpoint_last.pt": b"last",
-            out / "spm" / "NOTES.txt": b"notes"}
+            out / "spm" / "NOTES.txt": b"notes", out / "raw" / "newstest.de": b"a test set named as a split is\n"}
     for path, data in mine.items():
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
     fails_with(prepare(*splits(raw), "--out", out, *change, "--overwrite", check=False),
-               f"error: {out} holds spm/NOTES.txt, bin/checkpoint_best.pt, bin/ckpt, which prepare.py did not "
+               f"error: {out} holds raw/newstest.de, spm/NOTES.txt, bin/checkpoint_best.pt, bin/ckpt, which prepare.py "
+               "did not "
                "make, in the folders a redo replaces whole (raw, spm, bin): move them out first")
     assert all(path.read_bytes() == data for path, data in mine.items())
     shutil.move(out / "bin" / "ckpt", out / "ckpt")
-    for path in (out / "bin" / "checkpoint_best.pt", out / "spm" / "NOTES.txt"):
+    for path in (out / "bin" / "checkpoint_best.pt", out / "spm" / "NOTES.txt", out / "raw" / "newstest.de"):
         path.unlink()
     redone = prepare(*splits(raw), "--out", out, *change, "--overwrite").stdout
     assert f"kept: ckpt in {out}" in redone and (out / "ckpt" / "checkpoint_last.pt").read_bytes() == b"last"

@@ -190,6 +190,18 @@ def test_reorder_mid_decoding_matches_reordered_batch(task, variant, reorders):
     assert_close(torch.cat(steps, dim=1), full[:, t:])
 
 
+def test_outputs_move_to_left_padded_rows_only():
+    """unpad_like's gather (always taken on a GPU, which reads no lengths): a right-padded or full row
+    stays where it is, a left-padded one moves right by its padding."""
+    from user_dir.modules.lengths import unpad_like
+
+    outputs = torch.arange(1.0, 10.0).view(3, 3, 1)  # rows [1 2 3], [4 5 6], [7 8 9], right-padded as computed
+    mask = torch.tensor([[True, False, False], [False, False, True], [False, False, False]])
+    moved = unpad_like(outputs, mask).squeeze(2)
+    assert moved[0, 1:].tolist() == [1.0, 2.0]  # left-padded by 1: its two outputs after the pad
+    assert moved[1].tolist() == [4.0, 5.0, 6.0] and moved[2].tolist() == [7.0, 8.0, 9.0]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_encoder_ignores_padding(task, variant):
     """A sentence's encoding is the same alone, left-padded or right-padded in a batch."""

@@ -176,6 +176,16 @@ def test_two_presets_of_the_model_are_told_apart_by_their_options(task):
     assert "--decoder-attention none (this command: additive)" in message and "holds a" not in message, message
 
 
+def test_a_refusal_that_names_the_file_is_not_named_again(task):
+    """The model names the checkpoint in its refusal (an ensemble's member): the resume's words keep one name."""
+    from user_dir.models.rnn_seq2seq import WeightsMismatch
+
+    cfg = OmegaConf.create({"_name": "rnn_seq2seq", "decoder_attention": "none", "encoder_embed_dim": 8})
+    said = "checkpoint ck.pt: the checkpoint's weights do not fit the model its options build here: 1 missing (x)"
+    message = str(misfit("ck.pt", WeightsMismatch(said), cfg, task, cfg))
+    assert message.count("ck.pt") == 1 and "does not fit the model of this command: the checkpoint's weights" in message
+
+
 # F. divergence ends a run
 
 def test_a_non_finite_validation_metric_is_never_saved(tmp_path):

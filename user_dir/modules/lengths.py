@@ -79,10 +79,11 @@ def rnn_per_length(rnn: RNN, x: Tensor, order: Tensor, lengths: List[int], rows:
 
 def unpad_like(right_padded: Tensor, padding_mask: Tensor) -> Tensor:
     """Move each row of B x S x C right-padded outputs to the positions of a source whose
-    padding is ``padding_mask`` (B x S): left-padded sources get left-padded outputs."""
-    if not padding_mask.is_cuda and not padding_mask[:, 0].any():  # already right-padded (a GPU gathers: no wait)
+    padding is ``padding_mask`` (B x S): left-padded sources get left-padded outputs, right-padded
+    ones stay."""
+    if not padding_mask.is_cuda and not padding_mask[:, 0].any():  # all right-padded (a GPU gathers: no wait)
         return right_padded
-    num_pads = padding_mask.sum(dim=1, keepdim=True)
+    shift = padding_mask[:, :1] * padding_mask.sum(dim=1, keepdim=True)  # a left-padded row's pads, else 0
     positions = torch.arange(padding_mask.size(1), device=padding_mask.device).unsqueeze(0)
-    index = torch.remainder(positions - num_pads, padding_mask.size(1))  # B x S
+    index = torch.remainder(positions - shift, padding_mask.size(1))  # B x S
     return right_padded.gather(1, index.unsqueeze(2).expand_as(right_padded))

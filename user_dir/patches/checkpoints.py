@@ -268,7 +268,8 @@ def misfit(filename: str, cause: Exception, model_cfg, task, saved=None) -> Chec
         what = f"it holds a {kinds[0]} model (this command: {kinds[1]})"
     else:
         differ = option_differences(saved, model_cfg, model_changing(saved, model_cfg, task), name="arch")
-        what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause)
+        what = ("it was trained with " + ", ".join(differ)) if differ else \
+            essence(cause).removeprefix(f"checkpoint {filename}: ")  # the model's refusal names the file too
     return CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; use the "
                            "checkpoint's options, or another --save-dir (train.sh: SAVE_DIR) for a new model")
 
