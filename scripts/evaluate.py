@@ -101,9 +101,7 @@ OWNED = {"path": "give the checkpoint as CHECKPOINT", "beam": "use evaluate.py's
          "gen_subset": "use evaluate.py's --subset", "post_process": "use evaluate.py's --post-process",
          "batch_size": "use evaluate.py's --batch-size", "user_dir": "evaluate.py passes the plugin",
          "results_path": "it hides the hypotheses from evaluate.py; leave it out",
-         "quiet": "it hides the hypotheses from evaluate.py; leave it out",
-         "bpe": "evaluate.py decodes the pieces itself (--post-process); leave it out",
-         **direction_owned("evaluate.py")}
+         "quiet": "it hides the hypotheses from evaluate.py; leave it out", **direction_owned("evaluate.py")}
 
 
 def direction(args: argparse.Namespace) -> Pair:

@@ -220,7 +220,6 @@ def test_evaluate_scores_the_best_hypothesis_whatever_the_extra_options(toy_bin,
     (["--ref", TOY / "valid.tgt"], r"has 100 lines but the source has 203 sentences"),
     (["--", "--quiet"], r"--quiet after -- would contradict .*: it hides the hypotheses from evaluate\.py"),
     (["--", "--results-path=/tmp/x"], r"--results-path after -- would contradict .*: it hides the hypotheses"),
-    (["--", "--bpe", "sentencepiece"], r"--bpe after -- would contradict .*: evaluate\.py decodes the pieces itself"),
 ])
 def test_evaluate_checks_everything_before_decoding(toy_bin, trained, args, message):
     base = ["--ref", TOY / "test.tgt"] if "--ref" not in args else []
