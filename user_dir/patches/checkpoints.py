@@ -258,9 +258,9 @@ def misfit(filename: str, cause: Exception, model_cfg, task, saved=None) -> Chec
     the model of ``model_cfg``: the model's own check (dictionaries, direction), else the options that
     differ and change its parameters, else ``cause``. Resuming (Trainer) and train.sh's check of a
     complete run (scripts/train_settings.py) both say it in these words."""
+    named = f"checkpoint {filename}: "  # the model's refusals open with it too (checkpoint_files.named_file)
     if isinstance(cause, ValueError):  # the model's own check (dictionaries) says what differs
-        said, named = str(cause), f"checkpoint {filename}: "
-        return CheckpointError(said if said.startswith(named) else named + said)
+        return CheckpointError(named + str(cause).removeprefix(named))
     if saved is None:
         saved = checkpoint_utils.load_checkpoint_to_cpu(filename)["cfg"]["model"]
     kinds = [model_name(as_dict(cfg).get("_name")) for cfg in (saved, model_cfg)]  # _name: the --arch preset
@@ -268,8 +268,7 @@ def misfit(filename: str, cause: Exception, model_cfg, task, saved=None) -> Chec
         what = f"it holds a {kinds[0]} model (this command: {kinds[1]})"
     else:
         differ = option_differences(saved, model_cfg, model_changing(saved, model_cfg, task), name="arch")
-        what = ("it was trained with " + ", ".join(differ)) if differ else \
-            essence(cause).removeprefix(f"checkpoint {filename}: ")  # the model's refusal names the file too
+        what = ("it was trained with " + ", ".join(differ)) if differ else essence(cause).removeprefix(named)
     return CheckpointError(f"checkpoint {filename} does not fit the model of this command: {what}; use the "
                            "checkpoint's options, or another --save-dir (train.sh: SAVE_DIR) for a new model")
 
