@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .attention import ATTENTIONS
 from .beam import PER_SENTENCE, Cache, reorder
-from .embeddings import dropout_layer, embed_words
+from .embeddings import TokenInput
 from .graphs import DecoderGraphs, graphs_wanted
 from .lengths import by_length
 from .recurrence import ContextLinear, ContextRNN, pad_rows
@@ -29,18 +29,14 @@ def ties_output(cfg) -> bool:
     return cfg.share_decoder_input_output_embed or cfg.share_all_embeddings
 
 
-class RNNDecoder(FairseqIncrementalDecoder):
+class RNNDecoder(TokenInput, FairseqIncrementalDecoder):
     """The RNN over ``[target embedding ; context]`` from the encoder's final state, teacher-forced
     in training and a step at a time (an incremental state per hypothesis) in beam search."""
 
     def __init__(self, cfg: "RNNSeq2SeqConfig", dictionary: Dictionary, embed_tokens: nn.Embedding,
                  context_dim: int):
         super().__init__(dictionary)
-        self.max_positions_ = cfg.max_target_positions
-        self.padding_idx = dictionary.pad()
-        self.embed_tokens = embed_tokens
-        self.dropout_in, self.dropout_out = (dropout_layer(cfg, where, type(self).__name__) for where in ("in", "out"))
-        self.word_dropout = cfg.word_dropout
+        self.init_token_input(cfg, embed_tokens, cfg.max_target_positions)
         self.rnn = ContextRNN(cfg.cell, cfg.decoder_embed_dim, context_dim, cfg.decoder_hidden_size,
                               cfg.decoder_layers, cfg.dropout, cfg.init)
         self.rnn_path = cfg.decoder_rnn
@@ -91,10 +87,6 @@ class RNNDecoder(FairseqIncrementalDecoder):
             unsort = order.argsort()
             x, attn = x.index_select(0, unsort), None if attn is None else attn.index_select(0, unsort)
         return x, attn
-
-    def embed(self, tokens: Tensor) -> Tensor:
-        """B x T tokens -> B x T x E embeddings, after word dropout and --dropout-in."""
-        return embed_words(tokens, self.embed_tokens, self.word_dropout, self.dropout_in)
 
     def run(self, fn, emb: Tensor, encoder_out: Cache, cache: Optional[Cache] = None):
         """``fn(emb, encoder_out[, cache])``, from CUDA graphs where --decoder-graphs has them (graphs.py)."""
@@ -199,6 +191,3 @@ class RNNDecoder(FairseqIncrementalDecoder):
         cache = self.get_incremental_state(incremental_state, "rnn")
         if cache is not None:
             self.set_incremental_state(incremental_state, "rnn", reorder(cache, new_order))
-
-    def max_positions(self) -> int:
-        return self.max_positions_

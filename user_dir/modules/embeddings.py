@@ -32,3 +32,25 @@ def dropout_layer(cfg, where: str, owner: str) -> FairseqDropout:
     dropout module, so that ``--retain-dropout [--retain-dropout-modules OWNER]`` keeps it when decoding."""
     p = getattr(cfg, f"dropout_{where}", None)
     return FairseqDropout(cfg.dropout if p is None else p, module_name=owner)
+
+
+class TokenInput:
+    """What the encoder and the decoder share (a mixin before fairseq's class): the token embeddings,
+    word dropout, ``--dropout-in``/``--dropout-out`` and the positions limit."""
+
+    dictionary: object
+    embed_tokens: nn.Embedding
+
+    def init_token_input(self, cfg, embed_tokens: nn.Embedding, max_positions: int) -> None:
+        self.max_positions_ = max_positions
+        self.padding_idx = self.dictionary.pad()
+        self.embed_tokens = embed_tokens
+        self.dropout_in, self.dropout_out = (dropout_layer(cfg, where, type(self).__name__) for where in ("in", "out"))
+        self.word_dropout = cfg.word_dropout
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """B x T tokens -> B x T x E embeddings, after word dropout and --dropout-in."""
+        return embed_words(tokens, self.embed_tokens, self.word_dropout, self.dropout_in)
+
+    def max_positions(self) -> int:
+        return self.max_positions_

@@ -10,7 +10,7 @@ from fairseq.models import FairseqEncoder
 from torch import Tensor
 
 from .beam import PER_SENTENCE, reorder
-from .embeddings import dropout_layer, embed_words
+from .embeddings import TokenInput
 from .lengths import rnn_by_length, unpad_like
 from .recurrence import RNN
 
@@ -20,17 +20,13 @@ if TYPE_CHECKING:  # the config's class, without importing the model that import
 EncoderOut = Dict[str, object]
 
 
-class RNNEncoder(FairseqEncoder):
+class RNNEncoder(TokenInput, FairseqEncoder):
     """Embeds the source, runs the RNN over its real positions, and bridges the final state of
     every layer to the decoder's size (the outputs are kept for attention)."""
 
     def __init__(self, cfg: "RNNSeq2SeqConfig", dictionary: Dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
-        self.max_positions_ = cfg.max_source_positions
-        self.padding_idx = dictionary.pad()
-        self.embed_tokens = embed_tokens
-        self.dropout_in, self.dropout_out = (dropout_layer(cfg, where, type(self).__name__) for where in ("in", "out"))
-        self.word_dropout = cfg.word_dropout
+        self.init_token_input(cfg, embed_tokens, cfg.max_source_positions)
         self.rnn = RNN(cfg.cell, cfg.encoder_embed_dim, cfg.encoder_hidden_size, cfg.encoder_layers,
                        cfg.dropout, cfg.init, cfg.encoder_bidirectional)
         self.return_outputs = cfg.decoder_attention != "none"
@@ -56,7 +52,7 @@ class RNNEncoder(FairseqEncoder):
         padding_mask = src_tokens.eq(self.padding_idx)
         # packing needs right padding; fairseq left-pads sources by default (no-op if right-padded)
         right_padded = utils.convert_padding_direction(src_tokens, self.padding_idx, left_to_right=True)
-        x = embed_words(right_padded, self.embed_tokens, self.word_dropout, self.dropout_in)
+        x = self.embed(right_padded)
         x = x.transpose(0, 1)  # B x S x E -> S x B x E
         outputs, state = rnn_by_length(self.rnn, x, src_lengths, self.return_outputs)  # state: K x (L * D) x B x H
         k, _, bsz, h = state.shape
@@ -72,6 +68,3 @@ class RNNEncoder(FairseqEncoder):
 
     def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
         return reorder(encoder_out, new_order)
-
-    def max_positions(self) -> int:
-        return self.max_positions_
