@@ -567,6 +567,37 @@ def describe(plan: argparse.Namespace, info: dict, sized: bool, why: str, ours: 
             f"precision: {name}, " + (why if name == ours else "as given in the options"), processes]
 
 
+def length_and_rate(pre: argparse.Namespace, info: dict, ours: dict, sized: bool, patience: int | None,
+                    budget: float | None) -> list[str]:
+    """The run's length (unless given: max(MIN_UPDATES, EPOCHS epochs)), early stopping, wall-clock limit,
+    validation schedule, the recipe's learning-rate components and BLEU's tokenization."""
+    epoch = per_epoch(info, pre)
+    total = min(pre.max_update or sys.maxsize, pre.max_epoch * epoch or sys.maxsize)
+    args = []
+    if not sized:
+        total = round(max(MIN_UPDATES, EPOCHS * epoch), -2)
+        args += ["--max-update", str(total)]
+    patience = (patience or 0) if sized else (5 if patience is None else patience)
+    args += ["--patience", str(patience)] + (["--stop-time-hours", str(budget)] if budget else [])
+    args += schedule(pre, epoch, total)
+    recipe_scheduler = dict(zip(ours["lr-scheduler"][1][::2], ours["lr-scheduler"][1][1::2]))
+    lr_patience = int(recipe_scheduler["--lr-patience"]) + (info["pairs"] < SMALL)
+    warmup = min(int(recipe_scheduler["--warmup-updates"]), max(1, total // 10))
+    args += components(ours, {kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
+    return args + (["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else [])
+
+
+def check_plan(plan: argparse.Namespace, info: dict, saved: dict | None) -> None:
+    """Every check of the options fairseq-train will run with, against the data and the save folder."""
+    check_counts(plan)
+    check_model(plan, info)
+    check_ends(plan)
+    check_device(plan)
+    check_validation(info, plan)
+    if saved is None or plan.reset_dataloader:
+        check_new_run(plan)
+
+
 def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None, list[str], bool]:
     """fairseq-train's arguments (None: the run is complete), the lines that describe them, and whether
     torchrun starts its processes."""
@@ -589,33 +620,14 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     pre = fairseq_options(head + names + fixed + ["--distributed-world-size", str(size)] + tail)
     check_counts(pre)
     info = corpus(pre)
-    epoch = per_epoch(info, pre)
-    total = min(pre.max_update or sys.maxsize, pre.max_epoch * epoch or sys.maxsize)
     sized = "max_update" in given or "max_epoch" in given
-    args = []
-    if not sized:
-        total = round(max(MIN_UPDATES, EPOCHS * epoch), -2)
-        args += ["--max-update", str(total)]
-    patience = (patience or 0) if sized else (5 if patience is None else patience)
-    args += ["--patience", str(patience)] + (["--stop-time-hours", str(budget)] if budget else [])
-    args += schedule(pre, epoch, total)
-    recipe_scheduler = dict(zip(ours["lr-scheduler"][1][::2], ours["lr-scheduler"][1][1::2]))
-    lr_patience = int(recipe_scheduler["--lr-patience"]) + (info["pairs"] < SMALL)
-    warmup = min(int(recipe_scheduler["--warmup-updates"]), max(1, total // 10))
-    args += components(ours, {kind: getattr(pre, dest) for kind, dest in COMPONENTS.items()}, lr_patience, warmup)
-    args += ["--eval-bleu-remove-bpe", "sentencepiece"] if info["tokenization"] == "sentencepiece" else []
+    args = length_and_rate(pre, info, ours, sized, patience, budget)
     saved = saved_progress(pre)
     machine, why = precision(gpus > 0, saved, several_machines(slurm), given)  # None: measured once training is left
     choices = [machine] if machine is not None else CPU_CHOICES
     argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
-    check_counts(plan)
-    check_model(plan, info)
-    check_ends(plan)
-    check_device(plan)
-    check_validation(info, plan)
-    if saved is None or plan.reset_dataloader:
-        check_new_run(plan)
+    check_plan(plan, info, saved)
     resumed = check_resume(plan, saved) if saved is not None else None
     done = complete(plan, argvs, saved) if saved is not None else None
     if done:
