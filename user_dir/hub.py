@@ -30,7 +30,7 @@ def checked_value(name: str, value: Any, method: str) -> Any:
     """``value`` if it has the type of generation option NAME (fairseq's GenerationConfig: a whole
     number, a number or a bool), else TypeError naming it: fairseq would fail deep inside the beam
     search, or truncate it. Values out of range are refused by the generation rules
-    (:data:`user_dir.patches.decoding.GENERATION_RULES`), as on the CLIs."""
+    (:data:`user_dir.patches.generation.GENERATION_RULES`), as on the CLIs."""
     kind = GenerationConfig.__dataclass_fields__[name].type if name in GenerationConfig.__dataclass_fields__ else None
     expected = {int: "a whole number", float: "a number", bool: "True or False"}.get(kind)
     fits = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),  # numpy's ints too

@@ -102,8 +102,8 @@ from fairseq.tasks import FairseqTask
 from fairseq.data import iterators
 from fairseq.trainer import Trainer
 consumers = patches.shutdown._CONSUMERS
-for module in (patches.amp, patches.batching, patches.checkpoints, patches.decoding, patches.distributed,
-               patches.divergence, patches.shutdown, patches, user_dir):
+for module in (patches.amp, patches.batching, patches.checkpoints, patches.generation, patches.decoding,
+               patches.distributed, patches.divergence, patches.shutdown, patches, user_dir):
     importlib.reload(module)
     importlib.reload(module)
 assert patches.shutdown._CONSUMERS is consumers  # prefetching threads made before a reload are still joined at exit

@@ -15,7 +15,7 @@ from user_dir import patches
 from user_dir.dictionaries import TokenizationError, check_post_process
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
 from user_dir.patches.checkpoints import model_changing
-from user_dir.patches.decoding import check_generation
+from user_dir.patches.generation import check_generation
 
 # every replacement of a fairseq function or attribute before levels existed, in the order applied
 ALL = ["AMPOptimizer.__init__", "FairseqTask.train_step", "Trainer.valid_step",
@@ -23,9 +23,9 @@ ALL = ["AMPOptimizer.__init__", "FairseqTask.train_step", "Trainer.valid_step",
        "checkpoint_utils.load_checkpoint_to_cpu", "checkpoint_utils.PathManager",
        "checkpoint_utils.torch_persistent_save", "checkpoint_utils.verify_checkpoint_directory",
        "Trainer.load_checkpoint", "distributed.utils.call_main", "FairseqTask.build_generator",
-       "fairseq_cli.generate.main", "fairseq_cli.interactive.main", "fairseq_cli.interactive.make_batches",
-       "DiverseBeamSearch.step", "NGramRepeatBlock._no_repeat_ngram", "FairseqTask.build_bpe",
+       "fairseq_cli.generate.main", "fairseq_cli.interactive.main", "FairseqTask.build_bpe",
        "utils.post_process_prediction", "FairseqTask.get_interactive_tokens_and_lengths",
+       "fairseq_cli.interactive.make_batches", "DiverseBeamSearch.step", "NGramRepeatBlock._no_repeat_ngram",
        "TranslationTask.build_dataset_for_inference", "FairseqTask.filter_indices_by_size",
        "SequenceGenerator.generate", "SequenceGeneratorWithAlignment.generate",
        "distributed.utils._infer_torch_distributed_launch_init", "distributed.utils._broadcast_object_slow",
@@ -44,8 +44,8 @@ import user_dir
 from user_dir import patches
 entries = list(patches.APPLIED.values())
 os.environ["RNN_SEQ2SEQ_PATCHES"] = sys.argv[2]
-for module in (patches, patches.amp, patches.batching, patches.checkpoints, patches.refusals, patches.decoding,
-               patches.distributed, patches.divergence, patches.shutdown):
+for module in (patches, patches.amp, patches.batching, patches.checkpoints, patches.refusals, patches.generation,
+               patches.decoding, patches.distributed, patches.divergence, patches.shutdown):
     importlib.reload(module)
 entries += patches.APPLIED.values()
 replaced = {patches._label(o, n) for o, n, _ in entries if patches.original(getattr(o, n)) is not getattr(o, n)}

@@ -24,8 +24,9 @@ from user_dir.dictionaries import TokenizationError, check_pieces, piece_vocabul
 from user_dir.files import OutputError, check_distinct, check_output, not_a_file
 from user_dir.patches.amp import MAX_SKIPPED, NoScaler
 from user_dir.patches.checkpoints import misfit, option_differences
-from user_dir.patches.decoding import check_generation, nothing_to_translate, token_source
+from user_dir.patches.decoding import nothing_to_translate, token_source
 from user_dir.patches.divergence import TrainingDiverged
+from user_dir.patches.generation import check_generation
 from user_dir.text import MAX_LINE_BYTES, TextError, read_lines
 from user_dir.workflow import check_pass_through
 

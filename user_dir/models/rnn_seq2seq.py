@@ -216,7 +216,7 @@ EVAL_BLEU_ARGS_EXAMPLE = """'{"beam": 4}'"""  # --eval-bleu-args as a shell take
 def check_eval_bleu_args(text: Optional[str]) -> None:
     """--eval-bleu-args as fairseq's translation task reads it (a JSON object of generation options),
     checked by the generation rules under its own name: fairseq fails on it after the model is built."""
-    from ..patches.decoding import GenerationOptionError, check_generation
+    from ..patches.generation import GenerationOptionError, check_generation
 
     try:
         options = json.loads(text or "{}")

@@ -6,9 +6,12 @@
 * ``batching``: no sentence is dropped when a split's size is not a multiple of
   ``--required-batch-size-multiple`` (fairseq issues #5036, #5351).
 * ``distributed``: ``torchrun`` on CPU (fairseq divides the rank by the GPU count).
+* ``generation``: the decode paths refuse generation options that fairseq would assert on,
+  ``--post-process`` schemes and sentencepiece models that do not fit the dictionary, and raw
+  words typed into a model of pieces.
 * ``decoding``: fairseq-interactive, ``translate()`` and fairseq-generate answer an empty,
-  all-unknown or over-long sentence with an empty translation, refuse generation options that
-  fairseq would assert on and ``--post-process`` schemes that do not fit the dictionary.
+  all-unknown or over-long sentence with an empty translation; diverse beam search and
+  ``--no-repeat-ngram-size`` on a CPU do what they say.
 * ``divergence``: a non-finite training loss or validation metric ends the run with a clear
   error; it never becomes ``checkpoint_best.pt``.
 * ``amp``: ``--amp`` on CPU trains, validates and decodes under bfloat16 autocast (fairseq's
@@ -87,11 +90,12 @@ def summary() -> str:
     return f"rnn_seq2seq patches: {LEVEL} ({len(APPLIED)} replacements of fairseq: {', '.join(APPLIED)})"
 
 
-# refusals before decoding, which imports it: reloads apply them in the order of the first import
-from . import amp, batching, checkpoints, refusals, decoding, distributed, divergence, shutdown  # noqa: E402, I001
+# refusals before generation, which imports it, before decoding, which imports generation: reloads apply
+# them in the order of the first import
+from . import amp, batching, checkpoints, refusals, generation, decoding, distributed, divergence, shutdown  # noqa: E402, I001
 
 if "_ANNOUNCED" in globals():  # importlib.reload of the package: its modules again, at the level read now
-    for _module in (amp, batching, checkpoints, refusals, decoding, distributed, divergence, shutdown):
+    for _module in (amp, batching, checkpoints, refusals, generation, decoding, distributed, divergence, shutdown):
         importlib.reload(_module)
 if globals().get("_ANNOUNCED") != summary():  # once per process, again only if a reload changed it
     _ANNOUNCED = summary()
