@@ -26,6 +26,7 @@ class CheckpointError(Refusal, RuntimeError):
 
 
 FILE_ATTRIBUTE = "checkpoint_file"  # set on loaded weights (an OrderedDict), as torch sets ``_metadata`` there
+LINKS = "rnn_seq2seq-links"  # the folder of fairseq_ensemble's links to checkpoints whose names hold ENSEMBLE_SEPARATOR
 
 
 def note_file(state: dict, path: str) -> None:
@@ -35,7 +36,7 @@ def note_file(state: dict, path: str) -> None:
     if type(state.get("model")) is dict:
         state["model"] = OrderedDict(state["model"])
     if hasattr(state.get("model"), "__dict__"):
-        setattr(state["model"], FILE_ATTRIBUTE, path)
+        setattr(state["model"], FILE_ATTRIBUTE, shown(path))
 
 
 def named_file(weights: object) -> str:
@@ -166,15 +167,23 @@ def absolute_ensemble(spec: str) -> str:
 
 def fairseq_ensemble(paths: list[str], folder) -> str:
     """``paths`` as one fairseq ``--path`` value: a path holding ``:`` (which fairseq would split) is
-    replaced by a link to it in ``folder``."""
+    replaced by a link to it in ``folder``/:data:`LINKS` (messages name the file it stands for: :func:`shown`)."""
     safe = []
     for i, path in enumerate(paths):
         if ENSEMBLE_SEPARATOR in path:
-            link = os.path.join(folder, f"checkpoint{i}.pt")
+            os.makedirs(os.path.join(folder, LINKS), exist_ok=True)
+            link = os.path.join(folder, LINKS, f"checkpoint{i}.pt")
             os.symlink(os.path.abspath(path), link)
             path = link
         safe.append(path)
     return ENSEMBLE_SEPARATOR.join(safe)
+
+
+def shown(path: str) -> str:
+    """PATH as a message names it: for a link :func:`fairseq_ensemble` made, the checkpoint it stands for."""
+    if os.path.basename(os.path.dirname(path)) == LINKS and os.path.islink(path):
+        return os.readlink(path)
+    return path
 
 
 def essence(error: Exception) -> str:

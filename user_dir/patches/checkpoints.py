@@ -50,6 +50,7 @@ from ..checkpoint_files import (
     note_file,
     pickled_globals,
     refused_globals,
+    shown,
 )
 from ..files import FolderBusy, atomic_write, lock_folder, remove_orphans
 from . import replace
@@ -94,17 +95,18 @@ def _explain_load_errors(load):
         except CheckpointError:
             raise
         except Exception as e:  # torch's and pickle's errors name neither the file nor the cause
+            name = shown(path)  # for a link of fairseq_ensemble's, the checkpoint it stands for
             allowed = [f"{g.__module__}.{g.__qualname__}" for g in safe_globals()]
             refused = refused_globals(pickled_globals(path), allowed) if os.path.isfile(path) else []
             if refused:
-                raise CheckpointError(f"checkpoint {path} holds pickled objects that are not allowed (refused "
+                raise CheckpointError(f"checkpoint {name} holds pickled objects that are not allowed (refused "
                                       "for safety, only trust files you made): Unsupported global(s) "
                                       f"{', '.join(refused)}") from None
             if type(e) is KeyError and e.args == ("best_loss",):  # fairseq's upgrade of a dict without its entries
-                raise CheckpointError(f"checkpoint {path} is not a fairseq checkpoint: it has no {essence(e)} entry "
+                raise CheckpointError(f"checkpoint {name} is not a fairseq checkpoint: it has no {essence(e)} entry "
                                       "(fairseq-train's hold 'model', 'cfg' and 'optimizer_history'; a torch.save of a "
                                       "state_dict or of another object is not one)") from None
-            raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {essence(e)})") from e
+            raise CheckpointError(f"checkpoint {name} could not be loaded ({type(e).__name__}: {essence(e)})") from e
         override_new_options(state.get("cfg"), arg_overrides)
         note_file(state, path)
         return state
