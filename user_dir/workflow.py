@@ -8,10 +8,14 @@ need it import it when called, and the plugin registers itself then (``user_dir/
 script that never needs fairseq in its own process (``prepare.py``) starts, and refuses, at once.
 """
 import argparse
+import importlib
 import io
+import logging
 import subprocess
 import sys
 import tempfile
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Optional
@@ -23,13 +27,30 @@ USER_DIR = Path(__file__).resolve().parent  # what fairseq's CLIs get as --user-
 ROOT = USER_DIR.parent  # the checkout: default places of runs/ and data next to it
 
 
+# fairseq CLIs that run_fairseq runs in its own process (a script that has imported fairseq already:
+# a child would spend seconds importing it again) -> the module whose cli_main is the command
+IN_PROCESS = {"fairseq-generate": "fairseq_cli.generate"}
+
+
 def run_fairseq(cmd: list[str], on_line: Optional[Callable[[str], None]] = None) -> str:
-    """Run a fairseq CLI; its stdout (each line also given to ``on_line`` as it comes, e.g. to show
-    progress), or one line: the exception it ended with (the last unindented line of stderr: a
-    traceback's details, such as omegaconf's, are indented)."""
+    """Run a fairseq CLI, fairseq-generate in this process once fairseq is imported and the others as a
+    child; its stdout (each line also given to ``on_line`` as it comes, e.g. to show progress), or one
+    line: the exception it ended with (the last unindented line of stderr: a traceback's details,
+    such as omegaconf's, are indented)."""
+    cmd = [str(c) for c in cmd]
+    here = cmd[0] in IN_PROCESS and "fairseq" in sys.modules
+    returncode, stdout, stderr = (in_process if here else in_child)(cmd, on_line)
+    if returncode != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()] or [f"exit status {returncode}"]
+        raise SystemExit(f"error: {cmd[0]} failed: {([x for x in lines if not x[0].isspace()] or lines)[-1]}")
+    return stdout
+
+
+def in_child(cmd: list[str], on_line: Optional[Callable[[str], None]]) -> tuple[int, str, str]:
+    """CMD as a child process: its exit status, stdout and stderr."""
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full pipe cannot stall the child
         out = []
-        with subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
             try:
                 for line in proc.stdout:
                     out.append(line)
@@ -38,13 +59,47 @@ def run_fairseq(cmd: list[str], on_line: Optional[Callable[[str], None]] = None)
             except BaseException:  # Ctrl-C: the child must not decode on alone
                 proc.kill()
                 raise
-        returncode = proc.returncode
         err.seek(0)
-        stderr = err.read()
-    if returncode != 0:
-        lines = [line for line in stderr.splitlines() if line.strip()] or [f"exit status {returncode}"]
-        raise SystemExit(f"error: {cmd[0]} failed: {([x for x in lines if not x[0].isspace()] or lines)[-1]}")
-    return "".join(out)
+        return proc.returncode, "".join(out), err.read()
+
+
+class LineStream(io.StringIO):
+    """A text stream that hands each whole line to ``on_line`` as it is written, and keeps them all."""
+
+    def __init__(self, on_line: Optional[Callable[[str], None]]) -> None:
+        super().__init__()
+        self.on_line, self.pending = on_line, ""
+
+    def write(self, text: str) -> int:
+        if self.on_line is not None:
+            *lines, self.pending = (self.pending + text).split("\n")
+            for line in lines:
+                self.on_line(line + "\n")
+        return super().write(text)
+
+
+def in_process(cmd: list[str], on_line: Optional[Callable[[str], None]]) -> tuple[int, str, str]:
+    """CMD's ``cli_main`` in this process, as a child would run it: its own argv, its stdout and
+    stderr (and the logging it sets up) captured, its exit status from how it ended."""
+    root, argv = logging.getLogger(), sys.argv
+    handlers, level = root.handlers[:], root.level
+    out, err, returncode = LineStream(on_line), io.StringIO(), 0
+    try:
+        sys.argv, root.handlers[:] = cmd, []  # fairseq-generate's logging.basicConfig: to its stdout, as in a child
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                importlib.import_module(IN_PROCESS[cmd[0]]).cli_main()
+            except SystemExit as e:  # argparse's (its message on stderr already), or a refusal's one line
+                returncode = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+                if not isinstance(e.code, (int, type(None))):
+                    err.write(f"{e.code}\n")
+            except Exception:
+                returncode = 1
+                err.write(traceback.format_exc())
+    finally:
+        sys.argv, root.handlers[:] = argv, handlers
+        root.setLevel(level)
+    return returncode, out.getvalue(), err.getvalue()
 
 
 def progress(total: int, what: str, kind: str = "H-") -> Callable[[str], None]:
@@ -53,13 +108,14 @@ def progress(total: int, what: str, kind: str = "H-") -> Callable[[str], None]:
     so a long decode shows it is moving; stdout stays the result's."""
     every = max(100, total // 10)
     done = 0
+    stderr = sys.stderr  # the script's: fairseq-generate run in this process has its own while it runs
 
     def on_line(line: str) -> None:
         nonlocal done
         if line.startswith(kind):
             done += 1
             if done % every == 0 or done == total:
-                print(f"{what}: {done}/{total} sentences", file=sys.stderr, flush=True)
+                print(f"{what}: {done}/{total} sentences", file=stderr, flush=True)
 
     return on_line
 

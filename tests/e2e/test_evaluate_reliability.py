@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -424,28 +425,49 @@ def test_evaluate_refuses_a_reference_out_of_line_with_the_sentences(toy_bin, tr
 
 
 def interrupt_while_decoding(cmd: list, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Start ``cmd``, send it SIGINT once its fairseq-generate runs, and return how it ended; the
-    child must be gone too."""
+    """Start ``cmd`` (one sentence a batch), send it SIGINT once it reports sentences translated (it
+    decodes in its own process), and return how it ended, its stderr without those reports; no
+    process of its session may be left."""
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={"OMP_NUM_THREADS": "1", **os.environ})
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not children.read_text().split():
-        time.sleep(0.05)
-    child = int(children.read_text().split()[0])
-    time.sleep(0.5)
+                            env={"OMP_NUM_THREADS": "1", **os.environ}, start_new_session=True)
+    stderr, decoding = [], threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            stderr.append(line)
+            if "translated: " in line:
+                decoding.set()
+
+    reader = threading.Thread(target=read_stderr)
+    reader.start()
+    assert decoding.wait(120), "".join(stderr)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    time.sleep(0.2)
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    stdout = proc.stdout.read()
+    proc.wait(60)
+    reader.join(60)
+    deadline = time.time() + 10
+    while session_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not session_alive(proc.pid), "a process of the interrupted script is left"
+    said = "".join(line for line in stderr if not re.match(r"\S+\.py: .*translated: \d+/\d+ sentences$", line))
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, said)
+
+
+def session_alive(leader: int) -> bool:
+    """Whether a process of the session (and process group) LEADER started is left."""
+    try:
+        os.killpg(leader, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("script", ["evaluate.py", "distill.py"])
 def test_ctrl_c_ends_with_one_line_and_status_130(toy_bin, trained, tmp_path, script):
     cmd = {"evaluate.py": [sys.executable, SCRIPTS / "evaluate.py", toy_bin, trained, "--ref", TOY / "test.tgt",
-                           "--json", tmp_path / "s.json"],
-           "distill.py": [sys.executable, SCRIPTS / "distill.py", toy_bin, trained, tmp_path / "kd"]}[script]
+                           "--json", tmp_path / "s.json", "--batch-size", "1"],
+           "distill.py": [sys.executable, SCRIPTS / "distill.py", toy_bin, trained, tmp_path / "kd", "--",
+                          "--batch-size", "1"]}[script]
     proc = interrupt_while_decoding(cmd, tmp_path)
     assert proc.returncode == 130
     one_error_line(proc, rf"{script} interrupted \(Ctrl-C\)")

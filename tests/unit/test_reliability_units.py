@@ -102,6 +102,27 @@ def test_other_pass_through_options_are_kept():
     assert check_pass_through(extra, OWNED) == extra
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--no-such-option"], r"fairseq-generate: error: unrecognized arguments: --no-such-option$"),
+    (["--path", "/nonexistent/model.pt"], r"CheckpointError: checkpoint /nonexistent/model.pt does not exist"),
+    (["--beam", "0"], r"GenerationOptionError: --beam must be at least 1, got 0$"),
+])
+def test_fairseq_generate_in_the_scripts_process_fails_as_a_child_would_and_leaves_it_as_it_was(args, says):
+    """evaluate.py and distill.py run fairseq-generate's cli_main in their own process: its failure is
+    one line from its stderr (argparse's, a refusal's, an exception's last line), and the process's
+    argv, logging and streams are as before."""
+    import logging
+    import sys
+
+    from user_dir.workflow import run_fairseq
+
+    root, argv, streams = logging.getLogger(), sys.argv[:], (sys.stdout, sys.stderr)
+    handlers, level = root.handlers[:], root.level
+    with pytest.raises(SystemExit, match=rf"^error: fairseq-generate failed: {says}"):
+        run_fairseq(["fairseq-generate", TOY, "--user-dir", ROOT / "user_dir", "--path", TOY / "train.src", *args])
+    assert (sys.argv, root.handlers, root.level, (sys.stdout, sys.stderr)) == (argv, handlers, level, streams)
+
+
 # C. a sentencepiece model is checked against the dictionary it made
 
 def spm_and_dictionary(folder, lines, size=40):
