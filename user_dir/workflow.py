@@ -11,6 +11,7 @@ import argparse
 import importlib
 import io
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,36 +65,66 @@ def in_child(cmd: list[str], on_line: Optional[Callable[[str], None]]) -> tuple[
 
 
 class LineStream(io.StringIO):
-    """A text stream that hands each whole line to ``on_line`` as it is written, and keeps them all."""
+    """A text stream that hands each line to ``on_line`` as it is written (the last one at :meth:`close_lines`),
+    and keeps them all; an error of ``on_line`` (e.g. the script's stderr gone) is kept in ``failed``."""
 
     def __init__(self, on_line: Optional[Callable[[str], None]]) -> None:
         super().__init__()
-        self.on_line, self.pending = on_line, ""
+        self.on_line, self.pending, self.failed = on_line, "", None
 
     def write(self, text: str) -> int:
         if self.on_line is not None:
             *lines, self.pending = (self.pending + text).split("\n")
             for line in lines:
-                self.on_line(line + "\n")
+                self.hand_on(line + "\n")
         return super().write(text)
+
+    def hand_on(self, line: str) -> None:
+        try:
+            self.on_line(line)
+        except Exception as e:
+            self.failed = self.failed or e
+            raise
+
+    def close_lines(self) -> None:
+        if self.on_line is not None and self.pending:
+            self.hand_on(self.pending)
+        self.pending = ""
+
+
+def imported_user_dir(cmd: list[str]) -> list[str]:
+    """CMD with its --user-dir spelt as this process imported the plugin, where both are the same
+    folder: fairseq compares the paths as written, and would refuse the folder reached through a
+    link (a PYTHONPATH of one) as another plugin of the same name."""
+    package = sys.modules.get(__package__)
+    if package is None:
+        return cmd
+    imported = package.__path__[0]
+    return [imported if i and cmd[i - 1] == "--user-dir" and os.path.realpath(arg) == os.path.realpath(imported)
+            else arg for i, arg in enumerate(cmd)]
 
 
 def in_process(cmd: list[str], on_line: Optional[Callable[[str], None]]) -> tuple[int, str, str]:
-    """CMD's ``cli_main`` in this process, as a child would run it: its own argv, its stdout and
-    stderr (and the logging it sets up) captured, its exit status from how it ended."""
+    """CMD's ``cli_main`` in this process, as a child would run it: its own argv, its Python-level
+    stdout and stderr (and the logging it sets up) captured, its exit status from how it ended. Output
+    written below Python (a C library's) reaches the terminal, and a crash ends the script too."""
     root, argv = logging.getLogger(), sys.argv
     handlers, level = root.handlers[:], root.level
     out, err, returncode = LineStream(on_line), io.StringIO(), 0
     try:
-        sys.argv, root.handlers[:] = cmd, []  # fairseq-generate's logging.basicConfig: to its stdout, as in a child
+        # fairseq-generate's logging.basicConfig then writes to its stdout, as in a child
+        sys.argv, root.handlers[:] = imported_user_dir(cmd), []
         with redirect_stdout(out), redirect_stderr(err):
             try:
                 importlib.import_module(IN_PROCESS[cmd[0]]).cli_main()
+                out.close_lines()
             except SystemExit as e:  # argparse's (its message on stderr already), or a refusal's one line
                 returncode = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
                 if not isinstance(e.code, (int, type(None))):
                     err.write(f"{e.code}\n")
             except Exception:
+                if out.failed is not None:  # the script's own error, not fairseq-generate's
+                    raise out.failed from None
                 returncode = 1
                 err.write(traceback.format_exc())
     finally:

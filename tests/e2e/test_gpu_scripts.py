@@ -30,9 +30,10 @@ def test_recipes_train_at_once_score_and_pack_their_logs_into_out(tmp_path):
     """RECIPES_PARALLEL=1 (one visit, every row): each recipe is trained by train.sh with its own
     options and scored on both splits; the pair's two trainings overlap and its ensemble waits for
     both; the logs travel packed (at most 8 files come back from a device call) and stay whole
-    while stages write at once. The pair alone: the other recipes train and score by the same two
-    functions (stopped in the next test). The default, one recipe after another, runs the same
-    functions without ``&``; it has no dry run of its own here: each costs a minute of this tier."""
+    while stages write at once. The pair alone (a minute of this tier): the other recipes' one line,
+    ``train NAME && evaluate NAME``, calls the same two functions, but is not run to its scores here
+    (the next test stops attn and lstm while they train); nor is the default, one recipe after
+    another, which runs the same functions without ``&``."""
     out, logs = tmp_path / "out", tmp_path / "logs"
     out.mkdir()
     proc = run("bash", RECIPES, "", "pair", env={"GPU_CHECK_CPU": "1", "RECIPES_UPDATES": "1",

@@ -116,11 +116,41 @@ def test_fairseq_generate_in_the_scripts_process_fails_as_a_child_would_and_leav
 
     from user_dir.workflow import run_fairseq
 
+    assert "fairseq" in sys.modules  # so run_fairseq runs it in this process, not as a child
     root, argv, streams = logging.getLogger(), sys.argv[:], (sys.stdout, sys.stderr)
     handlers, level = root.handlers[:], root.level
     with pytest.raises(SystemExit, match=rf"^error: fairseq-generate failed: {says}"):
         run_fairseq(["fairseq-generate", TOY, "--user-dir", ROOT / "user_dir", "--path", TOY / "train.src", *args])
     assert (sys.argv, root.handlers, root.level, (sys.stdout, sys.stderr)) == (argv, handlers, level, streams)
+
+
+def test_in_process_fairseq_generate_gets_the_plugin_as_imported_and_hands_on_every_line(tmp_path):
+    """--user-dir through a link to the same folder is spelt as the plugin was imported (fairseq would
+    refuse it as another plugin of the same name); a last line without its newline reaches on_line;
+    on_line's own error is the script's, not fairseq-generate's."""
+    import user_dir
+    from user_dir.workflow import LineStream, imported_user_dir
+
+    (tmp_path / "link").symlink_to(ROOT)
+    cmd = ["fairseq-generate", "bin", "--user-dir", str(tmp_path / "link" / "user_dir"), "--path", "a.pt"]
+    assert imported_user_dir(cmd) == [*cmd[:3], user_dir.__path__[0], *cmd[4:]]
+    other = ["fairseq-generate", "bin", "--user-dir", str(tmp_path)]
+    assert imported_user_dir(other) == other
+    lines = []
+    stream = LineStream(lines.append)
+    stream.write("S-0\tein\nH-0\t-0.1\tone\nD-0")
+    stream.write("\t-0.1\tone")
+    assert lines == ["S-0\tein\n", "H-0\t-0.1\tone\n"]
+    stream.close_lines()
+    assert lines[-1] == "D-0\t-0.1\tone" and stream.getvalue() == "".join(lines)
+
+    def broken(line: str) -> None:
+        raise BrokenPipeError("stderr closed")
+
+    stream = LineStream(broken)
+    with pytest.raises(BrokenPipeError):
+        stream.write("one\n")
+    assert isinstance(stream.failed, BrokenPipeError)
 
 
 # C. a sentencepiece model is checked against the dictionary it made

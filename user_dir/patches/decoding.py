@@ -40,6 +40,8 @@ _FOR_INFERENCE = "_user_dir_for_inference"  # set on the datasets made from type
 # own hands): the warnings below number the sentences as its S- lines do
 _chunk: dict = {"first": 0, "ids": None}  # the chunk's first number, the ids of the batch being decoded
 _over_long: set = set()  # sentences answered empty for their length: not warned about again as empty
+
+
 def _mark_for_inference(build_dataset_for_inference):
     def build_dataset_for_inference_marked(self, *args, **kwargs):
         dataset = build_dataset_for_inference(self, *args, **kwargs)
