@@ -30,14 +30,14 @@ ROOT = USER_DIR.parent  # the checkout: default places of runs/ and data next to
 
 # fairseq CLIs that run_fairseq runs in its own process (a script that has imported fairseq already:
 # a child would spend seconds importing it again) -> the module whose cli_main is the command
-IN_PROCESS = {"fairseq-generate": "fairseq_cli.generate"}
+IN_PROCESS = {"fairseq-generate": "fairseq_cli.generate", "fairseq-preprocess": "fairseq_cli.preprocess"}
 
 
 def run_fairseq(cmd: list[str], on_line: Optional[Callable[[str], None]] = None) -> str:
-    """Run a fairseq CLI, fairseq-generate in this process once fairseq is imported and the others as a
-    child; its stdout (each line also given to ``on_line`` as it comes, e.g. to show progress), or one
-    line: the exception it ended with (the last unindented line of stderr: a traceback's details,
-    such as omegaconf's, are indented)."""
+    """Run a fairseq CLI, fairseq-generate and fairseq-preprocess in this process once fairseq is
+    imported, the others as a child; its stdout (each line also given to ``on_line`` as it comes,
+    e.g. to show progress), or one line: the exception it ended with (the last unindented line of
+    stderr: a traceback's details, such as omegaconf's, are indented)."""
     cmd = [str(c) for c in cmd]
     here = cmd[0] in IN_PROCESS and "fairseq" in sys.modules
     returncode, stdout, stderr = (in_process if here else in_child)(cmd, on_line)
@@ -104,16 +104,22 @@ def imported_user_dir(cmd: list[str]) -> list[str]:
             else arg for i, arg in enumerate(cmd)]
 
 
+def loggers() -> list[logging.Logger]:
+    """The root logger and every named one made so far."""
+    named = [x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)]
+    return [logging.getLogger(), *named]
+
+
 def in_process(cmd: list[str], on_line: Optional[Callable[[str], None]]) -> tuple[int, str, str]:
     """CMD's ``cli_main`` in this process, as a child would run it: its own argv, its Python-level
-    stdout and stderr (and the logging it sets up) captured, its exit status from how it ended. Output
+    stdout and stderr captured, the logging it sets up (fairseq-generate's to its stdout, the
+    preprocess.log of fairseq-preprocess) closed after, its exit status from how it ended. Output
     written below Python (a C library's) reaches the terminal, and a crash ends the script too."""
-    root, argv = logging.getLogger(), sys.argv
-    handlers, level = root.handlers[:], root.level
+    argv, logging_before = sys.argv, {x: (x.handlers[:], x.level) for x in loggers()}
     out, err, returncode = LineStream(on_line), io.StringIO(), 0
     try:
-        # fairseq-generate's logging.basicConfig then writes to its stdout, as in a child
-        sys.argv, root.handlers[:] = imported_user_dir(cmd), []
+        # fairseq's logging.basicConfig then writes to the command's stdout, as in a child
+        sys.argv, logging.getLogger().handlers[:] = imported_user_dir(cmd), []
         with redirect_stdout(out), redirect_stderr(err):
             try:
                 importlib.import_module(IN_PROCESS[cmd[0]]).cli_main()
@@ -123,13 +129,18 @@ def in_process(cmd: list[str], on_line: Optional[Callable[[str], None]]) -> tupl
                 if not isinstance(e.code, (int, type(None))):
                     err.write(f"{e.code}\n")
             except Exception:
-                if out.failed is not None:  # the script's own error, not fairseq-generate's
+                if out.failed is not None:  # the script's own error, not the command's
                     raise out.failed from None
                 returncode = 1
                 err.write(traceback.format_exc())
     finally:
-        sys.argv, root.handlers[:] = argv, handlers
-        root.setLevel(level)
+        sys.argv = argv
+        for logger in loggers():
+            handlers, level = logging_before.get(logger, ([], logging.NOTSET))
+            for handler in set(logger.handlers) - set(handlers):
+                handler.close()
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
     return returncode, out.getvalue(), err.getvalue()
 
 

@@ -124,6 +124,25 @@ def test_fairseq_generate_in_the_scripts_process_fails_as_a_child_would_and_leav
     assert (sys.argv, root.handlers, root.level, (sys.stdout, sys.stderr)) == (argv, handlers, level, streams)
 
 
+def test_in_process_fairseq_preprocess_binarizes_and_closes_its_log(tmp_path):
+    """fairseq-preprocess in this process (evaluate.py --src-raw, distill.py): the data as a child makes
+    it, and the preprocess.log handler it adds to its logger gone after, twice over."""
+    import logging
+    import sys
+
+    from user_dir.workflow import preprocess_command, run_fairseq
+
+    assert "fairseq" in sys.modules  # so run_fairseq runs it in this process, not as a child
+    before = {x: x.handlers[:] for x in [logging.getLogger(), *map(logging.getLogger, ["fairseq_cli.preprocess"])]}
+    for made in ("a", "b"):
+        run_fairseq(preprocess_command("src", "tgt", {"train": TOY / "test"}, tmp_path / made))
+        assert {p.name for p in (tmp_path / made).glob("train.*")} == {
+            f"train.src-tgt.{side}.{ext}" for side in ("src", "tgt") for ext in ("bin", "idx")}
+        assert {x: x.handlers for x in before} == before
+    with pytest.raises(SystemExit, match=r"^error: fairseq-preprocess failed: FileNotFoundError: .*nowhere"):
+        run_fairseq(preprocess_command("src", "tgt", {"train": tmp_path / "nowhere"}, tmp_path / "c"))
+
+
 def test_in_process_fairseq_generate_gets_the_plugin_as_imported_and_hands_on_every_line(tmp_path):
     """--user-dir through a link to the same folder is spelt as the plugin was imported (fairseq would
     refuse it as another plugin of the same name); a last line without its newline reaches on_line;
