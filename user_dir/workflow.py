@@ -124,9 +124,11 @@ def in_process(cmd: list[str], on_line: Optional[Callable[[str], None]]) -> tupl
             try:
                 importlib.import_module(IN_PROCESS[cmd[0]]).cli_main()
                 out.close_lines()
-            except SystemExit as e:  # argparse's (its message on stderr already), or a refusal's one line
-                returncode = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
-                if not isinstance(e.code, (int, type(None))):
+            except SystemExit as e:  # argparse's status (its message on stderr already), or a refusal's one line
+                if e.code is None or isinstance(e.code, int):
+                    returncode = e.code or 0
+                else:
+                    returncode = 1
                     err.write(f"{e.code}\n")
             except Exception:
                 if out.failed is not None:  # the script's own error, not the command's
