@@ -41,7 +41,7 @@ if ! compgen -G "$data/dict.*.txt" > /dev/null; then
         made="; scripts/prepare.py makes it"
     echo "error: $data holds no fairseq-preprocess output (dict.*.txt)$made" >&2; exit 2
 fi
-tmp="$(mktemp -d)" launcher="" stage=" before training started"
+tmp="$(mktemp -d)" launcher=""
 exec 4>&2  # train.sh's own stderr, also inside stoppable's redirections
 stop_launcher() {  # the running (unreaped) launcher and its process group (workers die with it: with_parent.py)
     [ -z "$launcher" ] || { kill -KILL -- "-$launcher" "$launcher"; wait "$launcher"; } 2> /dev/null || true
@@ -58,32 +58,38 @@ stoppable() {  # CMD...: in a session of its own that dies with train.sh, so Ctr
 }
 interrupted() {  # $1: the signal, $2: the exit status
     stop_launcher
-    local next="starts from the beginning"
+    local stage=" before training started" next="starts from the beginning"
+    [ ! -s "$tmp/args" ] || stage=": training stopped"  # train_settings.py writes it as training starts
     [ ! -f "$save/checkpoint_last.pt" ] || next="resumes from $save/checkpoint_last.pt"
     echo "error: interrupted ($1)$stage; the same command $next" >&4
     exit "$2"
+}
+log_lines() {  # stdin to stdout and SAVE/train.log, opened at the first byte: a refused or complete run writes none
+    trap '' INT  # Ctrl-C: the log keeps the last lines
+    local first
+    IFS= read -r -N 1 first || exit 0
+    { printf '%s' "$first"; exec cat; } | tee -a "$save/train.log"
 }
 trap 'stop_launcher; rm -rf "$tmp"' EXIT
 trap 'interrupted SIGINT 130' INT
 trap 'interrupted SIGTERM 143' TERM
 trap 'interrupted SIGHUP 129' HUP
-stoppable python "$root/scripts/train_settings.py" "$tmp/args" "$data" "$save" "$@" > "$tmp/plan" || exit 2
-if [ ! -s "$tmp/args" ]; then cat "$tmp/plan"; exit 0; fi  # the run is complete: no file is touched
-tee -a "$save/train.log" < "$tmp/plan"
-mapfile -t args < "$tmp/args"
-if [ "$(cat "$tmp/args.launcher")" = torchrun ]; then  # train_settings.py's choice (user_dir.machine.world)
-    # shellcheck disable=SC2086  # TORCHRUN_ARGS: several options
-    launch=(torchrun ${TORCHRUN_ARGS:---standalone} --nnodes "${NNODES:-1}" --nproc-per-node "$NPROC"
-            "$root/scripts/with_parent.py" fairseq-train)
-else
-    launch=(fairseq-train)
-fi
-start=$(stat -c %s "$save/train.log")
+start=$(stat -c %s "$save/train.log" 2> /dev/null || echo 0)
 touch "$tmp/start"
-exec 3> >(trap '' INT; exec tee -a "$save/train.log")  # Ctrl-C: the log keeps the last lines
+exec 3> >(log_lines)
 logger=$!
-rc=0 stage=": training stopped"
-stoppable "${launch[@]}" "${args[@]}" >&3 2>&1 || rc=$?
+rc=0
+# The plan, and then (one process: no torchrun) the training itself, in one process that imports fairseq once
+stoppable python "$root/scripts/train_settings.py" --log-fd 5 "$tmp/args" "$data" "$save" "$@" 5>&3 || rc=$?
+if [ ! -s "$tmp/args" ]; then  # refused (its line says why) or complete (the plan says so): nothing trained
+    exit $((rc == 0 ? 0 : 2))
+fi
+if [ "$rc" = 0 ] && [ "$(cat "$tmp/args.launcher")" = torchrun ]; then  # user_dir.machine.world's choice
+    mapfile -t args < "$tmp/args"
+    # shellcheck disable=SC2086  # TORCHRUN_ARGS: several options
+    stoppable torchrun ${TORCHRUN_ARGS:---standalone} --nnodes "${NNODES:-1}" --nproc-per-node "$NPROC" \
+        "$root/scripts/with_parent.py" fairseq-train "${args[@]}" >&3 2>&1 || rc=$?
+fi
 exec 3>&-
 wait "$logger" || true
 # This run's own lines: a finished run says "done training"; one that saves writes a checkpoint.

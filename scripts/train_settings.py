@@ -1,10 +1,13 @@
 """The fairseq-train command scripts/train.sh runs, fitted to the data, the machine and the environment.
 
-Usage (train.sh runs it): python scripts/train_settings.py ARGS_FILE DATA_BIN SAVE_DIR [EXTRA...]
+Usage (train.sh runs it): python scripts/train_settings.py [--log-fd N] ARGS_FILE DATA_BIN SAVE_DIR [EXTRA...]
 Writes fairseq-train's arguments, one per line, to ARGS_FILE (the recipe's options, then the user's
 EXTRA, which win), what starts its processes to ARGS_FILE.launcher (torchrun or fairseq-train), and
-prints the plan; writes nothing when the run in SAVE_DIR is already complete. Once training
-finished, train.sh records ARGS_FILE as SAVE_DIR/train.done (``user_dir.workflow.record_finished``).
+prints the plan; writes nothing when the run in SAVE_DIR is already complete. With --log-fd, the
+plan and all output after it go to file descriptor N (train.sh's tee into SAVE_DIR/train.log), and
+fairseq-train runs here, in this process, unless torchrun starts the processes: the seconds of
+importing fairseq and the plugin are spent once. Once training finished, train.sh records ARGS_FILE
+as SAVE_DIR/train.done (``user_dir.workflow.record_finished``).
 Environment: AMP (0/1; unset: measured), PATIENCE, BUDGET_HOURS, NPROC, NNODES.
 
 * Options are read by fairseq-train's own parser (aliases, ``--opt=value``, the last of a
@@ -29,7 +32,9 @@ Environment: AMP (0/1; unset: measured), PATIENCE, BUDGET_HOURS, NPROC, NNODES.
 import argparse
 import ast
 import contextlib
+import gc
 import io
+import logging
 import math
 import os
 import sys
@@ -46,6 +51,7 @@ from fairseq.registry import REGISTRIES
 from fairseq.tasks import FairseqTask
 from omegaconf import DictConfig, OmegaConf
 
+from user_dir import patches
 from user_dir.checkpoint_files import CheckpointError
 from user_dir.data_folder import (
     language_pair,
@@ -76,7 +82,7 @@ from user_dir.precision import (
     training_work,
 )
 from user_dir.prepared import RECORD, prepared_record, prepared_record_path
-from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text
+from user_dir.workflow import DONE, ROOT, USER_DIR, argv_text, imported_user_dir
 
 RECIPE = ROOT / "configs" / "multi30k.yaml"
 ARCH = "rnn_seq2seq_multi30k"
@@ -642,16 +648,34 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     return argv, describe(plan, info, sized, why, ours_name, torchrun), torchrun
 
 
+def train(argv: list[str]) -> None:
+    """fairseq-train on ARGV in this process, as its console script runs it (its exit status is this process's)."""
+    gc.collect()  # the precision probe's model goes before training builds its own
+    sys.argv = ["fairseq-train", *imported_user_dir(argv)]
+    logging.getLogger().handlers[:] = []  # fairseq-train's logging.basicConfig (format, INFO, stdout) then applies
+    from fairseq_cli import train as fairseq_train
+    patches.logger.info(patches.summary())  # in train.log, as a fresh fairseq-train logs it on import
+    sys.exit(fairseq_train.cli_main())
+
+
 def main() -> None:
-    if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
+    log_fd, args = (sys.argv[2], sys.argv[3:]) if sys.argv[1:2] == ["--log-fd"] else (None, sys.argv[1:])
+    if len(args) < 3 or args[0] in ("-h", "--help") or not (log_fd or "0").isdigit():
         print(__doc__)
-        raise SystemExit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
-    args_file, data, save, *extra = sys.argv[1:]
+        raise SystemExit(0 if args[:1] in (["-h"], ["--help"]) else 2)
+    args_file, data, save, *extra = args
     argv, plan_lines, torchrun = settings(Path(data).resolve(), Path(save), extra)
     if argv is not None:
         Path(args_file).write_text(argv_text(argv))
         Path(args_file + LAUNCHER).write_text("torchrun\n" if torchrun else "fairseq-train\n")
-    print("".join(f"train.sh: {line}\n" for line in plan_lines), end="")
+        if log_fd is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd in (1, 2):
+                os.dup2(int(log_fd), fd)
+    print("".join(f"train.sh: {line}\n" for line in plan_lines), end="", flush=True)
+    if argv is not None and log_fd is not None and not torchrun:
+        train(argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -188,22 +187,36 @@ def test_train_sh_refuses_bad_settings_and_exits_non_zero(prepared, tmp_path, en
     assert not (tmp_path / "c" / "checkpoint_last.pt").exists()
 
 
-def test_train_sh_exit_status_is_whether_training_finished(prepared, tmp_path):
-    """A failing fairseq-train is non-zero; so is one that aborts after "done training" (the
-    plugin's patches.shutdown removes the known cause; another must not pass)."""
-    fake, venv = tmp_path / "bin", Path(sys.executable).parent
-    fake.mkdir()
-    path = f"{fake}:{venv}:{os.environ['PATH']}"  # VENV=0: env.sh keeps PATH, so the fake one is found
-    (fake / "fairseq-train").write_text('#!/bin/bash\necho "RuntimeError: disk trouble"; exit 1\n')
-    (fake / "fairseq-train").chmod(0o755)
-    proc = run("bash", SCRIPTS / "train.sh", prepared / "bin", tmp_path / "a", *TINY, "--max-update", "1",
-               env={"AMP": "0", "VENV": "0", "PATH": path}, check=False)
-    assert proc.returncode == 1 and "training did not finish (fairseq-train exit status 1)" in proc.stderr
-    (fake / "fairseq-train").write_text(f'#!/bin/bash\n"{venv / "fairseq-train"}" "$@"; kill -ABRT $$\n')
-    proc = run("bash", SCRIPTS / "train.sh", prepared / "bin", tmp_path / "b", *TINY, "--max-update", "2",
-               env={"AMP": "0", "VENV": "0", "PATH": path}, check=False)
-    assert proc.returncode == 134 and "status 134 after training finished" in proc.stderr, proc.stderr[-2000:]
-    assert "done training" in (tmp_path / "b" / "train.log").read_text()
+# sitecustomize.py for train.sh's processes: once fairseq-train's module is imported (training starts),
+# reading the data fails, or the process aborts as it exits
+TRAINING_FAILS = """import atexit, os, sys
+training = False
+def hook(event, args):
+    global training
+    if event == "import" and args[0] == "fairseq_cli.train":
+        training = True
+        if os.environ["TRAINING_FAILS"] == "at exit":
+            atexit.register(os.abort)
+    elif training and event == "open" and str(args[0]).endswith(".bin") and os.environ["TRAINING_FAILS"] == "reading":
+        raise OSError("disk trouble")
+sys.addaudithook(hook)
+"""
+
+
+@pytest.mark.parametrize("fails, status, message", [
+    ("reading", 1, "training did not finish (fairseq-train exit status 1)"),
+    ("at exit", 134, "fairseq-train exited with status 134 after training finished"),
+])
+def test_train_sh_exit_status_is_whether_training_finished(prepared, tmp_path, fails, status, message):
+    """A training that fails is non-zero; so is one that aborts after "done training" (the plugin's
+    patches.shutdown removes the known cause; another must not pass)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(TRAINING_FAILS)
+    proc = run("bash", SCRIPTS / "train.sh", prepared / "bin", tmp_path / "a", *TINY, "--max-update", "2",
+               env={"AMP": "0", "PYTHONPATH": str(tmp_path / "site"), "TRAINING_FAILS": fails}, check=False)
+    assert proc.returncode == status and message in proc.stderr, proc.stderr[-2000:]
+    assert ("disk trouble" in (tmp_path / "a" / "train.log").read_text()) == (fails == "reading")
+    assert not (tmp_path / "a" / "train.done").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),

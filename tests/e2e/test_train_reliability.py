@@ -237,6 +237,38 @@ def test_stopping_train_sh_leaves_no_training_process(toy_bin, tmp_path, kill):
         assert proc.returncode != 0 and "error: training did not finish" in stderr
 
 
+@pytest.mark.parametrize("kill", ["Ctrl-C", "train.sh SIGKILL"])
+def test_stopping_train_sh_stops_the_training_in_its_planning_process(toy_bin, tmp_path, kill):
+    """One process trains in train_settings.py's own (fairseq imported once), in a session of its own
+    that dies with train.sh: Ctrl-C stops it and says so in one line, SIGKILL of train.sh alone too;
+    the log keeps the plan and the lines so far."""
+    save, out = tmp_path / "ckpt", tmp_path / "out"
+    cmd = ["bash", str(TRAIN), str(toy_bin), str(save), *TINY, "--max-update", "100000", "--max-tokens", "300"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=out.open("w"), stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "Start iterating over samples" not in out.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.2)
+    training = [pid for pid in processes_naming(str(save)) if b"train_settings.py" in
+                Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(training) == 1 and os.getpgid(training[0]) != proc.pid  # Ctrl-C reaches train.sh's group only
+    if kill == "Ctrl-C":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.kill()
+    stderr = proc.communicate(timeout=30)[1]
+    deadline = time.monotonic() + 10
+    while processes_naming(str(save)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_naming(str(save)), "a process of the run is left"
+    log = (save / "train.log").read_text()
+    assert log.startswith("train.sh: data: ") and "Start iterating over samples" in log
+    if kill == "Ctrl-C":
+        assert proc.returncode == 130 and stderr.startswith("error: interrupted (SIGINT): training stopped; ")
+        assert "Traceback" not in out.read_text()  # the training did not see Ctrl-C
+
+
 def test_ctrl_c_while_planning_says_that_training_had_not_started(toy_bin, tmp_path):
     """Ctrl-C during train_settings.py: its process is stopped, and the line says no training began
     and, with no checkpoint yet, that the same command starts from the beginning."""
@@ -245,7 +277,7 @@ def test_ctrl_c_while_planning_says_that_training_had_not_started(toy_bin, tmp_p
     proc = subprocess.Popen(cmd, env={**os.environ, **ENV, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
-    while not processes_naming(f"train_settings.py\0{tmp_path}/"):  # its ARGS_FILE: in train.sh's mktemp -d
+    while not processes_naming(f"\0{tmp_path}/tmp."):  # train_settings.py's ARGS_FILE: in train.sh's mktemp -d
         assert proc.poll() is None and time.monotonic() < deadline, "train_settings.py did not start"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
