@@ -51,7 +51,7 @@ stoppable() {  # CMD...: in a session of its own that dies with train.sh, so Ctr
     WITH_PARENT_PID=$$ python "$root/scripts/with_parent.py" "$@" 3>&- 4>&- &
     launcher=$!
     local rc=0 group
-    wait "$launcher" || rc=$?
+    wait "$launcher" 2> /dev/null || rc=$?  # its status says it; not also bash's "Killed" notice
     group=$launcher launcher=""  # reaped: its pid is free for reuse, its group's id not while a member is left
     kill -KILL -- "-$group" 2> /dev/null || true
     return "$rc"
@@ -93,7 +93,7 @@ fi
 exec 3>&-
 wait "$logger" || true
 # This run's own lines: a finished run says "done training"; one that saves writes a checkpoint.
-run_log=$(tail -c +$((start + 1)) "$save/train.log")
+run_log=$(tail -c +$((start + 1)) "$save/train.log" 2> /dev/null || :)  # none: nothing reached it
 if ! grep -q "done training" <<< "$run_log"; then
     echo "error: training did not finish (fairseq-train exit status $rc): see $save/train.log" >&2
 elif [ "$rc" != 0 ]; then

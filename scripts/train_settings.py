@@ -651,16 +651,32 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
 def train(argv: list[str]) -> None:
     """fairseq-train on ARGV in this process, as its console script runs it (its exit status is this process's)."""
     gc.collect()  # the precision probe's model goes before training builds its own
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        del sys.path[0]  # scripts/, whose evaluate.py or prepare.py would hide packages of those names
     sys.argv = ["fairseq-train", *imported_user_dir(argv)]
     logging.getLogger().handlers[:] = []  # fairseq-train's logging.basicConfig (format, INFO, stdout) then applies
     from fairseq_cli import train as fairseq_train
-    patches.logger.info(patches.summary())  # in train.log, as a fresh fairseq-train logs it on import
+    # the patches' line, which a fresh fairseq-train logs on import (fairseq's own import-time notes are not repeated)
+    patches.logger.info(patches.summary())
     sys.exit(fairseq_train.cli_main())
 
 
+def to_log(fd: int) -> None:
+    """stdout and stderr onto FD (train.sh's tee into SAVE_DIR/train.log), also where either was closed."""
+    for number, name in ((1, "stdout"), (2, "stderr")):
+        stream = getattr(sys, name)
+        if stream is not None:
+            stream.flush()
+        os.dup2(fd, number)
+        if stream is None:  # Python starts without it when the descriptor is closed
+            setattr(sys, name, open(number, "w", buffering=1, closefd=False))
+
+
 def main() -> None:
-    log_fd, args = (sys.argv[2], sys.argv[3:]) if sys.argv[1:2] == ["--log-fd"] else (None, sys.argv[1:])
-    if len(args) < 3 or args[0] in ("-h", "--help") or not (log_fd or "0").isdigit():
+    args, log_fd = sys.argv[1:], None
+    if args[:1] == ["--log-fd"]:
+        log_fd, args = "".join(args[1:2]), args[2:]
+    if len(args) < 3 or args[0] in ("-h", "--help") or not (log_fd is None or log_fd.isdigit()):
         print(__doc__)
         raise SystemExit(0 if args[:1] in (["-h"], ["--help"]) else 2)
     args_file, data, save, *extra = args
@@ -669,10 +685,7 @@ def main() -> None:
         Path(args_file).write_text(argv_text(argv))
         Path(args_file + LAUNCHER).write_text("torchrun\n" if torchrun else "fairseq-train\n")
         if log_fd is not None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd in (1, 2):
-                os.dup2(int(log_fd), fd)
+            to_log(int(log_fd))
     print("".join(f"train.sh: {line}\n" for line in plan_lines), end="", flush=True)
     if argv is not None and log_fd is not None and not torchrun:
         train(argv)

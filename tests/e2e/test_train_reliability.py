@@ -119,6 +119,7 @@ def test_train_sh_refuses_in_one_error_line(toy_bin, tmp_path, case, message):
                    message.format(file=tmp_path / "file", nowhere=tmp_path / "nowhere", empty=tmp_path, data=data,
                                   above=tmp_path / "out"))
     assert not (save / "checkpoint_last.pt").exists() and (tmp_path / "file").read_text() == "not a folder\n"
+    assert not (save / "train.log").exists()  # opened at the first line of a plan: a refused run has none
 
 
 @pytest.fixture(scope="session")
@@ -234,14 +235,14 @@ def test_stopping_train_sh_leaves_no_training_process(toy_bin, tmp_path, kill):
         assert stderr == f"error: interrupted (SIGINT): training stopped; the same command {then}\n"
         assert "Traceback" not in (tmp_path / "out").read_text()  # the processes did not see Ctrl-C
     elif kill.startswith("launcher"):
-        assert proc.returncode != 0 and "error: training did not finish" in stderr
+        assert proc.returncode != 0 and stderr.startswith("error: training did not finish") and stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("kill", ["Ctrl-C", "train.sh SIGKILL"])
+@pytest.mark.parametrize("kill", ["Ctrl-C", "train.sh SIGKILL", "training SIGKILL"])
 def test_stopping_train_sh_stops_the_training_in_its_planning_process(toy_bin, tmp_path, kill):
     """One process trains in train_settings.py's own (fairseq imported once), in a session of its own
-    that dies with train.sh: Ctrl-C stops it and says so in one line, SIGKILL of train.sh alone too;
-    the log keeps the plan and the lines so far."""
+    that dies with train.sh: Ctrl-C stops it and says so in one line, SIGKILL of train.sh alone too, and
+    a killed training is a failed run; the log keeps the plan and the lines so far."""
     save, out = tmp_path / "ckpt", tmp_path / "out"
     cmd = ["bash", str(TRAIN), str(toy_bin), str(save), *TINY, "--max-update", "100000", "--max-tokens", "300"]
     proc = subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=out.open("w"), stderr=subprocess.PIPE, text=True,
@@ -253,10 +254,8 @@ def test_stopping_train_sh_stops_the_training_in_its_planning_process(toy_bin, t
     training = [pid for pid in processes_naming(str(save)) if b"train_settings.py" in
                 Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(training) == 1 and os.getpgid(training[0]) != proc.pid  # Ctrl-C reaches train.sh's group only
-    if kill == "Ctrl-C":
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        proc.kill()
+    {"Ctrl-C": lambda: os.killpg(proc.pid, signal.SIGINT), "train.sh SIGKILL": proc.kill,
+     "training SIGKILL": lambda: os.kill(training[0], signal.SIGKILL)}[kill]()
     stderr = proc.communicate(timeout=30)[1]
     deadline = time.monotonic() + 10
     while processes_naming(str(save)) and time.monotonic() < deadline:
@@ -264,9 +263,14 @@ def test_stopping_train_sh_stops_the_training_in_its_planning_process(toy_bin, t
     assert not processes_naming(str(save)), "a process of the run is left"
     log = (save / "train.log").read_text()
     assert log.startswith("train.sh: data: ") and "Start iterating over samples" in log
+    last = save / "checkpoint_last.pt"  # none saved yet, unless an epoch ended before the signal
+    then = f"resumes from {last}" if last.exists() else "starts from the beginning"
     if kill == "Ctrl-C":
-        assert proc.returncode == 130 and stderr.startswith("error: interrupted (SIGINT): training stopped; ")
-        assert "Traceback" not in out.read_text()  # the training did not see Ctrl-C
+        assert proc.returncode == 130
+        assert stderr == f"error: interrupted (SIGINT): training stopped; the same command {then}\n"
+    elif kill == "training SIGKILL":
+        assert proc.returncode == 137 and stderr == (
+            f"error: training did not finish (fairseq-train exit status 137): see {save}/train.log\n")
 
 
 def test_ctrl_c_while_planning_says_that_training_had_not_started(toy_bin, tmp_path):
