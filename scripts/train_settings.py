@@ -64,7 +64,14 @@ from user_dir.data_folder import (
 )
 from user_dir.dictionaries import uses_sentencepiece
 from user_dir.errors import OptionError
-from user_dir.files import TRAINING_CHECKPOINT, OutputError, make_folder
+from user_dir.files import (
+    TRAINING_CHECKPOINT,
+    FolderBusy,
+    OutputError,
+    lock_folder,
+    make_folder,
+    release_folder,
+)
 from user_dir.machine import distributed, env_number, several_machines, world
 from user_dir.models.rnn_seq2seq import (
     RNNSeq2SeqConfig,
@@ -319,12 +326,14 @@ def check_save_outside_data(data: Path, save: Path) -> None:
                              f"(e.g. {out / 'ckpt'})")
 
 
-def writable_folder(save: Path) -> None:
-    """SAVE_DIR made (with its parents) and writable, or one line saying why not."""
+def held_folder(save: Path) -> None:
+    """SAVE_DIR made (with its parents), writable and held for this run (its .lock, which fairseq-train's
+    check takes too), or one line saying why not: a second run on it is refused before the probe and the log."""
     try:
         make_folder(save, "SAVE_DIR")
-    except OutputError as e:
-        raise SystemExit(f"error: {e}") from None
+        lock_folder(str(save), "train.sh")
+    except (OutputError, FolderBusy) as e:
+        raise SystemExit(f"error: SAVE_DIR {e}" if isinstance(e, FolderBusy) else f"error: {e}") from None
 
 
 def saved_progress(plan: argparse.Namespace) -> dict | None:
@@ -639,7 +648,7 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     if done:
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch "
                       "trains on)"], False
-    writable_folder(save)
+    held_folder(save)
     if machine is None:
         machine, why = measured_precision(training_work(*(resumed or built(plan))))  # a model built once
     argv = head + args + machine + scale + fixed + tail
@@ -648,9 +657,11 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     return argv, describe(plan, info, sized, why, ours_name, torchrun), torchrun
 
 
-def train(argv: list[str]) -> None:
+def train(argv: list[str], save: Path) -> None:
     """fairseq-train on ARGV in this process, as its console script runs it (its exit status is this process's)."""
     gc.collect()  # the precision probe's model goes before training builds its own
+    if fairseq_options(argv).distributed_world_size > 1:
+        release_folder(str(save))  # fairseq starts a process per GPU, and the first one takes the lock
     if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
         del sys.path[0]  # scripts/, whose evaluate.py or prepare.py would hide packages of those names
     sys.argv = ["fairseq-train", *imported_user_dir(argv)]
@@ -688,7 +699,7 @@ def main() -> None:
             to_log(int(log_fd))
     print("".join(f"train.sh: {line}\n" for line in plan_lines), end="", flush=True)
     if argv is not None and log_fd is not None and not torchrun:
-        train(argv)
+        train(argv, Path(save))
 
 
 if __name__ == "__main__":

@@ -300,3 +300,10 @@ def lock_folder(folder: str, owner: str) -> None:
     record = _Lock(lock, f"{owner} (pid {os.getpid()})")
     record.save()
     _HELD[folder] = record
+
+
+def release_folder(folder: str) -> None:
+    """Give up this process's lock of ``folder`` (:func:`lock_folder`), for another process of the same run."""
+    lock = _HELD.pop(os.path.abspath(folder), None)
+    if lock is not None:
+        lock.file.close()

@@ -1,6 +1,7 @@
 """No silently wrong result from the scripts: bad text, stale or shared outputs, checkpoints used
 with the wrong data or tools, paths and options that would change what is scored."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -117,6 +118,19 @@ def test_second_training_run_on_one_save_dir_is_refused(toy_bin, tmp_path):
         first.kill()
         first.wait()
     assert "Saved checkpoint" not in second.stdout + second.stderr  # the refused run wrote nothing
+
+
+def test_train_sh_on_a_save_dir_in_use_is_refused_before_the_probe_and_the_log(toy_bin, tmp_path):
+    """The folder's lock is taken as the plan is made: one line naming the holder, no precision probe
+    (its timing would share the CPU with the running training), nothing written to the folder."""
+    save, cache = tmp_path / "ckpt", tmp_path / "cache"
+    lock_folder(str(save), "the test")  # held by this process, as a running train.sh or fairseq-train would
+    proc = run("bash", SCRIPTS / "train.sh", toy_bin, save, *TINY_MODEL, "--max-update", "5", check=False,
+               env={"XDG_CACHE_HOME": str(cache), "AMP": ""})
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: SAVE_DIR {save} is in use by the test (pid {os.getpid()}): wait for it to end, " \
+                          "or use another folder\n"
+    assert proc.stdout == "" and not cache.exists() and [p.name for p in save.iterdir()] == [".lock"]
 
 
 def test_evaluate_names_the_exception_not_the_details_indented_under_it(toy_bin, trained, tmp_path):
