@@ -25,7 +25,7 @@ from user_dir.data_folder import binarized, language_pairs
 from user_dir.dictionaries import DIRECTION_KEY, direction_record
 
 SCRIPTS = ROOT / "scripts"
-REVERSED = r"the checkpoint translates src-tgt \(source-target\), but the data is tgt-src"
+REVERSED = r"the checkpoint translates src-tgt \(source-target\), but the data is read as tgt-src"
 
 
 def one_error_line(proc: subprocess.CompletedProcess, pattern: str) -> None:

@@ -21,7 +21,7 @@ def test_the_direction_is_a_buffer_and_the_other_one_is_refused(task):
     de_en = build(with_languages(task, "de", "en"))
     assert as_direction(de_en.state_dict()[DIRECTION_KEY]) == "de-en"
     en_de = build(with_languages(task, "en", "de"))
-    with pytest.raises(ValueError, match=r"the checkpoint translates de-en \(source-target\), but the data is en-de"):
+    with pytest.raises(ValueError, match=r"translates de-en \(source-target\), but the data is read as en-de"):
         en_de.load_state_dict(de_en.state_dict())
     build(with_languages(task, "de", "en")).load_state_dict(de_en.state_dict())
 

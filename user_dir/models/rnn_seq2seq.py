@@ -369,8 +369,8 @@ class RNNSeq2SeqModel(FairseqEncoderDecoderModel):
         ours = getattr(self, DIRECTION_KEY)
         if directions_differ(saved, ours):
             raise DataMismatch(f"{where}the checkpoint translates {as_direction(saved)} (source-target), but the data "
-                             f"is {as_direction(ours)}: use data of the model's direction (or the checkpoint of "
-                             f"{as_direction(ours)})")
+                             f"is read as {as_direction(ours)} (--source-lang/--target-lang, else the data's file "
+                             f"names): give -s/-t of the model's direction, or the checkpoint of {as_direction(ours)}")
 
 
 @register_model_architecture("rnn_seq2seq", "rnn_seq2seq_d2l")
