@@ -40,3 +40,6 @@ elif [ -z "${GOMP_SPINCOUNT:-}" ] && [ -z "${OMP_WAIT_POLICY:-}" ]; then
     export GOMP_SPINCOUNT=10000 RNN_SEQ2SEQ_SPIN=10000
 fi
 unset _root _venv _stamp _version
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run, not sourced: the shell that ran it is not set up
+    echo "scripts/env.sh: the environment is ready; to use it in your shell: source scripts/env.sh" >&2
+fi

@@ -291,6 +291,13 @@ def test_ctrl_c_while_planning_says_that_training_had_not_started(toy_bin, tmp_p
     assert not processes_naming(str(save)) and not (save / "checkpoint_last.pt").exists()
 
 
+def test_env_sh_run_instead_of_sourced_says_how_to_use_it():
+    """bash scripts/env.sh sets up .venv but not the shell that ran it: it says so; sourced, it is quiet."""
+    ran = run("bash", "scripts/env.sh", cwd=ROOT)
+    assert ran.stderr == "scripts/env.sh: the environment is ready; to use it in your shell: source scripts/env.sh\n"
+    assert run("bash", "-c", "source scripts/env.sh", cwd=ROOT).stderr == ""
+
+
 @pytest.mark.parametrize("given, expect", [
     (":", "{n} {n}"),  # unset: every core, marked as env.sh's own
     ("export OMP_NUM_THREADS=1", "1 "),  # the user's: kept, not marked
