@@ -384,8 +384,10 @@ def main() -> None:
                    help="folder of raw {prefix}.{lang}[.gz] files (default runs/multi30k/raw, --download's folder)")
     p.add_argument("--splits", nargs=3, metavar="SPLIT=PREFIX",
                    help="raw file prefixes in --raw-dir of train, valid and test (default: Multi30k's names)")
-    p.add_argument("--src", type=language_code, default="de", help="source language suffix (letters, digits, _)")
-    p.add_argument("--tgt", type=language_code, default="en", help="target language suffix (letters, digits, _)")
+    p.add_argument("--src", type=language_code, default="de",
+                   help="source language suffix (letters, digits, _; default: de)")
+    p.add_argument("--tgt", type=language_code, default="en",
+                   help="target language suffix (letters, digits, _; default: en)")
     p.add_argument("--vocab-size", type=at_least(MIN_VOCAB), default=4000,
                    help="joint sentencepiece vocabulary size (the default was chosen on Multi30k: docs/results.md)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/NAME/SRC-TGT, NAME: multi30k, the "
