@@ -68,7 +68,7 @@ log_lines() {  # stdin to stdout and SAVE/train.log, opened at the first byte: a
     trap '' INT  # Ctrl-C: the log keeps the last lines
     local first
     IFS= read -r -N 1 first || exit 0
-    { printf '%s' "$first"; exec cat; } | tee -a "$save/train.log"
+    { printf '%s' "$first"; exec cat; } | tee -p -a "$save/train.log"  # -p: the log goes on when stdout goes
 }
 trap 'stop_launcher; rm -rf "$tmp"' EXIT
 trap 'interrupted SIGINT 130' INT

@@ -273,6 +273,16 @@ def test_stopping_train_sh_stops_the_training_in_its_planning_process(toy_bin, t
             f"error: training did not finish (fairseq-train exit status 137): see {save}/train.log\n")
 
 
+def test_a_run_whose_output_reader_goes_away_still_logs_and_finishes(toy_bin, tmp_path):
+    """train.sh | head -1: the reader ends at the first line, train.log still gets every line, and the
+    exit status says the training finished (it said "did not finish", from a log cut at the plan)."""
+    save = tmp_path / "ckpt"
+    piped = f"bash {TRAIN} {toy_bin} {save} {' '.join(TINY)} --max-update 12 | head -1; exit ${{PIPESTATUS[0]}}"
+    proc = run("bash", "-c", piped, env=ENV, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("train.sh: data: ") and proc.stdout.count("\n") == 1
+    assert "done training" in (save / "train.log").read_text() and (save / "train.done").exists()
+
+
 def test_ctrl_c_while_planning_says_that_training_had_not_started(toy_bin, tmp_path):
     """Ctrl-C during train_settings.py: its process is stopped, and the line says no training began
     and, with no checkpoint yet, that the same command starts from the beginning."""
