@@ -2,6 +2,7 @@
 refusals in one line) and the recipe in configs/ against its sources, in process (no CLI)."""
 import dataclasses
 import io
+import os
 import re
 import shutil
 from argparse import Namespace
@@ -21,10 +22,10 @@ from scripts import train_settings
 from scripts.prepare import as_the_model_sees, hold_out
 from scripts.train_settings import (
     components,
+    held_folder,
     per_epoch,
     recipe,
     settings,
-    writable_folder,
 )
 from user_dir import data_folder, machine, workflow
 from user_dir.models.rnn_seq2seq import RNNSeq2SeqConfig
@@ -441,14 +442,16 @@ def test_an_unreadable_prepare_json_is_one_line(plan, toy_bin, tmp_path, record)
     assert "tokenization none (detected)" in plan("--max-update", "5", data=data)[1][0]
 
 
-def test_save_dir_must_be_a_writable_folder(tmp_path):
+def test_save_dir_must_be_a_writable_folder_and_is_held(tmp_path):
+    """A folder another process holds: tests/e2e/test_data_safety.py."""
     (tmp_path / "file").write_text("x")
     for save, message in ((tmp_path / "file", "it is not a folder"), (tmp_path / "file" / "sub", "Not a directory")):
         with pytest.raises(SystemExit, match=f"^error: {re.escape(f'SAVE_DIR: cannot write in {save}: {message}')}: "
                                              "choose another folder$"):
-            writable_folder(save)
-    writable_folder(tmp_path / "new" / "save")
-    assert (tmp_path / "new" / "save").is_dir() and not list((tmp_path / "new" / "save").iterdir())
+            held_folder(save)
+    held_folder(tmp_path / "new" / "save")
+    assert [p.name for p in (tmp_path / "new" / "save").iterdir()] == [".lock"]
+    assert (tmp_path / "new" / "save" / ".lock").read_text().startswith(f"train.sh (pid {os.getpid()})")
 
 
 def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, monkeypatch, unmeasured):
