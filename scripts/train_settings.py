@@ -326,12 +326,14 @@ def check_save_outside_data(data: Path, save: Path) -> None:
                              f"(e.g. {out / 'ckpt'})")
 
 
-def held_folder(save: Path) -> None:
-    """SAVE_DIR made (with its parents), writable and held for this run (its .lock, which fairseq-train's
-    check takes too), or one line saying why not: a second run on it is refused before the probe and the log."""
+def held_folder(save: Path, hold: bool) -> None:
+    """SAVE_DIR made (with its parents) and writable, and with HOLD held for this run (its .lock, which
+    fairseq-train's check takes too), or one line saying why not: a second run on it is refused before the
+    probe and the log."""
     try:
         make_folder(save, "SAVE_DIR")
-        lock_folder(str(save), "train.sh")
+        if hold:
+            lock_folder(str(save), "train.sh")
     except (OutputError, FolderBusy) as e:
         raise SystemExit(f"error: SAVE_DIR {e}" if isinstance(e, FolderBusy) else f"error: {e}") from None
 
@@ -638,7 +640,8 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     sized = "max_update" in given or "max_epoch" in given
     args = length_and_rate(pre, info, ours, sized, patience, budget)
     saved = saved_progress(pre)
-    machine, why = precision(gpus > 0, saved, several_machines(slurm), given)  # None: measured once training is left
+    several = several_machines(slurm)
+    machine, why = precision(gpus > 0, saved, several, given)  # None: measured once training is left
     choices = [machine] if machine is not None else CPU_CHOICES
     argvs = [head + args + choice + scale + fixed + tail for choice in choices]
     plan = fairseq_options(argvs[0])
@@ -648,7 +651,8 @@ def settings(data: Path, save: Path, extra: list[str]) -> tuple[list[str] | None
     if done:
         return None, [f"the run is complete: {done}; nothing to do (a larger --max-update or --max-epoch "
                       "trains on)"], False
-    held_folder(save)
+    # a train.sh on each machine, or on each of SLURM's tasks, shares the folder: fairseq-train's rank 0 holds it
+    held_folder(save, hold=not several and not (slurm and not torchrun))
     if machine is None:
         machine, why = measured_precision(training_work(*(resumed or built(plan))))  # a model built once
     argv = head + args + machine + scale + fixed + tail

@@ -448,10 +448,22 @@ def test_save_dir_must_be_a_writable_folder_and_is_held(tmp_path):
     for save, message in ((tmp_path / "file", "it is not a folder"), (tmp_path / "file" / "sub", "Not a directory")):
         with pytest.raises(SystemExit, match=f"^error: {re.escape(f'SAVE_DIR: cannot write in {save}: {message}')}: "
                                              "choose another folder$"):
-            held_folder(save)
-    held_folder(tmp_path / "new" / "save")
+            held_folder(save, hold=True)
+    held_folder(tmp_path / "new" / "save", hold=True)
     assert [p.name for p in (tmp_path / "new" / "save").iterdir()] == [".lock"]
     assert (tmp_path / "new" / "save" / ".lock").read_text().startswith(f"train.sh (pid {os.getpid()})")
+
+
+def test_the_plan_holds_the_save_dir_only_where_its_train_sh_starts_every_process(plan, tmp_path):
+    """Several machines (NNODES) or SLURM's tasks each run a train.sh on one shared folder: none of their
+    plans takes its lock (the others would be refused and the rendezvous would wait for them forever)."""
+    plan("--max-update", "5", NNODES="2", NPROC="1", TORCHRUN_ARGS="--rdzv-endpoint h:1")
+    assert not (tmp_path / "save" / ".lock").exists()
+    plan("--max-update", "5", "--distributed-port", "12345", NNODES="1", NPROC="", SLURM_JOB_NODELIST="n1",
+         SLURM_NNODES="1")  # fairseq's own SLURM start on one machine: several tasks may share it
+    assert not (tmp_path / "save" / ".lock").exists()
+    plan("--max-update", "5", SLURM_JOB_NODELIST="")  # no SLURM: this train.sh starts the run's processes
+    assert (tmp_path / "save" / ".lock").read_text().startswith("train.sh (pid ")
 
 
 def test_a_complete_run_is_known_before_the_precision_probe(toy_bin, tmp_path, monkeypatch, unmeasured):
