@@ -456,7 +456,7 @@ def test_save_dir_must_be_a_writable_folder_and_is_held(tmp_path):
 
 def test_the_plan_holds_the_save_dir_only_where_its_train_sh_starts_every_process(plan, tmp_path):
     """Several machines (NNODES) or SLURM's tasks each run a train.sh on one shared folder: none of their
-    plans takes its lock (the others would be refused and the rendezvous would wait for them forever)."""
+    plans takes its lock (the others would be refused, and the rendezvous would wait for them until it times out)."""
     plan("--max-update", "5", NNODES="2", NPROC="1", TORCHRUN_ARGS="--rdzv-endpoint h:1")
     assert not (tmp_path / "save" / ".lock").exists()
     plan("--max-update", "5", "--distributed-port", "12345", NNODES="1", NPROC="", SLURM_JOB_NODELIST="n1",
